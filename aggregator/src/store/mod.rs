@@ -1,0 +1,159 @@
+//! Durable storage of keys, reports, values, task updates, audit rows and security events.
+//!
+//! Invariants, whatever the backend:
+//! - Uniqueness lives in database constraints: `(unit_id, report_id)` and `(key_id, seq)` are
+//!   unique in `reports`, so two aggregator replicas on one PostgreSQL can never store a report
+//!   twice, and nothing in memory has to agree for that to hold.
+//! - [`Store::ingest`] returns only after the reports are committed and synced; an outcome
+//!   handed back is a promise that survives a crash.
+//! - A current value changes only to one with a greater `(revision, issued_at_ms, seq)`, and
+//!   every change writes an audit row in the same transaction.
+//!
+//! SQL is shared by both backends through sqlx's `Any` driver (`$n` placeholders work on both);
+//! the schema lives in per-backend migrations under `aggregator/migrations/`.
+
+mod postgres;
+mod queries;
+mod reconcile;
+mod sqlite;
+mod types;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+pub use types::*;
+
+use duban_proto::KeyId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database url {0:?}: expected sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("key {0} is already registered")]
+    KeyExists(KeyId),
+    #[error("the store's writer has stopped")]
+    WriterGone,
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+/// The operations the aggregator needs from storage. Implemented by [`SqliteStore`],
+/// [`PgStore`] and the run-time choice between them, [`AnyStore`].
+#[allow(async_fn_in_trait)]
+pub trait Store {
+    /// Stores new reports atomically per call and classifies each; one outcome per report, in
+    /// order. Returns only once committed and synced.
+    async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError>;
+    async fn add_key(&self, key: NewKey) -> Result<(), StoreError>;
+    /// Marks a key revoked from `at_ms` on. False when no such key exists.
+    async fn revoke_key(&self, key_id: KeyId, at_ms: i64) -> Result<bool, StoreError>;
+    async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError>;
+    async fn reports(&self, filter: &ReportFilter) -> Result<Vec<ReportRow>, StoreError>;
+    async fn current_values(
+        &self,
+        plan_id: &str,
+        indicator_id: Option<&str>,
+    ) -> Result<Vec<ValueRow>, StoreError>;
+    async fn current_tasks(&self, plan_id: &str) -> Result<Vec<TaskRow>, StoreError>;
+    async fn audit(&self, plan_id: &str) -> Result<Vec<AuditRow>, StoreError>;
+    async fn envelope(
+        &self,
+        unit_id: &str,
+        report_id: &[u8],
+    ) -> Result<Option<StoredEnvelope>, StoreError>;
+    async fn security_events(&self) -> Result<Vec<SecurityEvent>, StoreError>;
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The backend chosen at run time from the database URL.
+#[derive(Clone)]
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl std::fmt::Debug for AnyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AnyStore::Sqlite(_) => "AnyStore::Sqlite",
+            AnyStore::Postgres(_) => "AnyStore::Postgres",
+        })
+    }
+}
+
+impl AnyStore {
+    /// Opens (creating a SQLite file and its directory if missing) and migrates.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(AnyStore::Sqlite(SqliteStore::open(url).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(AnyStore::Postgres(PgStore::open(url).await?))
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            AnyStore::Sqlite(_) => "sqlite",
+            AnyStore::Postgres(_) => "postgres",
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            AnyStore::Sqlite(s) => s.$method($($arg),*).await,
+            AnyStore::Postgres(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError> {
+        delegate!(self, ingest(reports))
+    }
+    async fn add_key(&self, key: NewKey) -> Result<(), StoreError> {
+        delegate!(self, add_key(key))
+    }
+    async fn revoke_key(&self, key_id: KeyId, at_ms: i64) -> Result<bool, StoreError> {
+        delegate!(self, revoke_key(key_id, at_ms))
+    }
+    async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError> {
+        delegate!(self, keys(unit_id))
+    }
+    async fn reports(&self, filter: &ReportFilter) -> Result<Vec<ReportRow>, StoreError> {
+        delegate!(self, reports(filter))
+    }
+    async fn current_values(
+        &self,
+        plan_id: &str,
+        indicator_id: Option<&str>,
+    ) -> Result<Vec<ValueRow>, StoreError> {
+        delegate!(self, current_values(plan_id, indicator_id))
+    }
+    async fn current_tasks(&self, plan_id: &str) -> Result<Vec<TaskRow>, StoreError> {
+        delegate!(self, current_tasks(plan_id))
+    }
+    async fn audit(&self, plan_id: &str) -> Result<Vec<AuditRow>, StoreError> {
+        delegate!(self, audit(plan_id))
+    }
+    async fn envelope(
+        &self,
+        unit_id: &str,
+        report_id: &[u8],
+    ) -> Result<Option<StoredEnvelope>, StoreError> {
+        delegate!(self, envelope(unit_id, report_id))
+    }
+    async fn security_events(&self) -> Result<Vec<SecurityEvent>, StoreError> {
+        delegate!(self, security_events())
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        delegate!(self, ping())
+    }
+}

@@ -1,0 +1,232 @@
+//! Reads and key administration, shared by both backends through sqlx `Any`.
+
+use duban_proto::KeyId;
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+use super::StoreError;
+use super::types::*;
+
+pub(super) async fn add_key(pool: &AnyPool, key: &NewKey) -> Result<(), StoreError> {
+    let inserted = sqlx::query("INSERT INTO keys (key_id, unit_id, public_key, not_before_ms, not_after_ms, added_at_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
+        .bind(key.key_id.as_bytes().to_vec())
+        .bind(key.unit_id.clone())
+        .bind(key.public_key.to_vec())
+        .bind(key.not_before_ms)
+        .bind(key.not_after_ms)
+        .bind(key.added_at_ms)
+        .execute(pool)
+        .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(StoreError::KeyExists(key.key_id));
+    }
+    Ok(())
+}
+
+pub(super) async fn revoke_key(
+    pool: &AnyPool,
+    key_id: KeyId,
+    at_ms: i64,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE keys SET revoked_at_ms = COALESCE(revoked_at_ms, $1) WHERE key_id = $2",
+    )
+    .bind(at_ms)
+    .bind(key_id.as_bytes().to_vec())
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() > 0)
+}
+
+pub(super) async fn keys(pool: &AnyPool, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError> {
+    let rows = sqlx::query("SELECT key_id, unit_id, public_key, not_before_ms, not_after_ms, added_at_ms, revoked_at_ms, max_seq FROM keys WHERE ($1 IS NULL OR unit_id = $1) ORDER BY unit_id, added_at_ms")
+        .bind(unit_id.map(str::to_owned))
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(key_row).collect()
+}
+
+fn key_row(row: &AnyRow) -> Result<KeyRow, StoreError> {
+    let key_id: Vec<u8> = row.try_get("key_id")?;
+    let public_key: Vec<u8> = row.try_get("public_key")?;
+    let corrupt = |detail: &str| StoreError::Corrupt {
+        table: "keys",
+        detail: detail.to_owned(),
+    };
+    Ok(KeyRow {
+        key_id: KeyId::from_slice(&key_id).map_err(|_| corrupt("key_id is not 32 bytes"))?,
+        unit_id: row.try_get("unit_id")?,
+        public_key: public_key
+            .try_into()
+            .map_err(|_| corrupt("public_key is not 32 bytes"))?,
+        not_before_ms: row.try_get("not_before_ms")?,
+        not_after_ms: row.try_get("not_after_ms")?,
+        added_at_ms: row.try_get("added_at_ms")?,
+        revoked_at_ms: row.try_get("revoked_at_ms")?,
+        max_seq: row.try_get("max_seq")?,
+    })
+}
+
+pub(super) async fn reports(
+    pool: &AnyPool,
+    filter: &ReportFilter,
+) -> Result<Vec<ReportRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT report_pk, plan_id, unit_id, report_id, key_id, seq, issued_at_ms, received_at_ms, period, revision, values_count, task_updates_count, refused_count FROM reports r \
+         WHERE ($1 IS NULL OR unit_id = $1) AND ($2 IS NULL OR period = $2) \
+         AND ($3 IS NULL OR EXISTS (SELECT 1 FROM value_history h WHERE h.report_pk = r.report_pk AND h.indicator_id = $3)) \
+         ORDER BY report_pk DESC LIMIT $4",
+    )
+    .bind(filter.unit_id.clone())
+    .bind(filter.period.clone())
+    .bind(filter.indicator_id.clone())
+    .bind(filter.limit.unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ReportRow {
+                report_pk: row.try_get("report_pk")?,
+                plan_id: row.try_get("plan_id")?,
+                unit_id: row.try_get("unit_id")?,
+                report_id: row.try_get("report_id")?,
+                key_id: row.try_get("key_id")?,
+                seq: row.try_get("seq")?,
+                issued_at_ms: row.try_get("issued_at_ms")?,
+                received_at_ms: row.try_get("received_at_ms")?,
+                period: row.try_get("period")?,
+                revision: row.try_get("revision")?,
+                values_count: row.try_get("values_count")?,
+                task_updates_count: row.try_get("task_updates_count")?,
+                refused_count: row.try_get("refused_count")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn current_values(
+    pool: &AnyPool,
+    plan_id: &str,
+    indicator_id: Option<&str>,
+) -> Result<Vec<ValueRow>, StoreError> {
+    let rows = sqlx::query("SELECT plan_id, indicator_id, unit_id, period, value, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms FROM current_values WHERE plan_id = $1 AND ($2 IS NULL OR indicator_id = $2) ORDER BY indicator_id, period, unit_id")
+        .bind(plan_id.to_owned())
+        .bind(indicator_id.map(str::to_owned))
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ValueRow {
+                plan_id: row.try_get("plan_id")?,
+                indicator_id: row.try_get("indicator_id")?,
+                unit_id: row.try_get("unit_id")?,
+                period: row.try_get("period")?,
+                value: row.try_get("value")?,
+                note: row.try_get("note")?,
+                revision: row.try_get("revision")?,
+                issued_at_ms: row.try_get("issued_at_ms")?,
+                seq: row.try_get("seq")?,
+                report_pk: row.try_get("report_pk")?,
+                updated_at_ms: row.try_get("updated_at_ms")?,
+                first_received_at_ms: row.try_get("first_received_at_ms")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn current_tasks(
+    pool: &AnyPool,
+    plan_id: &str,
+) -> Result<Vec<TaskRow>, StoreError> {
+    let rows = sqlx::query("SELECT plan_id, task_id, milestone_id, unit_id, period, percent, status, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms FROM current_tasks WHERE plan_id = $1 ORDER BY task_id, milestone_id, period, unit_id")
+        .bind(plan_id.to_owned())
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(TaskRow {
+                plan_id: row.try_get("plan_id")?,
+                task_id: row.try_get("task_id")?,
+                milestone_id: row.try_get("milestone_id")?,
+                unit_id: row.try_get("unit_id")?,
+                period: row.try_get("period")?,
+                percent: row.try_get("percent")?,
+                status: row.try_get("status")?,
+                note: row.try_get("note")?,
+                revision: row.try_get("revision")?,
+                issued_at_ms: row.try_get("issued_at_ms")?,
+                seq: row.try_get("seq")?,
+                report_pk: row.try_get("report_pk")?,
+                updated_at_ms: row.try_get("updated_at_ms")?,
+                first_received_at_ms: row.try_get("first_received_at_ms")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn audit(pool: &AnyPool, plan_id: &str) -> Result<Vec<AuditRow>, StoreError> {
+    let rows = sqlx::query("SELECT at_ms, plan_id, kind, subject, unit_id, period, old_value, new_value, old_report_pk, new_report_pk FROM audit WHERE plan_id = $1 ORDER BY audit_pk")
+        .bind(plan_id.to_owned())
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(AuditRow {
+                at_ms: row.try_get("at_ms")?,
+                plan_id: row.try_get("plan_id")?,
+                kind: row.try_get("kind")?,
+                subject: row.try_get("subject")?,
+                unit_id: row.try_get("unit_id")?,
+                period: row.try_get("period")?,
+                old_value: row.try_get("old_value")?,
+                new_value: row.try_get("new_value")?,
+                old_report_pk: row.try_get("old_report_pk")?,
+                new_report_pk: row.try_get("new_report_pk")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn envelope(
+    pool: &AnyPool,
+    unit_id: &str,
+    report_id: &[u8],
+) -> Result<Option<StoredEnvelope>, StoreError> {
+    let row = sqlx::query("SELECT payload, payload_type, key_id, signature FROM reports WHERE unit_id = $1 AND report_id = $2")
+        .bind(unit_id.to_owned())
+        .bind(report_id.to_vec())
+        .fetch_optional(pool)
+        .await?;
+    row.map(|row| {
+        Ok(StoredEnvelope {
+            payload: row.try_get("payload")?,
+            payload_type: row.try_get("payload_type")?,
+            key_id: row.try_get("key_id")?,
+            signature: row.try_get("signature")?,
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn security_events(pool: &AnyPool) -> Result<Vec<SecurityEvent>, StoreError> {
+    let rows = sqlx::query("SELECT at_ms, kind, unit_id, key_id, report_id, detail FROM security_events ORDER BY event_pk")
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(SecurityEvent {
+                at_ms: row.try_get("at_ms")?,
+                kind: row.try_get("kind")?,
+                unit_id: row.try_get("unit_id")?,
+                key_id: row.try_get("key_id")?,
+                report_id: row.try_get("report_id")?,
+                detail: row.try_get("detail")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn ping(pool: &AnyPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1").fetch_one(pool).await?;
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! SQLite backend: one writer with group commit, a small pool of readers.
+//!
+//! The database is in WAL mode with `synchronous=FULL`, so a commit is on disk when it returns.
+//! Every ingest goes to a single writer task over a channel. The writer takes whatever has queued
+//! up (up to [`MAX_GROUP`] calls), runs them in one `BEGIN IMMEDIATE` transaction and commits
+//! once: concurrent callers share one fsync. If the group fails, each call is retried alone so
+//! that one bad call cannot fail its neighbours. Callers are answered only after the commit.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
+use tokio::sync::{mpsc, oneshot};
+
+use super::reconcile::{SQLITE, ingest_one};
+use super::types::*;
+use super::{Store, StoreError, queries};
+use duban_proto::KeyId;
+
+/// The most ingest calls committed together.
+const MAX_GROUP: usize = 128;
+
+type Reply = oneshot::Sender<Result<Vec<StoreOutcome>, StoreError>>;
+
+struct Job {
+    reports: Vec<NewReport>,
+    reply: Reply,
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: mpsc::Sender<Job>,
+    readers: AnyPool,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens `sqlite://PATH` (or `sqlite:PATH`), creating the file and its directory if
+    /// missing, and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let path = path_of(url)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Database(sqlx::Error::Configuration(
+                    format!("cannot create directory {}: {e}", dir.display()).into(),
+                ))
+            })?;
+        }
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = connect(&url).await?;
+        conn.execute("PRAGMA journal_mode = WAL").await?;
+        sqlx::migrate!("migrations/sqlite").run(&mut conn).await?;
+        let readers = AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _| Box::pin(async move { pragmas(conn).await }))
+            .connect(&url)
+            .await?;
+        let (writer, jobs) = mpsc::channel(1024);
+        tokio::spawn(write_loop(conn, jobs));
+        Ok(SqliteStore {
+            writer,
+            readers,
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn path_of(url: &str) -> Result<PathBuf, StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| StoreError::UnsupportedUrl(url.to_owned()))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.starts_with(':') {
+        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    }
+    Ok(PathBuf::from(path))
+}
+
+async fn pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute(
+        "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON",
+    )
+    .await?;
+    Ok(())
+}
+
+async fn connect(url: &str) -> Result<AnyConnection, StoreError> {
+    let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
+    let mut conn = options.connect().await?;
+    pragmas(&mut conn).await?;
+    Ok(conn)
+}
+
+async fn write_loop(mut conn: AnyConnection, mut jobs: mpsc::Receiver<Job>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while jobs.recv_many(&mut group, MAX_GROUP).await > 0 {
+        match commit_group(&mut conn, &group).await {
+            Ok(outcomes) => {
+                for (job, outcome) in group.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, calls = group.len(), "group commit failed; retrying each call alone");
+                for job in group.drain(..) {
+                    let result = commit_group(&mut conn, std::slice::from_ref(&job)).await;
+                    let _ = job
+                        .reply
+                        .send(result.map(|mut v| v.pop().unwrap_or_default()));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_group(
+    conn: &mut AnyConnection,
+    group: &[Job],
+) -> Result<Vec<Vec<StoreOutcome>>, StoreError> {
+    conn.execute("BEGIN IMMEDIATE").await?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for job in group {
+        let mut results = Vec::with_capacity(job.reports.len());
+        for report in &job.reports {
+            match ingest_one(conn, &SQLITE, report).await {
+                Ok(outcome) => results.push(outcome),
+                Err(error) => {
+                    let _ = conn.execute("ROLLBACK").await;
+                    return Err(error);
+                }
+            }
+        }
+        outcomes.push(results);
+    }
+    if let Err(error) = conn.execute("COMMIT").await {
+        let _ = conn.execute("ROLLBACK").await;
+        return Err(error.into());
+    }
+    Ok(outcomes)
+}
+
+impl Store for SqliteStore {
+    async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Job { reports, reply })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+    async fn add_key(&self, key: NewKey) -> Result<(), StoreError> {
+        queries::add_key(&self.readers, &key).await
+    }
+    async fn revoke_key(&self, key_id: KeyId, at_ms: i64) -> Result<bool, StoreError> {
+        queries::revoke_key(&self.readers, key_id, at_ms).await
+    }
+    async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError> {
+        queries::keys(&self.readers, unit_id).await
+    }
+    async fn reports(&self, filter: &ReportFilter) -> Result<Vec<ReportRow>, StoreError> {
+        queries::reports(&self.readers, filter).await
+    }
+    async fn current_values(
+        &self,
+        plan_id: &str,
+        indicator_id: Option<&str>,
+    ) -> Result<Vec<ValueRow>, StoreError> {
+        queries::current_values(&self.readers, plan_id, indicator_id).await
+    }
+    async fn current_tasks(&self, plan_id: &str) -> Result<Vec<TaskRow>, StoreError> {
+        queries::current_tasks(&self.readers, plan_id).await
+    }
+    async fn audit(&self, plan_id: &str) -> Result<Vec<AuditRow>, StoreError> {
+        queries::audit(&self.readers, plan_id).await
+    }
+    async fn envelope(
+        &self,
+        unit_id: &str,
+        report_id: &[u8],
+    ) -> Result<Option<StoredEnvelope>, StoreError> {
+        queries::envelope(&self.readers, unit_id, report_id).await
+    }
+    async fn security_events(&self) -> Result<Vec<SecurityEvent>, StoreError> {
+        queries::security_events(&self.readers).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer.is_closed() {
+            return Err(StoreError::WriterGone);
+        }
+        queries::ping(&self.readers).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_a_file() {
+        assert_eq!(
+            path_of("sqlite://./duban-data/duban.db").unwrap(),
+            PathBuf::from("./duban-data/duban.db")
+        );
+        assert_eq!(
+            path_of("sqlite:///var/lib/duban/duban.db?mode=rwc").unwrap(),
+            PathBuf::from("/var/lib/duban/duban.db")
+        );
+        assert!(path_of("sqlite::memory:").is_err());
+        assert!(path_of("mysql://x").is_err());
+    }
+}

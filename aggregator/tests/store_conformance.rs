@@ -1,0 +1,432 @@
+//! One conformance suite for every store backend: SQLite always, PostgreSQL when
+//! `DUBAN_TEST_POSTGRES_URL` is set (CI sets it; elsewhere the PostgreSQL cases say they skipped).
+
+mod support;
+
+use duban_aggregator::store::*;
+use duban_proto::{KeyId, SigningKey};
+use sha2::{Digest, Sha256};
+
+const PLAN: &str = "qingdao-ip-2017";
+
+fn key() -> SigningKey {
+    SigningKey::from_seed(&[9; 32])
+}
+
+fn report(report_id: u8, seq: u64, revision: u32, issued_at_ms: i64, value: f64) -> NewReport {
+    let payload =
+        format!("payload {report_id} {seq} {revision} {issued_at_ms} {value}").into_bytes();
+    NewReport {
+        plan_id: PLAN.into(),
+        unit_id: "laoshan".into(),
+        report_id: [report_id; 16],
+        key_id: key().key_id(),
+        seq,
+        issued_at_ms,
+        received_at_ms: issued_at_ms + 1_000,
+        period: "2018Q1".into(),
+        revision,
+        payload_sha256: Sha256::digest(&payload).into(),
+        payload,
+        payload_type: duban_proto::PAYLOAD_TYPE.into(),
+        signature: vec![7; 64],
+        values: vec![NewValue {
+            indicator_id: "pct-applications".into(),
+            value,
+            note: String::new(),
+        }],
+        task_updates: vec![NewTaskUpdate {
+            task_id: "2-3-2".into(),
+            milestone_id: "m1".into(),
+            percent: value / 10.0,
+            status: "in_progress".into(),
+            note: String::new(),
+        }],
+        refused_count: 0,
+    }
+}
+
+fn new_key(key_id: KeyId, unit: &str) -> NewKey {
+    NewKey {
+        key_id,
+        unit_id: unit.into(),
+        public_key: *key().public_key().raw(),
+        not_before_ms: None,
+        not_after_ms: Some(2_000_000_000_000),
+        added_at_ms: 1,
+    }
+}
+
+async fn stores_and_reads_back<S: Store>(store: &S) {
+    store
+        .add_key(new_key(key().key_id(), "laoshan"))
+        .await
+        .unwrap();
+    let r = report(1, 1, 0, 1_000, 42.0);
+    let outcomes = store.ingest(vec![r.clone()]).await.unwrap();
+    assert!(
+        matches!(
+            outcomes[..],
+            [StoreOutcome::Stored {
+                seq_gap: 0,
+                changed: 2,
+                ..
+            }]
+        ),
+        "{outcomes:?}"
+    );
+    let values = store.current_values(PLAN, None).await.unwrap();
+    assert_eq!(values.len(), 1);
+    assert_eq!(
+        (
+            values[0].value,
+            values[0].unit_id.as_str(),
+            values[0].period.as_str()
+        ),
+        (42.0, "laoshan", "2018Q1")
+    );
+    assert_eq!(values[0].first_received_at_ms, 2_000);
+    let envelope = store
+        .envelope("laoshan", &[1; 16])
+        .await
+        .unwrap()
+        .expect("envelope kept");
+    assert_eq!(
+        envelope.payload, r.payload,
+        "the envelope is kept byte for byte"
+    );
+    assert_eq!(envelope.signature, r.signature);
+    let tasks = store.current_tasks(PLAN).await.unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].percent, 4.2);
+    let listed = store
+        .reports(&ReportFilter {
+            indicator_id: Some("pct-applications".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(
+        store
+            .reports(&ReportFilter {
+                unit_id: Some("shinan".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn duplicates_store_nothing_new<S: Store>(store: &S) {
+    let r = report(1, 1, 0, 1_000, 42.0);
+    store.ingest(vec![r.clone()]).await.unwrap();
+    let outcomes = store.ingest(vec![r.clone(), r.clone()]).await.unwrap();
+    assert_eq!(outcomes, [StoreOutcome::Duplicate, StoreOutcome::Duplicate]);
+    assert_eq!(
+        store.reports(&ReportFilter::default()).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        store.audit(PLAN).await.unwrap().len(),
+        2,
+        "one audit row per first value and task"
+    );
+    assert!(store.security_events().await.unwrap().is_empty());
+}
+
+async fn same_id_other_bytes_is_a_conflict<S: Store>(store: &S) {
+    store
+        .ingest(vec![report(1, 1, 0, 1_000, 42.0)])
+        .await
+        .unwrap();
+    let mut changed = report(1, 2, 0, 1_000, 43.0);
+    changed.report_id = [1; 16];
+    assert_eq!(
+        store.ingest(vec![changed]).await.unwrap(),
+        [StoreOutcome::Conflict]
+    );
+    assert_eq!(
+        store.current_values(PLAN, None).await.unwrap()[0].value,
+        42.0,
+        "nothing overwritten"
+    );
+    let events = store.security_events().await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "report_id_conflict");
+}
+
+async fn reused_seq_is_a_replay<S: Store>(store: &S) {
+    store
+        .ingest(vec![report(1, 5, 0, 1_000, 42.0)])
+        .await
+        .unwrap();
+    let outcomes = store
+        .ingest(vec![report(2, 5, 0, 2_000, 99.0)])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [StoreOutcome::Replay {
+            existing_report_id: vec![1; 16]
+        }]
+    );
+    assert_eq!(
+        store.current_values(PLAN, None).await.unwrap()[0].value,
+        42.0
+    );
+    assert_eq!(store.security_events().await.unwrap()[0].kind, "seq_replay");
+}
+
+async fn newest_revision_wins_and_late_older_does_not_overwrite<S: Store>(store: &S) {
+    store
+        .ingest(vec![report(1, 1, 0, 1_000, 10.0)])
+        .await
+        .unwrap();
+    store
+        .ingest(vec![report(2, 2, 1, 2_000, 11.0)])
+        .await
+        .unwrap();
+    // An older revision arriving late (sent later with a newer seq) must not win.
+    let outcomes = store
+        .ingest(vec![report(3, 3, 0, 3_000, 9.0)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcomes[..], [StoreOutcome::Stored { changed: 0, .. }]),
+        "{outcomes:?}"
+    );
+    let value = &store
+        .current_values(PLAN, Some("pct-applications"))
+        .await
+        .unwrap()[0];
+    assert_eq!((value.value, value.revision), (11.0, 1));
+    assert_eq!(
+        value.first_received_at_ms, 2_000,
+        "first receipt survives corrections"
+    );
+    // Same revision, later issued_at wins.
+    store
+        .ingest(vec![report(4, 4, 1, 4_000, 12.0)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.current_values(PLAN, None).await.unwrap()[0].value,
+        12.0
+    );
+    let audit: Vec<(Option<f64>, f64)> = store
+        .audit(PLAN)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "value")
+        .map(|a| (a.old_value, a.new_value))
+        .collect();
+    assert_eq!(
+        audit,
+        [(None, 10.0), (Some(10.0), 11.0), (Some(11.0), 12.0)]
+    );
+}
+
+async fn seq_gaps_are_counted<S: Store>(store: &S) {
+    store
+        .add_key(new_key(key().key_id(), "laoshan"))
+        .await
+        .unwrap();
+    let first = store
+        .ingest(vec![report(1, 1, 0, 1_000, 1.0)])
+        .await
+        .unwrap();
+    let second = store
+        .ingest(vec![report(2, 5, 0, 2_000, 1.0)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        first[..],
+        [StoreOutcome::Stored { seq_gap: 0, .. }]
+    ));
+    assert!(
+        matches!(second[..], [StoreOutcome::Stored { seq_gap: 3, .. }]),
+        "{second:?}"
+    );
+    assert_eq!(store.keys(Some("laoshan")).await.unwrap()[0].max_seq, 5);
+}
+
+async fn keys_are_added_listed_and_revoked<S: Store>(store: &S) {
+    let other = SigningKey::from_seed(&[10; 32]);
+    store
+        .add_key(new_key(key().key_id(), "laoshan"))
+        .await
+        .unwrap();
+    store
+        .add_key(new_key(other.key_id(), "shinan"))
+        .await
+        .unwrap();
+    let again = store
+        .add_key(new_key(key().key_id(), "laoshan"))
+        .await
+        .unwrap_err();
+    assert!(matches!(again, StoreError::KeyExists(_)), "{again}");
+    assert_eq!(store.keys(None).await.unwrap().len(), 2);
+    let laoshan = store.keys(Some("laoshan")).await.unwrap();
+    assert_eq!(laoshan.len(), 1);
+    assert_eq!(laoshan[0].key_id, key().key_id());
+    assert_eq!(laoshan[0].not_after_ms, Some(2_000_000_000_000));
+    assert!(store.revoke_key(other.key_id(), 500).await.unwrap());
+    assert!(
+        store.revoke_key(other.key_id(), 900).await.unwrap(),
+        "revoking twice keeps the first time"
+    );
+    assert_eq!(
+        store.keys(Some("shinan")).await.unwrap()[0].revoked_at_ms,
+        Some(500)
+    );
+    assert!(
+        !store
+            .revoke_key(SigningKey::from_seed(&[11; 32]).key_id(), 1)
+            .await
+            .unwrap()
+    );
+}
+
+async fn a_batch_is_classified_in_order<S: Store>(store: &S) {
+    let outcomes = store
+        .ingest(vec![
+            report(1, 1, 0, 1_000, 1.0),
+            report(1, 1, 0, 1_000, 1.0),
+            report(2, 1, 0, 1_000, 2.0),
+            report(3, 2, 0, 1_500, 3.0),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], StoreOutcome::Stored { .. }));
+    assert_eq!(outcomes[1], StoreOutcome::Duplicate);
+    assert!(matches!(outcomes[2], StoreOutcome::Replay { .. }));
+    assert!(matches!(outcomes[3], StoreOutcome::Stored { .. }));
+    assert_eq!(
+        store.reports(&ReportFilter::default()).await.unwrap().len(),
+        2
+    );
+}
+
+async fn concurrent_replicas_store_once<S: Store + Clone + Send + Sync + 'static>(a: &S, b: &S) {
+    let batch: Vec<NewReport> = (1..=40)
+        .map(|i| report(i, u64::from(i), 0, 1_000 + i64::from(i), f64::from(i)))
+        .collect();
+    let (ra, rb) = tokio::join!(a.ingest(batch.clone()), b.ingest(batch.clone()));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    for (i, (x, y)) in ra.iter().zip(&rb).enumerate() {
+        let stored = [x, y]
+            .iter()
+            .filter(|o| matches!(o, StoreOutcome::Stored { .. }))
+            .count();
+        let duplicate = [x, y]
+            .iter()
+            .filter(|o| **o == &StoreOutcome::Duplicate)
+            .count();
+        assert_eq!((stored, duplicate), (1, 1), "report {i}: {x:?} / {y:?}");
+    }
+    assert_eq!(a.reports(&ReportFilter::default()).await.unwrap().len(), 40);
+}
+
+macro_rules! sqlite_cases {
+    ($($case:ident),*) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let url = format!("sqlite://{}", dir.path().join("nested/duban.db").display());
+                    let store = SqliteStore::open(&url).await.unwrap();
+                    super::$case(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! postgres_cases {
+    ($($case:ident),*) => {
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(base) = support::postgres_url(concat!("postgres::", stringify!($case))) else { return };
+                    let schema = support::PgSchema::create(&base).await;
+                    let store = PgStore::open(&schema.url).await.unwrap();
+                    super::$case(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+sqlite_cases!(
+    stores_and_reads_back,
+    duplicates_store_nothing_new,
+    same_id_other_bytes_is_a_conflict,
+    reused_seq_is_a_replay,
+    newest_revision_wins_and_late_older_does_not_overwrite,
+    seq_gaps_are_counted,
+    keys_are_added_listed_and_revoked,
+    a_batch_is_classified_in_order
+);
+
+postgres_cases!(
+    stores_and_reads_back,
+    duplicates_store_nothing_new,
+    same_id_other_bytes_is_a_conflict,
+    reused_seq_is_a_replay,
+    newest_revision_wins_and_late_older_does_not_overwrite,
+    seq_gaps_are_counted,
+    keys_are_added_listed_and_revoked,
+    a_batch_is_classified_in_order
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_data_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("duban.db").display());
+    {
+        let store = SqliteStore::open(&url).await.unwrap();
+        store
+            .ingest(vec![report(1, 1, 0, 1_000, 42.0)])
+            .await
+            .unwrap();
+    }
+    let store = SqliteStore::open(&url).await.unwrap();
+    assert_eq!(
+        store.current_values(PLAN, None).await.unwrap()[0].value,
+        42.0
+    );
+    assert_eq!(
+        store
+            .ingest(vec![report(1, 1, 0, 1_000, 42.0)])
+            .await
+            .unwrap(),
+        [StoreOutcome::Duplicate]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_handles_on_one_file_store_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("duban.db").display());
+    let a = SqliteStore::open(&url).await.unwrap();
+    let b = SqliteStore::open(&url).await.unwrap();
+    concurrent_replicas_store_once(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_replicas_store_once() {
+    let Some(base) = support::postgres_url("postgres_two_replicas_store_once") else {
+        return;
+    };
+    let schema = support::PgSchema::create(&base).await;
+    let a = PgStore::open(&schema.url).await.unwrap();
+    let b = PgStore::open(&schema.url).await.unwrap();
+    concurrent_replicas_store_once(&a, &b).await;
+}
