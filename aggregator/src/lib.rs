@@ -1,4 +1,14 @@
 //! duban-aggregator: the central service. It verifies signed reports, validates them against the
 //! plan, reconciles duplicates and corrections, stores them and computes progress.
+pub mod admin;
+pub mod clock;
+pub mod config;
+pub mod devca;
+pub mod http;
+pub mod ingest;
+pub mod keys;
+pub mod metrics;
 pub mod plan;
+pub mod serve;
+pub mod server;
 pub mod store;

@@ -1,8 +1,16 @@
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use duban_aggregator::plan;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use duban_aggregator::clock::{Clock, SystemClock};
+use duban_aggregator::config::{DEFAULT_DATABASE_URL, ServeFile, TlsFiles};
+use duban_aggregator::serve::{Serve, TlsMaterial};
+use duban_aggregator::store::{AnyStore, ReportFilter};
+use duban_aggregator::{admin, plan};
 
 /// duban-aggregator: the central duban service and its admin CLI.
 #[derive(Debug, Parser)]
@@ -14,9 +22,85 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the aggregator: gRPC ReportService (with health and reflection) and HTTP /metrics,
+    /// /healthz, /readyz. SIGTERM or SIGINT drains in-flight calls, then exits.
+    Serve(ServeArgs),
     /// Check and show plan files (targets, tasks, units, deadlines).
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// Manage the registry of agents' public keys (per unit).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Show the reports that have arrived.
+    #[command(subcommand)]
+    Reports(ReportsCommand),
+    /// Show current indicator values (the winning value per unit and period).
+    #[command(subcommand)]
+    Values(ValuesCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file; flags override its values (see docs/OPERATIONS.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7700].
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<SocketAddr>,
+    /// HTTP listen address for /metrics, /healthz, /readyz [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    plan: PlanArg,
+    /// Server certificate chain (PEM). TLS needs --tls-cert, --tls-key and --client-ca.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) that signs agents' client certificates; clients must present one.
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<PathBuf>,
+    /// Serve gRPC without TLS. For tests only; logs a warning at start.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// Calls handled at once before answering RESOURCE_EXHAUSTED [default: 256].
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<usize>,
+    /// Seconds to let in-flight calls finish after SIGTERM [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    shutdown_grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct DbArgs {
+    /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB [default: sqlite://./duban-data/duban.db].
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+}
+
+impl DbArgs {
+    async fn open(&self) -> anyhow::Result<AnyStore> {
+        let url = self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL);
+        AnyStore::open(url)
+            .await
+            .with_context(|| format!("failed to open the database {url}"))
+    }
+}
+
+#[derive(Debug, Args)]
+struct PlanArg {
+    /// Plan file (TOML, see docs/PLAN.md) [default: the embedded Qingdao 2017 plan].
+    #[arg(long, value_name = "FILE")]
+    plan: Option<PathBuf>,
+}
+
+impl PlanArg {
+    fn load(&self) -> anyhow::Result<plan::Plan> {
+        load_plan(self.plan.as_deref())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,11 +122,247 @@ enum PlanCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Register a unit's public key (SPKI PEM, as `duban-agent keygen` or
+    /// `openssl pkey -pubout` writes). Running servers pick it up within seconds.
+    Add {
+        /// Unit id from the plan, e.g. laoshan.
+        #[arg(long)]
+        unit: String,
+        /// The public key file.
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+        /// Refuse reports received before this time (RFC 3339, or YYYY-MM-DD for midnight UTC).
+        #[arg(long, value_name = "TIME")]
+        not_before: Option<String>,
+        /// Refuse reports received after this time (RFC 3339, or YYYY-MM-DD).
+        #[arg(long, value_name = "TIME")]
+        not_after: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        plan: PlanArg,
+    },
+    /// List registered keys.
+    List {
+        /// Only this unit's keys.
+        #[arg(long)]
+        unit: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke a key from now on: reports signed with it are refused (retries included).
+    Revoke {
+        /// The key id (64 hex digits), as `keys list` or `duban-agent keygen` print it.
+        key_id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportsCommand {
+    /// List stored reports, newest first.
+    List {
+        #[arg(long)]
+        unit: Option<String>,
+        /// Only reports carrying a value of this indicator.
+        #[arg(long)]
+        indicator: Option<String>,
+        /// Only this period (2018-03, 2018Q1, 2018S1, 2018).
+        #[arg(long)]
+        period: Option<String>,
+        /// At most this many [default: 100].
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ValuesCommand {
+    /// Current values per indicator, unit and period.
+    Show {
+        #[arg(long)]
+        indicator: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        plan: PlanArg,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Command::Plan(PlanCommand::Check { file }) => plan_check(file.as_deref()),
         Command::Plan(PlanCommand::Show { file, json }) => plan_show(file.as_deref(), json),
+        command => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(run(command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let now = SystemClock.now_ms();
+    let output = match command {
+        Command::Serve(args) => return serve(args).await,
+        Command::Plan(_) => unreachable!("handled without a runtime"),
+        Command::Keys(KeysCommand::Add {
+            unit,
+            public_key,
+            not_before,
+            not_after,
+            db,
+            plan,
+        }) => {
+            let plan = plan.load()?;
+            admin::keys_add(
+                &db.open().await?,
+                &plan,
+                &unit,
+                &public_key,
+                not_before.as_deref(),
+                not_after.as_deref(),
+                now,
+            )
+            .await?
+        }
+        Command::Keys(KeysCommand::List { unit, json, db }) => {
+            admin::keys_list(&db.open().await?, unit.as_deref(), json).await?
+        }
+        Command::Keys(KeysCommand::Revoke { key_id, db }) => {
+            admin::keys_revoke(&db.open().await?, &key_id, now).await?
+        }
+        Command::Reports(ReportsCommand::List {
+            unit,
+            indicator,
+            period,
+            limit,
+            json,
+            db,
+        }) => {
+            let filter = ReportFilter {
+                unit_id: unit,
+                indicator_id: indicator,
+                period,
+                limit: Some(limit),
+            };
+            admin::reports_list(&db.open().await?, &filter, json).await?
+        }
+        Command::Values(ValuesCommand::Show {
+            indicator,
+            json,
+            db,
+            plan,
+        }) => {
+            let plan = plan.load()?;
+            admin::values_show(&db.open().await?, &plan, indicator.as_deref(), json).await?
+        }
+    };
+    print!("{output}");
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (mut file, source) = match &args.config {
+        Some(path) => (ServeFile::read(path)?, path.display().to_string()),
+        None => (ServeFile::default(), "flags".to_owned()),
+    };
+    file.grpc_listen = args.grpc_listen.or(file.grpc_listen);
+    file.http_listen = args.http_listen.or(file.http_listen);
+    file.database_url = args.db.database_url.clone().or(file.database_url);
+    file.plan = args.plan.plan.clone().or(file.plan);
+    file.max_in_flight = args.max_in_flight.or(file.max_in_flight);
+    file.shutdown_grace_seconds = args.shutdown_grace_seconds.or(file.shutdown_grace_seconds);
+    if args.insecure_plaintext {
+        file.insecure_plaintext = Some(true);
+    }
+    match (args.tls_cert, args.tls_key, args.client_ca) {
+        (Some(cert), Some(key), Some(client_ca)) => {
+            file.tls = Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            })
+        }
+        (None, None, None) => {}
+        _ => anyhow::bail!("TLS needs all three of --tls-cert, --tls-key and --client-ca"),
+    }
+    let config = file.settle(&source)?;
+    let plan = Arc::new(load_plan(config.plan.as_deref())?);
+    let tls = match &config.tls {
+        Some(files) => Some(TlsMaterial {
+            cert_pem: read(&files.cert, "TLS certificate")?,
+            key_pem: read(&files.key, "TLS key")?,
+            client_ca_pem: read(&files.client_ca, "client CA")?,
+        }),
+        None => None,
+    };
+    let store = AnyStore::open(&config.database_url)
+        .await
+        .with_context(|| format!("failed to open the database {}", config.database_url))?;
+    let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_listen))?;
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+    let serve = Serve {
+        plan,
+        store,
+        clock: Arc::new(SystemClock),
+        tls,
+        max_in_flight: config.max_in_flight,
+        shutdown_grace: config.shutdown_grace,
+    };
+    duban_aggregator::serve::run(
+        serve,
+        grpc,
+        http,
+        duban_aggregator::serve::termination_signal(),
+    )
+    .await?;
+    // Give the store's writer a moment to finish its last group before the process exits.
+    tokio::time::sleep(Duration::from_millis(0)).await;
+    Ok(())
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+fn load_plan(file: Option<&Path>) -> anyhow::Result<plan::Plan> {
+    let (name, result) = load(file);
+    match result {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                tracing::debug!(%warning, "plan warning");
+            }
+            Ok(loaded.plan)
+        }
+        Err(errors) => anyhow::bail!("{name}: {errors}"),
     }
 }
 

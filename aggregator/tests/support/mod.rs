@@ -79,3 +79,225 @@ impl Drop for PgSchema {
         .join();
     }
 }
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use duban_aggregator::clock::{Clock, ManualClock};
+use duban_aggregator::devca::DevCa;
+use duban_aggregator::serve::{Serve, TlsMaterial};
+use duban_aggregator::store::{AnyStore, NewKey, Store};
+use duban_proto::pb::report_service_client::ReportServiceClient;
+use duban_proto::{SigningKey, pb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+pub const PLAN_ID: &str = "qingdao-ip-2017";
+/// 2018-04-10T00:00:00Z: inside the plan, in 2018Q2.
+pub const NOW_MS: i64 = 1_523_318_400_000;
+
+pub fn laoshan_key() -> SigningKey {
+    SigningKey::from_seed(&[1; 32])
+}
+
+pub fn shibei_key() -> SigningKey {
+    SigningKey::from_seed(&[2; 32])
+}
+
+pub fn science_tech_key() -> SigningKey {
+    SigningKey::from_seed(&[3; 32])
+}
+
+pub struct TestServer {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub store: AnyStore,
+    pub clock: Arc<ManualClock>,
+    pub ca: Option<DevCa>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Default)]
+pub struct Options {
+    pub tls: bool,
+    pub extra_keys: Vec<NewKey>,
+}
+
+pub fn key_record(key: &SigningKey, unit: &str) -> NewKey {
+    NewKey {
+        key_id: key.key_id(),
+        unit_id: unit.into(),
+        public_key: *key.public_key().raw(),
+        not_before_ms: None,
+        not_after_ms: None,
+        added_at_ms: 0,
+    }
+}
+
+impl TestServer {
+    pub async fn start(options: Options) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("duban.db").display());
+        let store = AnyStore::open(&url).await.unwrap();
+        for (key, unit) in [
+            (laoshan_key(), "laoshan"),
+            (shibei_key(), "shibei"),
+            (science_tech_key(), "science-tech"),
+        ] {
+            store.add_key(key_record(&key, unit)).await.unwrap();
+        }
+        for key in options.extra_keys {
+            store.add_key(key).await.unwrap();
+        }
+        let ca = options.tls.then(|| DevCa::generate().unwrap());
+        let tls = ca.as_ref().map(|ca| {
+            let server = ca.issue_server(&["localhost"]).unwrap();
+            TlsMaterial {
+                cert_pem: server.cert_pem.into_bytes(),
+                key_pem: server.key_pem.into_bytes(),
+                client_ca_pem: ca.cert_pem().as_bytes().to_vec(),
+            }
+        });
+        let clock = Arc::new(ManualClock::new(NOW_MS));
+        let plan = Arc::new(duban_aggregator::plan::embedded().plan);
+        let serve = Serve {
+            plan,
+            store: store.clone(),
+            clock: clock.clone() as Arc<dyn Clock>,
+            tls,
+            max_in_flight: 64,
+            shutdown_grace: std::time::Duration::from_secs(5),
+        };
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = grpc_listener.local_addr().unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(duban_aggregator::serve::run(
+            serve,
+            grpc_listener,
+            http_listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        TestServer {
+            grpc,
+            http,
+            store,
+            clock,
+            ca,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    pub async fn client(&self) -> ReportServiceClient<Channel> {
+        let channel = Endpoint::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        ReportServiceClient::new(channel)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20)
+    }
+
+    /// A TLS client presenting a certificate for `unit` (or none).
+    pub async fn tls_client(
+        &self,
+        unit: Option<&str>,
+    ) -> Result<ReportServiceClient<Channel>, tonic::transport::Error> {
+        let ca = self.ca.as_ref().expect("server started with TLS");
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca.cert_pem()))
+            .domain_name("localhost");
+        if let Some(unit) = unit {
+            let issued = ca.issue_unit(unit).unwrap();
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                issued.cert_pem,
+                issued.key_pem,
+            ));
+        }
+        let channel = Endpoint::from_shared(format!("https://{}", self.grpc))?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        Ok(ReportServiceClient::new(channel))
+    }
+
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(self.http).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of a sample in /metrics, e.g. `duban_reports_accepted_total`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics").await;
+        body.lines()
+            .find_map(|line| {
+                line.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{body}"))
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A report from `unit` for `period` with the given indicator values.
+pub fn report(unit: &str, seq: u64, period: &str, values: &[(&str, f64)]) -> pb::Report {
+    let mut report_id = [0u8; 16];
+    report_id[..8].copy_from_slice(&seq.to_be_bytes());
+    report_id[8..]
+        .copy_from_slice(&(unit.len() as u64 + u64::from(unit.as_bytes()[0])).to_be_bytes());
+    pb::Report {
+        report_id: report_id.to_vec(),
+        unit_id: unit.into(),
+        key_id: Vec::new(),
+        seq,
+        issued_at_ms: NOW_MS,
+        audience: PLAN_ID.into(),
+        period: period.into(),
+        values: values
+            .iter()
+            .map(|(id, v)| pb::IndicatorValue {
+                indicator_id: (*id).into(),
+                value: *v,
+                note: String::new(),
+            })
+            .collect(),
+        task_updates: Vec::new(),
+        revision: 0,
+    }
+}
+
+pub fn sign(key: &SigningKey, report: pb::Report) -> pb::SignedReport {
+    duban_proto::envelope::bind_and_sign(key, report)
+}

@@ -1,0 +1,236 @@
+//! The operator's commands against the store: key registry, and what has arrived.
+//! Each returns text for the terminal (or JSON with `--json`), so tests can check it directly.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use duban_proto::{KeyId, PublicKey};
+
+use crate::plan::{Plan, show::table};
+use crate::store::{AnyStore, NewKey, ReportFilter, Store};
+
+/// Parses `2026-01-01T08:00:00Z` (RFC 3339) or `2026-01-01` (midnight UTC) into Unix ms.
+pub fn parse_time_ms(text: &str) -> anyhow::Result<i64> {
+    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+        return Ok(ts.as_millisecond());
+    }
+    if let Ok(date) = text.parse::<jiff::civil::Date>() {
+        return Ok(date
+            .to_zoned_datetime(jiff::tz::TimeZone::UTC)?
+            .timestamp()
+            .as_millisecond());
+    }
+    bail!(
+        "{text:?} is not a time: expected RFC 3339 like 2026-01-01T08:00:00Z, or a date like 2026-01-01 (midnight UTC)"
+    )
+}
+
+fn time_text(ms: Option<i64>) -> String {
+    match ms.map(jiff::Timestamp::from_millisecond) {
+        Some(Ok(ts)) => ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        Some(Err(_)) => "(invalid)".into(),
+        None => "—".into(),
+    }
+}
+
+pub async fn keys_add(
+    store: &AnyStore,
+    plan: &Plan,
+    unit: &str,
+    public_key_file: &Path,
+    not_before: Option<&str>,
+    not_after: Option<&str>,
+    now_ms: i64,
+) -> anyhow::Result<String> {
+    if plan.unit(unit).is_none() {
+        bail!(
+            "unit {unit:?} is not in plan {}; `duban-aggregator plan show` lists the units",
+            plan.id
+        );
+    }
+    let key = PublicKey::read_spki_pem_file(public_key_file)?;
+    let not_before_ms = not_before
+        .map(parse_time_ms)
+        .transpose()
+        .context("--not-before")?;
+    let not_after_ms = not_after
+        .map(parse_time_ms)
+        .transpose()
+        .context("--not-after")?;
+    if let (Some(a), Some(b)) = (not_before_ms, not_after_ms)
+        && b <= a
+    {
+        bail!("--not-after must be later than --not-before");
+    }
+    store
+        .add_key(NewKey {
+            key_id: key.key_id(),
+            unit_id: unit.to_owned(),
+            public_key: *key.raw(),
+            not_before_ms,
+            not_after_ms,
+            added_at_ms: now_ms,
+        })
+        .await?;
+    Ok(format!(
+        "added key {} for unit {unit} ({})\n",
+        key.key_id(),
+        plan.party_name(unit)
+    ))
+}
+
+pub async fn keys_list(store: &AnyStore, unit: Option<&str>, json: bool) -> anyhow::Result<String> {
+    let keys = store.keys(unit).await?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&keys)? + "\n");
+    }
+    let mut rows = vec![
+        [
+            "key id",
+            "unit",
+            "added",
+            "not before",
+            "not after",
+            "revoked",
+            "max seq",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for k in &keys {
+        rows.push(vec![
+            k.key_id.to_string(),
+            k.unit_id.clone(),
+            time_text(Some(k.added_at_ms)),
+            time_text(k.not_before_ms),
+            time_text(k.not_after_ms),
+            time_text(k.revoked_at_ms),
+            k.max_seq.to_string(),
+        ]);
+    }
+    let mut out = table(&rows, 0);
+    let _ = writeln!(
+        out,
+        "{} key{}",
+        keys.len(),
+        if keys.len() == 1 { "" } else { "s" }
+    );
+    Ok(out)
+}
+
+pub async fn keys_revoke(store: &AnyStore, key_id: &str, now_ms: i64) -> anyhow::Result<String> {
+    let key_id = KeyId::from_hex(key_id)?;
+    if !store.revoke_key(key_id, now_ms).await? {
+        bail!("no key {key_id} is registered; `duban-aggregator keys list` shows them");
+    }
+    Ok(format!(
+        "revoked key {key_id}: reports signed with it are refused from now on (running servers within seconds)\n"
+    ))
+}
+
+pub async fn reports_list(
+    store: &AnyStore,
+    filter: &ReportFilter,
+    json: bool,
+) -> anyhow::Result<String> {
+    let reports = store.reports(filter).await?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&reports)? + "\n");
+    }
+    let mut rows = vec![
+        [
+            "#",
+            "unit",
+            "period",
+            "rev",
+            "seq",
+            "issued",
+            "received",
+            "values",
+            "tasks",
+            "refused",
+            "report id",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for r in &reports {
+        rows.push(vec![
+            r.report_pk.to_string(),
+            r.unit_id.clone(),
+            r.period.clone(),
+            r.revision.to_string(),
+            r.seq.to_string(),
+            time_text(Some(r.issued_at_ms)),
+            time_text(Some(r.received_at_ms)),
+            r.values_count.to_string(),
+            r.task_updates_count.to_string(),
+            r.refused_count.to_string(),
+            hex::encode(&r.report_id),
+        ]);
+    }
+    let mut out = table(&rows, 0);
+    let _ = writeln!(
+        out,
+        "{} report{}",
+        reports.len(),
+        if reports.len() == 1 { "" } else { "s" }
+    );
+    Ok(out)
+}
+
+pub async fn values_show(
+    store: &AnyStore,
+    plan: &Plan,
+    indicator: Option<&str>,
+    json: bool,
+) -> anyhow::Result<String> {
+    if let Some(id) = indicator
+        && plan.indicator(id).is_none()
+    {
+        bail!("indicator {id:?} is not in plan {}", plan.id);
+    }
+    let values = store.current_values(&plan.id, indicator).await?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&values)? + "\n");
+    }
+    let mut rows = vec![
+        [
+            "indicator",
+            "unit",
+            "period",
+            "value",
+            "measure",
+            "rev",
+            "updated",
+            "note",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for v in &values {
+        let measure = plan
+            .indicator(&v.indicator_id)
+            .map(|i| i.measure.clone())
+            .unwrap_or_default();
+        rows.push(vec![
+            v.indicator_id.clone(),
+            v.unit_id.clone(),
+            v.period.clone(),
+            v.value.to_string(),
+            measure,
+            v.revision.to_string(),
+            time_text(Some(v.updated_at_ms)),
+            v.note.clone(),
+        ]);
+    }
+    let mut out = table(&rows, 0);
+    let _ = writeln!(
+        out,
+        "{} current value{}",
+        values.len(),
+        if values.len() == 1 { "" } else { "s" }
+    );
+    Ok(out)
+}

@@ -1,0 +1,192 @@
+//! `duban-aggregator serve` configuration: a TOML file (`--config`) whose every key a flag can
+//! override. Validated purely; every error names the file and the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7700";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9464";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./duban-data/duban.db";
+
+/// The file as written. Every field is optional; flags fill or override.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    pub grpc_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub plan: Option<PathBuf>,
+    pub insecure_plaintext: Option<bool>,
+    pub max_in_flight: Option<usize>,
+    pub shutdown_grace_seconds: Option<u64>,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The server's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+    /// The CA that signs agents' client certificates (PEM).
+    pub client_ca: PathBuf,
+}
+
+/// The settled configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub database_url: String,
+    pub plan: Option<PathBuf>,
+    pub tls: Option<TlsFiles>,
+    pub max_in_flight: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: cannot read: {message}")]
+    Read { file: String, message: String },
+    #[error("{source_name}: {key}: {message}")]
+    Invalid {
+        source_name: String,
+        key: String,
+        message: String,
+    },
+}
+
+impl ServeFile {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            message: e.to_string().trim().to_owned(),
+        })
+    }
+
+    /// Fills in defaults and checks what must hold together. `source_name` names where the
+    /// values came from in errors (the file, or "flags").
+    pub fn settle(self, source_name: &str) -> Result<ServeConfig, ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            source_name: source_name.to_owned(),
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        let max_in_flight = self.max_in_flight.unwrap_or(256);
+        if max_in_flight == 0 {
+            return Err(invalid("max_in_flight", "must be at least 1"));
+        }
+        let insecure = self.insecure_plaintext.unwrap_or(false);
+        match (&self.tls, insecure) {
+            (Some(_), true) => {
+                return Err(invalid(
+                    "insecure_plaintext",
+                    "cannot be combined with TLS files; choose one",
+                ))?;
+            }
+            (None, false) => {
+                return Err(invalid(
+                    "tls",
+                    "TLS is required: give --tls-cert, --tls-key and --client-ca (or [tls] cert, key, client_ca), or --insecure-plaintext for tests",
+                ));
+            }
+            _ => {}
+        }
+        let database_url = self
+            .database_url
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "expected sqlite://PATH or postgres://USER@HOST/DB",
+            ));
+        }
+        Ok(ServeConfig {
+            grpc_listen: self
+                .grpc_listen
+                .unwrap_or_else(|| DEFAULT_GRPC_LISTEN.parse().expect("valid default")),
+            http_listen: self
+                .http_listen
+                .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.parse().expect("valid default")),
+            database_url,
+            plan: self.plan,
+            tls: self.tls,
+            max_in_flight,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds.unwrap_or(10)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_with_plaintext() {
+        let config = ServeFile {
+            insecure_plaintext: Some(true),
+            ..Default::default()
+        }
+        .settle("flags")
+        .unwrap();
+        assert_eq!(config.grpc_listen.to_string(), DEFAULT_GRPC_LISTEN);
+        assert_eq!(config.http_listen.to_string(), DEFAULT_HTTP_LISTEN);
+        assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn tls_or_an_explicit_plaintext_is_required() {
+        let err = ServeFile::default().settle("duban.toml").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("duban.toml: tls: TLS is required"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_file_and_key() {
+        let err = ServeFile::parse(
+            "grpc_listen = \"127.0.0.1:7700\"\nlisten_port = 3\n",
+            "a.toml",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("a.toml")
+                && err.to_string().contains("unknown field `listen_port`"),
+            "{err}"
+        );
+        let err = ServeFile::parse("grpc_listen = \"not an address\"\n", "a.toml").unwrap_err();
+        assert!(err.to_string().contains("grpc_listen"), "{err}");
+        let err = ServeFile {
+            insecure_plaintext: Some(true),
+            database_url: Some("mysql://x".into()),
+            ..Default::default()
+        }
+        .settle("a.toml")
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a.toml: database_url: expected sqlite://PATH or postgres://USER@HOST/DB"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! A development certificate authority: issues the server certificate and per-unit client
+//! certificates (SAN URI `spiffe://duban/unit/<unit_id>`) for tests, the demo and
+//! `duban-aggregator dev-ca`. Production deployments use their own CA; these certificates are
+//! ordinary X.509 (ECDSA P-256) and any CA can issue the same shape.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::server::identity::SPIFFE_UNIT_PREFIX;
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Issued")
+    }
+}
+
+pub struct DevCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl std::fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevCa")
+    }
+}
+
+fn params(common_name: &str, names: Vec<String>) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(names)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "duban development CA");
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    Ok(params)
+}
+
+impl DevCa {
+    pub fn generate() -> Result<Self, rcgen::Error> {
+        let mut ca = params("duban dev CA", Vec::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = ca.self_signed(&key)?;
+        let key_pem = key.serialize_pem();
+        Ok(DevCa {
+            cert_pem: cert.pem(),
+            key_pem,
+            issuer: Issuer::new(ca, key),
+        })
+    }
+
+    /// Loads a CA written by [`DevCa::cert_pem`] and [`DevCa::key_pem`].
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, rcgen::Error> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(DevCa {
+            issuer,
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// A server certificate for the given DNS names and IP addresses.
+    pub fn issue_server(&self, names: &[&str]) -> Result<Issued, rcgen::Error> {
+        let mut p = params(
+            names.first().copied().unwrap_or("duban-aggregator"),
+            names.iter().map(|n| n.to_string()).collect(),
+        )?;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(p)
+    }
+
+    /// A client certificate naming `unit_id` as `spiffe://duban/unit/<unit_id>`.
+    pub fn issue_unit(&self, unit_id: &str) -> Result<Issued, rcgen::Error> {
+        let mut p = params(&format!("duban agent {unit_id}"), Vec::new())?;
+        p.subject_alt_names.push(SanType::URI(
+            format!("{SPIFFE_UNIT_PREFIX}{unit_id}").try_into()?,
+        ));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(p)
+    }
+
+    fn issue(&self, params: CertificateParams) -> Result<Issued, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_certificates_carry_the_unit() {
+        let ca = DevCa::generate().unwrap();
+        let issued = ca.issue_unit("laoshan").unwrap();
+        let der = x509_parser::pem::parse_x509_pem(issued.cert_pem.as_bytes())
+            .unwrap()
+            .1
+            .contents;
+        assert_eq!(
+            crate::server::identity::unit_of_certificate(&der).unwrap(),
+            "laoshan"
+        );
+        let server = ca.issue_server(&["localhost"]).unwrap();
+        let der = x509_parser::pem::parse_x509_pem(server.cert_pem.as_bytes())
+            .unwrap()
+            .1
+            .contents;
+        assert!(crate::server::identity::unit_of_certificate(&der).is_err());
+        let again = DevCa::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
+        again.issue_unit("shinan").unwrap();
+    }
+}

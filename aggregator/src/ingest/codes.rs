@@ -1,0 +1,177 @@
+//! Result, reason and refusal codes: the fixed names of docs/PROTOCOL.md. The wire enums in
+//! `duban_proto::pb` map to these one to one in `server::convert`.
+
+/// Why a whole report was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    PayloadTooLarge,
+    BadPayloadType,
+    BadKeyId,
+    UnknownKey,
+    KeyRevoked,
+    KeyNotYetValid,
+    KeyExpired,
+    BadSignature,
+    MalformedPayload,
+    KeyMismatch,
+    UnitMismatch,
+    WrongAudience,
+    IssuedInFuture,
+    UnknownUnit,
+    BadPeriod,
+    ReportIdConflict,
+    SeqReplay,
+    NothingValid,
+    BadReportId,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 19] = [
+        Reason::PayloadTooLarge,
+        Reason::BadPayloadType,
+        Reason::BadKeyId,
+        Reason::UnknownKey,
+        Reason::KeyRevoked,
+        Reason::KeyNotYetValid,
+        Reason::KeyExpired,
+        Reason::BadSignature,
+        Reason::MalformedPayload,
+        Reason::KeyMismatch,
+        Reason::UnitMismatch,
+        Reason::WrongAudience,
+        Reason::IssuedInFuture,
+        Reason::UnknownUnit,
+        Reason::BadPeriod,
+        Reason::ReportIdConflict,
+        Reason::SeqReplay,
+        Reason::NothingValid,
+        Reason::BadReportId,
+    ];
+
+    /// The name used in docs, logs and the `reason` metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Reason::BadPayloadType => "BAD_PAYLOAD_TYPE",
+            Reason::BadKeyId => "BAD_KEY_ID",
+            Reason::UnknownKey => "UNKNOWN_KEY",
+            Reason::KeyRevoked => "KEY_REVOKED",
+            Reason::KeyNotYetValid => "KEY_NOT_YET_VALID",
+            Reason::KeyExpired => "KEY_EXPIRED",
+            Reason::BadSignature => "BAD_SIGNATURE",
+            Reason::MalformedPayload => "MALFORMED_PAYLOAD",
+            Reason::KeyMismatch => "KEY_MISMATCH",
+            Reason::UnitMismatch => "UNIT_MISMATCH",
+            Reason::WrongAudience => "WRONG_AUDIENCE",
+            Reason::IssuedInFuture => "ISSUED_IN_FUTURE",
+            Reason::UnknownUnit => "UNKNOWN_UNIT",
+            Reason::BadPeriod => "BAD_PERIOD",
+            Reason::ReportIdConflict => "REPORT_ID_CONFLICT",
+            Reason::SeqReplay => "SEQ_REPLAY",
+            Reason::NothingValid => "NOTHING_VALID",
+            Reason::BadReportId => "BAD_REPORT_ID",
+        }
+    }
+
+    /// Whether a client should keep the report and try again later (docs/PROTOCOL.md).
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Reason::UnknownKey | Reason::KeyNotYetValid | Reason::IssuedInFuture
+        )
+    }
+}
+
+/// Why one value or task update was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalCode {
+    UnknownIndicator,
+    NotAReporter,
+    PeriodTypeMismatch,
+    PeriodOutsidePlan,
+    ValueNotFinite,
+    ValueOutOfRange,
+    UnknownTask,
+    UnknownMilestone,
+    NotResponsible,
+    PercentOutOfRange,
+    NoteTooLong,
+    DuplicateEntry,
+}
+
+impl RefusalCode {
+    pub const ALL: [RefusalCode; 12] = [
+        RefusalCode::UnknownIndicator,
+        RefusalCode::NotAReporter,
+        RefusalCode::PeriodTypeMismatch,
+        RefusalCode::PeriodOutsidePlan,
+        RefusalCode::ValueNotFinite,
+        RefusalCode::ValueOutOfRange,
+        RefusalCode::UnknownTask,
+        RefusalCode::UnknownMilestone,
+        RefusalCode::NotResponsible,
+        RefusalCode::PercentOutOfRange,
+        RefusalCode::NoteTooLong,
+        RefusalCode::DuplicateEntry,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RefusalCode::UnknownIndicator => "UNKNOWN_INDICATOR",
+            RefusalCode::NotAReporter => "NOT_A_REPORTER",
+            RefusalCode::PeriodTypeMismatch => "PERIOD_TYPE_MISMATCH",
+            RefusalCode::PeriodOutsidePlan => "PERIOD_OUTSIDE_PLAN",
+            RefusalCode::ValueNotFinite => "VALUE_NOT_FINITE",
+            RefusalCode::ValueOutOfRange => "VALUE_OUT_OF_RANGE",
+            RefusalCode::UnknownTask => "UNKNOWN_TASK",
+            RefusalCode::UnknownMilestone => "UNKNOWN_MILESTONE",
+            RefusalCode::NotResponsible => "NOT_RESPONSIBLE",
+            RefusalCode::PercentOutOfRange => "PERCENT_OUT_OF_RANGE",
+            RefusalCode::NoteTooLong => "NOTE_TOO_LONG",
+            RefusalCode::DuplicateEntry => "DUPLICATE_ENTRY",
+        }
+    }
+}
+
+/// Which list of the report a refusal points into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    Value,
+    TaskUpdate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: ItemKind,
+    pub index: u32,
+    pub code: RefusalCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Duplicate,
+    Partial,
+    Rejected(Reason),
+}
+
+/// The answer for one report, before conversion to the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportResult {
+    pub report_id: Vec<u8>,
+    pub outcome: Outcome,
+    pub message: String,
+    pub refusals: Vec<Refusal>,
+}
+
+impl ReportResult {
+    pub fn rejected(report_id: Vec<u8>, reason: Reason, message: impl Into<String>) -> Self {
+        ReportResult {
+            report_id,
+            outcome: Outcome::Rejected(reason),
+            message: message.into(),
+            refusals: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The ingest path: verify, validate, reconcile, in the order docs/PROTOCOL.md fixes.
+//!
+//! For every envelope: size caps, payload type, key known and usable, `verify_strict` over the
+//! received bytes, decode, binding checks (key and unit against the registry and the TLS
+//! identity, audience, `issued_at` not in the future), then validation against the plan item
+//! by item. What survives goes to the store in one call, which classifies duplicates,
+//! conflicts and replays. Only a store failure fails the whole call (gRPC `UNAVAILABLE`);
+//! everything else is a per-report result.
+
+mod codes;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use duban_proto::envelope::{self, VerifyError};
+use duban_proto::{KeyId, pb};
+use sha2::{Digest, Sha256};
+
+pub use codes::*;
+
+use crate::clock::Clock;
+use crate::keys::KeyRegistry;
+use crate::metrics::Metrics;
+use crate::plan::Plan;
+use crate::store::{AnyStore, NewReport, Store, StoreError, StoreOutcome};
+
+/// How far ahead of the server clock `issued_at_ms` may be.
+pub const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
+
+/// Batches at least this large are verified on the blocking pool rather than inline.
+const BLOCKING_BATCH: usize = 16;
+
+#[derive(Clone)]
+pub struct Ingestor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    plan: Arc<Plan>,
+    keys: Arc<KeyRegistry>,
+    store: AnyStore,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Ingestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ingestor(plan {})", self.inner.plan.id)
+    }
+}
+
+/// One envelope after the checks that need no database.
+enum Prepared {
+    Ready {
+        report: Box<NewReport>,
+        refusals: Vec<Refusal>,
+    },
+    Done(ReportResult),
+}
+
+impl Ingestor {
+    pub fn new(
+        plan: Arc<Plan>,
+        keys: Arc<KeyRegistry>,
+        store: AnyStore,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+    ) -> Self {
+        Ingestor {
+            inner: Arc::new(Inner {
+                plan,
+                keys,
+                store,
+                clock,
+                metrics,
+            }),
+        }
+    }
+
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.inner.plan
+    }
+
+    pub fn store(&self) -> &AnyStore {
+        &self.inner.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    pub fn keys(&self) -> &Arc<KeyRegistry> {
+        &self.inner.keys
+    }
+
+    /// Handles one call's envelopes. `tls_unit` is the unit named by the client certificate
+    /// when TLS is on. One result per envelope, in order.
+    pub async fn submit(
+        &self,
+        envelopes: Vec<pb::SignedReport>,
+        tls_unit: Option<String>,
+    ) -> Result<Vec<ReportResult>, StoreError> {
+        let started = Instant::now();
+        let metrics = &self.inner.metrics;
+        metrics.received.inc_by(envelopes.len() as u64);
+        let prepared = if envelopes.len() >= BLOCKING_BATCH {
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || {
+                envelopes
+                    .iter()
+                    .map(|e| inner.prepare(e, tls_unit.as_deref()))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .expect("verification does not panic")
+        } else {
+            envelopes
+                .iter()
+                .map(|e| self.inner.prepare(e, tls_unit.as_deref()))
+                .collect()
+        };
+
+        let mut ready = Vec::new();
+        let mut refusals_of_ready = Vec::new();
+        let mut results: Vec<Option<ReportResult>> = Vec::with_capacity(prepared.len());
+        for item in prepared {
+            match item {
+                Prepared::Ready { report, refusals } => {
+                    ready.push(*report);
+                    refusals_of_ready.push(refusals);
+                    results.push(None);
+                }
+                Prepared::Done(result) => results.push(Some(result)),
+            }
+        }
+
+        let store_started = Instant::now();
+        let outcomes = match self.inner.store.ingest(ready.clone()).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                metrics.store_errors.inc();
+                tracing::error!(%error, "store failed; answering UNAVAILABLE");
+                return Err(error);
+            }
+        };
+        metrics
+            .store_seconds
+            .observe(store_started.elapsed().as_secs_f64());
+
+        let mut stored = ready.into_iter().zip(refusals_of_ready).zip(outcomes);
+        let results: Vec<ReportResult> = results
+            .into_iter()
+            .map(|slot| {
+                slot.unwrap_or_else(|| {
+                    let ((report, refusals), outcome) =
+                        stored.next().expect("one outcome per ready report");
+                    self.inner.finish(report, refusals, outcome)
+                })
+            })
+            .collect();
+        for result in &results {
+            self.inner.count(result);
+        }
+        metrics
+            .ingest_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(results)
+    }
+}
+
+fn verify_reason(error: &VerifyError) -> Reason {
+    match error {
+        VerifyError::PayloadTooLarge { .. } => Reason::PayloadTooLarge,
+        VerifyError::PayloadTypeTooLong { .. } | VerifyError::WrongPayloadType { .. } => {
+            Reason::BadPayloadType
+        }
+        VerifyError::BadKeyIdLength { .. } | VerifyError::KeyIdMismatch { .. } => Reason::BadKeyId,
+        VerifyError::BadSignatureLength { .. } | VerifyError::BadSignature => Reason::BadSignature,
+        VerifyError::MalformedPayload(_) => Reason::MalformedPayload,
+    }
+}
+
+impl Inner {
+    fn prepare(&self, signed: &pb::SignedReport, tls_unit: Option<&str>) -> Prepared {
+        match self.check(signed, tls_unit) {
+            Ok(ready) => ready,
+            Err((report_id, reason, message)) => {
+                Prepared::Done(ReportResult::rejected(report_id, reason, message))
+            }
+        }
+    }
+
+    fn check(
+        &self,
+        signed: &pb::SignedReport,
+        tls_unit: Option<&str>,
+    ) -> Result<Prepared, (Vec<u8>, Reason, String)> {
+        let fail = |reason, message: String| (Vec::new(), reason, message);
+        let key_id =
+            envelope::precheck(signed).map_err(|e| fail(verify_reason(&e), e.to_string()))?;
+        let key = self.keys.lookup(&key_id).ok_or_else(|| {
+            fail(
+                Reason::UnknownKey,
+                format!("key {key_id} is not registered"),
+            )
+        })?;
+        let now = self.clock.now_ms();
+        key.check_usable(now).map_err(|reason| {
+            fail(
+                reason,
+                format!("key {key_id} of unit {:?}: {}", key.unit_id, reason.name()),
+            )
+        })?;
+        if let Err(error) = envelope::verify_signature(signed, &key.public_key) {
+            self.metrics.signature_failures.inc();
+            return Err(fail(verify_reason(&error), error.to_string()));
+        }
+        let report =
+            envelope::decode_payload(signed).map_err(|e| fail(verify_reason(&e), e.to_string()))?;
+        let report_id = report.report_id.clone();
+        let fail = |reason, message: String| (report_id.clone(), reason, message);
+        let report_id16: [u8; 16] = report.report_id.as_slice().try_into().map_err(|_| {
+            fail(
+                Reason::BadReportId,
+                format!(
+                    "report_id is {} bytes; it must be 16",
+                    report.report_id.len()
+                ),
+            )
+        })?;
+        if report.key_id != key_id.as_bytes() {
+            return Err(fail(
+                Reason::KeyMismatch,
+                "the signed report names another key than the envelope".into(),
+            ));
+        }
+        if report.unit_id != key.unit_id {
+            return Err(fail(
+                Reason::UnitMismatch,
+                format!(
+                    "report is from unit {:?} but key {key_id} belongs to {:?}",
+                    report.unit_id, key.unit_id
+                ),
+            ));
+        }
+        if let Some(tls_unit) = tls_unit.filter(|u| *u != report.unit_id) {
+            return Err(fail(
+                Reason::UnitMismatch,
+                format!(
+                    "report is from unit {:?} but the client certificate names {tls_unit:?}",
+                    report.unit_id
+                ),
+            ));
+        }
+        if report.audience != self.plan.id {
+            return Err(fail(
+                Reason::WrongAudience,
+                format!(
+                    "audience {:?} is not this deployment's plan {:?}",
+                    report.audience, self.plan.id
+                ),
+            ));
+        }
+        if report.issued_at_ms > now.saturating_add(MAX_FUTURE_MS) {
+            return Err(fail(
+                Reason::IssuedInFuture,
+                format!(
+                    "issued_at_ms {} is more than 5 minutes ahead of the server clock ({now})",
+                    report.issued_at_ms
+                ),
+            ));
+        }
+        if report.seq == 0 || report.seq > i64::MAX as u64 {
+            return Err(fail(
+                Reason::MalformedPayload,
+                format!("seq {} is outside 1 .. 2^63-1", report.seq),
+            ));
+        }
+        let period = validate::check_report_fields(&self.plan, &report)
+            .map_err(|(reason, message)| fail(reason, message))?;
+        let validated = validate::validate_items(&self.plan, &report.unit_id, &period, &report);
+        if validated.values.is_empty() && validated.task_updates.is_empty() {
+            let message = if validated.refusals.is_empty() {
+                "the report has no values and no task updates".to_owned()
+            } else {
+                format!("all {} items were refused", validated.refusals.len())
+            };
+            return Ok(Prepared::Done(ReportResult {
+                report_id,
+                outcome: Outcome::Rejected(Reason::NothingValid),
+                message,
+                refusals: validated.refusals,
+            }));
+        }
+        let new = NewReport {
+            plan_id: self.plan.id.clone(),
+            unit_id: report.unit_id.clone(),
+            report_id: report_id16,
+            key_id,
+            seq: report.seq,
+            issued_at_ms: report.issued_at_ms,
+            received_at_ms: now,
+            period: period.to_string(),
+            revision: report.revision,
+            payload: signed.payload.clone(),
+            payload_type: signed.payload_type.clone(),
+            signature: signed.signature.clone(),
+            payload_sha256: Sha256::digest(&signed.payload).into(),
+            values: validated.values,
+            task_updates: validated.task_updates,
+            refused_count: validated.refusals.len() as u32,
+        };
+        Ok(Prepared::Ready {
+            report: Box::new(new),
+            refusals: validated.refusals,
+        })
+    }
+
+    fn finish(
+        &self,
+        report: NewReport,
+        refusals: Vec<Refusal>,
+        outcome: StoreOutcome,
+    ) -> ReportResult {
+        let report_id = report.report_id.to_vec();
+        match outcome {
+            StoreOutcome::Stored { seq_gap, .. } => {
+                if seq_gap > 0 {
+                    self.metrics.seq_gaps.inc_by(seq_gap);
+                    tracing::info!(unit = %report.unit_id, key_id = %report.key_id, seq = report.seq, gap = seq_gap, "seq gap");
+                }
+                let outcome = if refusals.is_empty() {
+                    Outcome::Accepted
+                } else {
+                    Outcome::Partial
+                };
+                let message = if refusals.is_empty() {
+                    "stored".to_owned()
+                } else {
+                    format!("stored; {} items refused", refusals.len())
+                };
+                ReportResult {
+                    report_id,
+                    outcome,
+                    message,
+                    refusals,
+                }
+            }
+            StoreOutcome::Duplicate => ReportResult {
+                report_id,
+                outcome: Outcome::Duplicate,
+                message: "already stored with the same bytes".into(),
+                refusals,
+            },
+            StoreOutcome::Conflict => {
+                self.metrics
+                    .security_events
+                    .with_label_values(&["report_id_conflict"])
+                    .inc();
+                tracing::warn!(unit = %report.unit_id, key_id = %report.key_id, report_id = %hex::encode(report.report_id), "security event: report id reused with different bytes");
+                ReportResult::rejected(
+                    report_id,
+                    Reason::ReportIdConflict,
+                    "this report id was stored with different bytes",
+                )
+            }
+            StoreOutcome::Replay { existing_report_id } => {
+                self.metrics
+                    .security_events
+                    .with_label_values(&["seq_replay"])
+                    .inc();
+                tracing::warn!(unit = %report.unit_id, key_id = %report.key_id, seq = report.seq, "security event: seq replayed under another report id");
+                ReportResult::rejected(
+                    report_id,
+                    Reason::SeqReplay,
+                    format!(
+                        "seq {} of this key was used by report {}",
+                        report.seq,
+                        hex::encode(existing_report_id)
+                    ),
+                )
+            }
+        }
+    }
+
+    fn count(&self, result: &ReportResult) {
+        let m = &self.metrics;
+        match result.outcome {
+            Outcome::Accepted => m.accepted.inc(),
+            Outcome::Partial => m.partial.inc(),
+            Outcome::Duplicate => m.duplicate.inc(),
+            Outcome::Rejected(reason) => {
+                m.rejected.with_label_values(&[reason.name()]).inc();
+                tracing::info!(reason = reason.name(), report_id = %hex::encode(&result.report_id), message = %result.message, "report rejected");
+            }
+        }
+        if result.outcome != Outcome::Duplicate {
+            for refusal in &result.refusals {
+                let kind = match refusal.kind {
+                    ItemKind::Value => "value",
+                    ItemKind::TaskUpdate => "task_update",
+                };
+                m.refused_items
+                    .with_label_values(&[kind, refusal.code.name()])
+                    .inc();
+            }
+        }
+    }
+}
+
+/// A key id for messages, when only bytes are at hand.
+pub fn key_id_text(bytes: &[u8]) -> String {
+    KeyId::from_slice(bytes)
+        .map(|k| k.to_string())
+        .unwrap_or_else(|_| hex::encode(bytes))
+}

@@ -1,0 +1,110 @@
+//! The key registry as the ingest path sees it: an in-memory snapshot of the `keys` table,
+//! reloaded every few seconds so that `keys add` and `keys revoke` reach running servers (and
+//! every replica) without a restart. Lookups never touch the database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use duban_proto::{KeyId, PublicKey};
+
+use crate::ingest::Reason;
+use crate::store::{AnyStore, Store, StoreError};
+
+/// How often the registry is reloaded from the store.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct RegisteredKey {
+    pub unit_id: String,
+    pub public_key: PublicKey,
+    pub not_before_ms: Option<i64>,
+    pub not_after_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl RegisteredKey {
+    /// Whether the key may sign a report received at `now_ms`.
+    pub fn check_usable(&self, now_ms: i64) -> Result<(), Reason> {
+        if self.revoked_at_ms.is_some_and(|at| at <= now_ms) {
+            return Err(Reason::KeyRevoked);
+        }
+        if self.not_before_ms.is_some_and(|at| now_ms < at) {
+            return Err(Reason::KeyNotYetValid);
+        }
+        if self.not_after_ms.is_some_and(|at| now_ms > at) {
+            return Err(Reason::KeyExpired);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct KeyRegistry {
+    keys: RwLock<Arc<HashMap<KeyId, RegisteredKey>>>,
+}
+
+impl KeyRegistry {
+    pub fn lookup(&self, key_id: &KeyId) -> Option<RegisteredKey> {
+        self.keys
+            .read()
+            .expect("key registry lock")
+            .get(key_id)
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.read().expect("key registry lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Replaces the snapshot with the store's keys.
+    pub async fn reload(&self, store: &AnyStore) -> Result<(), StoreError> {
+        let rows = store.keys(None).await?;
+        let mut keys = HashMap::with_capacity(rows.len());
+        for row in rows {
+            match PublicKey::from_raw(&row.public_key) {
+                Ok(public_key) => {
+                    keys.insert(
+                        row.key_id,
+                        RegisteredKey {
+                            unit_id: row.unit_id,
+                            public_key,
+                            not_before_ms: row.not_before_ms,
+                            not_after_ms: row.not_after_ms,
+                            revoked_at_ms: row.revoked_at_ms,
+                        },
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(key_id = %row.key_id, %error, "registered key is unusable; ignoring it")
+                }
+            }
+        }
+        *self.keys.write().expect("key registry lock") = Arc::new(keys);
+        Ok(())
+    }
+
+    /// Reloads every [`RELOAD_INTERVAL`] until `shutdown` resolves.
+    pub async fn refresh_until(
+        self: Arc<Self>,
+        store: AnyStore,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(RELOAD_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {
+                    if let Err(error) = self.reload(&store).await {
+                        tracing::warn!(%error, "failed to reload the key registry; keeping the previous snapshot");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Every ingest metric, defined in one place with its fixed label values, all pre-set to zero
+//! so that dashboards and alert rules see every series from the first scrape.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::ingest::{Reason, RefusalCode};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub received: IntCounter,
+    pub accepted: IntCounter,
+    pub partial: IntCounter,
+    pub duplicate: IntCounter,
+    pub rejected: IntCounterVec,
+    pub refused_items: IntCounterVec,
+    pub signature_failures: IntCounter,
+    pub seq_gaps: IntCounter,
+    pub security_events: IntCounterVec,
+    pub overloaded: IntCounter,
+    pub store_errors: IntCounter,
+    pub ingest_seconds: Histogram,
+    pub store_seconds: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+        .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+impl Metrics {
+    pub fn new(backend: &str) -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            received: counter(
+                &registry,
+                "duban_reports_received_total",
+                "Signed reports received, whatever their outcome.",
+            ),
+            accepted: counter(
+                &registry,
+                "duban_reports_accepted_total",
+                "Reports stored with every item accepted.",
+            ),
+            partial: counter(
+                &registry,
+                "duban_reports_partial_total",
+                "Reports stored with some items refused.",
+            ),
+            duplicate: counter(
+                &registry,
+                "duban_reports_duplicate_total",
+                "Reports already stored with the same bytes (success for the sender).",
+            ),
+            rejected: counter_vec(
+                &registry,
+                "duban_reports_rejected_total",
+                "Reports rejected, by reason code.",
+                &["reason"],
+            ),
+            refused_items: counter_vec(
+                &registry,
+                "duban_items_refused_total",
+                "Values and task updates refused inside stored or rejected reports, by kind and code.",
+                &["kind", "code"],
+            ),
+            signature_failures: counter(
+                &registry,
+                "duban_signature_failures_total",
+                "Envelopes whose signature did not verify.",
+            ),
+            seq_gaps: counter(
+                &registry,
+                "duban_seq_gaps_total",
+                "Sequence numbers skipped by agents (sum of gaps).",
+            ),
+            security_events: counter_vec(
+                &registry,
+                "duban_security_events_total",
+                "Report id conflicts and seq replays.",
+                &["kind"],
+            ),
+            overloaded: counter(
+                &registry,
+                "duban_requests_overloaded_total",
+                "Calls answered RESOURCE_EXHAUSTED at the concurrency limit.",
+            ),
+            store_errors: counter(
+                &registry,
+                "duban_store_errors_total",
+                "Calls answered UNAVAILABLE because the store failed.",
+            ),
+            ingest_seconds: histogram(
+                &registry,
+                "duban_ingest_duration_seconds",
+                "Time to handle one Submit or SubmitBatch call.",
+            ),
+            store_seconds: histogram(
+                &registry,
+                "duban_store_duration_seconds",
+                "Time the store took to commit one call's reports.",
+            ),
+            registry,
+        };
+        for reason in Reason::ALL {
+            m.rejected.with_label_values(&[reason.name()]);
+        }
+        for kind in ["value", "task_update"] {
+            for code in RefusalCode::ALL {
+                m.refused_items.with_label_values(&[kind, code.name()]);
+            }
+        }
+        for kind in ["report_id_conflict", "seq_replay"] {
+            m.security_events.with_label_values(&[kind]);
+        }
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "duban_build_info",
+                "Build and runtime facts; the value is always 1.",
+            ),
+            &["version", "backend"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), backend])
+            .set(1);
+        m.registry
+            .register(Box::new(build_info))
+            .expect("unique metric");
+        m
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding");
+        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+}

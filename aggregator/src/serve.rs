@@ -1,0 +1,167 @@
+//! Running the aggregator: gRPC (reports, health, reflection) and HTTP (metrics, health) on
+//! listeners the caller binds, until `shutdown` resolves; then in-flight calls drain for at
+//! most the grace period. Tests call [`run`] with port-0 listeners, `main` with the configured
+//! addresses.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use duban_proto::pb::report_service_server::ReportServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::clock::Clock;
+use crate::ingest::Ingestor;
+use crate::keys::KeyRegistry;
+use crate::metrics::Metrics;
+use crate::plan::Plan;
+use crate::server::{MAX_MESSAGE_BYTES, ReportServer};
+use crate::store::AnyStore;
+
+/// PEM contents of the server's TLS files.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsMaterial")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Serve {
+    pub plan: Arc<Plan>,
+    pub store: AnyStore,
+    pub clock: Arc<dyn Clock>,
+    /// `None` means plaintext, which only an explicit `--insecure-plaintext` allows.
+    pub tls: Option<TlsMaterial>,
+    pub max_in_flight: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for dyn Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now_ms())
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains for at most `shutdown_grace`.
+pub async fn run(
+    serve: Serve,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new(serve.store.backend());
+    let keys = Arc::new(KeyRegistry::default());
+    keys.reload(&serve.store)
+        .await
+        .context("failed to load the key registry")?;
+    let ingestor = Ingestor::new(
+        serve.plan.clone(),
+        keys.clone(),
+        serve.store.clone(),
+        serve.clock.clone(),
+        metrics,
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    tokio::spawn(keys.clone().refresh_until(serve.store.clone(), stopped()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ReportServiceServer<ReportServer>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(duban_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("failed to build the reflection service")?;
+    let reports = ReportServiceServer::new(ReportServer::new(
+        ingestor.clone(),
+        serve.max_in_flight,
+        serve.tls.is_some(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    let mut builder = Server::builder();
+    match &serve.tls {
+        Some(tls) => {
+            let config = ServerTlsConfig::new()
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                .client_ca_root(Certificate::from_pem(&tls.client_ca_pem));
+            builder = builder
+                .tls_config(config)
+                .context("invalid TLS configuration")?;
+        }
+        None => tracing::warn!(
+            "serving gRPC WITHOUT TLS (--insecure-plaintext): reports and identities travel in clear; use only for tests"
+        ),
+    }
+    let grpc_addr = grpc.local_addr()?;
+    let http_addr = http.local_addr()?;
+    let grpc_server = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reports)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped());
+    let http_server =
+        axum::serve(http, crate::http::router(ingestor.clone())).with_graceful_shutdown(stopped());
+    let mut grpc_task = tokio::spawn(grpc_server);
+    let mut http_task = tokio::spawn(async move { http_server.await });
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, plan = %serve.plan.id, backend = serve.store.backend(), tls = serve.tls.is_some(), "aggregator serving");
+
+    tokio::select! {
+        _ = shutdown => tracing::info!(grace_seconds = serve.shutdown_grace.as_secs_f64(), "shutting down: draining in-flight calls"),
+        result = &mut grpc_task => return Err(anyhow::anyhow!("gRPC server stopped: {result:?}")),
+        result = &mut http_task => return Err(anyhow::anyhow!("HTTP server stopped: {result:?}")),
+    }
+    health
+        .set_not_serving::<ReportServiceServer<ReportServer>>()
+        .await;
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(serve.shutdown_grace, async {
+        let grpc = grpc_task.await;
+        let http = http_task.await;
+        (grpc, http)
+    })
+    .await;
+    match drained {
+        Ok((grpc, http)) => {
+            grpc.context("gRPC task")?.context("gRPC server")?;
+            http.context("HTTP task")?.context("HTTP server")?;
+            tracing::info!("drained; exiting");
+        }
+        Err(_) => tracing::warn!("grace period over with calls still in flight; exiting anyway"),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

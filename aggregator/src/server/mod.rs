@@ -1,0 +1,107 @@
+//! The gRPC `ReportService`: the edge where wire types meet the ingest path.
+//!
+//! Whole-call failures are mapped here and only here: a store failure is `UNAVAILABLE` (agents
+//! retry), the concurrency limit is `RESOURCE_EXHAUSTED` with a `grpc-retry-pushback-ms`
+//! trailer, a missing or foreign client certificate is `UNAUTHENTICATED` or
+//! `PERMISSION_DENIED`, and a bad batch size is `INVALID_ARGUMENT`.
+
+pub mod convert;
+pub mod identity;
+
+use std::sync::Arc;
+
+use duban_proto::pb;
+use duban_proto::pb::report_service_server::ReportService;
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+
+use crate::ingest::Ingestor;
+
+/// Most reports in one `SubmitBatch`.
+pub const MAX_BATCH: usize = 1000;
+/// Largest gRPC message accepted.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// The delay suggested to a client turned away at the concurrency limit.
+pub const RETRY_PUSHBACK_MS: u64 = 1000;
+
+pub struct ReportServer {
+    ingestor: Ingestor,
+    in_flight: Arc<Semaphore>,
+    require_client_identity: bool,
+}
+
+impl ReportServer {
+    pub fn new(ingestor: Ingestor, max_in_flight: usize, require_client_identity: bool) -> Self {
+        ReportServer {
+            ingestor,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            require_client_identity,
+        }
+    }
+
+    fn client_unit<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+        if !self.require_client_identity {
+            return Ok(None);
+        }
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        identity::unit_of_certificate(leaf)
+            .map(Some)
+            .map_err(|e| Status::permission_denied(e.to_string()))
+    }
+
+    async fn handle(
+        &self,
+        reports: Vec<pb::SignedReport>,
+        unit: Option<String>,
+    ) -> Result<Vec<pb::SubmitResult>, Status> {
+        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+            self.ingestor.metrics().overloaded.inc();
+            let mut status = Status::resource_exhausted(
+                "the aggregator is at its concurrency limit; retry after the pushback delay",
+            );
+            status.metadata_mut().insert(
+                "grpc-retry-pushback-ms",
+                RETRY_PUSHBACK_MS.to_string().parse().expect("ascii"),
+            );
+            return Err(status);
+        };
+        let results =
+            self.ingestor.submit(reports, unit).await.map_err(|e| {
+                Status::unavailable(format!("the store is unavailable; retry: {e}"))
+            })?;
+        Ok(results.into_iter().map(convert::result).collect())
+    }
+}
+
+#[tonic::async_trait]
+impl ReportService for ReportServer {
+    async fn submit(
+        &self,
+        request: Request<pb::SignedReport>,
+    ) -> Result<Response<pb::SubmitResult>, Status> {
+        let unit = self.client_unit(&request)?;
+        let mut results = self.handle(vec![request.into_inner()], unit).await?;
+        Ok(Response::new(results.pop().expect("one result per report")))
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<pb::SubmitBatchRequest>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let unit = self.client_unit(&request)?;
+        let reports = request.into_inner().reports;
+        if reports.is_empty() || reports.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "a batch holds 1 to {MAX_BATCH} reports, not {}",
+                reports.len()
+            )));
+        }
+        let results = self.handle(reports, unit).await?;
+        Ok(Response::new(pb::SubmitBatchResponse { results }))
+    }
+}
