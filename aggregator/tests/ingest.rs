@@ -602,3 +602,147 @@ async fn health_readiness_and_reflection_are_served() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_preset_every_reason() {
+    let server = TestServer::start(Options::default()).await;
+    let mut client = server.client().await;
+    client
+        .submit(sign(
+            &laoshan_key(),
+            report(
+                "laoshan",
+                1,
+                "2018Q1",
+                &[
+                    ("pct-applications", 1.0),
+                    ("valid-registered-trademarks", 3.0),
+                ],
+            ),
+        ))
+        .await
+        .unwrap();
+    let (status, body) = server.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    for reason in duban_aggregator::ingest::Reason::ALL {
+        assert!(
+            body.contains(&format!(
+                "duban_reports_rejected_total{{reason=\"{}\"}} 0",
+                reason.name()
+            )),
+            "{} missing",
+            reason.name()
+        );
+    }
+    for name in [
+        "duban_ingest_duration_seconds_bucket",
+        "duban_store_duration_seconds_count",
+        "duban_build_info{",
+        "duban_seq_gaps_total",
+        "duban_reports_partial_total 1",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics");
+    }
+    promtool_check_metrics(&body);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_concurrency_limit_the_answer_is_resource_exhausted_with_a_delay() {
+    use duban_aggregator::ingest::Ingestor;
+    use duban_aggregator::server::{RETRY_PUSHBACK_MS, ReportServer};
+    use duban_proto::pb::report_service_server::ReportService;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = duban_aggregator::store::AnyStore::open(&format!(
+        "sqlite://{}",
+        dir.path().join("d.db").display()
+    ))
+    .await
+    .unwrap();
+    let ingestor = Ingestor::new(
+        Arc::new(duban_aggregator::plan::embedded().plan),
+        Arc::default(),
+        store,
+        Arc::new(duban_aggregator::clock::ManualClock::new(NOW_MS)),
+        duban_aggregator::metrics::Metrics::new("sqlite"),
+    );
+    let full = ReportServer::new(ingestor.clone(), 0, false);
+    let signed = sign(
+        &laoshan_key(),
+        report("laoshan", 1, "2018Q1", &[("pct-applications", 1.0)]),
+    );
+    let status = full.submit(tonic::Request::new(signed)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    let pushback = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .expect("pushback trailer")
+        .to_str()
+        .unwrap();
+    assert_eq!(pushback, RETRY_PUSHBACK_MS.to_string());
+    assert_eq!(ingestor.metrics().overloaded.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_postgres_store_a_batch_once() {
+    let Some(base) = support::postgres_url("two_replicas_on_one_postgres_store_a_batch_once")
+    else {
+        return;
+    };
+    let schema = support::PgSchema::create(&base).await;
+    let a = TestServer::start(Options {
+        database_url: Some(schema.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let b = TestServer::start(Options {
+        database_url: Some(schema.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let reports: Vec<pb::SignedReport> = (1..=50)
+        .map(|seq| {
+            sign(
+                &laoshan_key(),
+                report(
+                    "laoshan",
+                    seq,
+                    "2018Q1",
+                    &[("pct-applications", seq as f64)],
+                ),
+            )
+        })
+        .collect();
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let batch = pb::SubmitBatchRequest { reports };
+    let (ra, rb) = tokio::join!(ca.submit_batch(batch.clone()), cb.submit_batch(batch));
+    let (ra, rb) = (
+        ra.unwrap().into_inner().results,
+        rb.unwrap().into_inner().results,
+    );
+    for (x, y) in ra.iter().zip(&rb) {
+        let mut pair = [x.outcome(), y.outcome()];
+        pair.sort_by_key(|o| *o as i32);
+        assert_eq!(
+            pair,
+            [pb::Outcome::Accepted, pb::Outcome::Duplicate],
+            "{x:?} / {y:?}"
+        );
+    }
+    assert_eq!(
+        a.store
+            .reports(&ReportFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        50
+    );
+    assert_eq!(
+        a.store.current_values(PLAN_ID, None).await.unwrap()[0].value,
+        50.0
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -123,6 +123,8 @@ pub struct TestServer {
 pub struct Options {
     pub tls: bool,
     pub extra_keys: Vec<NewKey>,
+    /// Another database than a fresh SQLite file (e.g. a PostgreSQL schema shared by replicas).
+    pub database_url: Option<String>,
 }
 
 pub fn key_record(key: &SigningKey, unit: &str) -> NewKey {
@@ -139,17 +141,25 @@ pub fn key_record(key: &SigningKey, unit: &str) -> NewKey {
 impl TestServer {
     pub async fn start(options: Options) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("duban.db").display());
+        let url = options
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("duban.db").display()));
         let store = AnyStore::open(&url).await.unwrap();
-        for (key, unit) in [
+        let keys = [
             (laoshan_key(), "laoshan"),
             (shibei_key(), "shibei"),
             (science_tech_key(), "science-tech"),
-        ] {
-            store.add_key(key_record(&key, unit)).await.unwrap();
-        }
-        for key in options.extra_keys {
-            store.add_key(key).await.unwrap();
+        ];
+        for key in keys
+            .iter()
+            .map(|(k, u)| key_record(k, u))
+            .chain(options.extra_keys)
+        {
+            match store.add_key(key).await {
+                Ok(()) | Err(duban_aggregator::store::StoreError::KeyExists(_)) => {}
+                Err(error) => panic!("{error}"),
+            }
         }
         let ca = options.tls.then(|| DevCa::generate().unwrap());
         let tls = ca.as_ref().map(|ca| {
@@ -194,7 +204,50 @@ impl TestServer {
             _dir: dir,
         }
     }
+}
 
+/// Runs `promtool check metrics` on a /metrics body. Without promtool the check is skipped
+/// with a message, except under CI (`CI=true`), where .ci/run installs it.
+pub fn promtool_check_metrics(body: &str) {
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but promtool cannot run: {error}"
+            );
+            eprintln!(
+                "SKIPPED promtool check metrics: promtool is not installed ({error}); `apt-get install prometheus` brings it"
+            );
+            return;
+        }
+    };
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics found problems:\n{report}"
+    );
+}
+
+impl TestServer {
     pub async fn client(&self) -> ReportServiceClient<Channel> {
         let channel = Endpoint::from_shared(format!("http://{}", self.grpc))
             .unwrap()
