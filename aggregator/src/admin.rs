@@ -17,7 +17,7 @@ pub fn parse_time_ms(text: &str) -> anyhow::Result<i64> {
     }
     if let Ok(date) = text.parse::<jiff::civil::Date>() {
         return Ok(date
-            .to_zoned_datetime(jiff::tz::TimeZone::UTC)?
+            .to_zoned(jiff::tz::TimeZone::UTC)?
             .timestamp()
             .as_millisecond());
     }

@@ -10,6 +10,7 @@
 
 pub mod envelope;
 pub mod keys;
+pub mod period;
 
 /// Generated code for package `duban.report.v1`.
 #[allow(clippy::all, missing_docs)]

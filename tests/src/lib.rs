@@ -55,12 +55,16 @@ impl AggregatorProcess {
     pub fn start(args: &[&str]) -> Self {
         let mut child = Command::new(binary("duban-aggregator"))
             .arg("serve")
-            .args([
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
+            .args(if args.contains(&"--grpc-listen") {
+                &[][..]
+            } else {
+                &["--grpc-listen", "127.0.0.1:0"][..]
+            })
+            .args(if args.contains(&"--http-listen") {
+                &[][..]
+            } else {
+                &["--http-listen", "127.0.0.1:0"][..]
+            })
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -135,5 +139,160 @@ impl Drop for AggregatorProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A unit's agent set up as an operator would: `duban-agent keygen`, `duban-aggregator keys
+/// add`, and a configuration file in its own directory.
+pub struct AgentSetup {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub unit: String,
+}
+
+impl AgentSetup {
+    /// Writes keys and a plaintext configuration pointing at `endpoint` with `sources` (TOML
+    /// `[[source]]` tables) appended.
+    pub fn new(root: &Path, database_url: &str, unit: &str, endpoint: &str, sources: &str) -> Self {
+        let dir = root.join(format!("agent-{unit}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keygen = run(
+            &binary("duban-agent"),
+            &["keygen", "--out", dir.to_str().unwrap()],
+        );
+        assert!(
+            keygen.status.success(),
+            "keygen: {}",
+            String::from_utf8_lossy(&keygen.stderr)
+        );
+        let public = dir.join("signing.pub");
+        let added = run(
+            &binary("duban-aggregator"),
+            &[
+                "keys",
+                "add",
+                "--database-url",
+                database_url,
+                "--unit",
+                unit,
+                "--public-key",
+                public.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            added.status.success(),
+            "keys add: {}",
+            String::from_utf8_lossy(&added.stderr)
+        );
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "unit = \"{unit}\"\nplan = \"qingdao-ip-2017\"\nprivate_key = \"signing.key\"\n\n[aggregator]\nendpoints = [\"{endpoint}\"]\ninsecure_plaintext = true\ntimeout = \"5s\"\n\n[outbox]\npath = \"outbox.db\"\n\n{sources}\n"
+            ),
+        )
+        .unwrap();
+        AgentSetup {
+            dir,
+            config,
+            unit: unit.to_owned(),
+        }
+    }
+
+    /// Runs `duban-agent <args> --config <this config>`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", self.config.to_str().unwrap()]);
+        Command::new(binary("duban-agent"))
+            .args(&all)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("run duban-agent")
+    }
+
+    /// Starts `duban-agent run` in the background; its log goes to `daemon.log` beside the
+    /// configuration.
+    pub fn spawn_daemon(&self, extra: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open daemon.log");
+        Command::new(binary("duban-agent"))
+            .args(["run", "--config", self.config.to_str().unwrap()])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start duban-agent")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn outbox_stats(&self) -> serde_json::Value {
+        let out = self.run(&["outbox", "stats", "--json"]);
+        assert!(
+            out.status.success(),
+            "outbox stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// Stored reports as `duban-aggregator reports list --json` shows them, oldest first.
+pub fn stored_reports(database_url: &str) -> Vec<serde_json::Value> {
+    let out = run(
+        &binary("duban-aggregator"),
+        &[
+            "reports",
+            "list",
+            "--database-url",
+            database_url,
+            "--json",
+            "--limit",
+            "1000000",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "reports list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.reverse();
+    rows
+}
+
+/// Current values as `duban-aggregator values show --json` shows them.
+pub fn current_values(database_url: &str) -> Vec<serde_json::Value> {
+    let out = run(
+        &binary("duban-aggregator"),
+        &["values", "show", "--database-url", database_url, "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "values show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until `condition` holds, polling every 50 ms, or fails after `limit` with `what`.
+pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

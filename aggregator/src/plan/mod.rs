@@ -5,13 +5,12 @@
 mod check;
 mod load;
 mod model;
-pub mod period;
 mod raw;
 pub mod show;
 
+pub use duban_proto::period::{self, Period, PeriodType};
 pub use load::{
     Diagnostic, EMBEDDED_PLAN, EMBEDDED_PLAN_NAME, Loaded, PlanErrors, embedded, load_file,
     load_str,
 };
 pub use model::*;
-pub use period::{Period, PeriodType};

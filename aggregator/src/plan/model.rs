@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use jiff::civil::Date;
 use serde::Serialize;
 
-use super::period::{Period, PeriodType};
+use duban_proto::period::{Period, PeriodType};
 
 #[derive(Debug, Clone)]
 pub struct Plan {

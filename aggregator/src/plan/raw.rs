@@ -5,7 +5,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::model::{Comparator, UnitKind};
-use super::period::PeriodType;
+use duban_proto::period::PeriodType;
 
 pub(super) type Text = Spanned<String>;
 

@@ -1,4 +1,4 @@
-//! Reporting periods: `2018-03` (month), `2018Q1` (quarter), `2018S1` (half-year), `2018` (year).
+//! Reporting periods (the `Report.period` grammar of docs/PROTOCOL.md): `2018-03` (month), `2018Q1` (quarter), `2018S1` (half-year), `2018` (year).
 //!
 //! A period is a closed range of civil dates in the plan's time zone; the wire carries its
 //! canonical text, and parsing accepts nothing else (no `2018-3`, no lowercase `q`), so that one

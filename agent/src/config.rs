@@ -1,0 +1,634 @@
+//! The agent's configuration: one TOML file, validated purely. Unknown keys are errors, and
+//! every error names the file, the key and what was expected.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/duban/agent.toml";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+// ---- as written ----------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    unit: String,
+    plan: String,
+    private_key: PathBuf,
+    aggregator: RawAggregator,
+    outbox: RawOutbox,
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
+    source: Vec<RawSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAggregator {
+    endpoints: Vec<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+    #[serde(default)]
+    insecure_plaintext: bool,
+    timeout: Option<String>,
+    batch_max_reports: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    path: PathBuf,
+    max_bytes: Option<u64>,
+    max_age: Option<String>,
+    when_full: Option<WhenFull>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: String,
+    kind: SourceKindName,
+    #[serde(default)]
+    items: Items,
+    every: Option<String>,
+    cron: Option<String>,
+    splay: Option<String>,
+    path: Option<PathBuf>,
+    command: Option<Vec<String>>,
+    timeout: Option<String>,
+    url: Option<String>,
+    query: Option<String>,
+    #[serde(default)]
+    fields: Fields,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SourceKindName {
+    Csv,
+    Json,
+    Command,
+    Sql,
+}
+
+// ---- validated -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Refuse new collection (and count it); keep everything already stored. The default.
+    #[default]
+    Refuse,
+    /// Delete the oldest reports to make room (and count them).
+    DropOldest,
+}
+
+/// What a source yields: indicator values or task updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Items {
+    #[default]
+    Values,
+    Tasks,
+}
+
+/// Column (CSV), field (JSON) or column-alias (SQL) names. Defaults are the names themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fields {
+    pub indicator: String,
+    pub task: String,
+    pub milestone: String,
+    pub period: String,
+    pub value: String,
+    pub percent: String,
+    pub status: String,
+    pub note: String,
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Fields {
+            indicator: "indicator".into(),
+            task: "task".into(),
+            milestone: "milestone".into(),
+            period: "period".into(),
+            value: "value".into(),
+            percent: "percent".into(),
+            status: "status".into(),
+            note: "note".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    Every(Duration),
+    Cron(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    Csv {
+        path: PathBuf,
+    },
+    Json {
+        path: PathBuf,
+    },
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+    },
+    Sql {
+        url: String,
+        query: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: SourceKind,
+    pub items: Items,
+    pub schedule: Schedule,
+    pub splay: Duration,
+    pub fields: Fields,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregatorConfig {
+    pub endpoints: Vec<String>,
+    /// `None` only with `insecure_plaintext = true`.
+    pub tls: Option<TlsConfig>,
+    pub timeout: Duration,
+    pub batch_max_reports: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxConfig {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    pub max_age: Duration,
+    pub when_full: WhenFull,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub file: PathBuf,
+    pub unit: String,
+    pub plan: String,
+    pub private_key: PathBuf,
+    pub aggregator: AggregatorConfig,
+    pub outbox: OutboxConfig,
+    pub metrics_listen: Option<SocketAddr>,
+    pub sources: Vec<SourceConfig>,
+}
+
+impl AgentConfig {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates. Relative paths are resolved against the file's directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let error = |key: &str, message: String| ConfigError {
+            file: file.clone(),
+            key: key.to_owned(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // The key is the left-hand side of the offending line, where there is one.
+            let line = e.span().map(|s| {
+                let start = text[..s.start].rfind('\n').map_or(0, |i| i + 1);
+                let end = text[s.start..]
+                    .find('\n')
+                    .map_or(text.len(), |i| s.start + i);
+                &text[start..end]
+            });
+            let key = line
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim().to_owned())
+                .filter(|k| !k.starts_with('['));
+            error(
+                key.as_deref().unwrap_or("(syntax)"),
+                e.message().trim().to_owned(),
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+
+        check_id(&raw.unit).map_err(|m| error("unit", m))?;
+        check_id(&raw.plan).map_err(|m| error("plan", m))?;
+        let aggregator = validate_aggregator(&raw.aggregator, &resolve)
+            .map_err(|(k, m)| error(&format!("aggregator.{k}"), m))?;
+        let outbox = validate_outbox(&raw.outbox, &resolve)
+            .map_err(|(k, m)| error(&format!("outbox.{k}"), m))?;
+        let mut sources = Vec::new();
+        for (n, source) in raw.source.iter().enumerate() {
+            let validated = validate_source(source, &resolve)
+                .map_err(|(k, m)| error(&format!("source[{n}] ({}).{k}", source.name), m))?;
+            if sources
+                .iter()
+                .any(|s: &SourceConfig| s.name == validated.name)
+            {
+                return Err(error(
+                    &format!("source[{n}].name"),
+                    format!("expected a unique name; {:?} is used twice", validated.name),
+                ));
+            }
+            sources.push(validated);
+        }
+        Ok(AgentConfig {
+            file: path.to_owned(),
+            unit: raw.unit,
+            plan: raw.plan,
+            private_key: resolve(&raw.private_key),
+            aggregator,
+            outbox,
+            metrics_listen: raw.metrics.map(|m| m.listen),
+            sources,
+        })
+    }
+}
+
+fn check_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected an id of a-z, 0-9 and '-' as in the plan, got {id:?}"
+        ))
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| {
+        format!(
+            "expected a duration such as \"30s\", \"5m\", \"1h\" or \"7days\", got {text:?} ({e})"
+        )
+    })
+}
+
+type Invalid = (String, String);
+
+fn invalid(key: &str, message: impl Into<String>) -> Invalid {
+    (key.to_owned(), message.into())
+}
+
+fn validate_aggregator(
+    raw: &RawAggregator,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<AggregatorConfig, Invalid> {
+    if raw.endpoints.is_empty() {
+        return Err(invalid(
+            "endpoints",
+            "expected at least one endpoint such as \"https://aggregator.example:7700\"",
+        ));
+    }
+    let scheme = if raw.insecure_plaintext {
+        "http://"
+    } else {
+        "https://"
+    };
+    for (n, endpoint) in raw.endpoints.iter().enumerate() {
+        if !endpoint.starts_with(scheme) {
+            return Err(invalid(
+                &format!("endpoints[{n}]"),
+                format!(
+                    "expected a URL starting with {scheme} (insecure_plaintext = {}), got {endpoint:?}",
+                    raw.insecure_plaintext
+                ),
+            ));
+        }
+    }
+    let tls = match (raw.insecure_plaintext, &raw.ca, &raw.cert, &raw.key) {
+        (true, None, None, None) => None,
+        (true, ..) => {
+            return Err(invalid(
+                "insecure_plaintext",
+                "expected either TLS files (ca, cert, key) or insecure_plaintext = true, not both",
+            ));
+        }
+        (false, Some(ca), Some(cert), Some(key)) => Some(TlsConfig {
+            ca: resolve(ca),
+            cert: resolve(cert),
+            key: resolve(key),
+            server_name: raw.server_name.clone(),
+        }),
+        (false, ..) => {
+            return Err(invalid(
+                "ca",
+                "expected all of ca, cert and key (mTLS), or insecure_plaintext = true for tests",
+            ));
+        }
+    };
+    let timeout = raw
+        .timeout
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|m| invalid("timeout", m))?
+        .unwrap_or(Duration::from_secs(30));
+    let batch_max_reports = raw.batch_max_reports.unwrap_or(200);
+    if !(1..=1000).contains(&batch_max_reports) {
+        return Err(invalid("batch_max_reports", "expected 1 to 1000"));
+    }
+    Ok(AggregatorConfig {
+        endpoints: raw.endpoints.clone(),
+        tls,
+        timeout,
+        batch_max_reports,
+    })
+}
+
+fn validate_outbox(
+    raw: &RawOutbox,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<OutboxConfig, Invalid> {
+    let max_bytes = raw.max_bytes.unwrap_or(256 * 1024 * 1024);
+    if max_bytes < 1024 * 1024 {
+        return Err(invalid("max_bytes", "expected at least 1048576 (1 MiB)"));
+    }
+    let max_age = raw
+        .max_age
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|m| invalid("max_age", m))?
+        .unwrap_or(Duration::from_secs(365 * 86_400));
+    Ok(OutboxConfig {
+        path: resolve(&raw.path),
+        max_bytes,
+        max_age,
+        when_full: raw.when_full.unwrap_or_default(),
+    })
+}
+
+fn validate_source(
+    raw: &RawSource,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<SourceConfig, Invalid> {
+    check_id(&raw.name).map_err(|m| invalid("name", m))?;
+    let schedule = match (&raw.every, &raw.cron) {
+        (Some(every), None) => {
+            let every = parse_duration(every).map_err(|m| invalid("every", m))?;
+            if every < Duration::from_secs(1) {
+                return Err(invalid("every", "expected at least 1s"));
+            }
+            Schedule::Every(every)
+        }
+        (None, Some(cron)) => {
+            crate::schedule::parse_cron(cron).map_err(|m| invalid("cron", m))?;
+            Schedule::Cron(cron.clone())
+        }
+        _ => {
+            return Err(invalid(
+                "every",
+                "expected exactly one of every = \"1h\" or cron = \"0 2 * * *\"",
+            ));
+        }
+    };
+    let splay = raw
+        .splay
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|m| invalid("splay", m))?
+        .unwrap_or(Duration::ZERO);
+    let unused = |present: bool, key: &str| {
+        if present {
+            Err(invalid(
+                key,
+                format!("is not used by a {:?} source", raw.kind).to_lowercase(),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let kind = match raw.kind {
+        SourceKindName::Csv | SourceKindName::Json => {
+            unused(raw.command.is_some(), "command")?;
+            unused(raw.timeout.is_some(), "timeout")?;
+            unused(raw.url.is_some(), "url")?;
+            unused(raw.query.is_some(), "query")?;
+            let path = resolve(
+                raw.path
+                    .as_deref()
+                    .ok_or_else(|| invalid("path", "expected the path of the file to read"))?,
+            );
+            if raw.kind == SourceKindName::Csv {
+                SourceKind::Csv { path }
+            } else {
+                SourceKind::Json { path }
+            }
+        }
+        SourceKindName::Command => {
+            unused(raw.path.is_some(), "path")?;
+            unused(raw.url.is_some(), "url")?;
+            unused(raw.query.is_some(), "query")?;
+            let argv = raw.command.clone().filter(|c| !c.is_empty()).ok_or_else(|| invalid("command", "expected the program and its arguments, e.g. [\"/usr/local/bin/export\", \"--json\"]"))?;
+            let timeout = raw
+                .timeout
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(|m| invalid("timeout", m))?
+                .unwrap_or(Duration::from_secs(60));
+            SourceKind::Command { argv, timeout }
+        }
+        SourceKindName::Sql => {
+            unused(raw.path.is_some(), "path")?;
+            unused(raw.command.is_some(), "command")?;
+            unused(raw.timeout.is_some(), "timeout")?;
+            let url = raw.url.clone().ok_or_else(|| {
+                invalid(
+                    "url",
+                    "expected a database URL: sqlite://PATH, postgres://..., or mysql://...",
+                )
+            })?;
+            if ![
+                "sqlite:",
+                "postgres://",
+                "postgresql://",
+                "mysql://",
+                "mariadb://",
+            ]
+            .iter()
+            .any(|p| url.starts_with(p))
+            {
+                return Err(invalid(
+                    "url",
+                    format!("expected sqlite://, postgres:// or mysql://, got {url:?}"),
+                ));
+            }
+            let query = raw
+                .query
+                .clone()
+                .filter(|q| !q.trim().is_empty())
+                .ok_or_else(|| {
+                    invalid("query", "expected a SELECT returning the mapped columns")
+                })?;
+            SourceKind::Sql { url, query }
+        }
+    };
+    Ok(SourceConfig {
+        name: raw.name.clone(),
+        kind,
+        items: raw.items,
+        schedule,
+        splay,
+        fields: raw.fields.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+unit = "laoshan"
+plan = "qingdao-ip-2017"
+private_key = "keys/signing.key"
+
+[aggregator]
+endpoints = ["https://a.example:7700", "https://b.example:7700"]
+ca = "tls/ca.crt"
+cert = "tls/agent.crt"
+key = "tls/agent.key"
+
+[outbox]
+path = "outbox.db"
+
+[[source]]
+name = "pct"
+kind = "csv"
+path = "pct.csv"
+every = "1h"
+splay = "5m"
+"#;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, Path::new("/etc/duban/agent.toml"))
+    }
+
+    #[test]
+    fn a_good_config_resolves_paths_and_defaults() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(
+            config.private_key,
+            PathBuf::from("/etc/duban/keys/signing.key")
+        );
+        assert_eq!(config.outbox.path, PathBuf::from("/etc/duban/outbox.db"));
+        assert_eq!(config.outbox.when_full, WhenFull::Refuse);
+        assert_eq!(
+            config.sources[0].schedule,
+            Schedule::Every(Duration::from_secs(3600))
+        );
+        assert_eq!(config.sources[0].splay, Duration::from_secs(300));
+        assert_eq!(config.aggregator.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_expectation() {
+        let cases = [
+            (
+                GOOD.replace("every = \"1h\"", "every = \"soon\""),
+                "source[0] (pct).every",
+                "expected a duration",
+            ),
+            (
+                GOOD.replace("kind = \"csv\"", "kind = \"excel\""),
+                "kind",
+                "unknown variant `excel`",
+            ),
+            (
+                GOOD.replace("[outbox]", "[outbox]\ncolour = 3"),
+                "colour",
+                "unknown field `colour`",
+            ),
+            (
+                GOOD.replace("cert = \"tls/agent.crt\"\n", ""),
+                "aggregator.ca",
+                "expected all of ca, cert and key",
+            ),
+            (
+                GOOD.replace("https://b.example:7700", "b.example:7700"),
+                "aggregator.endpoints[1]",
+                "expected a URL starting with https://",
+            ),
+            (
+                GOOD.replace("every = \"1h\"", "every = \"1h\"\ncron = \"0 2 * * *\""),
+                "source[0] (pct).every",
+                "exactly one of",
+            ),
+            (
+                GOOD.replace(
+                    "path = \"pct.csv\"",
+                    "path = \"pct.csv\"\nquery = \"select 1\"",
+                ),
+                "source[0] (pct).query",
+                "is not used by a csv source",
+            ),
+            (
+                GOOD.replace("unit = \"laoshan\"", "unit = \"Lao Shan\""),
+                "unit",
+                "expected an id",
+            ),
+        ];
+        for (text, key, fragment) in cases {
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.file, "/etc/duban/agent.toml");
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.message.contains(fragment), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_cron_expression_is_named() {
+        let err = parse(&GOOD.replace("every = \"1h\"", "cron = \"every tuesday\"")).unwrap_err();
+        assert_eq!(err.key, "source[0] (pct).cron");
+    }
+}

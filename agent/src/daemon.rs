@@ -1,0 +1,330 @@
+//! The agent at work: sources on their schedules, enqueueing into the outbox; one delivery
+//! loop draining it; optional `/metrics`.
+//!
+//! Shutdown (SIGTERM): stop scheduling, let collections already running finish, try to drain
+//! the outbox for the grace period, exit. What is left stays in the outbox for next time.
+//! Reload (SIGHUP): the new configuration is validated first; a bad one is logged and the old
+//! one keeps running.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use duban_proto::SigningKey;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{AgentConfig, SourceConfig};
+use crate::deliver::{Deliverer, Step};
+use crate::metrics::AgentMetrics;
+use crate::outbox::{Enqueued, Outbox, OutboxError};
+use crate::schedule::Timer;
+use crate::sources::{self, Item};
+
+/// An agent's state shared by its tasks and its one-shot commands.
+#[derive(Clone)]
+pub struct Agent {
+    pub config: AgentConfig,
+    pub key: Arc<SigningKey>,
+    pub outbox: Outbox,
+    pub metrics: AgentMetrics,
+    wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Agent({})", self.config.unit)
+    }
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Agent {
+    pub async fn open(config: AgentConfig) -> anyhow::Result<Self> {
+        let key = SigningKey::read_pkcs8_pem_file(&config.private_key)
+            .with_context(|| format!("{}: private_key", config.file.display()))?;
+        let metrics = AgentMetrics::new(
+            &config
+                .sources
+                .iter()
+                .map(|s| s.name.clone())
+                .collect::<Vec<_>>(),
+        );
+        let (outbox, moved) = Outbox::open(&config.outbox)
+            .await
+            .context("cannot open the outbox")?;
+        if moved.is_some() {
+            metrics.outbox_moved_aside.inc();
+        }
+        Ok(Agent {
+            config,
+            key: Arc::new(key),
+            outbox,
+            metrics,
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Signs and stores reports for `items` (those that changed, or all with `force`).
+    pub async fn enqueue(&self, items: &[Item], force: bool) -> Result<Enqueued, OutboxError> {
+        match self
+            .outbox
+            .enqueue(
+                &self.key,
+                &self.config.unit,
+                &self.config.plan,
+                items,
+                force,
+            )
+            .await
+        {
+            Ok(done) => {
+                self.metrics.dropped.inc_by(done.dropped);
+                if !done.reports.is_empty() {
+                    self.wake.notify_one();
+                }
+                Ok(done)
+            }
+            Err(error @ OutboxError::Full { .. }) => {
+                self.metrics.collections_refused.inc();
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Runs one source now and enqueues what changed.
+    pub async fn collect(&self, source: &SourceConfig, force: bool) -> anyhow::Result<Enqueued> {
+        let started = Instant::now();
+        let result = async {
+            let items = sources::collect(source).await?;
+            Ok::<_, anyhow::Error>(self.enqueue(&items, force).await?)
+        }
+        .await;
+        match &result {
+            Ok(done) => {
+                tracing::info!(source = %source.name, reports = done.reports.len(), unchanged = done.unchanged, ms = started.elapsed().as_millis() as u64, "collected")
+            }
+            Err(error) => {
+                self.metrics
+                    .collection_errors
+                    .with_label_values(&[source.name.as_str()])
+                    .inc();
+                tracing::error!(source = %source.name, error = %format!("{error:#}"), "collection failed");
+            }
+        }
+        result
+    }
+
+    /// Delivers until the outbox is empty, a wait is needed and `deadline` comes first, or
+    /// `deadline` passes.
+    pub async fn drain(
+        &self,
+        deliverer: &mut Deliverer,
+        deadline: Instant,
+    ) -> anyhow::Result<bool> {
+        loop {
+            match deliverer.step().await? {
+                Step::Idle => return Ok(true),
+                Step::Progress { .. } => {}
+                Step::Wait(wait) => {
+                    if Instant::now() + wait >= deadline {
+                        return Ok(false);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(self.outbox.stats().await?.reports == 0);
+            }
+        }
+    }
+
+    pub fn deliverer(&self) -> anyhow::Result<Deliverer> {
+        Ok(Deliverer::new(
+            self.outbox.clone(),
+            &self.config.aggregator,
+            self.metrics.clone(),
+        )?)
+    }
+}
+
+async fn schedule_source(agent: Agent, source: SourceConfig, mut stop: watch::Receiver<bool>) {
+    let mut timer = Timer::new(&source.schedule, source.splay);
+    loop {
+        let next = timer.next_after(now_ms());
+        let wait = Duration::from_millis((next - now_ms()).max(0) as u64);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        // Once started, a collection runs to the end even if shutdown begins meanwhile.
+        let _ = agent.collect(&source, false).await;
+    }
+}
+
+async fn deliver_loop(agent: Agent, mut deliverer: Deliverer, mut stop: watch::Receiver<bool>) {
+    loop {
+        let step = match deliverer.step().await {
+            Ok(step) => step,
+            Err(error) => {
+                tracing::error!(error = %error, "delivery step failed; retrying in 5 s");
+                Step::Wait(Duration::from_secs(5))
+            }
+        };
+        if let Ok(stats) = agent.outbox.stats().await {
+            agent.metrics.observe_outbox(&stats, now_ms());
+        }
+        let wait = match step {
+            Step::Progress { .. } => continue,
+            Step::Idle => Duration::from_secs(5),
+            Step::Wait(wait) => wait,
+        };
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = agent.wake.notified(), if matches!(step, Step::Idle) => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    agent: Agent,
+}
+
+fn start(agent: Agent) -> anyhow::Result<Running> {
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    for source in agent.config.sources.clone() {
+        tasks.spawn(schedule_source(agent.clone(), source, stopped.clone()));
+    }
+    tasks.spawn(deliver_loop(agent.clone(), agent.deliverer()?, stopped));
+    Ok(Running { stop, tasks, agent })
+}
+
+impl Running {
+    /// Stops scheduling and delivery; waits for collections in progress to finish.
+    async fn stop(mut self) -> Agent {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.agent
+    }
+}
+
+/// Runs until `shutdown`; `reload` yields on SIGHUP.
+pub async fn run(
+    config: AgentConfig,
+    grace: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut reload: impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) -> anyhow::Result<()> {
+    let agent = Agent::open(config).await?;
+    if let Some(listen) = agent.config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for /metrics on {listen}"))?;
+        let metrics = agent.metrics.clone();
+        let outbox = agent.outbox.clone();
+        tracing::info!(metrics = %listener.local_addr()?, "serving /metrics");
+        tokio::spawn(async move {
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let (metrics, outbox) = (metrics.clone(), outbox.clone());
+                    async move {
+                        if let Ok(stats) = outbox.stats().await {
+                            metrics.observe_outbox(&stats, now_ms());
+                        }
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
+                            metrics.render(),
+                        )
+                    }
+                }),
+            );
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "metrics server stopped");
+            }
+        });
+    }
+    let stats = agent.outbox.stats().await?;
+    tracing::info!(unit = %agent.config.unit, sources = agent.config.sources.len(), outbox_reports = stats.reports, dead_letters = stats.dead_letters, endpoints = ?agent.config.aggregator.endpoints, "agent running");
+    let mut running = start(agent)?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = reload() => {
+                let path = running.agent.config.file.clone();
+                match AgentConfig::read(&path) {
+                    Err(error) => tracing::error!(%error, "reload refused: the new configuration is invalid; the old one keeps running"),
+                    Ok(new) if new.outbox.path != running.agent.config.outbox.path || new.private_key != running.agent.config.private_key => {
+                        tracing::error!("reload refused: outbox.path and private_key change only with a restart; the old configuration keeps running");
+                    }
+                    Ok(new) => {
+                        let mut agent = running.stop().await;
+                        agent.config = new;
+                        running = start(agent)?;
+                        tracing::info!(file = %path.display(), "configuration reloaded");
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(
+        grace_seconds = grace.as_secs_f64(),
+        "shutting down: finishing collections, then draining the outbox"
+    );
+    let agent = running.stop().await;
+    let mut deliverer = agent.deliverer()?;
+    let drained = agent
+        .drain(&mut deliverer, Instant::now() + grace)
+        .await
+        .unwrap_or(false);
+    let left = agent.outbox.stats().await?.reports;
+    if drained {
+        tracing::info!("outbox drained; exiting");
+    } else {
+        tracing::warn!(
+            reports_left = left,
+            "grace period over; the rest stays in the outbox for next time"
+        );
+    }
+    Ok(())
+}
+
+/// Reads and validates a configuration file for `duban-agent check`.
+pub fn check(path: &Path) -> anyhow::Result<String> {
+    let config = AgentConfig::read(path)?;
+    let key = SigningKey::read_pkcs8_pem_file(&config.private_key)
+        .with_context(|| format!("{}: private_key", path.display()))?;
+    if let Some(tls) = &config.aggregator.tls {
+        for (name, file) in [
+            ("aggregator.ca", &tls.ca),
+            ("aggregator.cert", &tls.cert),
+            ("aggregator.key", &tls.key),
+        ] {
+            std::fs::metadata(file).with_context(|| {
+                format!("{}: {name}: cannot read {}", path.display(), file.display())
+            })?;
+        }
+    }
+    Ok(format!(
+        "{}: valid: unit {}, plan {}, key {}, {} endpoint(s), {} source(s), outbox {}\n",
+        path.display(),
+        config.unit,
+        config.plan,
+        key.key_id(),
+        config.aggregator.endpoints.len(),
+        config.sources.len(),
+        config.outbox.path.display()
+    ))
+}

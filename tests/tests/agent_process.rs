@@ -1,0 +1,654 @@
+//! The agent as operators run it, against a real aggregator process: every source kind, a
+//! backlog while the aggregator is down, SIGKILL at random points, dead letters, a corrupt
+//! outbox, SIGTERM drain.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use duban_e2e::{AgentSetup, AggregatorProcess, current_values, stored_reports, wait_until};
+
+struct World {
+    root: tempfile::TempDir,
+    url: String,
+}
+
+fn world() -> World {
+    let root = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}",
+        root.path().join("aggregator/duban.db").display()
+    );
+    World { root, url }
+}
+
+fn value_of(
+    values: &[serde_json::Value],
+    indicator: &str,
+    unit: &str,
+    period: &str,
+) -> Option<f64> {
+    values
+        .iter()
+        .find(|v| v["indicator_id"] == indicator && v["unit_id"] == unit && v["period"] == period)
+        .and_then(|v| v["value"].as_f64())
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn mariadb_url() -> Option<String> {
+    let url = std::env::var("DUBAN_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    if std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:3306".parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .is_ok()
+    {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but MariaDB is not reachable at 127.0.0.1:3306"
+    );
+    eprintln!("SKIPPED the MySQL/MariaDB source: nothing listens on 127.0.0.1:3306");
+    None
+}
+
+#[test]
+fn values_from_every_source_kind_arrive_at_the_aggregator() {
+    let w = world();
+    let aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
+    let endpoint = format!("http://{}", aggregator.grpc);
+    let data = w.root.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("pct.csv"), "期间,指标,数值,备注\n2018Q1,pct-applications,21,第一季度\n2018Q2,pct-applications,\"1,204\",\n").unwrap();
+    std::fs::write(data.join("tasks.json"), r#"[{"task": "2-3-2", "milestone": "m1", "period": "2018-03", "percent": 35, "status": "进行中"}]"#).unwrap();
+    let sqlite_path = data.join("local.db");
+    let sqlite = std::process::Command::new("python3")
+        .args(["-c", &format!("import sqlite3; c = sqlite3.connect({:?}); c.execute('create table export (ind text, per text, val real)'); c.execute(\"insert into export values ('lip-service-agencies', '2018Q1', 131)\"); c.commit()", sqlite_path.to_str().unwrap())])
+        .status()
+        .unwrap();
+    assert!(sqlite.success());
+    let mysql = mariadb_url();
+    let table = format!("duban_e2e_{}", std::process::id());
+    let mut sources = format!(
+        r#"
+[[source]]
+name = "csv"
+kind = "csv"
+path = "{pct}"
+every = "1h"
+[source.fields]
+indicator = "指标"
+period = "期间"
+value = "数值"
+note = "备注"
+
+[[source]]
+name = "json-tasks"
+kind = "json"
+items = "tasks"
+path = "{tasks}"
+cron = "0 3 * * *"
+
+[[source]]
+name = "command"
+kind = "command"
+command = ["sh", "-c", "echo '{{\"indicator\": \"ms-certified-units\", \"period\": \"2018S1\", \"value\": 7}}'"]
+timeout = "10s"
+every = "1h"
+
+[[source]]
+name = "sqlite"
+kind = "sql"
+url = "sqlite://{sqlite}"
+query = "SELECT ind AS indicator, per AS period, val AS value FROM export"
+every = "1h"
+"#,
+        pct = data.join("pct.csv").display(),
+        tasks = data.join("tasks.json").display(),
+        sqlite = sqlite_path.display(),
+    );
+    if let Some(url) = &mysql {
+        let setup = format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (ind VARCHAR(64), per VARCHAR(16), val DECIMAL(12,2)); INSERT INTO {table} VALUES ('industrial-firms-with-ip-body', '2018', 88.00);"
+        );
+        let status = std::process::Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-u", "root", "test", "-e", &setup])
+            .status()
+            .expect("the mariadb client");
+        assert!(status.success(), "cannot prepare the MariaDB table");
+        sources.push_str(&format!("\n[[source]]\nname = \"mariadb\"\nkind = \"sql\"\nurl = \"{url}\"\nquery = \"SELECT ind AS indicator, per AS period, CAST(val AS DOUBLE) AS value FROM {table}\"\nevery = \"1h\"\n"));
+    }
+    let agent = AgentSetup::new(w.root.path(), &w.url, "laoshan", &endpoint, &sources);
+    let checked = ok(agent.run(&["check"]));
+    assert!(checked.contains("valid: unit laoshan"), "{checked}");
+    let collected = ok(agent.run(&["collect", "--once"]));
+    assert!(
+        collected.contains("delivered: the outbox is empty"),
+        "{collected}"
+    );
+
+    let values = current_values(&w.url);
+    assert_eq!(
+        value_of(&values, "pct-applications", "laoshan", "2018Q1"),
+        Some(21.0)
+    );
+    assert_eq!(
+        value_of(&values, "pct-applications", "laoshan", "2018Q2"),
+        Some(1204.0)
+    );
+    assert_eq!(
+        value_of(&values, "ms-certified-units", "laoshan", "2018S1"),
+        Some(7.0)
+    );
+    assert_eq!(
+        value_of(&values, "lip-service-agencies", "laoshan", "2018Q1"),
+        Some(131.0)
+    );
+    if mysql.is_some() {
+        assert_eq!(
+            value_of(&values, "industrial-firms-with-ip-body", "laoshan", "2018"),
+            Some(88.0)
+        );
+    }
+    let reports = stored_reports(&w.url);
+    assert!(
+        reports
+            .iter()
+            .any(|r| r["period"] == "2018-03" && r["task_updates_count"] == 1),
+        "the task update arrived"
+    );
+
+    // Nothing changed: a second run builds no report.
+    let again = ok(agent.run(&["collect", "--once"]));
+    assert!(
+        again.contains("csv: 0 report(s) stored, 2 item(s) unchanged"),
+        "{again}"
+    );
+    assert_eq!(stored_reports(&w.url).len(), reports.len());
+    // A correction: the changed value goes out as a higher revision and wins.
+    let original_revision = current_values(&w.url)
+        .iter()
+        .find(|v| v["indicator_id"] == "pct-applications" && v["period"] == "2018Q1")
+        .unwrap()["revision"]
+        .as_i64()
+        .unwrap();
+    std::fs::write(data.join("pct.csv"), "期间,指标,数值,备注\n2018Q1,pct-applications,23,更正\n2018Q2,pct-applications,\"1,204\",\n").unwrap();
+    ok(agent.run(&["collect", "--once"]));
+    let values = current_values(&w.url);
+    assert_eq!(
+        value_of(&values, "pct-applications", "laoshan", "2018Q1"),
+        Some(23.0)
+    );
+    let corrected = values
+        .iter()
+        .find(|v| v["indicator_id"] == "pct-applications" && v["period"] == "2018Q1")
+        .unwrap();
+    assert!(
+        corrected["revision"].as_i64().unwrap() > original_revision,
+        "a correction carries a higher revision"
+    );
+
+    if mysql.is_some() {
+        let _ = std::process::Command::new("mariadb")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-u",
+                "root",
+                "test",
+                "-e",
+                &format!("DROP TABLE {table}"),
+            ])
+            .status();
+    }
+
+    // A failing command is a collection error, not a crash.
+    let broken = AgentSetup::new(
+        w.root.path(),
+        &w.url,
+        "shibei",
+        &endpoint,
+        "[[source]]\nname = \"broken\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"echo oops >&2; exit 3\"]\nevery = \"1h\"\n",
+    );
+    let out = broken.run(&["collect", "--once"]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("broken: FAILED")
+            && stdout.contains("exited with exit status: 3")
+            && stdout.contains("oops"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_backlog_built_while_the_aggregator_is_down_arrives_whole_and_in_seq_order() {
+    let w = world();
+    let aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
+    let grpc = aggregator.grpc;
+    drop(aggregator); // down
+    let csv = w.root.path().join("pct.csv");
+    let quarters = [
+        "2017Q3", "2017Q4", "2018Q1", "2018Q2", "2018Q3", "2018Q4", "2019Q1", "2019Q2", "2019Q3",
+        "2019Q4", "2020Q1", "2020Q2",
+    ];
+    let write = |offset: f64| {
+        let mut text = String::from("indicator,period,value\n");
+        for (i, q) in quarters.iter().enumerate() {
+            text.push_str(&format!("pct-applications,{q},{}\n", i as f64 + offset));
+        }
+        std::fs::write(&csv, text).unwrap();
+    };
+    write(100.0);
+    let agent = AgentSetup::new(
+        w.root.path(),
+        &w.url,
+        "laoshan",
+        &format!("http://{grpc}"),
+        &format!(
+            "[[source]]\nname = \"pct\"\nkind = \"csv\"\npath = \"{}\"\nevery = \"1h\"\n",
+            csv.display()
+        ),
+    );
+    let out = agent.run(&["collect", "--once", "--send-for", "2s"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("12 report(s) still waiting"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    write(200.0);
+    agent.run(&["collect", "--once", "--send-for", "1s"]);
+    assert_eq!(agent.outbox_stats()["reports"], 24);
+
+    let _aggregator = AggregatorProcess::start(&[
+        "--database-url",
+        &w.url,
+        "--insecure-plaintext",
+        "--grpc-listen",
+        &grpc.to_string(),
+    ]);
+    let mut daemon = agent.spawn_daemon(&[]);
+    wait_until(Duration::from_secs(90), "the backlog to arrive", || {
+        stored_reports(&w.url).len() == 24
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let seqs: Vec<i64> = stored_reports(&w.url)
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=24).collect::<Vec<_>>(),
+        "stored in seq order, nothing lost"
+    );
+    let values = current_values(&w.url);
+    assert_eq!(
+        value_of(&values, "pct-applications", "laoshan", "2020Q2"),
+        Some(211.0),
+        "the later revision won"
+    );
+    wait_until(Duration::from_secs(10), "an empty outbox", || {
+        agent.outbox_stats()["reports"] == 0
+    });
+}
+
+#[test]
+fn sigkill_at_random_points_loses_nothing_and_stores_nothing_twice() {
+    let w = world();
+    let _aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
+    let csv = w.root.path().join("pct.csv");
+    let endpoint = format!("http://{}", _aggregator.grpc);
+    let agent = AgentSetup::new(
+        w.root.path(),
+        &w.url,
+        "laoshan",
+        &endpoint,
+        &format!(
+            "[[source]]\nname = \"pct\"\nkind = \"csv\"\npath = \"{}\"\nevery = \"1s\"\n",
+            csv.display()
+        ),
+    );
+    let quarters = [
+        "2018Q1", "2018Q2", "2018Q3", "2018Q4", "2019Q1", "2019Q2", "2019Q3", "2019Q4",
+    ];
+    let mut rng_state = std::process::id() as u64;
+    let mut random = move |n: u64| {
+        rng_state = rng_state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng_state >> 33) % n
+    };
+    for round in 0..6 {
+        let mut text = String::from("indicator,period,value\n");
+        for (i, q) in quarters.iter().enumerate() {
+            text.push_str(&format!("pct-applications,{q},{}\n", round * 100 + i));
+        }
+        std::fs::write(&csv, text).unwrap();
+        let mut daemon = agent.spawn_daemon(&[]);
+        std::thread::sleep(Duration::from_millis(200 + random(1800)));
+        daemon.kill().unwrap(); // SIGKILL, wherever it is
+        daemon.wait().unwrap();
+    }
+    // Let a final run deliver whatever the kills left in the outbox.
+    ok(agent.run(&["collect", "--once"]));
+    let committed = agent.outbox_stats()["next_seq"].as_i64().unwrap() - 1;
+    let seqs: Vec<i64> = stored_reports(&w.url)
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
+    let unique: BTreeSet<i64> = seqs.iter().copied().collect();
+    assert_eq!(unique.len(), seqs.len(), "a report was stored twice");
+    assert_eq!(
+        unique,
+        (1..=committed).collect::<BTreeSet<_>>(),
+        "every report the outbox committed arrived"
+    );
+    let values = current_values(&w.url);
+    for (i, q) in quarters.iter().enumerate() {
+        assert_eq!(
+            value_of(&values, "pct-applications", "laoshan", q),
+            Some((500 + i) as f64),
+            "{q}"
+        );
+    }
+}
+
+#[test]
+fn a_permanent_refusal_is_a_dead_letter_and_the_next_reports_still_go() {
+    let w = world();
+    let aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
+    let agent = AgentSetup::new(
+        w.root.path(),
+        &w.url,
+        "laoshan",
+        &format!("http://{}", aggregator.grpc),
+        "",
+    );
+    // laoshan does not report trademarks: every item refused, a permanent rejection.
+    let out = agent.run(&[
+        "submit",
+        "--indicator",
+        "valid-registered-trademarks",
+        "--period",
+        "2018Q1",
+        "--value",
+        "5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ok(agent.run(&[
+        "submit",
+        "--indicator",
+        "pct-applications",
+        "--period",
+        "2018Q1",
+        "--value",
+        "9",
+    ]));
+    assert!(out.contains("delivered"), "{out}");
+    let dead = ok(agent.run(&["outbox", "dead"]));
+    assert!(
+        dead.contains("REASON_NOTHING_VALID") && dead.contains("1 dead letter(s)"),
+        "{dead}"
+    );
+    assert_eq!(
+        value_of(
+            &current_values(&w.url),
+            "pct-applications",
+            "laoshan",
+            "2018Q1"
+        ),
+        Some(9.0)
+    );
+    let stats = agent.outbox_stats();
+    assert_eq!(
+        (stats["reports"].as_i64(), stats["dead_letters"].as_i64()),
+        (Some(0), Some(1))
+    );
+    let retried = ok(agent.run(&["outbox", "retry-dead"]));
+    assert!(retried.contains("1 dead letter(s) back"), "{retried}");
+    assert_eq!(agent.outbox_stats()["reports"], 1);
+}
+
+#[test]
+fn a_corrupt_outbox_is_moved_aside_and_a_fresh_one_started() {
+    let w = world();
+    let agent = AgentSetup::new(w.root.path(), &w.url, "laoshan", "http://127.0.0.1:9", "");
+    std::fs::write(
+        agent.dir.join("outbox.db"),
+        b"this is not an sqlite database, it is a crash leftover",
+    )
+    .unwrap();
+    let out = agent.run(&["outbox", "stats", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("OUTBOX IS CORRUPT"), "{stderr}");
+    let moved: Vec<_> = std::fs::read_dir(&agent.dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("outbox.db.corrupt-")
+        })
+        .collect();
+    assert_eq!(moved.len(), 1, "the corrupt file is kept aside");
+    assert_eq!(
+        std::fs::read(moved[0].path()).unwrap(),
+        b"this is not an sqlite database, it is a crash leftover"
+    );
+    assert_eq!(agent.outbox_stats()["reports"], 0);
+}
+
+#[test]
+fn sigterm_drains_the_outbox_and_exits() {
+    let w = world();
+    let aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
+    let grpc = aggregator.grpc;
+    drop(aggregator);
+    let agent = AgentSetup::new(
+        w.root.path(),
+        &w.url,
+        "laoshan",
+        &format!("http://{grpc}"),
+        "",
+    );
+    for q in ["2018Q1", "2018Q2", "2018Q3"] {
+        agent.run(&[
+            "submit",
+            "--indicator",
+            "pct-applications",
+            "--period",
+            q,
+            "--value",
+            "4",
+            "--send-for",
+            "0s",
+        ]);
+    }
+    assert_eq!(agent.outbox_stats()["reports"], 3);
+    let mut daemon = agent.spawn_daemon(&["--grace", "20s"]);
+    let _aggregator = AggregatorProcess::start(&[
+        "--database-url",
+        &w.url,
+        "--insecure-plaintext",
+        "--grpc-listen",
+        &grpc.to_string(),
+    ]);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = daemon.wait().unwrap();
+    assert!(exit.success(), "exit {exit}");
+    assert_eq!(stored_reports(&w.url).len(), 3, "drained before exiting");
+    assert_eq!(agent.outbox_stats()["reports"], 0);
+}
+
+#[test]
+fn sighup_reloads_a_valid_config_and_refuses_a_bad_one_and_metrics_are_served() {
+    let w = world();
+    let aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
+    let agent = AgentSetup::new(
+        w.root.path(),
+        &w.url,
+        "laoshan",
+        &format!("http://{}", aggregator.grpc),
+        "",
+    );
+    let good = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(
+        &agent.config,
+        format!("{good}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let mut daemon = agent.spawn_daemon(&[]);
+    wait_until(Duration::from_secs(30), "the agent to run", || {
+        agent.log().contains("agent running")
+    });
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("serving /metrics"))
+        .expect("metrics address in the log");
+    let addr = line
+        .split("metrics=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let body = http_get(&addr, "/metrics");
+    for name in [
+        "duban_agent_outbox_reports 0",
+        "duban_agent_reports_failed_total{code=\"unavailable\"} 0",
+        "duban_agent_delivery_held_auth 0",
+    ] {
+        assert!(body.contains(name), "{name} missing:\n{body}");
+    }
+    promtool_check(&body);
+
+    std::fs::write(
+        &agent.config,
+        good.replace("unit = \"laoshan\"", "unit = \"Lao Shan\""),
+    )
+    .unwrap();
+    hup(&daemon);
+    wait_until(
+        Duration::from_secs(10),
+        "the bad reload to be refused",
+        || agent.log().contains("reload refused"),
+    );
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the agent died on a bad config"
+    );
+
+    let csv = w.root.path().join("x.csv");
+    std::fs::write(&csv, "indicator,period,value\npct-applications,2019Q1,77\n").unwrap();
+    std::fs::write(
+        &agent.config,
+        format!(
+            "{good}\n[[source]]\nname = \"added\"\nkind = \"csv\"\npath = \"{}\"\nevery = \"1s\"\n",
+            csv.display()
+        ),
+    )
+    .unwrap();
+    hup(&daemon);
+    wait_until(Duration::from_secs(10), "the reload", || {
+        agent.log().contains("configuration reloaded")
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while value_of(
+        &current_values(&w.url),
+        "pct-applications",
+        "laoshan",
+        "2019Q1",
+    ) != Some(77.0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new source's value did not arrive:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+fn hup(child: &std::process::Child) {
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+fn promtool_check(body: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but promtool is missing"
+        );
+        eprintln!("SKIPPED promtool check metrics: promtool is not installed");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}
