@@ -496,3 +496,197 @@ fn build_report(
     }
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, max_bytes: u64, when_full: WhenFull) -> OutboxConfig {
+        OutboxConfig {
+            path: dir.join("outbox.db"),
+            max_bytes,
+            max_age: Duration::from_secs(86_400),
+            when_full,
+        }
+    }
+
+    fn value(period: &str, value: f64) -> Item {
+        Item::Value {
+            indicator: "pct-applications".into(),
+            period: period.parse().unwrap(),
+            value,
+            note: "x".repeat(300),
+        }
+    }
+
+    #[tokio::test]
+    async fn seq_rises_across_reopening_and_unchanged_items_build_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate();
+        let (outbox, moved) = Outbox::open(&config(dir.path(), 1 << 20, WhenFull::Refuse))
+            .await
+            .unwrap();
+        assert!(moved.is_none());
+        let first = outbox
+            .enqueue(
+                &key,
+                "laoshan",
+                "qingdao-ip-2017",
+                &[value("2018Q1", 1.0), value("2018Q2", 2.0)],
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            first.reports,
+            [(1, "2018Q1".to_owned()), (2, "2018Q2".to_owned())]
+        );
+        let same = outbox
+            .enqueue(
+                &key,
+                "laoshan",
+                "qingdao-ip-2017",
+                &[value("2018Q1", 1.0)],
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!((same.reports.len(), same.unchanged), (0, 1));
+        drop(outbox);
+        let (outbox, _) = Outbox::open(&config(dir.path(), 1 << 20, WhenFull::Refuse))
+            .await
+            .unwrap();
+        let changed = outbox
+            .enqueue(
+                &key,
+                "laoshan",
+                "qingdao-ip-2017",
+                &[value("2018Q1", 1.5)],
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(changed.reports, [(3, "2018Q1".to_owned())]);
+        let pending = outbox.pending(10).await.unwrap();
+        let revisions: Vec<u32> = pending
+            .iter()
+            .map(|p| {
+                pb::Report::decode(p.envelope.payload.as_slice())
+                    .unwrap()
+                    .revision
+            })
+            .collect();
+        assert_eq!(
+            revisions,
+            [0, 0, 1],
+            "the correction of 2018Q1 carries a higher revision"
+        );
+        // What is stored verifies, byte for byte, as signed.
+        for p in &pending {
+            envelope::verify(&p.envelope, key.public_key()).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn when_full_refuse_keeps_everything_and_drop_oldest_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate();
+        let (outbox, _) = Outbox::open(&config(dir.path(), 1500, WhenFull::Refuse))
+            .await
+            .unwrap();
+        let quarters = ["2018Q1", "2018Q2", "2018Q3", "2018Q4", "2019Q1", "2019Q2"];
+        let mut stored = 0;
+        let mut refused = false;
+        for (i, q) in quarters.iter().enumerate() {
+            match outbox
+                .enqueue(
+                    &key,
+                    "laoshan",
+                    "qingdao-ip-2017",
+                    &[value(q, i as f64)],
+                    false,
+                )
+                .await
+            {
+                Ok(done) => stored += done.reports.len(),
+                Err(OutboxError::Full { .. }) => refused = true,
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!(refused, "the limit was reached");
+        let stats = outbox.stats().await.unwrap();
+        assert_eq!(stats.reports as usize, stored, "nothing stored was dropped");
+        assert!(stats.bytes <= 1500);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(&config(dir.path(), 1500, WhenFull::DropOldest))
+            .await
+            .unwrap();
+        let mut dropped = 0;
+        for (i, q) in quarters.iter().enumerate() {
+            dropped += outbox
+                .enqueue(
+                    &key,
+                    "laoshan",
+                    "qingdao-ip-2017",
+                    &[value(q, i as f64)],
+                    false,
+                )
+                .await
+                .unwrap()
+                .dropped;
+        }
+        assert!(dropped > 0);
+        let pending = outbox.pending(10).await.unwrap();
+        assert_eq!(pending.last().unwrap().seq, 6, "the newest is kept");
+        assert_eq!(
+            pending.first().unwrap().seq,
+            1 + dropped as i64,
+            "the oldest went first"
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_kept_and_can_be_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate();
+        let (outbox, _) = Outbox::open(&config(dir.path(), 1 << 20, WhenFull::Refuse))
+            .await
+            .unwrap();
+        outbox
+            .enqueue(
+                &key,
+                "laoshan",
+                "qingdao-ip-2017",
+                &[value("2018Q1", 1.0), value("2018Q2", 2.0)],
+                false,
+            )
+            .await
+            .unwrap();
+        outbox
+            .dead_letter(1, "REASON_NOTHING_VALID", "all refused")
+            .await
+            .unwrap();
+        let dead = outbox.dead_letters().await.unwrap();
+        assert_eq!(
+            (dead.len(), dead[0].seq, dead[0].reason.as_str()),
+            (1, 1, "REASON_NOTHING_VALID")
+        );
+        assert_eq!(
+            outbox.pending(10).await.unwrap().len(),
+            1,
+            "the report behind it still waits to go"
+        );
+        assert_eq!(outbox.retry_dead().await.unwrap(), 1);
+        assert_eq!(
+            outbox
+                .pending(10)
+                .await
+                .unwrap()
+                .iter()
+                .map(|p| p.seq)
+                .collect::<Vec<_>>(),
+            [1, 2]
+        );
+    }
+}

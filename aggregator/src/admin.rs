@@ -234,3 +234,78 @@ pub async fn values_show(
     );
     Ok(out)
 }
+
+/// Writes a development CA and certificates into `dir` (see [`crate::devca`]): `ca.crt`,
+/// `ca.key`, `server.crt`, `server.key`, and `units/<unit>.crt` / `.key` for each unit. An
+/// existing CA in `dir` is reused; existing files are never overwritten.
+pub fn dev_ca(
+    dir: &Path,
+    plan: &Plan,
+    units: &[String],
+    server_names: &[String],
+) -> anyhow::Result<String> {
+    use crate::devca::DevCa;
+    for unit in units {
+        if plan.unit(unit).is_none() {
+            bail!("unit {unit:?} is not in plan {}", plan.id);
+        }
+    }
+    std::fs::create_dir_all(dir.join("units"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let (ca_cert, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let mut out = String::new();
+    let ca = if ca_cert.exists() && ca_key.exists() {
+        let _ = writeln!(out, "reusing the CA in {}", dir.display());
+        DevCa::from_pem(
+            &std::fs::read_to_string(&ca_cert)?,
+            &std::fs::read_to_string(&ca_key)?,
+        )?
+    } else {
+        let ca = DevCa::generate()?;
+        write_new(&ca_cert, ca.cert_pem(), 0o644)?;
+        write_new(&ca_key, ca.key_pem(), 0o600)?;
+        let _ = writeln!(
+            out,
+            "wrote {} (the CA agents and the aggregator trust)",
+            ca_cert.display()
+        );
+        ca
+    };
+    let issue =
+        |name: &str, issued: crate::devca::Issued, out: &mut String| -> anyhow::Result<()> {
+            let (cert, key) = (
+                dir.join(format!("{name}.crt")),
+                dir.join(format!("{name}.key")),
+            );
+            if cert.exists() || key.exists() {
+                let _ = writeln!(out, "kept existing {}", cert.display());
+                return Ok(());
+            }
+            write_new(&cert, &issued.cert_pem, 0o644)?;
+            write_new(&key, &issued.key_pem, 0o600)?;
+            let _ = writeln!(out, "wrote {}", cert.display());
+            Ok(())
+        };
+    let names: Vec<&str> = server_names.iter().map(String::as_str).collect();
+    issue("server", ca.issue_server(&names)?, &mut out)?;
+    for unit in units {
+        issue(&format!("units/{unit}"), ca.issue_unit(unit)?, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn write_new(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}

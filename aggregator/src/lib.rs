@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod plan;
+pub mod progress;
 pub mod serve;
 pub mod server;
 pub mod store;

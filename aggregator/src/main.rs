@@ -37,6 +37,22 @@ enum Command {
     /// Show current indicator values (the winning value per unit and period).
     #[command(subcommand)]
     Values(ValuesCommand),
+    /// Make a development CA with a server certificate and per-unit client certificates
+    /// (SAN URI spiffe://duban/unit/<unit>), for tests and trials. Production uses its own CA.
+    DevCa {
+        /// Directory to write into; an existing CA there is reused, existing files are kept.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Units to issue client certificates for (comma-separated) [default: every unit that
+        /// reports an indicator in the plan].
+        #[arg(long, value_delimiter = ',')]
+        units: Vec<String>,
+        /// DNS names and IP addresses for the server certificate.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        server_names: Vec<String>,
+        #[command(flatten)]
+        plan: PlanArg,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +287,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 limit: Some(limit),
             };
             admin::reports_list(&db.open().await?, &filter, json).await?
+        }
+        Command::DevCa {
+            out,
+            units,
+            server_names,
+            plan,
+        } => {
+            let plan = plan.load()?;
+            let units = if units.is_empty() {
+                plan.reporting_units()
+                    .iter()
+                    .map(|u| u.id.clone())
+                    .collect()
+            } else {
+                units
+            };
+            admin::dev_ca(&out, &plan, &units, &server_names)?
         }
         Command::Values(ValuesCommand::Show {
             indicator,

@@ -746,3 +746,88 @@ async fn two_replicas_on_one_postgres_store_a_batch_once() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_answers_unavailable_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duban.db");
+    let url = format!("sqlite://{}", path.display());
+    let server = TestServer::start(Options {
+        database_url: Some(url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    // Break the schema underneath the running server, as a full or damaged disk would.
+    let mut admin = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE value_history RENAME TO value_history_away")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let signed = sign(
+        &laoshan_key(),
+        report("laoshan", 1, "2018Q1", &[("pct-applications", 1.0)]),
+    );
+    let status = client.submit(signed.clone()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    assert!(status.message().contains("retry"), "{status}");
+    assert_eq!(server.metric("duban_store_errors_total").await, 1.0);
+    // Repaired, the same report (as an agent would resend it) is accepted.
+    sqlx::query("ALTER TABLE value_history_away RENAME TO value_history")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        server
+            .store
+            .reports(&ReportFilter::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing half-written"
+    );
+    let result = client.submit(signed).await.unwrap().into_inner();
+    assert_eq!(outcome(&result), ACCEPTED, "{}", result.message);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_report_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = TestServer::start(Options::default()).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected {response:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"duban.report.v1.ReportService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+    server.stop().await;
+}

@@ -236,6 +236,22 @@ impl AgentSetup {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Switches the configuration to mTLS with the certificate of `cert_unit` from a directory
+    /// written by `duban-aggregator dev-ca`.
+    pub fn use_tls(&self, ca_dir: &Path, cert_unit: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let tls = format!(
+            "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nserver_name = \"localhost\"",
+            ca_dir.join("ca.crt").display(),
+            ca_dir.join(format!("units/{cert_unit}.crt")).display(),
+            ca_dir.join(format!("units/{cert_unit}.key")).display()
+        );
+        let text = text
+            .replace("insecure_plaintext = true", &tls)
+            .replace("\"http://", "\"https://");
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     pub fn outbox_stats(&self) -> serde_json::Value {
         let out = self.run(&["outbox", "stats", "--json"]);
         assert!(

@@ -652,3 +652,83 @@ fn promtool_check(body: &str) {
         "promtool: {report}"
     );
 }
+
+#[test]
+fn delivery_over_mtls_and_a_certificate_for_another_unit_is_refused() {
+    let w = world();
+    let certs = w.root.path().join("tls");
+    let made = duban_e2e::run(
+        &duban_e2e::binary("duban-aggregator"),
+        &[
+            "dev-ca",
+            "--out",
+            certs.to_str().unwrap(),
+            "--units",
+            "laoshan,shibei",
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "dev-ca: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let file = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+    let aggregator = AggregatorProcess::start(&[
+        "--database-url",
+        &w.url,
+        "--tls-cert",
+        &file("server.crt"),
+        "--tls-key",
+        &file("server.key"),
+        "--client-ca",
+        &file("ca.crt"),
+    ]);
+    let endpoint = format!("http://{}", aggregator.grpc);
+
+    let laoshan = AgentSetup::new(w.root.path(), &w.url, "laoshan", &endpoint, "");
+    laoshan.use_tls(&certs, "laoshan");
+    ok(laoshan.run(&["check"]));
+    let out = ok(laoshan.run(&[
+        "submit",
+        "--indicator",
+        "pct-applications",
+        "--period",
+        "2018Q1",
+        "--value",
+        "12",
+    ]));
+    assert!(out.contains("delivered"), "{out}");
+    assert_eq!(
+        value_of(
+            &current_values(&w.url),
+            "pct-applications",
+            "laoshan",
+            "2018Q1"
+        ),
+        Some(12.0)
+    );
+
+    // An agent signing as shibei but presenting laoshan's certificate is refused for good.
+    let impostor = AgentSetup::new(w.root.path(), &w.url, "shibei", &endpoint, "");
+    impostor.use_tls(&certs, "laoshan");
+    ok(impostor.run(&[
+        "submit",
+        "--indicator",
+        "pct-applications",
+        "--period",
+        "2018Q1",
+        "--value",
+        "99",
+    ]));
+    let dead = ok(impostor.run(&["outbox", "dead"]));
+    assert!(dead.contains("REASON_UNIT_MISMATCH"), "{dead}");
+    assert_eq!(
+        value_of(
+            &current_values(&w.url),
+            "pct-applications",
+            "shibei",
+            "2018Q1"
+        ),
+        None
+    );
+}

@@ -1,0 +1,306 @@
+use super::*;
+use crate::plan;
+
+fn qingdao() -> Plan {
+    plan::embedded().plan
+}
+
+/// A small plan with a monthly indicator, to pin deadlines exactly.
+fn monthly_plan() -> Plan {
+    let text = r#"
+[plan]
+id = "t"
+name = "t"
+start = "2020-01"
+end = "2020-12"
+
+[[unit]]
+id = "u"
+name = "单位"
+kind = "district"
+
+[[indicator]]
+id = "m"
+name = "月度指标"
+measure = "件"
+comparator = ">="
+target = 120
+baseline = 0
+target_date = "2020-12"
+period = "month"
+timely_days = 0
+reporters = ["u"]
+lead_units = ["u"]
+aggregation = "cumulative"
+
+[[indicator]]
+id = "num"
+name = "分子"
+measure = "件"
+period = "year"
+timely_days = 30
+reporters = ["u"]
+lead_units = ["u"]
+aggregation = "latest"
+
+[[indicator]]
+id = "den"
+name = "分母"
+measure = "人"
+period = "year"
+timely_days = 30
+reporters = ["u"]
+lead_units = ["u"]
+aggregation = "latest"
+min = 0
+
+[[indicator]]
+id = "per-10k"
+name = "每万人"
+measure = "件/万人"
+comparator = ">="
+target = 25
+target_date = "2020-12"
+period = "year"
+timely_days = 30
+lead_units = ["u"]
+aggregation = "ratio"
+numerator = "num"
+denominator = "den"
+scale = 10000
+
+[[task]]
+id = "t1"
+section = "二(一)1"
+title = "任务"
+lead_units = ["u"]
+
+[[task.milestone]]
+id = "m1"
+name = "阶段"
+start = "2020-03"
+end = "2020-04"
+tolerance = 0.1
+"#;
+    plan::load_str(text, "t.toml").unwrap().plan
+}
+
+fn value(indicator: &str, unit: &str, period: &str, value: f64, received_ms: i64) -> ValueRow {
+    ValueRow {
+        plan_id: "t".into(),
+        indicator_id: indicator.into(),
+        unit_id: unit.into(),
+        period: period.into(),
+        value,
+        note: String::new(),
+        revision: 0,
+        issued_at_ms: received_ms,
+        seq: 1,
+        report_pk: 1,
+        updated_at_ms: received_ms,
+        first_received_at_ms: received_ms,
+    }
+}
+
+fn ms(text: &str) -> i64 {
+    text.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+}
+
+#[test]
+fn a_february_period_is_due_at_midnight_after_its_last_day_in_the_plan_time_zone() {
+    let plan = monthly_plan();
+    let indicator = plan.indicator("m").unwrap();
+    let feb: Period = "2020-02".parse().unwrap();
+    // 2020 is a leap year: February ends on the 29th; midnight in Asia/Shanghai is 16:00 UTC.
+    assert_eq!(due_ms(&plan, indicator, &feb), ms("2020-02-29T16:00:00Z"));
+    let feb19: Period = "2019-02".parse().unwrap();
+    assert_eq!(due_ms(&plan, indicator, &feb19), ms("2019-02-28T16:00:00Z"));
+}
+
+#[test]
+fn a_report_one_second_before_its_deadline_is_on_time_and_one_second_after_is_late() {
+    let plan = monthly_plan();
+    let due = ms("2020-02-29T16:00:00Z");
+    let now = ms("2020-06-01T00:00:00Z");
+    for (received, expected) in [
+        (due - 1000, ObligationStatus::OnTime),
+        (due + 1000, ObligationStatus::Late),
+    ] {
+        let snapshot = Snapshot {
+            values: vec![value("m", "u", "2020-02", 10.0, received)],
+            tasks: vec![],
+        };
+        let progress = compute(&plan, &snapshot, now);
+        let feb = progress
+            .obligations
+            .iter()
+            .find(|o| o.indicator == "m" && o.period == "2020-02")
+            .unwrap();
+        assert_eq!(feb.status, expected, "received {received} vs due {due}");
+    }
+    // Nothing received: not due one second before, overdue one second after.
+    let empty = Snapshot::default();
+    let before = compute(&plan, &empty, due - 1000);
+    let after = compute(&plan, &empty, due + 1000);
+    let status = |p: &Progress| {
+        p.obligations
+            .iter()
+            .find(|o| o.indicator == "m" && o.period == "2020-02")
+            .unwrap()
+            .status
+    };
+    assert_eq!(status(&before), ObligationStatus::NotDue);
+    assert_eq!(status(&after), ObligationStatus::Overdue);
+}
+
+#[test]
+fn completeness_and_timeliness_count_only_what_is_due() {
+    let plan = monthly_plan();
+    let now = ms("2020-04-15T00:00:00Z"); // Jan, Feb, Mar of "m" are due; April is not.
+    let values = vec![
+        value("m", "u", "2020-01", 10.0, ms("2020-01-20T00:00:00Z")),
+        value("m", "u", "2020-02", 10.0, ms("2020-03-05T00:00:00Z")),
+    ];
+    let progress = compute(
+        &plan,
+        &Snapshot {
+            values,
+            tasks: vec![],
+        },
+        now,
+    );
+    let m = progress
+        .indicators
+        .iter()
+        .find(|i| i.indicator == "m")
+        .unwrap();
+    assert_eq!(
+        m.rates,
+        Rates {
+            expected: 3,
+            received: 2,
+            on_time: 1
+        }
+    );
+    assert_eq!(m.rates.completeness(), Some(2.0 / 3.0));
+    assert_eq!(m.rates.timeliness(), Some(1.0 / 3.0));
+    assert_eq!(m.value, Some(20.0), "cumulative adds the months");
+}
+
+#[test]
+fn a_ratio_with_a_missing_or_zero_denominator_has_no_value() {
+    let plan = monthly_plan();
+    let now = ms("2020-06-01T00:00:00Z");
+    let per_10k = |values: Vec<ValueRow>| {
+        compute(
+            &plan,
+            &Snapshot {
+                values,
+                tasks: vec![],
+            },
+            now,
+        )
+        .indicators
+        .into_iter()
+        .find(|i| i.indicator == "per-10k")
+        .unwrap()
+    };
+    let missing = per_10k(vec![value("num", "u", "2020", 100.0, now)]);
+    assert_eq!(
+        (missing.value, missing.status),
+        (None, IndicatorStatus::NoData)
+    );
+    let zero = per_10k(vec![
+        value("num", "u", "2020", 100.0, now),
+        value("den", "u", "2020", 0.0, now),
+    ]);
+    assert_eq!(zero.value, None, "no value, not infinity");
+    let real = per_10k(vec![
+        value("num", "u", "2020", 100.0, now),
+        value("den", "u", "2020", 40_000.0, now),
+    ]);
+    assert_eq!(real.value, Some(25.0));
+    assert_eq!(real.status, IndicatorStatus::Met);
+}
+
+#[test]
+fn a_milestone_with_no_updates_moves_from_not_started_to_lagging_to_overdue() {
+    let plan = monthly_plan();
+    let at = |t: &str| {
+        compute(&plan, &Snapshot::default(), ms(t))
+            .milestones
+            .into_iter()
+            .next()
+            .unwrap()
+    };
+    assert_eq!(
+        at("2020-02-15T00:00:00Z").status,
+        MilestoneStatus::NotStarted
+    );
+    assert_eq!(
+        at("2020-03-02T00:00:00Z").status,
+        MilestoneStatus::OnTrack,
+        "inside the tolerance at the start"
+    );
+    assert_eq!(at("2020-04-01T00:00:00Z").status, MilestoneStatus::Lagging);
+    let late = at("2020-05-11T00:00:00Z");
+    assert_eq!(late.status, MilestoneStatus::Overdue);
+    assert_eq!(late.days_overdue, 10);
+    assert_eq!(late.percent, None);
+}
+
+#[test]
+fn an_indicator_below_its_path_lags_and_one_past_its_date_is_late() {
+    let plan = monthly_plan();
+    let values = vec![value("m", "u", "2020-01", 1.0, ms("2020-01-20T00:00:00Z"))];
+    let at = |t: &str| {
+        compute(
+            &plan,
+            &Snapshot {
+                values: values.clone(),
+                tasks: vec![],
+            },
+            ms(t),
+        )
+        .indicators
+        .into_iter()
+        .find(|i| i.indicator == "m")
+        .unwrap()
+    };
+    let june = at("2020-07-01T00:00:00Z");
+    assert!(
+        june.expected.unwrap() > 55.0 && june.expected.unwrap() < 65.0,
+        "{:?}",
+        june.expected
+    );
+    assert_eq!(june.status, IndicatorStatus::Lagging);
+    assert_eq!(at("2021-01-05T00:00:00Z").status, IndicatorStatus::Late);
+}
+
+#[test]
+fn the_overlapping_phases_of_three_eight_are_evaluated_each_on_its_own_window() {
+    let plan = qingdao();
+    let task = plan
+        .tasks
+        .iter()
+        .find(|t| t.track.as_deref() == Some("3-8"))
+        .expect("the task implemented by 三(八)");
+    let progress = compute(&plan, &Snapshot::default(), ms("2017-07-15T00:00:00Z"));
+    let mine: Vec<&MilestoneProgress> = progress
+        .milestones
+        .iter()
+        .filter(|m| m.task == task.id)
+        .collect();
+    assert!(mine.len() >= 2);
+    // At 2017-07-15 both the first phase (…2017-07) and the overlapping second (2017-01..12)
+    // are running; neither is overdue yet.
+    let running = mine
+        .iter()
+        .filter(|m| m.start_ms <= progress.now_ms && progress.now_ms < m.deadline_ms)
+        .count();
+    assert!(running >= 2, "{mine:#?}");
+    assert!(
+        mine.iter().all(|m| m.status != MilestoneStatus::Overdue),
+        "{mine:#?}"
+    );
+}
