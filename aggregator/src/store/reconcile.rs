@@ -197,6 +197,30 @@ async fn advance_seq(
     Ok((seq - max_seq - 1) as u64)
 }
 
+/// What the current row (value or percent, rank, report_pk) means for a new report.
+enum Current {
+    /// None yet: insert.
+    Absent,
+    /// Older than the report: replace it (its value and report are kept for the audit row).
+    Older { value: f64, report_pk: i64 },
+    /// As new or newer: keep it.
+    NotOlder,
+}
+
+fn compare(current: Option<AnyRow>, report: &NewReport) -> Result<Current, StoreError> {
+    let Some(row) = current else {
+        return Ok(Current::Absent);
+    };
+    let old_rank: Rank = (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+    if rank(report) <= old_rank {
+        return Ok(Current::NotOlder);
+    }
+    Ok(Current::Older {
+        value: row.try_get(0)?,
+        report_pk: row.try_get(4)?,
+    })
+}
+
 /// Returns whether the current value changed.
 async fn store_value(
     conn: &mut AnyConnection,
@@ -222,15 +246,10 @@ async fn store_value(
         .bind(report.period.clone())
         .fetch_optional(&mut *conn)
         .await?;
-    let old = match current {
-        None => None,
-        Some(row) => {
-            let old_rank: Rank = (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-            if rank(report) <= old_rank {
-                return Ok(false);
-            }
-            Some((row.try_get::<f64, _>(0)?, row.try_get::<i64, _>(4)?))
-        }
+    let old = match compare(current, report)? {
+        Current::NotOlder => return Ok(false),
+        Current::Absent => None,
+        Current::Older { value, report_pk } => Some((value, report_pk)),
     };
     let (revision, issued_at_ms, seq) = rank(report);
     if old.is_none() {
@@ -304,15 +323,10 @@ async fn store_task(
         .bind(report.period.clone())
         .fetch_optional(&mut *conn)
         .await?;
-    let old = match current {
-        None => None,
-        Some(row) => {
-            let old_rank: Rank = (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-            if rank(report) <= old_rank {
-                return Ok(false);
-            }
-            Some((row.try_get::<f64, _>(0)?, row.try_get::<i64, _>(4)?))
-        }
+    let old = match compare(current, report)? {
+        Current::NotOlder => return Ok(false),
+        Current::Absent => None,
+        Current::Older { value, report_pk } => Some((value, report_pk)),
     };
     let (revision, issued_at_ms, seq) = rank(report);
     let sql = if old.is_none() {
