@@ -309,3 +309,182 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
     file.sync_all()?;
     Ok(())
 }
+
+/// The terminal (or JSON) view of the plan's state at `now_ms`.
+pub async fn status(
+    store: &AnyStore,
+    plan: &Plan,
+    now_ms: i64,
+    policy: &crate::alerts::AlertPolicy,
+    json: bool,
+) -> anyhow::Result<String> {
+    use crate::progress::{IndicatorStatus, MilestoneStatus};
+    let progress = crate::evaluate::progress_at(store, plan, now_ms).await?;
+    let alerts = crate::alerts::evaluate(plan, &progress, policy);
+    if json {
+        return Ok(serde_json::to_string_pretty(
+            &serde_json::json!({ "plan": plan.id, "as_of_ms": now_ms, "progress": progress, "alerts": alerts }),
+        )? + "\n");
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} {} — as of {}\n",
+        plan.id,
+        plan.name,
+        crate::progress::date_of_ms(now_ms, &plan.tz)
+    );
+    let number = |v: Option<f64>| {
+        v.map(|v| {
+            if v.abs() >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        })
+        .unwrap_or_else(|| "—".into())
+    };
+    let bar = |ratio: Option<f64>| {
+        let filled = (ratio.unwrap_or(0.0) * 20.0).round() as usize;
+        format!(
+            "[{}{}]",
+            "#".repeat(filled.min(20)),
+            ".".repeat(20 - filled.min(20))
+        )
+    };
+    let _ = writeln!(out, "INDICATORS");
+    let mut rows = vec![
+        [
+            "indicator",
+            "value",
+            "target",
+            "expected",
+            "progress",
+            "status",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for i in &progress.indicators {
+        let Some(indicator) = plan.indicator(&i.indicator) else {
+            continue;
+        };
+        if indicator.target.is_none() {
+            continue;
+        }
+        rows.push(vec![
+            indicator.name.clone(),
+            number(i.value),
+            format!("{} {}", number(i.target), indicator.measure),
+            number(i.expected),
+            bar(i.progress_ratio),
+            i.status.name().to_owned(),
+        ]);
+    }
+    out.push_str(&table(&rows, 2));
+    let _ = writeln!(out, "\nTASKS LAGGING OR OVERDUE");
+    let mut rows = vec![
+        ["task", "milestone", "status", "percent", "lead units"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for m in progress.milestones.iter().filter(|m| {
+        matches!(
+            m.status,
+            MilestoneStatus::Lagging | MilestoneStatus::Overdue
+        )
+    }) {
+        let Some(task) = plan.task(&m.task) else {
+            continue;
+        };
+        let leads = if task.lead_units.is_empty() {
+            "— (按职责分工负责)".to_owned()
+        } else {
+            task.lead_units
+                .iter()
+                .map(|u| plan.party_name(u))
+                .collect::<Vec<_>>()
+                .join("、")
+        };
+        rows.push(vec![
+            format!("{} {}", task.section, task.title),
+            m.milestone.clone(),
+            m.status.name().to_owned(),
+            m.percent
+                .map(|p| format!("{p:.0}%"))
+                .unwrap_or_else(|| "—".into()),
+            leads,
+        ]);
+    }
+    out.push_str(&table(&rows, 2));
+    let _ = writeln!(
+        out,
+        "\nREPORTING BY UNIT (completeness / timeliness of reports due so far)"
+    );
+    let mut rows = vec![
+        [
+            "unit",
+            "expected",
+            "received",
+            "on time",
+            "completeness",
+            "timeliness",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for (unit, rates) in &progress.by_unit {
+        let pct = |r: Option<f64>| {
+            r.map(|r| format!("{:.0}%", r * 100.0))
+                .unwrap_or_else(|| "—".into())
+        };
+        rows.push(vec![
+            format!("{} {}", unit, plan.party_name(unit)),
+            rates.expected.to_string(),
+            rates.received.to_string(),
+            rates.on_time.to_string(),
+            pct(rates.completeness()),
+            pct(rates.timeliness()),
+        ]);
+    }
+    out.push_str(&table(&rows, 2));
+    let _ = writeln!(out, "\nACTIVE ALERTS ({})", alerts.len());
+    let mut rows = vec![
+        ["alert", "severity", "lead unit", "summary"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for a in alerts
+        .iter()
+        .filter(|a| a.name() != "ReportDueSoon")
+        .take(50)
+    {
+        rows.push(vec![
+            a.name().to_owned(),
+            a.labels.get("severity").cloned().unwrap_or_default(),
+            plan.party_name(a.lead_unit()).to_owned(),
+            a.annotations.get("summary").cloned().unwrap_or_default(),
+        ]);
+    }
+    out.push_str(&table(&rows, 2));
+    let due_soon = alerts
+        .iter()
+        .filter(|a| a.name() == "ReportDueSoon")
+        .count();
+    let shown = alerts
+        .iter()
+        .filter(|a| a.name() != "ReportDueSoon")
+        .count()
+        .min(50);
+    let _ = writeln!(
+        out,
+        "  ({shown} shown; {due_soon} ReportDueSoon reminders not listed; --json lists everything)"
+    );
+    let lagging = progress
+        .indicators
+        .iter()
+        .filter(|i| i.status == IndicatorStatus::Lagging)
+        .count();
+    let _ = writeln!(out, "\n{lagging} indicator(s) lagging");
+    Ok(out)
+}

@@ -23,6 +23,23 @@ pub struct ServeFile {
     pub max_in_flight: Option<usize>,
     pub shutdown_grace_seconds: Option<u64>,
     pub tls: Option<TlsFiles>,
+    pub alerts: Option<AlertsFile>,
+}
+
+/// `[alerts]`: where plan alerts go and how often they are evaluated.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    /// Alertmanager base URLs, e.g. "http://127.0.0.1:9093".
+    #[serde(default)]
+    pub alertmanagers: Vec<String>,
+    /// Webhook URLs receiving Alertmanager's webhook format.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    pub evaluate_every_seconds: Option<u64>,
+    pub resend_every_seconds: Option<u64>,
+    pub due_soon_days: Option<i64>,
+    pub critical_after_days: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -46,6 +63,7 @@ pub struct ServeConfig {
     pub tls: Option<TlsFiles>,
     pub max_in_flight: usize,
     pub shutdown_grace: Duration,
+    pub alerts: crate::serve::AlertSettings,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -119,6 +137,50 @@ impl ServeFile {
                 "expected sqlite://PATH or postgres://USER@HOST/DB",
             ));
         }
+        let alerts_file = self.alerts.unwrap_or_default();
+        for (n, url) in alerts_file
+            .alertmanagers
+            .iter()
+            .chain(&alerts_file.webhooks)
+            .enumerate()
+        {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    &format!("alerts[{n}]"),
+                    &format!("expected an http:// or https:// URL, got {url:?}"),
+                ));
+            }
+        }
+        let defaults = crate::serve::AlertSettings::default();
+        let evaluate_every = alerts_file
+            .evaluate_every_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.evaluate_every);
+        if evaluate_every.is_zero() {
+            return Err(invalid(
+                "alerts.evaluate_every_seconds",
+                "must be at least 1",
+            ));
+        }
+        let alerts = crate::serve::AlertSettings {
+            policy: crate::alerts::AlertPolicy {
+                due_soon_days: alerts_file
+                    .due_soon_days
+                    .unwrap_or(defaults.policy.due_soon_days),
+                critical_after_days: alerts_file
+                    .critical_after_days
+                    .unwrap_or(defaults.policy.critical_after_days),
+            },
+            sinks: crate::notify::Sinks {
+                alertmanagers: alerts_file.alertmanagers,
+                webhooks: alerts_file.webhooks,
+            },
+            evaluate_every,
+            resend_every: alerts_file
+                .resend_every_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.resend_every),
+        };
         Ok(ServeConfig {
             grpc_listen: self
                 .grpc_listen
@@ -131,6 +193,7 @@ impl ServeFile {
             tls: self.tls,
             max_in_flight,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds.unwrap_or(10)),
+            alerts,
         })
     }
 }

@@ -1,10 +1,11 @@
 //! The HTTP side: `/metrics` (Prometheus text), `/healthz` (the process is up) and `/readyz`
 //! (the store answers and the plan is loaded).
 
+use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::ingest::Ingestor;
@@ -13,19 +14,83 @@ use crate::store::Store;
 pub fn router(ingestor: Ingestor) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/api/v1/progress", get(progress))
+        .route("/api/v1/alerts", get(alerts))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(ingestor)
 }
 
 async fn metrics(State(ingestor): State<Ingestor>) -> impl IntoResponse {
+    let mut body = ingestor.metrics().render();
+    let plan = ingestor.plan();
+    let now = ingestor.clock().now_ms();
+    match (
+        crate::evaluate::progress_at(ingestor.store(), plan, now).await,
+        ingestor.store().alerts(&plan.id, now).await,
+    ) {
+        (Ok(progress), Ok(alerts)) => {
+            body.push_str(&crate::evaluate::plan_metrics(plan, &progress, &alerts))
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!(%error, "plan metrics unavailable for this scrape")
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        ingestor.metrics().render(),
+        body,
     )
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AsOf {
+    /// RFC 3339 time or YYYY-MM-DD; default now.
+    as_of: Option<String>,
+}
+
+async fn progress(State(ingestor): State<Ingestor>, Query(query): Query<AsOf>) -> Response {
+    let now = match query
+        .as_of
+        .as_deref()
+        .map(crate::admin::parse_time_ms)
+        .transpose()
+    {
+        Ok(at) => at.unwrap_or_else(|| ingestor.clock().now_ms()),
+        Err(error) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({ "error": format!("as_of: {error}") })),
+            )
+                .into_response();
+        }
+    };
+    match crate::evaluate::progress_at(ingestor.store(), ingestor.plan(), now).await {
+        Ok(progress) => Json(progress).into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": error.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn alerts(State(ingestor): State<Ingestor>) -> Response {
+    match ingestor
+        .store()
+        .alerts(&ingestor.plan().id, ingestor.clock().now_ms())
+        .await
+    {
+        Ok(alerts) => Json(serde_json::json!({ "plan": ingestor.plan().id, "alerts": alerts }))
+            .into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": error.to_string() })),
+        )
+            .into_response(),
+    }
 }
 
 async fn ready(State(ingestor): State<Ingestor>) -> impl IntoResponse {

@@ -37,6 +37,20 @@ enum Command {
     /// Show current indicator values (the winning value per unit and period).
     #[command(subcommand)]
     Values(ValuesCommand),
+    /// The plan's state: indicators against target and expected, tasks lagging or overdue,
+    /// completeness and timeliness per unit, active alerts.
+    Status {
+        /// Evaluate at another time (RFC 3339, or YYYY-MM-DD for midnight UTC): history and
+        /// what-if.
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        plan: PlanArg,
+    },
     /// Make a development CA with a server certificate and per-unit client certificates
     /// (SAN URI spiffe://duban/unit/<unit>), for tests and trials. Production uses its own CA.
     DevCa {
@@ -88,6 +102,15 @@ struct ServeArgs {
     /// Seconds to let in-flight calls finish after SIGTERM [default: 10].
     #[arg(long, value_name = "SECONDS")]
     shutdown_grace_seconds: Option<u64>,
+    /// Send plan alerts to this Alertmanager (base URL; repeatable).
+    #[arg(long, value_name = "URL")]
+    alertmanager: Vec<String>,
+    /// Send plan alerts to this webhook in Alertmanager's webhook format (repeatable).
+    #[arg(long, value_name = "URL")]
+    webhook: Vec<String>,
+    /// Seconds between alert evaluations [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    evaluate_every_seconds: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +311,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             admin::reports_list(&db.open().await?, &filter, json).await?
         }
+        Command::Status {
+            as_of,
+            json,
+            db,
+            plan,
+        } => {
+            let plan = plan.load()?;
+            let at = as_of
+                .as_deref()
+                .map(admin::parse_time_ms)
+                .transpose()
+                .context("--as-of")?
+                .unwrap_or(now);
+            admin::status(&db.open().await?, &plan, at, &Default::default(), json).await?
+        }
         Command::DevCa {
             out,
             units,
@@ -333,6 +371,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.insecure_plaintext {
         file.insecure_plaintext = Some(true);
     }
+    let mut alerts = file.alerts.take().unwrap_or_default();
+    alerts.alertmanagers.extend(args.alertmanager);
+    alerts.webhooks.extend(args.webhook);
+    alerts.evaluate_every_seconds = args
+        .evaluate_every_seconds
+        .or(alerts.evaluate_every_seconds);
+    file.alerts = Some(alerts);
     match (args.tls_cert, args.tls_key, args.client_ca) {
         (Some(cert), Some(key), Some(client_ca)) => {
             file.tls = Some(TlsFiles {
@@ -370,6 +415,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         max_in_flight: config.max_in_flight,
         shutdown_grace: config.shutdown_grace,
+        alerts: config.alerts,
     };
     duban_aggregator::serve::run(
         serve,

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     pub ingest_seconds: Histogram,
     pub store_seconds: Histogram,
+    pub alert_notifications: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -133,8 +134,19 @@ impl Metrics {
                 "duban_store_duration_seconds",
                 "Time the store took to commit one call's reports.",
             ),
+            alert_notifications: counter_vec(
+                &registry,
+                "duban_alert_notifications_total",
+                "Alert notifications by sink and result.",
+                &["sink", "result"],
+            ),
             registry,
         };
+        for sink in ["log", "alertmanager", "webhook"] {
+            for result in ["ok", "failed"] {
+                m.alert_notifications.with_label_values(&[sink, result]);
+            }
+        }
         for reason in Reason::ALL {
             m.rejected.with_label_values(&[reason.name()]);
         }

@@ -45,6 +45,27 @@ pub struct Serve {
     pub tls: Option<TlsMaterial>,
     pub max_in_flight: usize,
     pub shutdown_grace: Duration,
+    pub alerts: AlertSettings,
+}
+
+/// How plan alerts are evaluated and where they go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertSettings {
+    pub policy: crate::alerts::AlertPolicy,
+    pub sinks: crate::notify::Sinks,
+    pub evaluate_every: Duration,
+    pub resend_every: Duration,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        AlertSettings {
+            policy: Default::default(),
+            sinks: Default::default(),
+            evaluate_every: Duration::from_secs(30),
+            resend_every: Duration::from_secs(60),
+        }
+    }
 }
 
 impl std::fmt::Debug for dyn Clock {
@@ -80,6 +101,20 @@ pub async fn run(
         }
     };
     tokio::spawn(keys.clone().refresh_until(serve.store.clone(), stopped()));
+    let evaluator = crate::evaluate::Evaluator {
+        plan: serve.plan.clone(),
+        store: serve.store.clone(),
+        clock: serve.clock.clone(),
+        policy: serve.alerts.policy.clone(),
+        notifier: crate::notify::Notifier::new(
+            serve.alerts.sinks.clone(),
+            ingestor.metrics().alert_notifications.clone(),
+            format!("http://{}", http.local_addr()?),
+        ),
+        every: serve.alerts.evaluate_every,
+        resend_every: serve.alerts.resend_every,
+    };
+    tokio::spawn(evaluator.run_until(stopped()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -330,6 +330,95 @@ async fn concurrent_replicas_store_once<S: Store + Clone + Send + Sync + 'static
     assert_eq!(a.reports(&ReportFilter::default()).await.unwrap().len(), 40);
 }
 
+fn wanted(name: &str, severity: &str) -> WantedAlert {
+    let labels: std::collections::BTreeMap<String, String> = [
+        ("alertname", name),
+        ("severity", severity),
+        ("lead_unit", "science-tech"),
+        ("plan", PLAN),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    WantedAlert {
+        key: format!("{name}/science-tech"),
+        labels,
+        annotations: Default::default(),
+    }
+}
+
+async fn alerts_fire_once_escalate_and_resolve<S: Store>(store: &S) {
+    let first = store
+        .sync_alerts(
+            PLAN,
+            vec![
+                wanted("TaskOverdue", "warning"),
+                wanted("ReportOverdue", "warning"),
+            ],
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.fired.len(), first.active.len(), first.resolved.len()),
+        (2, 2, 0)
+    );
+    // Still active, escalated: not fired again, start kept.
+    let second = store
+        .sync_alerts(
+            PLAN,
+            vec![
+                wanted("TaskOverdue", "critical"),
+                wanted("ReportOverdue", "warning"),
+            ],
+            2_000,
+        )
+        .await
+        .unwrap();
+    assert!(second.fired.is_empty());
+    let task = second
+        .active
+        .iter()
+        .find(|a| a.key == "TaskOverdue/science-tech")
+        .unwrap();
+    assert_eq!(
+        (task.starts_at_ms, task.labels["severity"].as_str()),
+        (1_000, "critical")
+    );
+    // The cause of one is gone: it resolves with an end time.
+    let third = store
+        .sync_alerts(PLAN, vec![wanted("TaskOverdue", "critical")], 3_000)
+        .await
+        .unwrap();
+    assert_eq!(third.resolved.len(), 1);
+    assert_eq!(
+        (third.resolved[0].key.as_str(), third.resolved[0].ends_at_ms),
+        ("ReportOverdue/science-tech", Some(3_000))
+    );
+    let listed = store.alerts(PLAN, 3_000).await.unwrap();
+    assert_eq!(listed.len(), 2, "open and just resolved");
+    assert_eq!(
+        store.alerts(PLAN, 3_001).await.unwrap().len(),
+        1,
+        "only the open one later"
+    );
+    // Firing again after resolving is a new firing with a new start.
+    let again = store
+        .sync_alerts(
+            PLAN,
+            vec![
+                wanted("TaskOverdue", "critical"),
+                wanted("ReportOverdue", "warning"),
+            ],
+            4_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.fired.len(), 1);
+    assert_eq!(again.fired[0].starts_at_ms, 4_000);
+    assert!(store.is_notifier().await.unwrap());
+}
+
 macro_rules! sqlite_cases {
     ($($case:ident),*) => {
         mod sqlite {
@@ -372,7 +461,8 @@ sqlite_cases!(
     newest_revision_wins_and_late_older_does_not_overwrite,
     seq_gaps_are_counted,
     keys_are_added_listed_and_revoked,
-    a_batch_is_classified_in_order
+    a_batch_is_classified_in_order,
+    alerts_fire_once_escalate_and_resolve
 );
 
 postgres_cases!(
@@ -383,7 +473,8 @@ postgres_cases!(
     newest_revision_wins_and_late_older_does_not_overwrite,
     seq_gaps_are_counted,
     keys_are_added_listed_and_revoked,
-    a_batch_is_classified_in_order
+    a_batch_is_classified_in_order,
+    alerts_fire_once_escalate_and_resolve
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,4 +520,23 @@ async fn postgres_two_replicas_store_once() {
     let a = PgStore::open(&schema.url).await.unwrap();
     let b = PgStore::open(&schema.url).await.unwrap();
     concurrent_replicas_store_once(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_only_one_replica_is_the_webhook_notifier() {
+    let Some(base) = support::postgres_url("postgres_only_one_replica_is_the_webhook_notifier")
+    else {
+        return;
+    };
+    let schema = support::PgSchema::create(&base).await;
+    let a = PgStore::open(&schema.url).await.unwrap();
+    let b = PgStore::open(&schema.url).await.unwrap();
+    let (x, y) = (
+        a.is_notifier().await.unwrap(),
+        b.is_notifier().await.unwrap(),
+    );
+    assert!(x ^ y, "exactly one replica holds the lock: {x} {y}");
+    assert_eq!(a.is_notifier().await.unwrap(), x, "and keeps it");
+    drop(a);
+    drop(b);
 }

@@ -12,12 +12,14 @@
 //! SQL is shared by both backends through sqlx's `Any` driver (`$n` placeholders work on both);
 //! the schema lives in per-backend migrations under `aggregator/migrations/`.
 
+mod alerts;
 mod postgres;
 mod queries;
 mod reconcile;
 mod sqlite;
 mod types;
 
+pub use alerts::{AlertChanges, AlertRow, WantedAlert};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use types::*;
@@ -67,6 +69,23 @@ pub trait Store {
     async fn security_events(&self) -> Result<Vec<SecurityEvent>, StoreError>;
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Open alerts, and those resolved at or after `resolved_since_ms`.
+    async fn alerts(
+        &self,
+        plan_id: &str,
+        resolved_since_ms: i64,
+    ) -> Result<Vec<AlertRow>, StoreError>;
+    /// Makes the open alerts equal `wanted`: new ones fire (starts_at = now), missing ones
+    /// resolve (ends_at = now), the rest keep their start.
+    async fn sync_alerts(
+        &self,
+        plan_id: &str,
+        wanted: Vec<WantedAlert>,
+        now_ms: i64,
+    ) -> Result<AlertChanges, StoreError>;
+    /// Whether this process is the one that may send to sinks that cannot deduplicate
+    /// (webhooks). Always true on SQLite; on PostgreSQL, the holder of an advisory lock.
+    async fn is_notifier(&self) -> Result<bool, StoreError>;
 }
 
 /// The backend chosen at run time from the database URL.
@@ -155,5 +174,23 @@ impl Store for AnyStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         delegate!(self, ping())
+    }
+    async fn alerts(
+        &self,
+        plan_id: &str,
+        resolved_since_ms: i64,
+    ) -> Result<Vec<AlertRow>, StoreError> {
+        delegate!(self, alerts(plan_id, resolved_since_ms))
+    }
+    async fn sync_alerts(
+        &self,
+        plan_id: &str,
+        wanted: Vec<WantedAlert>,
+        now_ms: i64,
+    ) -> Result<AlertChanges, StoreError> {
+        delegate!(self, sync_alerts(plan_id, wanted, now_ms))
+    }
+    async fn is_notifier(&self) -> Result<bool, StoreError> {
+        delegate!(self, is_notifier())
     }
 }

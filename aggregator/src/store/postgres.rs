@@ -2,16 +2,25 @@
 //! unique constraints there decide what is stored. Each ingest call is one transaction.
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Connection};
+use sqlx::{AnyPool, Connection, Row};
 
 use super::reconcile::{POSTGRES, ingest_one};
 use super::types::*;
-use super::{Store, StoreError, queries};
+use super::{AlertChanges, AlertRow, Store, StoreError, WantedAlert, queries};
 use duban_proto::KeyId;
+
+/// Advisory lock keys are derived from the schema, so that deployments (and test schemas)
+/// sharing one database do not contend; replicas of one deployment share a schema.
+const NOTIFIER_LOCK: &str =
+    "SELECT pg_try_advisory_lock(hashtext(current_schema() || ':duban-notifier'))";
+const ALERT_SYNC_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':duban-alert-sync'))";
 
 #[derive(Clone)]
 pub struct PgStore {
     pool: AnyPool,
+    /// A connection of its own that holds the notifier advisory lock once taken.
+    notifier: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>>,
 }
 
 impl PgStore {
@@ -30,7 +39,10 @@ impl PgStore {
             .run(&mut *conn)
             .await?;
         drop(conn);
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            notifier: Default::default(),
+        })
     }
 }
 
@@ -85,5 +97,44 @@ impl Store for PgStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         queries::ping(&self.pool).await
+    }
+    async fn alerts(
+        &self,
+        plan_id: &str,
+        resolved_since_ms: i64,
+    ) -> Result<Vec<AlertRow>, StoreError> {
+        super::alerts::alerts(&self.pool, plan_id, resolved_since_ms).await
+    }
+    async fn sync_alerts(
+        &self,
+        plan_id: &str,
+        wanted: Vec<WantedAlert>,
+        now_ms: i64,
+    ) -> Result<AlertChanges, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        // One replica at a time rewrites alert state; the others wait their turn.
+        sqlx::query(ALERT_SYNC_LOCK).execute(&mut *tx).await?;
+        let changes = super::alerts::sync(&mut tx, plan_id, &wanted, now_ms).await?;
+        tx.commit().await?;
+        Ok(changes)
+    }
+    async fn is_notifier(&self) -> Result<bool, StoreError> {
+        let mut held = self.notifier.lock().await;
+        if let Some(conn) = held.as_mut() {
+            if sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok() {
+                return Ok(true);
+            }
+            *held = None; // the connection died, and the lock with it
+        }
+        let mut conn = self.pool.acquire().await?;
+        let got: bool = sqlx::query(NOTIFIER_LOCK)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get(0)?;
+        if got {
+            *held = Some(conn);
+        }
+        Ok(got)
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::reconcile::{SQLITE, ingest_one};
 use super::types::*;
-use super::{Store, StoreError, queries};
+use super::{AlertChanges, AlertRow, Store, StoreError, WantedAlert, queries};
 use duban_proto::KeyId;
 
 /// The most ingest calls committed together.
@@ -192,6 +192,37 @@ impl Store for SqliteStore {
     }
     async fn security_events(&self) -> Result<Vec<SecurityEvent>, StoreError> {
         queries::security_events(&self.readers).await
+    }
+    async fn alerts(
+        &self,
+        plan_id: &str,
+        resolved_since_ms: i64,
+    ) -> Result<Vec<AlertRow>, StoreError> {
+        super::alerts::alerts(&self.readers, plan_id, resolved_since_ms).await
+    }
+    async fn sync_alerts(
+        &self,
+        plan_id: &str,
+        wanted: Vec<WantedAlert>,
+        now_ms: i64,
+    ) -> Result<AlertChanges, StoreError> {
+        // Alert state is small and written rarely: its own IMMEDIATE transaction on a reader
+        // connection, waiting on the writer through busy_timeout.
+        let mut conn = self.readers.acquire().await?;
+        conn.execute("BEGIN IMMEDIATE").await?;
+        match super::alerts::sync(&mut conn, plan_id, &wanted, now_ms).await {
+            Ok(changes) => {
+                conn.execute("COMMIT").await?;
+                Ok(changes)
+            }
+            Err(error) => {
+                let _ = conn.execute("ROLLBACK").await;
+                Err(error)
+            }
+        }
+    }
+    async fn is_notifier(&self) -> Result<bool, StoreError> {
+        Ok(true)
     }
     async fn ping(&self) -> Result<(), StoreError> {
         if self.writer.is_closed() {

@@ -125,6 +125,7 @@ pub struct Options {
     pub extra_keys: Vec<NewKey>,
     /// Another database than a fresh SQLite file (e.g. a PostgreSQL schema shared by replicas).
     pub database_url: Option<String>,
+    pub alerts: Option<duban_aggregator::serve::AlertSettings>,
 }
 
 pub fn key_record(key: &SigningKey, unit: &str) -> NewKey {
@@ -179,6 +180,7 @@ impl TestServer {
             tls,
             max_in_flight: 64,
             shutdown_grace: std::time::Duration::from_secs(5),
+            alerts: options.alerts.clone().unwrap_or_default(),
         };
         let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,336 @@
+//! The evaluation loop: every `every`, read the store, compute progress at the clock's now,
+//! derive the alerts, store their state, notify. Also the plan-state metrics built at scrape
+//! time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{Encoder, GaugeVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::alerts::{ALERT_NAMES, AlertPolicy, SEVERITIES, evaluate};
+use crate::clock::Clock;
+use crate::notify::Notifier;
+use crate::plan::Plan;
+use crate::progress::{self, IndicatorStatus, MilestoneStatus, Progress, Snapshot};
+use crate::store::{AlertChanges, AlertRow, AnyStore, Store, StoreError, WantedAlert};
+
+pub async fn snapshot(store: &AnyStore, plan: &Plan) -> Result<Snapshot, StoreError> {
+    Ok(Snapshot {
+        values: store.current_values(&plan.id, None).await?,
+        tasks: store.current_tasks(&plan.id).await?,
+    })
+}
+
+pub async fn progress_at(
+    store: &AnyStore,
+    plan: &Plan,
+    now_ms: i64,
+) -> Result<Progress, StoreError> {
+    Ok(progress::compute(
+        plan,
+        &snapshot(store, plan).await?,
+        now_ms,
+    ))
+}
+
+#[derive(Clone)]
+pub struct Evaluator {
+    pub plan: Arc<Plan>,
+    pub store: AnyStore,
+    pub clock: Arc<dyn Clock>,
+    pub policy: AlertPolicy,
+    pub notifier: Notifier,
+    pub every: Duration,
+    pub resend_every: Duration,
+}
+
+impl std::fmt::Debug for Evaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Evaluator(every {:?})", self.every)
+    }
+}
+
+impl Evaluator {
+    /// One evaluation: progress, alerts, stored state, notifications.
+    pub async fn once(&self, resend: bool) -> Result<AlertChanges, StoreError> {
+        let now = self.clock.now_ms();
+        let progress = progress_at(&self.store, &self.plan, now).await?;
+        let wanted: Vec<WantedAlert> = evaluate(&self.plan, &progress, &self.policy)
+            .into_iter()
+            .map(|a| WantedAlert {
+                key: a.key(),
+                labels: a.labels,
+                annotations: a.annotations,
+            })
+            .collect();
+        let changes = self.store.sync_alerts(&self.plan.id, wanted, now).await?;
+        let is_notifier = self.store.is_notifier().await.unwrap_or(false);
+        self.notifier.deliver(&changes, resend, is_notifier).await;
+        Ok(changes)
+    }
+
+    /// Evaluates every `every` until `shutdown` resolves.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(self.every);
+        let mut last_resend = tokio::time::Instant::now() - self.resend_every;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {
+                    let resend = last_resend.elapsed() >= self.resend_every;
+                    match self.once(resend).await {
+                        Ok(_) => if resend { last_resend = tokio::time::Instant::now() },
+                        Err(error) => tracing::warn!(%error, "alert evaluation failed; retrying next round"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+/// Plan state as Prometheus text: built from a progress computation and the open alerts.
+/// Cardinality: one series per indicator (and per state for state sets), per milestone × lead
+/// unit × state, per unit and lead unit; no per-report or per-period series.
+pub fn plan_metrics(plan: &Plan, progress: &Progress, alerts: &[AlertRow]) -> String {
+    let registry = Registry::new();
+    let p = plan.id.as_str();
+    let value = gauge(
+        &registry,
+        "duban_indicator_value",
+        "Aggregated city value of an indicator.",
+        &["plan", "indicator"],
+    );
+    let target = gauge(
+        &registry,
+        "duban_indicator_target",
+        "Target of an indicator.",
+        &["plan", "indicator"],
+    );
+    let expected = gauge(
+        &registry,
+        "duban_indicator_expected",
+        "Expected value by now on the straight path from baseline to target.",
+        &["plan", "indicator"],
+    );
+    let ratio = gauge(
+        &registry,
+        "duban_indicator_progress_ratio",
+        "Progress from baseline to target, 0 to 1.",
+        &["plan", "indicator"],
+    );
+    let status = gauge(
+        &registry,
+        "duban_indicator_status",
+        "Indicator status as a state set (1 for the current state).",
+        &["plan", "indicator", "status"],
+    );
+    let info = gauge(
+        &registry,
+        "duban_indicator_info",
+        "Indicator metadata; always 1.",
+        &["plan", "indicator", "name", "measure", "lead_unit"],
+    );
+    let gap = gauge(
+        &registry,
+        "duban_indicator_source_gap",
+        "Authoritative total minus the sum of the other reporters (latest period).",
+        &["plan", "indicator"],
+    );
+    let target_ts = gauge(
+        &registry,
+        "duban_indicator_target_timestamp_seconds",
+        "When an indicator's target is due.",
+        &["plan", "indicator"],
+    );
+    let completeness_i = gauge(
+        &registry,
+        "duban_indicator_completeness_ratio",
+        "Reports received / expected so far, per indicator.",
+        &["plan", "indicator"],
+    );
+    let timeliness_i = gauge(
+        &registry,
+        "duban_indicator_timeliness_ratio",
+        "Reports on time / expected so far, per indicator.",
+        &["plan", "indicator"],
+    );
+    let task_status = gauge(
+        &registry,
+        "duban_task_status",
+        "Milestone status as a state set (1 for the current state).",
+        &["plan", "task", "milestone", "lead_unit", "status"],
+    );
+    let deadline = gauge(
+        &registry,
+        "duban_milestone_deadline_timestamp_seconds",
+        "When a milestone's window closes.",
+        &["plan", "task", "milestone"],
+    );
+    let last = gauge(
+        &registry,
+        "duban_unit_last_report_timestamp_seconds",
+        "When a unit's last accepted value or task update arrived.",
+        &["plan", "unit"],
+    );
+    let completeness_u = gauge(
+        &registry,
+        "duban_unit_completeness_ratio",
+        "Reports received / expected so far, per unit.",
+        &["plan", "unit"],
+    );
+    let timeliness_u = gauge(
+        &registry,
+        "duban_unit_timeliness_ratio",
+        "Reports on time / expected so far, per unit.",
+        &["plan", "unit"],
+    );
+    let completeness_l = gauge(
+        &registry,
+        "duban_lead_unit_completeness_ratio",
+        "Reports received / expected so far for the indicators a unit leads.",
+        &["plan", "lead_unit"],
+    );
+    let timeliness_l = gauge(
+        &registry,
+        "duban_lead_unit_timeliness_ratio",
+        "Reports on time / expected so far for the indicators a unit leads.",
+        &["plan", "lead_unit"],
+    );
+    let overdue = gauge(
+        &registry,
+        "duban_reports_overdue",
+        "Reporting obligations overdue now, per unit.",
+        &["plan", "unit"],
+    );
+    let active = IntGaugeVec::new(
+        Opts::new("duban_alerts_active", "Open alerts by name and severity."),
+        &["plan", "alertname", "severity"],
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(active.clone()))
+        .expect("unique metric");
+
+    for i in &progress.indicators {
+        let Some(indicator) = plan.indicator(&i.indicator) else {
+            continue;
+        };
+        let id = i.indicator.as_str();
+        if let Some(v) = i.value {
+            value.with_label_values(&[p, id]).set(v);
+        }
+        if let Some(t) = &indicator.target {
+            target.with_label_values(&[p, id]).set(t.value);
+            target_ts
+                .with_label_values(&[p, id])
+                .set(progress::end_of_day_ms(t.date, &plan.tz) as f64 / 1000.0);
+        }
+        if let Some(e) = i.expected {
+            expected.with_label_values(&[p, id]).set(e);
+        }
+        if let Some(r) = i.progress_ratio {
+            ratio.with_label_values(&[p, id]).set(r);
+        }
+        if let Some(g) = i.source_gap {
+            gap.with_label_values(&[p, id]).set(g);
+        }
+        for s in IndicatorStatus::ALL {
+            status
+                .with_label_values(&[p, id, s.name()])
+                .set(if s == i.status { 1.0 } else { 0.0 });
+        }
+        let leads = if indicator.lead_units.is_empty() {
+            vec!["none".to_owned()]
+        } else {
+            plan.expand_parties(&indicator.lead_units)
+        };
+        for lead in &leads {
+            info.with_label_values(&[p, id, &indicator.name, &indicator.measure, lead])
+                .set(1.0);
+        }
+        if let (Some(c), Some(t)) = (i.rates.completeness(), i.rates.timeliness()) {
+            completeness_i.with_label_values(&[p, id]).set(c);
+            timeliness_i.with_label_values(&[p, id]).set(t);
+        }
+    }
+    for m in &progress.milestones {
+        let Some(task) = plan.task(&m.task) else {
+            continue;
+        };
+        let leads = if task.lead_units.is_empty() {
+            vec!["none".to_owned()]
+        } else {
+            plan.expand_parties(&task.lead_units)
+        };
+        for lead in &leads {
+            for s in MilestoneStatus::ALL {
+                task_status
+                    .with_label_values(&[p, &m.task, &m.milestone, lead, s.name()])
+                    .set(if s == m.status { 1.0 } else { 0.0 });
+            }
+        }
+        deadline
+            .with_label_values(&[p, &m.task, &m.milestone])
+            .set(m.deadline_ms as f64 / 1000.0);
+    }
+    for unit in plan.reporting_units() {
+        let at = progress.last_report_ms.get(&unit.id).copied().unwrap_or(0);
+        last.with_label_values(&[p, &unit.id])
+            .set(at as f64 / 1000.0);
+        let rates = progress.by_unit.get(&unit.id).copied().unwrap_or_default();
+        completeness_u
+            .with_label_values(&[p, &unit.id])
+            .set(rates.completeness().unwrap_or(1.0));
+        timeliness_u
+            .with_label_values(&[p, &unit.id])
+            .set(rates.timeliness().unwrap_or(1.0));
+        let count = progress
+            .obligations
+            .iter()
+            .filter(|o| o.unit == unit.id && o.status == progress::ObligationStatus::Overdue)
+            .count();
+        overdue.with_label_values(&[p, &unit.id]).set(count as f64);
+    }
+    for (lead, rates) in &progress.by_lead_unit {
+        for unit in plan.expand_parties(std::slice::from_ref(lead)) {
+            completeness_l
+                .with_label_values(&[p, &unit])
+                .set(rates.completeness().unwrap_or(1.0));
+            timeliness_l
+                .with_label_values(&[p, &unit])
+                .set(rates.timeliness().unwrap_or(1.0));
+        }
+    }
+    for name in ALERT_NAMES {
+        for severity in SEVERITIES {
+            active.with_label_values(&[p, name, severity]).set(0);
+        }
+    }
+    for alert in alerts.iter().filter(|a| a.ends_at_ms.is_none()) {
+        let name = alert
+            .labels
+            .get("alertname")
+            .map(String::as_str)
+            .unwrap_or("unknown");
+        let severity = alert
+            .labels
+            .get("severity")
+            .map(String::as_str)
+            .unwrap_or("unknown");
+        active.with_label_values(&[p, name, severity]).inc();
+    }
+    let mut buffer = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buffer)
+        .expect("text encoding");
+    String::from_utf8(buffer).expect("prometheus text is UTF-8")
+}

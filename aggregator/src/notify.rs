@@ -1,0 +1,171 @@
+//! Sending alerts: always to the log; to every configured Alertmanager (`POST /api/v2/alerts`,
+//! all active alerts re-sent every `resend_every`, resolved ones once with `endsAt`; identical
+//! label sets from several replicas deduplicate there); and to webhooks in Alertmanager's
+//! webhook format, grouped per lead unit, with retries, only from the replica that
+//! [`crate::store::Store::is_notifier`] names, because a webhook cannot deduplicate.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prometheus::IntCounterVec;
+use serde_json::{Value, json};
+
+use crate::store::{AlertChanges, AlertRow};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sinks {
+    pub alertmanagers: Vec<String>,
+    pub webhooks: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Notifier {
+    sinks: Sinks,
+    client: reqwest::Client,
+    counter: IntCounterVec,
+    external_url: String,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Notifier({:?})", self.sinks)
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn am_alert(alert: &AlertRow, external_url: &str) -> Value {
+    let mut value = json!({
+        "labels": alert.labels,
+        "annotations": alert.annotations,
+        "startsAt": rfc3339(alert.starts_at_ms),
+        "generatorURL": format!("{external_url}/api/v1/alerts"),
+    });
+    if let Some(end) = alert.ends_at_ms {
+        value["endsAt"] = json!(rfc3339(end));
+    }
+    value
+}
+
+impl Notifier {
+    pub fn new(sinks: Sinks, counter: IntCounterVec, external_url: String) -> Self {
+        crate::tls::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("HTTP client");
+        Notifier {
+            sinks,
+            client,
+            counter,
+            external_url,
+        }
+    }
+
+    async fn post(&self, sink: &str, url: &str, body: &Value, attempts: u32) -> bool {
+        for attempt in 0..attempts {
+            match self.client.post(url).json(body).send().await {
+                Ok(response) if response.status().is_success() => {
+                    self.counter.with_label_values(&[sink, "ok"]).inc();
+                    return true;
+                }
+                Ok(response) => {
+                    tracing::warn!(sink, url, status = %response.status(), attempt, "alert delivery refused")
+                }
+                Err(error) => tracing::warn!(sink, url, %error, attempt, "alert delivery failed"),
+            }
+            if attempt + 1 < attempts {
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            }
+        }
+        self.counter.with_label_values(&[sink, "failed"]).inc();
+        false
+    }
+
+    /// Logs the changes, and sends what each sink should get. `resend` says whether the
+    /// active alerts are due for their periodic re-send to Alertmanager.
+    pub async fn deliver(&self, changes: &AlertChanges, resend: bool, is_notifier: bool) {
+        for alert in &changes.fired {
+            tracing::warn!(alertname = alert.labels.get("alertname").map(String::as_str), lead_unit = alert.labels.get("lead_unit").map(String::as_str), severity = alert.labels.get("severity").map(String::as_str), labels = ?alert.labels, summary = alert.annotations.get("summary").map(String::as_str), "alert firing");
+        }
+        for alert in &changes.resolved {
+            tracing::info!(alertname = alert.labels.get("alertname").map(String::as_str), lead_unit = alert.labels.get("lead_unit").map(String::as_str), labels = ?alert.labels, "alert resolved");
+        }
+        self.counter
+            .with_label_values(&["log", "ok"])
+            .inc_by((changes.fired.len() + changes.resolved.len()) as u64);
+
+        if !self.sinks.alertmanagers.is_empty()
+            && (resend || !changes.fired.is_empty() || !changes.resolved.is_empty())
+        {
+            let batch: Vec<Value> = changes
+                .active
+                .iter()
+                .chain(&changes.resolved)
+                .map(|a| am_alert(a, &self.external_url))
+                .collect();
+            if !batch.is_empty() {
+                let body = Value::Array(batch);
+                for base in &self.sinks.alertmanagers {
+                    self.post(
+                        "alertmanager",
+                        &format!("{}/api/v2/alerts", base.trim_end_matches('/')),
+                        &body,
+                        3,
+                    )
+                    .await;
+                }
+            }
+        }
+
+        if !self.sinks.webhooks.is_empty() && is_notifier {
+            for (status, alerts) in [("firing", &changes.fired), ("resolved", &changes.resolved)] {
+                let mut by_lead: BTreeMap<&str, Vec<&AlertRow>> = BTreeMap::new();
+                for alert in alerts {
+                    by_lead
+                        .entry(
+                            alert
+                                .labels
+                                .get("lead_unit")
+                                .map(String::as_str)
+                                .unwrap_or(""),
+                        )
+                        .or_default()
+                        .push(alert);
+                }
+                for (lead, group) in by_lead {
+                    let body = self.webhook_body(status, lead, &group);
+                    for url in &self.sinks.webhooks {
+                        self.post("webhook", url, &body, 4).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Alertmanager's webhook format (version 4), one group per lead unit.
+    fn webhook_body(&self, status: &str, lead: &str, alerts: &[&AlertRow]) -> Value {
+        json!({
+            "version": "4",
+            "groupKey": format!("{{}}:{{lead_unit=\"{lead}\"}}"),
+            "truncatedAlerts": 0,
+            "status": status,
+            "receiver": format!("lead-{lead}"),
+            "groupLabels": { "lead_unit": lead },
+            "commonLabels": { "lead_unit": lead },
+            "commonAnnotations": {},
+            "externalURL": self.external_url,
+            "alerts": alerts.iter().map(|a| {
+                let mut v = am_alert(a, &self.external_url);
+                v["status"] = json!(if a.ends_at_ms.is_some() { "resolved" } else { "firing" });
+                v["fingerprint"] = json!(a.key);
+                v["endsAt"] = json!(a.ends_at_ms.map(rfc3339).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()));
+                v
+            }).collect::<Vec<_>>(),
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! Plan alerts end to end in one process: a simulated clock, the evaluation loop, the webhook
+//! sink against a local receiver that records what it gets, and the HTTP surfaces.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use duban_aggregator::notify::Sinks;
+use duban_aggregator::serve::AlertSettings;
+use serde_json::Value;
+use support::*;
+
+type Received = Arc<Mutex<Vec<Value>>>;
+
+async fn webhook_receiver() -> (String, Received) {
+    let received: Received = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+async fn wait_for(received: &Received, what: &str, test: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(found) = received.lock().unwrap().iter().find(|v| test(v)).cloned() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no webhook message {what} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn has_alert(message: &Value, status: &str, labels: &[(&str, &str)]) -> bool {
+    message["status"] == status
+        && message["alerts"].as_array().is_some_and(|alerts| {
+            alerts
+                .iter()
+                .any(|a| labels.iter().all(|(k, v)| a["labels"][*k] == *v))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_report_alerts_its_lead_unit_and_resolves_when_the_report_arrives() {
+    let (hook, received) = webhook_receiver().await;
+    let alerts = AlertSettings {
+        sinks: Sinks {
+            alertmanagers: vec![],
+            webhooks: vec![hook],
+        },
+        evaluate_every: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let server = TestServer::start(Options {
+        alerts: Some(alerts),
+        ..Default::default()
+    })
+    .await;
+    // At 2018-04-10, laoshan's PCT figure for 2017Q4 (due 2018-01-30) is overdue. The lead
+    // unit of pct-applications is 市科技局 (science-tech).
+    let overdue = [
+        ("alertname", "ReportOverdue"),
+        ("unit", "laoshan"),
+        ("indicator", "pct-applications"),
+        ("period", "2017Q4"),
+        ("lead_unit", "science-tech"),
+    ];
+    let fired = wait_for(&received, "firing ReportOverdue", |m| {
+        has_alert(m, "firing", &overdue)
+    })
+    .await;
+    assert_eq!(fired["receiver"], "lead-science-tech");
+    assert_eq!(fired["version"], "4");
+    let alert = fired["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["unit"] == "laoshan" && a["labels"]["period"] == "2017Q4")
+        .unwrap();
+    assert_eq!(alert["labels"]["plan"], "qingdao-ip-2017");
+    assert_eq!(
+        alert["labels"]["severity"], "critical",
+        "70 days overdue escalates to critical"
+    );
+    // Every alert kind that applies at this date carries the required labels.
+    for message in received.lock().unwrap().iter() {
+        for a in message["alerts"].as_array().unwrap() {
+            for label in ["alertname", "severity", "lead_unit", "plan"] {
+                assert!(a["labels"][label].is_string(), "{label} missing in {a}");
+            }
+        }
+    }
+
+    let mut client = server.client().await;
+    let result = client
+        .submit(sign(
+            &laoshan_key(),
+            report("laoshan", 1, "2017Q4", &[("pct-applications", 30.0)]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        result.outcome(),
+        duban_proto::pb::Outcome::Accepted,
+        "{}",
+        result.message
+    );
+    let resolved = wait_for(&received, "resolved ReportOverdue", |m| {
+        has_alert(m, "resolved", &overdue)
+    })
+    .await;
+    let alert = resolved["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["period"] == "2017Q4" && a["labels"]["unit"] == "laoshan")
+        .unwrap();
+    assert_ne!(alert["endsAt"], "0001-01-01T00:00:00Z");
+    // It fired once: exactly one firing message carried it.
+    let firings = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| has_alert(m, "firing", &overdue))
+        .count();
+    assert_eq!(firings, 1);
+
+    let (status, body) = server.http_get("/api/v1/alerts").await;
+    assert_eq!(status, 200);
+    let open: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        open["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "TaskLagging"
+                || a["labels"]["alertname"] == "TaskOverdue"),
+        "task alerts are open too"
+    );
+    let (status, body) = server.http_get("/api/v1/progress?as_of=2018-04-10").await;
+    assert_eq!(status, 200);
+    let progress: Value = serde_json::from_str(&body).unwrap();
+    assert!(progress["indicators"].as_array().unwrap().len() >= 19);
+    let (status, _) = server.http_get("/api/v1/progress?as_of=someday").await;
+    assert_eq!(status, 400);
+    let (_, metrics) = server.http_get("/metrics").await;
+    for series in [
+        "duban_indicator_info{",
+        "duban_indicator_status{",
+        "duban_task_status{",
+        "duban_unit_completeness_ratio{",
+        "duban_milestone_deadline_timestamp_seconds{",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
+    let overdue_critical: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("duban_alerts_active{")
+                && l.contains("alertname=\"ReportOverdue\"")
+                && l.contains("severity=\"critical\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("duban_alerts_active for ReportOverdue/critical");
+    assert!(overdue_critical >= 1.0, "{overdue_critical}");
+    promtool_check_metrics(&metrics);
+    server.stop().await;
+}
