@@ -2,6 +2,7 @@
 //! plan, reconciles duplicates and corrections, stores them and computes progress.
 pub mod admin;
 pub mod alerts;
+pub mod amconfig;
 pub mod clock;
 pub mod config;
 pub mod devca;

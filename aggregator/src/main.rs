@@ -144,6 +144,15 @@ impl PlanArg {
 
 #[derive(Debug, Subcommand)]
 enum PlanCommand {
+    /// Print an Alertmanager configuration for the plan: a route and a receiver lead-<unit>
+    /// for every unit that can receive plan alerts (deploy/alertmanager/alertmanager.yml).
+    AlertmanagerConfig {
+        /// Plan file [default: the embedded Qingdao 2017 plan].
+        file: Option<PathBuf>,
+        /// Placeholder base URL for the receivers' webhooks (<base>/<unit>).
+        #[arg(long, value_name = "URL", default_value = duban_aggregator::amconfig::DEFAULT_WEBHOOK_BASE)]
+        webhook_base: String,
+    },
     /// Validate a plan file. Exit status 0 when valid (warnings are printed but do not fail),
     /// 1 when it has errors; each error names the file, line and key.
     Check {
@@ -251,6 +260,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Plan(PlanCommand::Check { file }) => plan_check(file.as_deref()),
         Command::Plan(PlanCommand::Show { file, json }) => plan_show(file.as_deref(), json),
+        Command::Plan(PlanCommand::AlertmanagerConfig { file, webhook_base }) => {
+            match load_plan(file.as_deref()) {
+                Ok(plan) => {
+                    print!(
+                        "{}",
+                        duban_aggregator::amconfig::render(&plan, &webhook_base)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         command => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(run(command)) {
