@@ -312,3 +312,78 @@ pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bo
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A TCP port that was free a moment ago (for programs that cannot report the port they got).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A background program (Prometheus, Alertmanager) killed when dropped; its output is kept.
+pub struct Background {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Background {
+    /// Starts `program` and waits until a line of its output contains `ready`.
+    pub fn start(program: &str, args: &[String], ready: &str) -> Self {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (log, tx, ready) = (log.clone(), tx.clone(), ready.to_owned());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains(&ready) {
+                        let _ = tx.send(());
+                    }
+                    log.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("{program} did not become ready:\n{}", log.lock().unwrap());
+        }
+        Background { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a program is installed; under CI (`CI=true`) a missing one fails the test.
+pub fn require_program(program: &str, package: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {program} is missing (Debian package {package})"
+        );
+        eprintln!("SKIPPED: {program} is not installed (Debian package {package})");
+    }
+    found
+}
