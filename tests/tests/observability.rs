@@ -87,13 +87,14 @@ fn dashboard_queries() -> Vec<(String, String)> {
                     if let Some(Value::String(expr)) = map.get("expr") {
                         out.push((name.to_owned(), expr.clone()));
                     }
-                    if map.get("type") == Some(&Value::String("query".into())) {
-                        if let Some(q) = map.get("query").and_then(|q| {
-                            q.as_str()
-                                .or_else(|| q.get("query").and_then(Value::as_str))
-                        }) {
-                            out.push((name.to_owned(), q.to_owned()));
-                        }
+                    let variable_query = map.get("query").and_then(|q| {
+                        q.as_str()
+                            .or_else(|| q.get("query").and_then(Value::as_str))
+                    });
+                    if map.get("type") == Some(&Value::String("query".into()))
+                        && let Some(q) = variable_query
+                    {
+                        out.push((name.to_owned(), q.to_owned()));
                     }
                     map.values().for_each(|x| walk(x, name, out));
                 }
