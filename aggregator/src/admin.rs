@@ -1,6 +1,7 @@
 //! The operator's commands against the store: key registry, and what has arrived.
 //! Each returns text for the terminal (or JSON with `--json`), so tests can check it directly.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -449,16 +450,67 @@ pub async fn status(
     }
     out.push_str(&table(&rows, 2));
     let _ = writeln!(out, "\nACTIVE ALERTS ({})", alerts.len());
+    let rank = |severity: &str| match severity {
+        "critical" => 0u8,
+        "warning" => 1,
+        _ => 2,
+    };
+    let mut counts: BTreeMap<(u8, String, String), usize> = BTreeMap::new();
+    let mut by_lead: BTreeMap<String, usize> = BTreeMap::new();
+    for a in &alerts {
+        let severity = a.labels.get("severity").cloned().unwrap_or_default();
+        *counts
+            .entry((rank(&severity), a.name().to_owned(), severity))
+            .or_default() += 1;
+        *by_lead
+            .entry(plan.party_name(a.lead_unit()).to_owned())
+            .or_default() += 1;
+    }
+    let mut rows = vec![["alert", "severity", "count"].map(String::from).to_vec()];
+    rows.extend(
+        counts
+            .iter()
+            .map(|((_, name, severity), n)| vec![name.clone(), severity.clone(), n.to_string()]),
+    );
+    out.push_str(&table(&rows, 2));
+    let mut leads: Vec<(&String, &usize)> = by_lead.iter().collect();
+    leads.sort_by(|a, b| b.1.cmp(a.1));
+    let _ = writeln!(
+        out,
+        "  by lead unit: {}",
+        leads
+            .iter()
+            .map(|(u, n)| format!("{u} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut worst: Vec<&crate::alerts::Alert> = alerts
+        .iter()
+        .filter(|a| a.name() != "ReportDueSoon")
+        .collect();
+    worst.sort_by_key(|a| {
+        (
+            rank(
+                a.labels
+                    .get("severity")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            ),
+            a.name().to_owned(),
+        )
+    });
+    let _ = writeln!(
+        out,
+        "\n  most severe ({} of {}; --json lists all):",
+        worst.len().min(20),
+        worst.len()
+    );
     let mut rows = vec![
         ["alert", "severity", "lead unit", "summary"]
             .map(String::from)
             .to_vec(),
     ];
-    for a in alerts
-        .iter()
-        .filter(|a| a.name() != "ReportDueSoon")
-        .take(50)
-    {
+    for a in worst.iter().take(20) {
         rows.push(vec![
             a.name().to_owned(),
             a.labels.get("severity").cloned().unwrap_or_default(),
@@ -467,19 +519,6 @@ pub async fn status(
         ]);
     }
     out.push_str(&table(&rows, 2));
-    let due_soon = alerts
-        .iter()
-        .filter(|a| a.name() == "ReportDueSoon")
-        .count();
-    let shown = alerts
-        .iter()
-        .filter(|a| a.name() != "ReportDueSoon")
-        .count()
-        .min(50);
-    let _ = writeln!(
-        out,
-        "  ({shown} shown; {due_soon} ReportDueSoon reminders not listed; --json lists everything)"
-    );
     let lagging = progress
         .indicators
         .iter()

@@ -97,6 +97,10 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeV
     g
 }
 
+/// The most plan-state series one scrape may carry; docs/OPERATIONS.md explains the budget.
+/// A plan that would exceed it still exports everything, with a warning in the log.
+pub const PLAN_SERIES_BUDGET: usize = 5_000;
+
 /// Plan state as Prometheus text: built from a progress computation and the open alerts.
 /// Cardinality: one series per indicator (and per state for state sets), per milestone × lead
 /// unit × state, per unit and lead unit; no per-report or per-period series.

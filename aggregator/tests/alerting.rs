@@ -183,3 +183,27 @@ async fn an_overdue_report_alerts_its_lead_unit_and_resolves_when_the_report_arr
     promtool_check_metrics(&metrics);
     server.stop().await;
 }
+
+#[test]
+fn plan_state_metrics_stay_within_the_documented_series_budget() {
+    use duban_aggregator::evaluate::{PLAN_SERIES_BUDGET, plan_metrics};
+    let plan = duban_aggregator::plan::embedded().plan;
+    let progress = duban_aggregator::progress::compute(&plan, &Default::default(), NOW_MS);
+    let text = plan_metrics(&plan, &progress, &[]);
+    let series = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    assert!(series > 100, "{series}");
+    assert!(
+        series <= PLAN_SERIES_BUDGET,
+        "{series} series for the Qingdao plan exceed the budget of {PLAN_SERIES_BUDGET}"
+    );
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            !line.contains("period=") && !line.contains("report_id="),
+            "no per-period or per-report labels: {line}"
+        );
+    }
+    eprintln!("plan-state series for the Qingdao plan: {series}");
+}

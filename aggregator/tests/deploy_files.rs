@@ -1,0 +1,93 @@
+//! The shipped Prometheus files pass promtool (config, rules, and the rules' unit tests), and the
+//! Grafana dashboards are well-formed with a datasource variable and a lead_unit variable.
+
+use std::process::Command;
+
+const PROMETHEUS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus");
+const DASHBOARDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/dashboards");
+
+fn promtool(args: &[&str]) -> Option<String> {
+    let out = match Command::new("promtool")
+        .args(args)
+        .current_dir(PROMETHEUS_DIR)
+        .output()
+    {
+        Ok(out) => out,
+        Err(error) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but promtool cannot run: {error}"
+            );
+            eprintln!(
+                "SKIPPED promtool {args:?}: promtool is not installed (Debian package prometheus)"
+            );
+            return None;
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    Some(text)
+}
+
+#[test]
+fn prometheus_config_and_rules_pass_promtool_and_their_unit_tests() {
+    let Some(config) = promtool(&["check", "config", "prometheus.yml"]) else {
+        return;
+    };
+    assert!(config.contains("SUCCESS"), "{config}");
+    promtool(&["check", "rules", "duban-rules.yml"]);
+    let tested = promtool(&["test", "rules", "duban-rules.test.yml"]).unwrap();
+    assert!(tested.contains("SUCCESS"), "{tested}");
+    // Every alerting rule is exercised by the unit tests.
+    let rules = std::fs::read_to_string(format!("{PROMETHEUS_DIR}/duban-rules.yml")).unwrap();
+    let tests = std::fs::read_to_string(format!("{PROMETHEUS_DIR}/duban-rules.test.yml")).unwrap();
+    for line in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert:"))
+    {
+        let name = line.trim();
+        assert!(
+            tests.contains(&format!("alertname: {name}")),
+            "no unit test for {name}"
+        );
+    }
+}
+
+#[test]
+fn dashboards_use_the_datasource_variable_and_offer_lead_units() {
+    for name in ["plan-overview", "ingest-and-agents"] {
+        let text = std::fs::read_to_string(format!("{DASHBOARDS}/{name}.json")).unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let variables = dashboard["templating"]["list"].as_array().unwrap();
+        assert!(
+            variables
+                .iter()
+                .any(|v| v["name"] == "datasource" && v["type"] == "datasource"),
+            "{name}: datasource variable"
+        );
+        if name == "plan-overview" {
+            let lead = variables
+                .iter()
+                .find(|v| v["name"] == "lead_unit")
+                .expect("lead_unit variable");
+            assert!(
+                lead.to_string()
+                    .contains("label_values(duban_indicator_info, lead_unit)"),
+                "{lead}"
+            );
+        }
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                assert_eq!(
+                    target["datasource"]["uid"], "${datasource}",
+                    "{name}: {}",
+                    panel["title"]
+                );
+            }
+        }
+    }
+}
