@@ -419,6 +419,34 @@ async fn alerts_fire_once_escalate_and_resolve<S: Store>(store: &S) {
     assert!(store.is_notifier().await.unwrap());
 }
 
+/// Replicas storing *different* reports for one value at once: every call succeeds (races are
+/// retried inside the store) and the highest (revision, issued_at, seq) wins.
+async fn racing_corrections_of_one_value<S: Store + Clone + Send + Sync + 'static>(a: &S, b: &S) {
+    for round in 0..30u8 {
+        let base = u64::from(round) * 2 + 1;
+        let x = report(
+            round * 2 + 1,
+            base,
+            u32::from(round) * 2,
+            1_000,
+            f64::from(round) * 2.0,
+        );
+        let y = report(
+            round * 2 + 2,
+            base + 1,
+            u32::from(round) * 2 + 1,
+            1_000,
+            f64::from(round) * 2.0 + 1.0,
+        );
+        let (rx, ry) = tokio::join!(a.ingest(vec![x]), b.ingest(vec![y]));
+        assert!(matches!(rx.unwrap()[..], [StoreOutcome::Stored { .. }]));
+        assert!(matches!(ry.unwrap()[..], [StoreOutcome::Stored { .. }]));
+    }
+    let current = a.current_values(PLAN, None).await.unwrap();
+    assert_eq!(current.len(), 1);
+    assert_eq!((current[0].value, current[0].revision), (59.0, 59));
+}
+
 macro_rules! sqlite_cases {
     ($($case:ident),*) => {
         mod sqlite {
@@ -539,4 +567,28 @@ async fn postgres_only_one_replica_is_the_webhook_notifier() {
     assert_eq!(a.is_notifier().await.unwrap(), x, "and keeps it");
     drop(a);
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_racing_corrections_of_one_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("duban.db").display());
+    let (a, b) = (
+        SqliteStore::open(&url).await.unwrap(),
+        SqliteStore::open(&url).await.unwrap(),
+    );
+    racing_corrections_of_one_value(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_racing_corrections_of_one_value() {
+    let Some(base) = support::postgres_url("postgres_racing_corrections_of_one_value") else {
+        return;
+    };
+    let schema = support::PgSchema::create(&base).await;
+    let (a, b) = (
+        PgStore::open(&schema.url).await.unwrap(),
+        PgStore::open(&schema.url).await.unwrap(),
+    );
+    racing_corrections_of_one_value(&a, &b).await;
 }

@@ -46,19 +46,40 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    async fn ingest_once(&self, reports: &[NewReport]) -> Result<Vec<StoreOutcome>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let mut outcomes = Vec::with_capacity(reports.len());
+        for report in reports {
+            outcomes.push(ingest_one(&mut tx, &POSTGRES, report).await?);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}
+
 impl Store for PgStore {
     async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError> {
         if reports.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        let mut outcomes = Vec::with_capacity(reports.len());
-        for report in &reports {
-            outcomes.push(ingest_one(&mut tx, &POSTGRES, report).await?);
+        // Two replicas can race on the same current-value row (a unique violation) or lock
+        // rows in opposite orders (a deadlock); the transaction is then retried whole, and the
+        // constraints classify what the other replica committed meanwhile.
+        let mut attempt = 0;
+        loop {
+            match self.ingest_once(&reports).await {
+                Err(StoreError::Database(sqlx::Error::Database(e)))
+                    if attempt < 3
+                        && matches!(e.code().as_deref(), Some("23505" | "40P01" | "40001")) =>
+                {
+                    attempt += 1;
+                    tracing::debug!(code = ?e.code(), attempt, "retrying an ingest transaction that raced another replica");
+                }
+                other => return other,
+            }
         }
-        tx.commit().await?;
-        Ok(outcomes)
     }
     async fn add_key(&self, key: NewKey) -> Result<(), StoreError> {
         queries::add_key(&self.pool, &key).await
