@@ -361,11 +361,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn termination_signal() {
+/// Resolves on SIGTERM or SIGINT. The SIGTERM handler is installed now, not on first poll, so
+/// that a signal arriving during start-up is not fatal.
+fn termination_signal() -> impl std::future::Future<Output = ()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     }
 }

@@ -486,6 +486,9 @@ fn sigterm_drains_the_outbox_and_exits() {
     }
     assert_eq!(agent.outbox_stats()["reports"], 3);
     let mut daemon = agent.spawn_daemon(&["--grace", "20s"]);
+    wait_until(Duration::from_secs(30), "the agent to run", || {
+        agent.log().contains("agent running")
+    });
     let _aggregator = AggregatorProcess::start(&[
         "--database-url",
         &w.url,

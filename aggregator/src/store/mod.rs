@@ -25,6 +25,7 @@ pub use sqlite::SqliteStore;
 pub use types::*;
 
 use duban_proto::KeyId;
+use sqlx::AnyPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,35 +47,12 @@ pub enum StoreError {
 /// [`PgStore`] and the run-time choice between them, [`AnyStore`].
 #[allow(async_fn_in_trait)]
 pub trait Store {
+    /// The pool reads and key administration go through (SQLite: the readers; PostgreSQL: the
+    /// one pool). The read methods below default to it.
+    fn read_pool(&self) -> &AnyPool;
     /// Stores new reports atomically per call and classifies each; one outcome per report, in
     /// order. Returns only once committed and synced.
     async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError>;
-    async fn add_key(&self, key: NewKey) -> Result<(), StoreError>;
-    /// Marks a key revoked from `at_ms` on. False when no such key exists.
-    async fn revoke_key(&self, key_id: KeyId, at_ms: i64) -> Result<bool, StoreError>;
-    async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError>;
-    async fn reports(&self, filter: &ReportFilter) -> Result<Vec<ReportRow>, StoreError>;
-    async fn current_values(
-        &self,
-        plan_id: &str,
-        indicator_id: Option<&str>,
-    ) -> Result<Vec<ValueRow>, StoreError>;
-    async fn current_tasks(&self, plan_id: &str) -> Result<Vec<TaskRow>, StoreError>;
-    async fn audit(&self, plan_id: &str) -> Result<Vec<AuditRow>, StoreError>;
-    async fn envelope(
-        &self,
-        unit_id: &str,
-        report_id: &[u8],
-    ) -> Result<Option<StoredEnvelope>, StoreError>;
-    async fn security_events(&self) -> Result<Vec<SecurityEvent>, StoreError>;
-    /// A cheap round trip, for readiness.
-    async fn ping(&self) -> Result<(), StoreError>;
-    /// Open alerts, and those resolved at or after `resolved_since_ms`.
-    async fn alerts(
-        &self,
-        plan_id: &str,
-        resolved_since_ms: i64,
-    ) -> Result<Vec<AlertRow>, StoreError>;
     /// Makes the open alerts equal `wanted`: new ones fire (starts_at = now), missing ones
     /// resolve (ends_at = now), the rest keep their start.
     async fn sync_alerts(
@@ -86,6 +64,55 @@ pub trait Store {
     /// Whether this process is the one that may send to sinks that cannot deduplicate
     /// (webhooks). Always true on SQLite; on PostgreSQL, the holder of an advisory lock.
     async fn is_notifier(&self) -> Result<bool, StoreError>;
+
+    async fn add_key(&self, key: NewKey) -> Result<(), StoreError> {
+        queries::add_key(self.read_pool(), &key).await
+    }
+    /// Marks a key revoked from `at_ms` on. False when no such key exists.
+    async fn revoke_key(&self, key_id: KeyId, at_ms: i64) -> Result<bool, StoreError> {
+        queries::revoke_key(self.read_pool(), key_id, at_ms).await
+    }
+    async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError> {
+        queries::keys(self.read_pool(), unit_id).await
+    }
+    async fn reports(&self, filter: &ReportFilter) -> Result<Vec<ReportRow>, StoreError> {
+        queries::reports(self.read_pool(), filter).await
+    }
+    async fn current_values(
+        &self,
+        plan_id: &str,
+        indicator_id: Option<&str>,
+    ) -> Result<Vec<ValueRow>, StoreError> {
+        queries::current_values(self.read_pool(), plan_id, indicator_id).await
+    }
+    async fn current_tasks(&self, plan_id: &str) -> Result<Vec<TaskRow>, StoreError> {
+        queries::current_tasks(self.read_pool(), plan_id).await
+    }
+    async fn audit(&self, plan_id: &str) -> Result<Vec<AuditRow>, StoreError> {
+        queries::audit(self.read_pool(), plan_id).await
+    }
+    async fn envelope(
+        &self,
+        unit_id: &str,
+        report_id: &[u8],
+    ) -> Result<Option<StoredEnvelope>, StoreError> {
+        queries::envelope(self.read_pool(), unit_id, report_id).await
+    }
+    async fn security_events(&self) -> Result<Vec<SecurityEvent>, StoreError> {
+        queries::security_events(self.read_pool()).await
+    }
+    /// Open alerts, and those resolved at or after `resolved_since_ms`.
+    async fn alerts(
+        &self,
+        plan_id: &str,
+        resolved_since_ms: i64,
+    ) -> Result<Vec<AlertRow>, StoreError> {
+        alerts::alerts(self.read_pool(), plan_id, resolved_since_ms).await
+    }
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError> {
+        queries::ping(self.read_pool()).await
+    }
 }
 
 /// The backend chosen at run time from the database URL.
@@ -134,53 +161,14 @@ macro_rules! delegate {
 }
 
 impl Store for AnyStore {
+    fn read_pool(&self) -> &AnyPool {
+        match self {
+            AnyStore::Sqlite(s) => s.read_pool(),
+            AnyStore::Postgres(s) => s.read_pool(),
+        }
+    }
     async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError> {
         delegate!(self, ingest(reports))
-    }
-    async fn add_key(&self, key: NewKey) -> Result<(), StoreError> {
-        delegate!(self, add_key(key))
-    }
-    async fn revoke_key(&self, key_id: KeyId, at_ms: i64) -> Result<bool, StoreError> {
-        delegate!(self, revoke_key(key_id, at_ms))
-    }
-    async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError> {
-        delegate!(self, keys(unit_id))
-    }
-    async fn reports(&self, filter: &ReportFilter) -> Result<Vec<ReportRow>, StoreError> {
-        delegate!(self, reports(filter))
-    }
-    async fn current_values(
-        &self,
-        plan_id: &str,
-        indicator_id: Option<&str>,
-    ) -> Result<Vec<ValueRow>, StoreError> {
-        delegate!(self, current_values(plan_id, indicator_id))
-    }
-    async fn current_tasks(&self, plan_id: &str) -> Result<Vec<TaskRow>, StoreError> {
-        delegate!(self, current_tasks(plan_id))
-    }
-    async fn audit(&self, plan_id: &str) -> Result<Vec<AuditRow>, StoreError> {
-        delegate!(self, audit(plan_id))
-    }
-    async fn envelope(
-        &self,
-        unit_id: &str,
-        report_id: &[u8],
-    ) -> Result<Option<StoredEnvelope>, StoreError> {
-        delegate!(self, envelope(unit_id, report_id))
-    }
-    async fn security_events(&self) -> Result<Vec<SecurityEvent>, StoreError> {
-        delegate!(self, security_events())
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        delegate!(self, ping())
-    }
-    async fn alerts(
-        &self,
-        plan_id: &str,
-        resolved_since_ms: i64,
-    ) -> Result<Vec<AlertRow>, StoreError> {
-        delegate!(self, alerts(plan_id, resolved_since_ms))
     }
     async fn sync_alerts(
         &self,
@@ -192,5 +180,8 @@ impl Store for AnyStore {
     }
     async fn is_notifier(&self) -> Result<bool, StoreError> {
         delegate!(self, is_notifier())
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        delegate!(self, ping())
     }
 }

@@ -6,8 +6,7 @@ use sqlx::{AnyPool, Connection, Row};
 
 use super::reconcile::{POSTGRES, ingest_one};
 use super::types::*;
-use super::{AlertChanges, AlertRow, Store, StoreError, WantedAlert, queries};
-use duban_proto::KeyId;
+use super::{AlertChanges, Store, StoreError, WantedAlert};
 
 /// Advisory lock keys are derived from the schema, so that deployments (and test schemas)
 /// sharing one database do not contend; replicas of one deployment share a schema.
@@ -60,6 +59,9 @@ impl PgStore {
 }
 
 impl Store for PgStore {
+    fn read_pool(&self) -> &AnyPool {
+        &self.pool
+    }
     async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError> {
         if reports.is_empty() {
             return Ok(Vec::new());
@@ -80,51 +82,6 @@ impl Store for PgStore {
                 other => return other,
             }
         }
-    }
-    async fn add_key(&self, key: NewKey) -> Result<(), StoreError> {
-        queries::add_key(&self.pool, &key).await
-    }
-    async fn revoke_key(&self, key_id: KeyId, at_ms: i64) -> Result<bool, StoreError> {
-        queries::revoke_key(&self.pool, key_id, at_ms).await
-    }
-    async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError> {
-        queries::keys(&self.pool, unit_id).await
-    }
-    async fn reports(&self, filter: &ReportFilter) -> Result<Vec<ReportRow>, StoreError> {
-        queries::reports(&self.pool, filter).await
-    }
-    async fn current_values(
-        &self,
-        plan_id: &str,
-        indicator_id: Option<&str>,
-    ) -> Result<Vec<ValueRow>, StoreError> {
-        queries::current_values(&self.pool, plan_id, indicator_id).await
-    }
-    async fn current_tasks(&self, plan_id: &str) -> Result<Vec<TaskRow>, StoreError> {
-        queries::current_tasks(&self.pool, plan_id).await
-    }
-    async fn audit(&self, plan_id: &str) -> Result<Vec<AuditRow>, StoreError> {
-        queries::audit(&self.pool, plan_id).await
-    }
-    async fn envelope(
-        &self,
-        unit_id: &str,
-        report_id: &[u8],
-    ) -> Result<Option<StoredEnvelope>, StoreError> {
-        queries::envelope(&self.pool, unit_id, report_id).await
-    }
-    async fn security_events(&self) -> Result<Vec<SecurityEvent>, StoreError> {
-        queries::security_events(&self.pool).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        queries::ping(&self.pool).await
-    }
-    async fn alerts(
-        &self,
-        plan_id: &str,
-        resolved_since_ms: i64,
-    ) -> Result<Vec<AlertRow>, StoreError> {
-        super::alerts::alerts(&self.pool, plan_id, resolved_since_ms).await
     }
     async fn sync_alerts(
         &self,

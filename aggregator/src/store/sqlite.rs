@@ -15,8 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::reconcile::{SQLITE, ingest_one};
 use super::types::*;
-use super::{AlertChanges, AlertRow, Store, StoreError, WantedAlert, queries};
-use duban_proto::KeyId;
+use super::{AlertChanges, Store, StoreError, WantedAlert, queries};
 
 /// The most ingest calls committed together.
 const MAX_GROUP: usize = 128;
@@ -147,6 +146,9 @@ async fn commit_group(
 }
 
 impl Store for SqliteStore {
+    fn read_pool(&self) -> &AnyPool {
+        &self.readers
+    }
     async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError> {
         if reports.is_empty() {
             return Ok(Vec::new());
@@ -157,48 +159,6 @@ impl Store for SqliteStore {
             .await
             .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
-    }
-    async fn add_key(&self, key: NewKey) -> Result<(), StoreError> {
-        queries::add_key(&self.readers, &key).await
-    }
-    async fn revoke_key(&self, key_id: KeyId, at_ms: i64) -> Result<bool, StoreError> {
-        queries::revoke_key(&self.readers, key_id, at_ms).await
-    }
-    async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError> {
-        queries::keys(&self.readers, unit_id).await
-    }
-    async fn reports(&self, filter: &ReportFilter) -> Result<Vec<ReportRow>, StoreError> {
-        queries::reports(&self.readers, filter).await
-    }
-    async fn current_values(
-        &self,
-        plan_id: &str,
-        indicator_id: Option<&str>,
-    ) -> Result<Vec<ValueRow>, StoreError> {
-        queries::current_values(&self.readers, plan_id, indicator_id).await
-    }
-    async fn current_tasks(&self, plan_id: &str) -> Result<Vec<TaskRow>, StoreError> {
-        queries::current_tasks(&self.readers, plan_id).await
-    }
-    async fn audit(&self, plan_id: &str) -> Result<Vec<AuditRow>, StoreError> {
-        queries::audit(&self.readers, plan_id).await
-    }
-    async fn envelope(
-        &self,
-        unit_id: &str,
-        report_id: &[u8],
-    ) -> Result<Option<StoredEnvelope>, StoreError> {
-        queries::envelope(&self.readers, unit_id, report_id).await
-    }
-    async fn security_events(&self) -> Result<Vec<SecurityEvent>, StoreError> {
-        queries::security_events(&self.readers).await
-    }
-    async fn alerts(
-        &self,
-        plan_id: &str,
-        resolved_since_ms: i64,
-    ) -> Result<Vec<AlertRow>, StoreError> {
-        super::alerts::alerts(&self.readers, plan_id, resolved_since_ms).await
     }
     async fn sync_alerts(
         &self,
