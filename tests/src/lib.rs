@@ -212,7 +212,7 @@ impl AgentSetup {
 
     /// Starts `duban-agent run` in the background; its log goes to `daemon.log` beside the
     /// configuration.
-    pub fn spawn_daemon(&self, extra: &[&str]) -> Child {
+    pub fn spawn_daemon(&self, extra: &[&str]) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -225,6 +225,7 @@ impl AgentSetup {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .map(Daemon)
             .expect("start duban-agent")
     }
 
@@ -386,4 +387,30 @@ pub fn require_program(program: &str, package: &str) -> bool {
         eprintln!("SKIPPED: {program} is not installed (Debian package {package})");
     }
     found
+}
+
+/// A `duban-agent run` process, killed when dropped, so that a failing test leaves no daemon
+/// behind.
+pub struct Daemon(pub Child);
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
 }
