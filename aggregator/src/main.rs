@@ -2,7 +2,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -448,8 +447,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         duban_aggregator::serve::termination_signal(),
     )
     .await?;
-    // Give the store's writer a moment to finish its last group before the process exits.
-    tokio::time::sleep(Duration::from_millis(0)).await;
     Ok(())
 }
 

@@ -281,6 +281,11 @@ fn a_backlog_built_while_the_aggregator_is_down_arrives_whole_and_in_seq_order()
     wait_until(Duration::from_secs(90), "the backlog to arrive", || {
         stored_reports(&w.url).len() == 24
     });
+    // The daemon deletes a row once the aggregator has answered; wait for that before
+    // stopping it (killed earlier, the rows would stay for its next run to resend).
+    wait_until(Duration::from_secs(10), "an empty outbox", || {
+        agent.outbox_stats()["reports"] == 0
+    });
     let _ = daemon.kill();
     let _ = daemon.wait();
     let seqs: Vec<i64> = stored_reports(&w.url)
@@ -298,9 +303,6 @@ fn a_backlog_built_while_the_aggregator_is_down_arrives_whole_and_in_seq_order()
         Some(211.0),
         "the later revision won"
     );
-    wait_until(Duration::from_secs(10), "an empty outbox", || {
-        agent.outbox_stats()["reports"] == 0
-    });
 }
 
 #[test]

@@ -380,12 +380,8 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
     let report = pb::Report {
         report_id: vec![0x42; 16],
         unit_id: "science-tech".into(),
-        key_id: Vec::new(),
         seq: 2,
-        issued_at_ms: NOW_MS,
-        audience: "qingdao-ip-2017".into(),
         period: "2018-07".into(),
-        values: vec![],
         task_updates: vec![pb::TaskUpdate {
             task_id: "2-1-4".into(),
             milestone_id: "m1".into(),
@@ -393,7 +389,7 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
             status: pb::TaskStatus::Done as i32,
             note: "完成".into(),
         }],
-        revision: 0,
+        ..total_template()
     };
     let result = grpc_client
         .submit(duban_proto::envelope::bind_and_sign(&lead, report))

@@ -139,8 +139,11 @@ impl Ingestor {
             }
         }
 
+        // What `finish` needs of each report, kept so that the reports themselves (payloads
+        // included) move into the store without a copy.
+        let identities: Vec<Identity> = ready.iter().map(Identity::of).collect();
         let store_started = Instant::now();
-        let outcomes = match self.inner.store.ingest(ready.clone()).await {
+        let outcomes = match self.inner.store.ingest(ready).await {
             Ok(outcomes) => outcomes,
             Err(error) => {
                 metrics.store_errors.inc();
@@ -152,7 +155,7 @@ impl Ingestor {
             .store_seconds
             .observe(store_started.elapsed().as_secs_f64());
 
-        let mut stored = ready.into_iter().zip(refusals_of_ready).zip(outcomes);
+        let mut stored = identities.into_iter().zip(refusals_of_ready).zip(outcomes);
         let results: Vec<ReportResult> = results
             .into_iter()
             .map(|slot| {
@@ -323,7 +326,7 @@ impl Inner {
 
     fn finish(
         &self,
-        report: NewReport,
+        report: Identity,
         refusals: Vec<Refusal>,
         outcome: StoreOutcome,
     ) -> ReportResult {
@@ -413,9 +416,21 @@ impl Inner {
     }
 }
 
-/// A key id for messages, when only bytes are at hand.
-pub fn key_id_text(bytes: &[u8]) -> String {
-    KeyId::from_slice(bytes)
-        .map(|k| k.to_string())
-        .unwrap_or_else(|_| hex::encode(bytes))
+/// The fields of a stored report that its result and the logs need.
+struct Identity {
+    report_id: [u8; 16],
+    unit_id: String,
+    key_id: KeyId,
+    seq: u64,
+}
+
+impl Identity {
+    fn of(report: &NewReport) -> Self {
+        Identity {
+            report_id: report.report_id,
+            unit_id: report.unit_id.clone(),
+            key_id: report.key_id,
+            seq: report.seq,
+        }
+    }
 }
