@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use duban_proto::SigningKey;
+use duban_proto::clock::{Clock, SystemClock};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -29,6 +30,8 @@ pub struct Agent {
     pub key: Arc<SigningKey>,
     pub outbox: Outbox,
     pub metrics: AgentMetrics,
+    /// Stamps `issued_at` on reports: the system clock, except in the demo's simulated time.
+    pub clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
 }
 
@@ -44,6 +47,14 @@ fn now_ms() -> i64 {
 
 impl Agent {
     pub async fn open(config: AgentConfig) -> anyhow::Result<Self> {
+        Self::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Agent::open`] with reports issued at `clock`'s time (the demo's simulated calendar).
+    pub async fn open_with_clock(
+        config: AgentConfig,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let key = SigningKey::read_pkcs8_pem_file(&config.private_key)
             .with_context(|| format!("{}: private_key", config.file.display()))?;
         let metrics = AgentMetrics::new(
@@ -64,6 +75,7 @@ impl Agent {
             key: Arc::new(key),
             outbox,
             metrics,
+            clock,
             wake: Arc::new(Notify::new()),
         })
     }
@@ -72,12 +84,13 @@ impl Agent {
     pub async fn enqueue(&self, items: &[Item], force: bool) -> Result<Enqueued, OutboxError> {
         match self
             .outbox
-            .enqueue(
+            .enqueue_at(
                 &self.key,
                 &self.config.unit,
                 &self.config.plan,
                 items,
                 force,
+                self.clock.now_ms(),
             )
             .await
         {
@@ -166,7 +179,10 @@ async fn schedule_source(agent: Agent, source: SourceConfig, mut stop: watch::Re
     }
 }
 
-async fn deliver_loop(agent: Agent, mut deliverer: Deliverer, mut stop: watch::Receiver<bool>) {
+/// Delivers from the outbox until `stop` turns true: at once when a collection stored
+/// something, after the deliverer's back-off when the aggregator could not be reached, and
+/// every 5 s otherwise. `run` starts one; the demo starts one per in-process agent.
+pub async fn deliver_loop(agent: Agent, mut deliverer: Deliverer, mut stop: watch::Receiver<bool>) {
     loop {
         let step = match deliverer.step().await {
             Ok(step) => step,

@@ -172,7 +172,7 @@ impl Outbox {
     }
 
     /// Builds, signs and commits one report per period for the items that changed (all items
-    /// with `force`). Nothing is sent here.
+    /// with `force`), issued now. Nothing is sent here.
     pub async fn enqueue(
         &self,
         key: &SigningKey,
@@ -180,6 +180,21 @@ impl Outbox {
         audience: &str,
         items: &[Item],
         force: bool,
+    ) -> Result<Enqueued, OutboxError> {
+        self.enqueue_at(key, unit, audience, items, force, now_ms())
+            .await
+    }
+
+    /// [`Outbox::enqueue`] with the reports' `issued_at` given: the agent passes its clock,
+    /// which is the system clock except in the demo's simulated time.
+    pub async fn enqueue_at(
+        &self,
+        key: &SigningKey,
+        unit: &str,
+        audience: &str,
+        items: &[Item],
+        force: bool,
+        issued_at_ms: i64,
     ) -> Result<Enqueued, OutboxError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
@@ -219,7 +234,7 @@ impl Outbox {
                 .bind(&period)
                 .fetch_one(&mut *tx)
                 .await?;
-            let report = build_report(unit, audience, seq, &period, revision, &items);
+            let report = build_report(unit, audience, seq, &period, revision, issued_at_ms, &items);
             let signed = envelope::bind_and_sign(key, report);
             let bytes = signed.encode_to_vec();
             dropped += self.make_room(&mut tx, bytes.len() as u64).await?;
@@ -452,6 +467,7 @@ fn build_report(
     seq: i64,
     period: &str,
     revision: i64,
+    issued_at_ms: i64,
     items: &[&Item],
 ) -> pb::Report {
     let mut report = pb::Report {
@@ -459,7 +475,7 @@ fn build_report(
         unit_id: unit.to_owned(),
         key_id: Vec::new(),
         seq: seq as u64,
-        issued_at_ms: now_ms(),
+        issued_at_ms,
         audience: audience.to_owned(),
         period: period.to_owned(),
         values: Vec::new(),

@@ -68,12 +68,6 @@ impl Default for AlertSettings {
     }
 }
 
-impl std::fmt::Debug for dyn Clock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Clock({})", self.now_ms())
-    }
-}
-
 /// Serves until `shutdown` resolves, then drains for at most `shutdown_grace`.
 pub async fn run(
     serve: Serve,

@@ -426,6 +426,32 @@ pub fn aggregate(
     }
 }
 
+/// The end of the latest period the indicator's value is computed from (for a ratio, the
+/// older of its two inputs'), in ms.
+fn data_as_of_ms(
+    plan: &Plan,
+    indicator: &Indicator,
+    values: &HashMap<(&str, &str, &str), &ValueRow>,
+) -> Option<i64> {
+    match &indicator.aggregation {
+        Aggregation::Ratio {
+            numerator,
+            denominator,
+            ..
+        } => {
+            let part = |id: &str| {
+                plan.indicator(id)
+                    .and_then(|i| data_as_of_ms(plan, i, values))
+            };
+            Some(part(numerator)?.min(part(denominator)?))
+        }
+        _ => city_values(indicator, values)
+            .keys()
+            .next_back()
+            .map(|p| end_of_day_ms(p.last_day(), &plan.tz)),
+    }
+}
+
 fn baseline(
     plan: &Plan,
     indicator: &Indicator,
@@ -485,6 +511,18 @@ fn indicator_progress(
         }
         _ => None,
     };
+    // The value describes the end of its latest reported period, not today: it is held
+    // against the path at that date, so that a report not yet due does not look like a lag.
+    let judged = match (target, baseline, data_as_of_ms(plan, indicator, values)) {
+        (Some(t), Some(b), Some(as_of)) => {
+            let end_ms = end_of_day_ms(t.date, &plan.tz);
+            let at = as_of.min(now_ms);
+            let fraction =
+                ((at - start_ms) as f64 / (end_ms - start_ms).max(1) as f64).clamp(0.0, 1.0);
+            Some(b + (t.value - b) * fraction)
+        }
+        _ => expected,
+    };
     let status = match (target, value) {
         (_, None) => IndicatorStatus::NoData,
         (None, Some(_)) => IndicatorStatus::OnTrack,
@@ -496,7 +534,7 @@ fn indicator_progress(
             } else if now_ms >= deadline_ms {
                 IndicatorStatus::Late
             } else {
-                match expected {
+                match judged {
                     Some(e) if !lower_is_better && v < e - e.abs() * indicator.tolerance => {
                         IndicatorStatus::Lagging
                     }
