@@ -34,6 +34,8 @@ use crate::view::{self, Check, Counts, Summary, View};
 
 /// How often the aggregator evaluates deadlines, in real time.
 const EVALUATE_EVERY: Duration = Duration::from_millis(200);
+/// How often the view's figures are read, in real time.
+const REFRESH_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -426,6 +428,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    let mut last_refresh: Option<Instant> = None;
     let mut day = start;
     while day <= until {
         interval.tick().await;
@@ -587,19 +590,31 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             }
         }
 
-        let counts = counts_before_restart.plus(&if aggregator.is_some() {
-            view::scrape(&scraper, http).await.unwrap_or_default()
+        // The figures behind the view are read a few times a second (and on the first of each
+        // month for the plain lines), not every simulated day: a scrape computes progress.
+        let due = last_refresh.is_none_or(|t: Instant| t.elapsed() >= REFRESH_EVERY)
+            || (options.plain || !view.is_tty()) && day.day() == 1
+            || day == until;
+        let refreshed = if due {
+            last_refresh = Some(Instant::now());
+            let counts = counts_before_restart.plus(&if aggregator.is_some() {
+                view::scrape(&scraper, http).await.unwrap_or_default()
+            } else {
+                Counts::default()
+            });
+            let progress = match &aggregator {
+                Some(agg) => {
+                    duban_aggregator::evaluate::progress_at(&agg.store, &plan, clock.now_ms())
+                        .await
+                        .ok()
+                }
+                None => None,
+            };
+            Some((counts, outbox_reports(&agents).await?, progress))
         } else {
-            Counts::default()
-        });
-        let progress = match &aggregator {
-            Some(agg) => duban_aggregator::evaluate::progress_at(&agg.store, &plan, clock.now_ms())
-                .await
-                .ok(),
-            None => None,
+            None
         };
-        let waiting = outbox_reports(&agents).await?;
-        view.day(day, counts, waiting, progress.as_ref(), &inbox);
+        view.day(day, refreshed, &inbox);
         day = day.saturating_add(1.day());
     }
 

@@ -403,18 +403,23 @@ impl View {
     }
 
     /// After each simulated day.
+    pub fn is_tty(&self) -> bool {
+        self.tty
+    }
+
+    /// After each simulated day; `refreshed` carries new figures when they were read.
     pub fn day(
         &mut self,
         day: Date,
-        counts: Counts,
-        waiting: u64,
-        progress: Option<&Progress>,
+        refreshed: Option<(Counts, u64, Option<Progress>)>,
         inbox: &Inbox,
     ) {
-        self.counts = counts;
-        self.waiting = waiting;
-        if let Some(p) = progress {
-            self.indicators = indicator_lines(&self.plan, p);
+        if let Some((counts, waiting, progress)) = refreshed {
+            self.counts = counts;
+            self.waiting = waiting;
+            if let Some(p) = progress {
+                self.indicators = indicator_lines(&self.plan, &p);
+            }
         }
         let received = inbox.lock().expect("inbox lock").clone();
         if self.tty {

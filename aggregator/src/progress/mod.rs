@@ -356,6 +356,57 @@ pub fn milestone_progress(
     }
 }
 
+/// City value per period of one indicator: the authoritative figure, else the reporters' sum;
+/// and whether the period is complete (the authoritative figure, or every reporter, is in).
+fn city_values_with_completeness(
+    indicator: &Indicator,
+    values: &HashMap<(&str, &str, &str), &ValueRow>,
+) -> BTreeMap<Period, (f64, bool)> {
+    let mut per_period: BTreeMap<Period, (Option<f64>, f64, usize)> = BTreeMap::new();
+    for ((id, unit, period), row) in values {
+        if *id != indicator.id {
+            continue;
+        }
+        let Ok(period) = period.parse::<Period>() else {
+            continue;
+        };
+        let entry = per_period.entry(period).or_insert((None, 0.0, 0));
+        if indicator.authoritative.as_deref() == Some(*unit) {
+            entry.0 = Some(row.value);
+        } else if indicator.reporter_units.iter().any(|u| u == unit) {
+            entry.1 += row.value;
+            entry.2 += 1;
+        }
+    }
+    let others = indicator
+        .reporter_units
+        .iter()
+        .filter(|u| indicator.authoritative.as_deref() != Some(u.as_str()))
+        .count();
+    per_period
+        .into_iter()
+        .filter_map(|(p, (auth, sum, n))| match auth {
+            Some(v) => Some((p, (v, true))),
+            None if n > 0 => Some((p, (sum, n >= others))),
+            None => None,
+        })
+        .collect()
+}
+
+/// The periods a value is computed from: the complete ones, or, until one is complete, all.
+/// A period that only some districts have reported yet would understate a sum.
+fn settled_values(
+    indicator: &Indicator,
+    values: &HashMap<(&str, &str, &str), &ValueRow>,
+) -> BTreeMap<Period, f64> {
+    let all = city_values_with_completeness(indicator, values);
+    let any_complete = all.values().any(|(_, complete)| *complete);
+    all.into_iter()
+        .filter(|(_, (_, complete))| *complete || !any_complete)
+        .map(|(p, (v, _))| (p, v))
+        .collect()
+}
+
 /// City value per period of one indicator: the authoritative figure, else the reporters' sum.
 fn city_values(
     indicator: &Indicator,
@@ -399,8 +450,9 @@ pub fn aggregate(
     values: &HashMap<(&str, &str, &str), &ValueRow>,
 ) -> Option<f64> {
     let per_period = city_values(indicator, values);
+    let settled = settled_values(indicator, values);
     match &indicator.aggregation {
-        Aggregation::Sum | Aggregation::Latest => per_period.values().next_back().copied(),
+        Aggregation::Sum | Aggregation::Latest => settled.values().next_back().copied(),
         Aggregation::Cumulative => (!per_period.is_empty()).then(|| {
             per_period
                 .iter()
@@ -408,8 +460,8 @@ pub fn aggregate(
                 .map(|(_, v)| v)
                 .sum()
         }),
-        Aggregation::AnnualAverage => (!per_period.is_empty()).then(|| {
-            per_period.values().sum::<f64>() / per_period.len() as f64
+        Aggregation::AnnualAverage => (!settled.is_empty()).then(|| {
+            settled.values().sum::<f64>() / settled.len() as f64
                 * periods_per_year(indicator.period)
         }),
         Aggregation::Ratio {
@@ -445,7 +497,7 @@ fn data_as_of_ms(
             };
             Some(part(numerator)?.min(part(denominator)?))
         }
-        _ => city_values(indicator, values)
+        _ => settled_values(indicator, values)
             .keys()
             .next_back()
             .map(|p| end_of_day_ms(p.last_day(), &plan.tz)),
