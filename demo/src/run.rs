@@ -481,13 +481,18 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             }
         }
 
-        if day == duplicate_day
+        // The resend and the tampered copy need a stored report; until one is, they wait.
+        if day >= duplicate_day
+            && duplicate.is_none()
             && let Some(agg) = &aggregator
+            && let Some((unit, report_id, seq, envelope)) = stored_envelope(
+                &agg.store,
+                &scenario.roles.late_units.iter().cloned().collect(),
+            )
+            .await?
         {
-            let avoid: BTreeSet<String> = scenario.roles.late_units.iter().cloned().collect();
-            duplicate = Some(match stored_envelope(&agg.store, &avoid).await? {
-                None => Check::failed("no stored report to resend yet"),
-                Some((unit, report_id, seq, envelope)) => {
+            duplicate = Some({
+                {
                     let result = submit_as(&shared, &unit, grpc, envelope).await?;
                     let stored = agg
                         .store
@@ -513,13 +518,14 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             });
         }
 
-        if day == tamper_day
+        if day >= tamper_day
+            && tamper.is_none()
             && let Some(agg) = &aggregator
+            && let Some((unit, _, seq, mut envelope)) =
+                stored_envelope(&agg.store, &BTreeSet::new()).await?
         {
-            let avoid: BTreeSet<String> = BTreeSet::new();
-            tamper = Some(match stored_envelope(&agg.store, &avoid).await? {
-                None => Check::failed("no stored report to tamper with yet"),
-                Some((unit, _, seq, mut envelope)) => {
+            tamper = Some({
+                {
                     let mut report = pb::Report::decode(envelope.payload.as_slice())?;
                     let what = if let Some(v) = report.values.first_mut() {
                         v.value *= 10.0;
@@ -668,7 +674,12 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         }
     };
     let correction_check = match &correction {
-        None => Check::not_reached(format!("the correction is on {correction_day}")),
+        None if until < correction_day => {
+            Check::not_reached(format!("the correction is on {correction_day}"))
+        }
+        None => Check::not_reached(format!(
+            "no value had been reported by {correction_day} to correct"
+        )),
         Some((unit, indicator, period, old, new)) => {
             let current = agg
                 .store

@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use duban_e2e::{AgentSetup, AggregatorProcess, current_values, stored_reports, wait_until};
+use duban_e2e::{
+    AgentSetup, AggregatorProcess, current_values, http_get, stored_reports, wait_until,
+};
 
 struct World {
     root: tempfile::TempDir,
@@ -610,18 +612,6 @@ fn hup(child: &std::process::Child) {
             .unwrap()
             .success()
     );
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
 }
 
 fn promtool_check(body: &str) {
