@@ -32,8 +32,11 @@ use crate::scenario::{Row, Scenario, noon_ms};
 use crate::setup::{self, Layout};
 use crate::view::{self, Check, Counts, Summary, View};
 
-/// How often the aggregator evaluates deadlines, in real time.
-const EVALUATE_EVERY: Duration = Duration::from_millis(200);
+/// How often the aggregator evaluates deadlines, in real time: every two simulated days (so
+/// that a seven-day "due soon" window is never stepped over), within 10 ms .. 200 ms.
+fn evaluate_every(speed: f64) -> Duration {
+    Duration::from_secs_f64((2.0 / speed).clamp(0.010, 0.200))
+}
 /// How often the view's figures are read, in real time.
 const REFRESH_EVERY: Duration = Duration::from_millis(250);
 
@@ -113,6 +116,7 @@ struct Shared {
     layout: Layout,
     tls: TlsMaterial,
     webhook: String,
+    evaluate_every: Duration,
 }
 
 async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
@@ -141,7 +145,7 @@ impl Aggregator {
                     alertmanagers: Vec::new(),
                     webhooks: vec![shared.webhook.clone()],
                 },
-                evaluate_every: EVALUATE_EVERY,
+                evaluate_every: shared.evaluate_every,
                 resend_every: Duration::from_secs(3600),
                 ..AlertSettings::default()
             },
@@ -347,6 +351,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         },
         layout: layout.clone(),
         webhook,
+        evaluate_every: evaluate_every(options.speed),
     };
 
     // The aggregator: keys registered, then serving.
@@ -638,7 +643,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Two evaluations on the final state, so that the last alerts have gone out.
-    tokio::time::sleep(EVALUATE_EVERY * 3).await;
+    tokio::time::sleep(shared.evaluate_every * 3).await;
 
     let counts =
         counts_before_restart.plus(&view::scrape(&scraper, http).await.unwrap_or_default());

@@ -269,8 +269,17 @@ impl Scenario {
             })
             .collect();
         tasks.shuffle(&mut rng);
-        roles.stalled_task = tasks.first().map(|t| t.id.clone());
-        roles.lagging_tasks = tasks.iter().skip(1).take(2).map(|t| t.id.clone()).collect();
+        // The stalled one ends its first milestone within half a year, so that even a run of
+        // a year sees it go overdue.
+        let half_year = plan.window.start.saturating_add(6.months());
+        let stalled = tasks
+            .iter()
+            .position(|t| t.milestones[0].window.end <= half_year)
+            .unwrap_or(0);
+        if !tasks.is_empty() {
+            roles.stalled_task = Some(tasks.remove(stalled).id.clone());
+        }
+        roles.lagging_tasks = tasks.iter().take(2).map(|t| t.id.clone()).collect();
 
         let ratio = ratio_inputs(plan);
         for indicator in &plan.indicators {

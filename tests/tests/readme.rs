@@ -1,0 +1,258 @@
+//! Every command in README.md's `sh` blocks is exercised: run here, in order, in a scratch
+//! directory (with placeholders such as the example database URL replaced by local ones), or
+//! named as covered by another test or by `.ci/run` — which this test checks still exist. A
+//! command added to the README without either fails this test.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use duban_e2e::{Background, binary, free_port, require_program};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The command lines of README.md's ```sh blocks, comments and blank lines left out.
+fn readme_commands() -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut out = Vec::new();
+    let mut in_sh = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_sh = !in_sh && line.trim() == "```sh";
+            continue;
+        }
+        if in_sh {
+            let command = line.split(" #").next().unwrap().trim();
+            if !command.is_empty() && !command.starts_with('#') {
+                out.push(command.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Commands covered elsewhere: (command prefix, file, text that must be in that file).
+const COVERED: &[(&str, &str, &str)] = &[
+    (
+        "cargo nextest run --workspace --no-fail-fast",
+        ".ci/run",
+        "cargo nextest run --workspace --no-fail-fast",
+    ),
+    ("cargo build --release", ".ci/run", "cargo build --release"),
+    (
+        "cargo run --release -p duban-demo -- --keep-serving",
+        "tests/tests/demo.rs",
+        "fn keep_serving_leaves_metrics_up_until_sigterm",
+    ),
+    (
+        "duban-agent run --config",
+        "tests/tests/agent_process.rs",
+        "fn sigterm_drains_the_outbox_and_exits",
+    ),
+];
+
+const PLACEHOLDER_DB: &str = "postgres://duban@db.city.example/duban";
+
+struct Scratch {
+    dir: tempfile::TempDir,
+    path: String,
+    db: String,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(repo().join("deploy"), dir.path().join("deploy")).unwrap();
+        let bin = binary("duban-aggregator").parent().unwrap().to_owned();
+        binary("duban-agent");
+        binary("duban-demo");
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let db = format!("sqlite://{}", dir.path().join("db/duban.db").display());
+        Scratch { dir, path, db }
+    }
+
+    fn sh(&self, command: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", command])
+            .current_dir(self.dir.path())
+            .env("PATH", &self.path);
+        c
+    }
+
+    fn run(&self, command: &str) -> String {
+        let out = self.sh(command).output().unwrap();
+        assert!(
+            out.status.success(),
+            "README command failed: {command}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Replaces the value after `flag` (or appends the flag) in a command line.
+fn with_flag(command: &str, flag: &str, value: &str) -> String {
+    let mut words: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+    match words.iter().position(|w| w == flag) {
+        Some(i) => words[i + 1] = value.to_owned(),
+        None => words.extend([flag.to_owned(), value.to_owned()]),
+    }
+    words.join(" ")
+}
+
+/// An agent configuration from deploy/examples/agent.toml, with a key and TLS files beside it.
+fn example_agent_config(s: &Scratch) -> PathBuf {
+    let etc = s.dir.path().join("etc-duban");
+    std::fs::create_dir_all(etc.join("tls")).unwrap();
+    std::fs::copy(
+        repo().join("deploy/examples/agent.toml"),
+        etc.join("agent.toml"),
+    )
+    .unwrap();
+    s.run(&format!("duban-agent keygen --out {}", etc.display()));
+    for (from, to) in [
+        ("tls/ca.crt", "tls/ca.crt"),
+        ("tls/units/laoshan.crt", "tls/agent.crt"),
+        ("tls/units/laoshan.key", "tls/agent.key"),
+    ] {
+        std::fs::copy(s.dir.path().join(from), etc.join(to)).unwrap();
+    }
+    etc.join("agent.toml")
+}
+
+#[test]
+fn every_readme_command_is_run_here_or_covered_by_a_named_test() {
+    let commands = readme_commands();
+    assert!(commands.len() >= 10, "{commands:?}");
+    let s = Scratch::new();
+    let mut unexercised = Vec::new();
+    for command in &commands {
+        if let Some((_, file, text)) = COVERED.iter().find(|(p, _, _)| command.starts_with(p)) {
+            let content = std::fs::read_to_string(repo().join(file)).unwrap();
+            assert!(
+                content.contains(text),
+                "README command `{command}` is said to be covered by {file} ({text}), which no longer has it"
+            );
+            continue;
+        }
+        let local = command.replace(PLACEHOLDER_DB, &s.db);
+        if command == "cargo run --release -p duban-demo" {
+            // The README's main command; the short runs here and in demo.rs use the same binary.
+            let out = s.run(
+                "duban-demo --dir demo --until 2017-10-31 --speed 200 --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0",
+            );
+            assert!(out.contains("demo OK"), "{out}");
+        } else if let Some(args) = command.strip_prefix("cargo run --release -p duban-demo -- ") {
+            let line = with_flag(&format!("duban-demo {args}"), "--speed", "200");
+            let line = with_flag(&line, "--dir", "demo");
+            let line = with_flag(&line, "--grpc-listen", "127.0.0.1:0");
+            let line = with_flag(&line, "--http-listen", "127.0.0.1:0");
+            let out = s.run(&line);
+            assert!(out.contains("demo OK"), "{line}\n{out}");
+        } else if command.starts_with("prometheus ") {
+            if require_program("prometheus", "prometheus") {
+                let data = s.dir.path().join("prometheus-data");
+                let port = free_port();
+                let mut args: Vec<String> = command
+                    .split_whitespace()
+                    .skip(1)
+                    .map(|a| a.replace("deploy/", &format!("{}/", repo().join("deploy").display())))
+                    .collect();
+                args.push(format!("--web.listen-address=127.0.0.1:{port}"));
+                args.push(format!("--storage.tsdb.path={}", data.display()));
+                let prometheus = Background::start(
+                    "prometheus",
+                    &args,
+                    "Server is ready to receive web requests",
+                );
+                drop(prometheus);
+            }
+        } else if command.starts_with("promtool ") {
+            if require_program("promtool", "prometheus") {
+                s.run(command);
+            }
+        } else if command.starts_with("duban-aggregator serve ") {
+            let line = with_flag(&local, "--grpc-listen", "127.0.0.1:0");
+            let line = with_flag(&line, "--http-listen", "127.0.0.1:0");
+            let mut child = s
+                .sh(&format!("exec {line}"))
+                .env("RUST_LOG", "info")
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stderr = child.stderr.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut log = String::new();
+                for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if l.contains("aggregator serving") {
+                        let _ = tx.send(Ok(()));
+                    }
+                    log.push_str(&(l + "\n"));
+                }
+                let _ = tx.send(Err(log));
+            });
+            let ready = rx.recv_timeout(Duration::from_secs(60));
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                matches!(ready, Ok(Ok(()))),
+                "`{line}` did not start: {ready:?}"
+            );
+        } else if command.starts_with("duban-agent check --config /etc/duban/agent.toml") {
+            let config = example_agent_config(&s);
+            let out = s.run(&local.replace("/etc/duban/agent.toml", config.to_str().unwrap()));
+            assert!(out.contains("valid: unit laoshan"), "{out}");
+        } else if command.starts_with("duban-aggregator ") || command.starts_with("duban-agent ") {
+            let out = s.run(&local);
+            if command.contains("plan alertmanager-config") {
+                let written =
+                    std::fs::read_to_string(s.dir.path().join("alertmanager.yml")).unwrap();
+                assert!(written.contains("lead-science-tech"), "{written}");
+            }
+            if command.contains(" status ") {
+                assert!(out.contains("as of 2018-08-01"), "{out}");
+            }
+        } else {
+            unexercised.push(command.clone());
+        }
+    }
+    assert!(
+        unexercised.is_empty(),
+        "README commands not exercised anywhere; run them in tests/tests/readme.rs or name the test that covers them: {unexercised:#?}"
+    );
+}
+
+#[test]
+fn the_readme_names_the_two_commands_and_every_document_it_links_exists() {
+    let text = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let commands = readme_commands();
+    assert_eq!(
+        &commands[..2],
+        &[
+            "cargo run --release -p duban-demo".to_owned(),
+            "cargo nextest run --workspace --no-fail-fast".to_owned()
+        ]
+    );
+    let ci = std::fs::read_to_string(repo().join(".ci/run")).unwrap();
+    assert!(
+        ci.contains(&commands[1]),
+        ".ci/run must call the README's test command"
+    );
+    for link in text.split("](").skip(1) {
+        let target = link.split(')').next().unwrap();
+        if !target.starts_with("http") {
+            assert!(
+                repo().join(target).exists(),
+                "README links {target}, which is missing"
+            );
+        }
+    }
+}
