@@ -463,6 +463,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
                             milestone,
                             period,
                             percent,
+                            ..
                         } => {
                             demo.local
                                 .tasks
@@ -532,13 +533,20 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             tamper = Some({
                 {
                     let mut report = pb::Report::decode(envelope.payload.as_slice())?;
+                    // Always a different payload: the same bytes would be a duplicate.
                     let what = if let Some(v) = report.values.first_mut() {
-                        v.value *= 10.0;
-                        format!("value of {} ×10", v.indicator_id)
+                        let old = v.value;
+                        v.value = if old == 0.0 { 1.0 } else { old * 10.0 };
+                        format!("{} {old} → {}", v.indicator_id, v.value)
                     } else if let Some(t) = report.task_updates.first_mut() {
-                        t.percent_complete = 100.0;
-                        format!("{} {} set to 100 %", t.task_id, t.milestone_id)
+                        let old = t.percent_complete;
+                        t.percent_complete = if old >= 50.0 { 0.0 } else { 100.0 };
+                        format!(
+                            "{} {} {old}% → {}%",
+                            t.task_id, t.milestone_id, t.percent_complete
+                        )
                     } else {
+                        report.period.push('9');
                         "period".into()
                     };
                     envelope.payload = report.encode_to_vec();

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use duban_aggregator::plan::{Aggregation, Comparator, Indicator, Plan};
 use duban_aggregator::progress::{self, DAY_MS};
+use duban_proto::pb::TaskStatus;
 use duban_proto::period::{Period, PeriodType};
 use jiff::ToSpan;
 use jiff::civil::Date;
@@ -15,22 +16,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-/// One row a unit's local system gains (or changes) on a given day.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Row {
-    Value {
-        indicator: String,
-        period: Period,
-        value: f64,
-        note: String,
-    },
-    Task {
-        task: String,
-        milestone: String,
-        period: Period,
-        percent: f64,
-    },
-}
+/// A row a unit's local system gains (or changes) on a given day: what its agent will collect.
+pub use duban_agent::sources::Item as Row;
 
 /// Who misbehaves, chosen from the seed.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -374,7 +361,7 @@ impl Scenario {
                     } else if month_end >= end {
                         100.0
                     } else {
-                        (elapsed * 100.0 * rng.gen_range(0.95..1.1)).min(95.0)
+                        (elapsed * 100.0 * rng.gen_range(1.0..1.1)).min(95.0)
                     };
                     // Mid-month, the month's progress as planned by its end (or the
                     // milestone's): a finished milestone is reported before its deadline.
@@ -392,6 +379,12 @@ impl Scenario {
                             milestone: milestone.id.clone(),
                             period: month,
                             percent: percent.round(),
+                            status: if percent >= 100.0 {
+                                TaskStatus::Done
+                            } else {
+                                TaskStatus::InProgress
+                            },
+                            note: String::new(),
                         });
                     month = month.next();
                 }
@@ -471,6 +464,7 @@ mod tests {
                             milestone,
                             percent,
                             period,
+                            ..
                         } => {
                             let t = plan.task(task).unwrap();
                             assert!(plan.period_in_plan(period), "{task} {milestone} {period}");

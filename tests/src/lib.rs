@@ -8,7 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The path of a workspace binary, building it first if this test run did not.
+/// The path of a workspace binary, building it first if this test run did not (each binary
+/// is in the package of its name).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
@@ -24,7 +25,7 @@ pub fn binary(name: &str) -> PathBuf {
             vec![]
         };
         let status = Command::new(cargo)
-            .args(["build", "--bin", name])
+            .args(["build", "-p", name, "--bin", name])
             .args(profile)
             .status()
             .expect("run cargo build");
@@ -426,4 +427,15 @@ pub fn http_get(addr: &str, path: &str) -> String {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default()
+}
+
+/// The standard output of a command that must succeed; on failure, both outputs.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }

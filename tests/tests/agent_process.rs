@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use duban_e2e::{
-    AgentSetup, AggregatorProcess, current_values, http_get, stored_reports, wait_until,
+    AgentSetup, AggregatorProcess, current_values, http_get, ok, stored_reports, wait_until,
 };
 
 struct World {
@@ -33,16 +33,6 @@ fn value_of(
         .iter()
         .find(|v| v["indicator_id"] == indicator && v["unit_id"] == unit && v["period"] == period)
         .and_then(|v| v["value"].as_f64())
-}
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn mariadb_url() -> Option<String> {

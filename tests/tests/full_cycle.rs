@@ -6,21 +6,11 @@
 use std::time::Duration;
 
 use duban_e2e::{
-    AgentSetup, AggregatorProcess, binary, current_values, http_get, run, stored_reports,
+    AgentSetup, AggregatorProcess, binary, current_values, http_get, ok, run, stored_reports,
     wait_until,
 };
 use duban_proto::pb;
 use duban_proto::pb::report_service_client::ReportServiceClient;
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn value(url: &str, indicator: &str, unit: &str, period: &str) -> Option<(f64, i64)> {
     current_values(url)

@@ -412,25 +412,9 @@ fn city_values(
     indicator: &Indicator,
     values: &HashMap<(&str, &str, &str), &ValueRow>,
 ) -> BTreeMap<Period, f64> {
-    let mut per_period: BTreeMap<Period, (Option<f64>, f64, bool)> = BTreeMap::new();
-    for ((id, unit, period), row) in values {
-        if *id != indicator.id {
-            continue;
-        }
-        let Ok(period) = period.parse::<Period>() else {
-            continue;
-        };
-        let entry = per_period.entry(period).or_insert((None, 0.0, false));
-        if indicator.authoritative.as_deref() == Some(*unit) {
-            entry.0 = Some(row.value);
-        } else {
-            entry.1 += row.value;
-            entry.2 = true;
-        }
-    }
-    per_period
+    city_values_with_completeness(indicator, values)
         .into_iter()
-        .filter_map(|(p, (auth, sum, any))| auth.or(any.then_some(sum)).map(|v| (p, v)))
+        .map(|(p, (v, _))| (p, v))
         .collect()
 }
 
