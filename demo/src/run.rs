@@ -279,7 +279,7 @@ fn outcome_text(result: &pb::SubmitResult) -> String {
     format!("{outcome}{reason}")
 }
 
-/// Picks a stored report of `unit_filter` (or any unit) and returns its unit, id, seq and envelope.
+/// A stored report of a unit not in `avoid`: its unit, report id, seq and envelope.
 async fn stored_envelope(
     store: &AnyStore,
     avoid: &BTreeSet<String>,
@@ -306,6 +306,76 @@ async fn stored_envelope(
         }
     }
     Ok(None)
+}
+
+/// Sends a stored report again, as its agent would after losing the acknowledgement.
+async fn resend(
+    shared: &Shared,
+    grpc: SocketAddr,
+    store: &AnyStore,
+    unit: &str,
+    report_id: &[u8],
+    seq: i64,
+    envelope: pb::SignedReport,
+) -> anyhow::Result<Check> {
+    let result = submit_as(shared, unit, grpc, envelope).await?;
+    let stored = store
+        .reports(&ReportFilter {
+            unit_id: Some(unit.to_owned()),
+            ..Default::default()
+        })
+        .await?
+        .iter()
+        .filter(|r| r.report_id == report_id)
+        .count();
+    let answer = outcome_text(&result);
+    let text = format!(
+        "{unit} resent report seq {seq} as if its acknowledgement was lost: answered {answer}, stored {stored} time(s)"
+    );
+    Ok(if answer == "DUPLICATE" && stored == 1 {
+        Check::passed(text)
+    } else {
+        Check::failed(text)
+    })
+}
+
+/// Sends a copy of a stored report with its payload altered after signing.
+async fn send_tampered(
+    shared: &Shared,
+    grpc: SocketAddr,
+    unit: &str,
+    seq: i64,
+    mut envelope: pb::SignedReport,
+) -> anyhow::Result<Check> {
+    let mut report = pb::Report::decode(envelope.payload.as_slice())?;
+    // Always a different payload: the same bytes would be a duplicate.
+    let what = if let Some(v) = report.values.first_mut() {
+        let old = v.value;
+        v.value = if old == 0.0 { 1.0 } else { old * 10.0 };
+        format!("{} {old} → {}", v.indicator_id, v.value)
+    } else if let Some(t) = report.task_updates.first_mut() {
+        let old = t.percent_complete;
+        t.percent_complete = if old >= 50.0 { 0.0 } else { 100.0 };
+        format!(
+            "{} {} {old}% → {}%",
+            t.task_id, t.milestone_id, t.percent_complete
+        )
+    } else {
+        report.period.push('9');
+        "period".into()
+    };
+    envelope.payload = report.encode_to_vec();
+    let result = submit_as(shared, unit, grpc, envelope).await?;
+    let answer = outcome_text(&result);
+    let text = format!(
+        "a copy of {unit}'s report seq {seq} altered after signing ({what}): answered {answer}: {}",
+        result.message
+    );
+    Ok(if answer == "REJECTED BAD_SIGNATURE" {
+        Check::passed(text)
+    } else {
+        Check::failed(text)
+    })
 }
 
 /// What the restart has to account for: reports collected while the aggregator was down.
@@ -497,73 +567,20 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             )
             .await?
         {
-            duplicate = Some({
-                {
-                    let result = submit_as(&shared, &unit, grpc, envelope).await?;
-                    let stored = agg
-                        .store
-                        .reports(&ReportFilter {
-                            unit_id: Some(unit.clone()),
-                            ..Default::default()
-                        })
-                        .await?
-                        .iter()
-                        .filter(|r| r.report_id == report_id)
-                        .count();
-                    let answer = outcome_text(&result);
-                    let text = format!(
-                        "{unit} resent report seq {seq} as if its acknowledgement was lost: answered {answer}, stored {stored} time(s)"
-                    );
-                    view.event(day, &text);
-                    if answer == "DUPLICATE" && stored == 1 {
-                        Check::passed(text)
-                    } else {
-                        Check::failed(text)
-                    }
-                }
-            });
+            let check = resend(&shared, grpc, &agg.store, &unit, &report_id, seq, envelope).await?;
+            view.event(day, &check.detail);
+            duplicate = Some(check);
         }
 
         if day >= tamper_day
             && tamper.is_none()
             && let Some(agg) = &aggregator
-            && let Some((unit, _, seq, mut envelope)) =
+            && let Some((unit, _, seq, envelope)) =
                 stored_envelope(&agg.store, &BTreeSet::new()).await?
         {
-            tamper = Some({
-                {
-                    let mut report = pb::Report::decode(envelope.payload.as_slice())?;
-                    // Always a different payload: the same bytes would be a duplicate.
-                    let what = if let Some(v) = report.values.first_mut() {
-                        let old = v.value;
-                        v.value = if old == 0.0 { 1.0 } else { old * 10.0 };
-                        format!("{} {old} → {}", v.indicator_id, v.value)
-                    } else if let Some(t) = report.task_updates.first_mut() {
-                        let old = t.percent_complete;
-                        t.percent_complete = if old >= 50.0 { 0.0 } else { 100.0 };
-                        format!(
-                            "{} {} {old}% → {}%",
-                            t.task_id, t.milestone_id, t.percent_complete
-                        )
-                    } else {
-                        report.period.push('9');
-                        "period".into()
-                    };
-                    envelope.payload = report.encode_to_vec();
-                    let result = submit_as(&shared, &unit, grpc, envelope).await?;
-                    let answer = outcome_text(&result);
-                    let text = format!(
-                        "a copy of {unit}'s report seq {seq} altered after signing ({what}): answered {answer}: {}",
-                        result.message
-                    );
-                    view.event(day, &text);
-                    if answer == "REJECTED BAD_SIGNATURE" {
-                        Check::passed(text)
-                    } else {
-                        Check::failed(text)
-                    }
-                }
-            });
+            let check = send_tampered(&shared, grpc, &unit, seq, envelope).await?;
+            view.event(day, &check.detail);
+            tamper = Some(check);
         }
 
         if day == restart_day
