@@ -19,7 +19,7 @@ use duban_agent::daemon::Agent;
 use duban_aggregator::clock::{Clock, ManualClock};
 use duban_aggregator::plan::{Period, Plan};
 use duban_aggregator::serve::{AlertSettings, Serve, TlsMaterial};
-use duban_aggregator::store::{AnyStore, NewKey, ReportFilter, Store};
+use duban_aggregator::store::{AnyStore, ReportFilter, Store};
 use duban_proto::pb;
 use duban_proto::pb::report_service_client::ReportServiceClient;
 use jiff::ToSpan;
@@ -159,6 +159,13 @@ impl Aggregator {
             task,
             store,
         })
+    }
+
+    /// Starts again where an earlier one listened (after a restart).
+    async fn restart(shared: &Shared, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<Self> {
+        let grpc = bind(grpc, "gRPC", "--grpc-listen").await?;
+        let http = bind(http, "HTTP (/metrics)", "--http-listen").await?;
+        Self::start(shared, grpc, http).await
     }
 
     async fn stop(mut self) -> anyhow::Result<()> {
@@ -432,19 +439,16 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     {
         let store = AnyStore::open(&layout.database_url()).await?;
         for unit in &scenario.units {
-            let key = duban_proto::PublicKey::read_spki_pem_file(
+            duban_aggregator::admin::keys_add(
+                &store,
+                &plan,
+                unit,
                 &layout.agent_dir(unit).join("signing.pub"),
-            )?;
-            store
-                .add_key(NewKey {
-                    key_id: key.key_id(),
-                    unit_id: unit.clone(),
-                    public_key: *key.raw(),
-                    not_before_ms: None,
-                    not_after_ms: None,
-                    added_at_ms: clock.now_ms(),
-                })
-                .await?;
+                None,
+                None,
+                clock.now_ms(),
+            )
+            .await?;
         }
     }
     let mut aggregator = Some(Aggregator::start(&shared, grpc_listener, http_listener).await?);
@@ -597,9 +601,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             );
         }
         if day == back_day && aggregator.is_none() {
-            let grpc_listener = bind(grpc, "gRPC", "--grpc-listen").await?;
-            let http_listener = bind(http, "HTTP (/metrics)", "--http-listen").await?;
-            aggregator = Some(Aggregator::start(&shared, grpc_listener, http_listener).await?);
+            aggregator = Some(Aggregator::restart(&shared, grpc, http).await?);
             view.set_aggregator_up(true);
             let waiting = outbox_reports(&agents).await?;
             let collected = outage.as_ref().map_or(0, |o| o.collected.len());
@@ -656,9 +658,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
 
     // The end: the aggregator must be up, the outboxes drained, the last alerts evaluated.
     if aggregator.is_none() {
-        let grpc_listener = bind(grpc, "gRPC", "--grpc-listen").await?;
-        let http_listener = bind(http, "HTTP (/metrics)", "--http-listen").await?;
-        aggregator = Some(Aggregator::start(&shared, grpc_listener, http_listener).await?);
+        aggregator = Some(Aggregator::restart(&shared, grpc, http).await?);
         view.set_aggregator_up(true);
         outage_done = outage.take();
     }
@@ -667,7 +667,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     while outbox_reports(&agents).await? > 0 && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Two evaluations on the final state, so that the last alerts have gone out.
+    // At least two evaluations on the final state, so that the last alerts have gone out.
     tokio::time::sleep(shared.evaluate_every * 3).await;
 
     let counts =

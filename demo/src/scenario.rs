@@ -75,7 +75,7 @@ fn goal_of(indicator: &Indicator) -> Option<(f64, bool)> {
 }
 
 /// The city's value of `indicator` for `period`, before it is split between reporters.
-/// `ratio_inputs` carries the path of a ratio this indicator is an input of.
+/// `ratio_input` carries the path of a ratio this indicator is an input of.
 fn city_value(
     plan: &Plan,
     indicator: &Indicator,
@@ -122,13 +122,8 @@ fn city_value(
             goal * 1.04 * lag * days / total * noise(rng, 0.08)
         }
         Aggregation::AnnualAverage => {
-            let per_year = match indicator.period {
-                PeriodType::Month => 12.0,
-                PeriodType::Quarter => 4.0,
-                PeriodType::HalfYear => 2.0,
-                PeriodType::Year => 1.0,
-            };
-            (start + (goal - start) * f) / per_year * noise(rng, 0.05)
+            (start + (goal - start) * f) / progress::periods_per_year(indicator.period)
+                * noise(rng, 0.05)
         }
         _ => (start + (goal - start) * f) * noise(rng, 0.02),
     };

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use duban_aggregator::alerts::ALERT_NAMES;
 use duban_aggregator::plan::Plan;
+use duban_aggregator::plan::show::table;
 use duban_aggregator::progress::Progress;
 use jiff::civil::Date;
 use serde::Serialize;
-use unicode_width::UnicodeWidthStr;
 
 use crate::run::{Inbox, Options, Received};
 use crate::scenario::Scenario;
@@ -228,44 +228,24 @@ fn number(v: Option<f64>) -> String {
     }
 }
 
-fn pad(text: &str, width: usize) -> String {
-    let w = UnicodeWidthStr::width(text);
-    if w >= width {
-        let mut out = String::new();
-        let mut used = 0;
-        for c in text.chars() {
-            let cw = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
-            if used + cw > width.saturating_sub(1) {
-                break;
-            }
-            out.push(c);
-            used += cw;
-        }
-        format!("{out}…{}", " ".repeat(width.saturating_sub(used + 1)))
-    } else {
-        format!("{text}{}", " ".repeat(width - w))
-    }
-}
-
 fn indicator_table(lines: &[IndicatorLine]) -> Vec<String> {
-    let mut out = vec![format!(
-        "  {} {:>12} {:>12} {:>12}  status",
-        pad("indicator", 44),
-        "value",
-        "expected",
-        "target"
-    )];
-    for l in lines {
-        out.push(format!(
-            "  {} {:>12} {:>12} {:>12}  {}",
-            pad(&l.name, 44),
+    let mut rows = vec![vec![
+        "indicator".to_owned(),
+        "value".to_owned(),
+        "expected".to_owned(),
+        "target".to_owned(),
+        "status".to_owned(),
+    ]];
+    rows.extend(lines.iter().map(|l| {
+        vec![
+            l.name.clone(),
             number(l.value),
             number(l.expected),
             number(l.target),
-            l.status
-        ));
-    }
-    out
+            l.status.clone(),
+        ]
+    }));
+    table(&rows, 2).lines().map(str::to_owned).collect()
 }
 
 pub struct View {
@@ -403,7 +383,6 @@ impl View {
         )
     }
 
-    /// After each simulated day.
     pub fn is_tty(&self) -> bool {
         self.tty
     }
@@ -422,7 +401,7 @@ impl View {
                 self.indicators = indicator_lines(&self.plan, &p);
             }
         }
-        let received = inbox.lock().expect("inbox lock").clone();
+        let received = inbox.lock().expect("inbox lock");
         if self.tty {
             if self
                 .last_draw
@@ -586,18 +565,5 @@ mod tests {
         assert_eq!(metric_sum(text, "duban_reports_accepted_total"), 7);
         assert_eq!(metric_sum(text, "duban_reports_rejected_total"), 3);
         assert_eq!(metric_sum(text, "duban_reports_duplicate_total"), 0);
-    }
-
-    #[test]
-    fn wide_names_are_padded_by_display_width() {
-        assert_eq!(
-            UnicodeWidthStr::width(pad("有效发明专利拥有量", 24).as_str()),
-            24
-        );
-        assert_eq!(
-            UnicodeWidthStr::width(pad("有效发明专利拥有量", 10).as_str()),
-            10
-        );
-        assert_eq!(pad("ab", 4), "ab  ");
     }
 }

@@ -395,15 +395,11 @@ fn city_values_with_completeness(
 
 /// The periods a value is computed from: the complete ones, or, until one is complete, all.
 /// A period that only some districts have reported yet would understate a sum.
-fn settled_values(
-    indicator: &Indicator,
-    values: &HashMap<(&str, &str, &str), &ValueRow>,
-) -> BTreeMap<Period, f64> {
-    let all = city_values_with_completeness(indicator, values);
+fn settled(all: &BTreeMap<Period, (f64, bool)>) -> BTreeMap<Period, f64> {
     let any_complete = all.values().any(|(_, complete)| *complete);
-    all.into_iter()
+    all.iter()
         .filter(|(_, (_, complete))| *complete || !any_complete)
-        .map(|(p, (v, _))| (p, v))
+        .map(|(p, (v, _))| (*p, *v))
         .collect()
 }
 
@@ -418,7 +414,8 @@ fn city_values(
         .collect()
 }
 
-fn periods_per_year(kind: PeriodType) -> f64 {
+/// How many periods of `kind` make a year.
+pub fn periods_per_year(kind: PeriodType) -> f64 {
     match kind {
         PeriodType::Month => 12.0,
         PeriodType::Quarter => 4.0,
@@ -433,15 +430,15 @@ pub fn aggregate(
     indicator: &Indicator,
     values: &HashMap<(&str, &str, &str), &ValueRow>,
 ) -> Option<f64> {
-    let per_period = city_values(indicator, values);
-    let settled = settled_values(indicator, values);
+    let per_period = city_values_with_completeness(indicator, values);
+    let settled = settled(&per_period);
     match &indicator.aggregation {
         Aggregation::Sum | Aggregation::Latest => settled.values().next_back().copied(),
         Aggregation::Cumulative => (!per_period.is_empty()).then(|| {
             per_period
                 .iter()
                 .filter(|(p, _)| plan.period_in_plan(p))
-                .map(|(_, v)| v)
+                .map(|(_, (v, _))| v)
                 .sum()
         }),
         Aggregation::AnnualAverage => (!settled.is_empty()).then(|| {
@@ -481,7 +478,7 @@ fn data_as_of_ms(
             };
             Some(part(numerator)?.min(part(denominator)?))
         }
-        _ => settled_values(indicator, values)
+        _ => settled(&city_values_with_completeness(indicator, values))
             .keys()
             .next_back()
             .map(|p| end_of_day_ms(p.last_day(), &plan.tz)),
@@ -522,15 +519,17 @@ fn indicator_progress(
     let baseline = baseline(plan, indicator, values);
     let target = indicator.target.as_ref();
     let start_ms = start_of_day_ms(plan.window.start, &plan.tz);
-    let expected = match (target, baseline) {
+    // The straight line from the baseline at the plan start to the target at its date.
+    let path_at = |at_ms: i64| match (target, baseline) {
         (Some(t), Some(b)) => {
             let end_ms = end_of_day_ms(t.date, &plan.tz);
             let fraction =
-                ((now_ms - start_ms) as f64 / (end_ms - start_ms).max(1) as f64).clamp(0.0, 1.0);
+                ((at_ms - start_ms) as f64 / (end_ms - start_ms).max(1) as f64).clamp(0.0, 1.0);
             Some(b + (t.value - b) * fraction)
         }
         _ => None,
     };
+    let expected = path_at(now_ms);
     let progress_ratio = match (target, value) {
         (Some(t), Some(v)) => {
             let b = baseline.unwrap_or(0.0);
@@ -549,15 +548,9 @@ fn indicator_progress(
     };
     // The value describes the end of its latest reported period, not today: it is held
     // against the path at that date, so that a report not yet due does not look like a lag.
-    let judged = match (target, baseline, data_as_of_ms(plan, indicator, values)) {
-        (Some(t), Some(b), Some(as_of)) => {
-            let end_ms = end_of_day_ms(t.date, &plan.tz);
-            let at = as_of.min(now_ms);
-            let fraction =
-                ((at - start_ms) as f64 / (end_ms - start_ms).max(1) as f64).clamp(0.0, 1.0);
-            Some(b + (t.value - b) * fraction)
-        }
-        _ => expected,
+    let judged = match data_as_of_ms(plan, indicator, values) {
+        Some(as_of) => path_at(as_of.min(now_ms)),
+        None => expected,
     };
     let status = match (target, value) {
         (_, None) => IndicatorStatus::NoData,
