@@ -10,11 +10,44 @@ use serde::Deserialize;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/duban/agent.toml";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{file}: {key}: {message}")]
+#[error("{file}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct ConfigError {
     pub file: String,
+    /// The line of the key (or of its section, when the key is missing), from 1.
+    pub line: Option<usize>,
     pub key: String,
     pub message: String,
+}
+
+/// The line (from 1) of a key named as in errors (`aggregator.endpoints[1]`,
+/// `source[0] (pct).every`), or of the nearest enclosing table or array entry when the key
+/// itself is absent.
+pub fn line_of(text: &str, key: &str) -> Option<usize> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let mut span = None;
+    let mut node: Option<&toml::Spanned<toml::de::DeValue<'_>>> = None;
+    for part in key.split('.') {
+        let part = part.split(" (").next().unwrap_or(part);
+        let (name, indices) = match part.split_once('[') {
+            Some((name, rest)) => (name, Some(rest)),
+            None => (part, None),
+        };
+        let mut next = match node {
+            None => root.get_ref().get(name),
+            Some(value) => value.get_ref().get(name),
+        };
+        for index in indices.into_iter().flat_map(|r| r.split('[')) {
+            let index: usize = index.trim_end_matches(']').parse().ok()?;
+            next = next.and_then(|n| n.get_ref().get(index));
+        }
+        let Some(found) = next else {
+            break;
+        };
+        span = Some(found.span());
+        node = Some(found);
+    }
+    let start = span?.start;
+    Some(text[..start.min(text.len())].matches('\n').count() + 1)
 }
 
 // ---- as written ----------------------------------------------------------------------------
@@ -44,6 +77,7 @@ struct RawAggregator {
     insecure_plaintext: bool,
     timeout: Option<String>,
     batch_max_reports: Option<usize>,
+    heartbeat: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +110,7 @@ struct RawSource {
     timeout: Option<String>,
     url: Option<String>,
     query: Option<String>,
+    encoding: Option<String>,
     #[serde(default)]
     fields: Fields,
 }
@@ -145,13 +180,48 @@ pub enum Schedule {
     Cron(String),
 }
 
+/// How a file source's bytes are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// UTF-8, with or without a byte-order mark. The default.
+    #[default]
+    Utf8,
+    /// GBK, as Excel on Chinese Windows writes CSV (decoded as its superset GB18030).
+    Gbk,
+    /// GB18030.
+    Gb18030,
+}
+
+impl Encoding {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().replace('_', "-").as_str() {
+            "utf-8" | "utf8" => Ok(Encoding::Utf8),
+            "gbk" | "cp936" => Ok(Encoding::Gbk),
+            "gb18030" => Ok(Encoding::Gb18030),
+            _ => Err(format!(
+                "expected \"utf-8\" (the default; a byte-order mark is fine), \"gbk\" or \"gb18030\", got {text:?}"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Utf8 => "utf-8",
+            Encoding::Gbk => "gbk",
+            Encoding::Gb18030 => "gb18030",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceKind {
     Csv {
         path: PathBuf,
+        encoding: Encoding,
     },
     Json {
         path: PathBuf,
+        encoding: Encoding,
     },
     Command {
         argv: Vec<String>,
@@ -188,7 +258,12 @@ pub struct AggregatorConfig {
     pub tls: Option<TlsConfig>,
     pub timeout: Duration,
     pub batch_max_reports: usize,
+    /// How often the agent says Hello (its heartbeat) even with nothing to report.
+    pub heartbeat: Duration,
 }
+
+/// The default interval of the agent's heartbeat.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxConfig {
@@ -214,6 +289,7 @@ impl AgentConfig {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.display().to_string(),
+            line: None,
             key: "(file)".into(),
             message: format!("cannot read: {e}"),
         })?;
@@ -225,26 +301,28 @@ impl AgentConfig {
         let file = path.display().to_string();
         let error = |key: &str, message: String| ConfigError {
             file: file.clone(),
+            line: line_of(text, key),
             key: key.to_owned(),
             message,
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             // The key is the left-hand side of the offending line, where there is one.
-            let line = e.span().map(|s| {
-                let start = text[..s.start].rfind('\n').map_or(0, |i| i + 1);
-                let end = text[s.start..]
-                    .find('\n')
-                    .map_or(text.len(), |i| s.start + i);
-                &text[start..end]
+            let start = e.span().map(|s| s.start.min(text.len()));
+            let line = start.map(|start| {
+                let from = text[..start].rfind('\n').map_or(0, |i| i + 1);
+                let to = text[start..].find('\n').map_or(text.len(), |i| start + i);
+                &text[from..to]
             });
             let key = line
                 .and_then(|l| l.split_once('='))
                 .map(|(k, _)| k.trim().to_owned())
                 .filter(|k| !k.starts_with('['));
-            error(
-                key.as_deref().unwrap_or("(syntax)"),
-                e.message().trim().to_owned(),
-            )
+            ConfigError {
+                file: file.clone(),
+                line: start.map(|start| text[..start].matches('\n').count() + 1),
+                key: key.unwrap_or_else(|| "(syntax)".into()),
+                message: e.message().trim().to_owned(),
+            }
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| {
@@ -376,11 +454,22 @@ fn validate_aggregator(
     if !(1..=1000).contains(&batch_max_reports) {
         return Err(invalid("batch_max_reports", "expected 1 to 1000"));
     }
+    let heartbeat = raw
+        .heartbeat
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|m| invalid("heartbeat", m))?
+        .unwrap_or(DEFAULT_HEARTBEAT);
+    if heartbeat < Duration::from_secs(10) {
+        return Err(invalid("heartbeat", "expected at least 10s"));
+    }
     Ok(AggregatorConfig {
         endpoints: raw.endpoints.clone(),
         tls,
         timeout,
         batch_max_reports,
+        heartbeat,
     })
 }
 
@@ -459,13 +548,21 @@ fn validate_source(
                     .as_deref()
                     .ok_or_else(|| invalid("path", "expected the path of the file to read"))?,
             );
+            let encoding = raw
+                .encoding
+                .as_deref()
+                .map(Encoding::parse)
+                .transpose()
+                .map_err(|m| invalid("encoding", m))?
+                .unwrap_or_default();
             if raw.kind == SourceKindName::Csv {
-                SourceKind::Csv { path }
+                SourceKind::Csv { path, encoding }
             } else {
-                SourceKind::Json { path }
+                SourceKind::Json { path, encoding }
             }
         }
         SourceKindName::Command => {
+            unused(raw.encoding.is_some(), "encoding")?;
             unused(raw.path.is_some(), "path")?;
             unused(raw.url.is_some(), "url")?;
             unused(raw.query.is_some(), "query")?;
@@ -480,6 +577,7 @@ fn validate_source(
             SourceKind::Command { argv, timeout }
         }
         SourceKindName::Sql => {
+            unused(raw.encoding.is_some(), "encoding")?;
             unused(raw.path.is_some(), "path")?;
             unused(raw.command.is_some(), "command")?;
             unused(raw.timeout.is_some(), "timeout")?;
@@ -624,6 +722,61 @@ splay = "5m"
             assert_eq!(err.key, key, "{err}");
             assert!(err.message.contains(fragment), "{err}");
         }
+    }
+
+    #[test]
+    fn errors_name_the_line_of_the_key_or_of_its_section() {
+        let line_of_text =
+            |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        // A bad value: the key's own line.
+        let text = GOOD.replace("every = \"1h\"", "every = \"soon\"");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.line, Some(line_of_text(&text, "every = \"soon\"")));
+        assert!(
+            err.to_string().starts_with(&format!(
+                "/etc/duban/agent.toml:{}: source[0] (pct).every:",
+                line_of_text(&text, "every = \"soon\"")
+            )),
+            "{err}"
+        );
+        // An unknown key found by the parser: its line.
+        let text = GOOD.replace("[outbox]", "[outbox]\ncolour = 3");
+        assert_eq!(
+            parse(&text).unwrap_err().line,
+            Some(line_of_text(&text, "colour"))
+        );
+        // A key named for a missing companion: the line of the key named.
+        let text = GOOD.replace("cert = \"tls/agent.crt\"\n", "");
+        assert_eq!(
+            parse(&text).unwrap_err().line,
+            Some(line_of_text(&text, "ca = "))
+        );
+        // A missing key: the line of its table.
+        let text = GOOD.replace("path = \"outbox.db\"\n", "");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.line, Some(line_of_text(&text, "[outbox]")), "{err}");
+        // An element of an array.
+        let text = GOOD.replace("https://b.example:7700", "b.example:7700");
+        assert_eq!(
+            parse(&text).unwrap_err().line,
+            Some(line_of_text(&text, "endpoints"))
+        );
+    }
+
+    #[test]
+    fn encoding_is_a_file_source_option() {
+        let text = GOOD.replace("every = \"1h\"", "every = \"1h\"\nencoding = \"GBK\"");
+        assert_eq!(
+            parse(&text).unwrap().sources[0].kind,
+            SourceKind::Csv {
+                path: PathBuf::from("/etc/duban/pct.csv"),
+                encoding: Encoding::Gbk
+            }
+        );
+        let err = parse(&GOOD.replace("every = \"1h\"", "every = \"1h\"\nencoding = \"big5\""))
+            .unwrap_err();
+        assert_eq!(err.key, "source[0] (pct).encoding");
+        assert!(err.message.contains("\"gbk\""), "{err}");
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The agent at work: sources on their schedules, enqueueing into the outbox; one delivery
-//! loop draining it; optional `/metrics`.
+//! loop draining it and saying Hello (the heartbeat); optional `/metrics`.
 //!
+//! A new outbox that could not carry its counters over waits for the centre's answer to a
+//! Hello before any source runs (it must not reuse a seq; see [`crate::outbox`]).
 //! Shutdown (SIGTERM): stop scheduling, let collections already running finish, try to drain
 //! the outbox for the grace period, exit. What is left stays in the outbox for next time.
 //! Reload (SIGHUP): the new configuration is validated first; a bad one is logged and the old
 //! one keeps running.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{AgentConfig, SourceConfig};
-use crate::deliver::{Deliverer, Step};
+use crate::deliver::{AgentIdentity, Deliverer, Step};
 use crate::metrics::AgentMetrics;
 use crate::outbox::{Enqueued, Outbox, OutboxError};
 use crate::schedule::Timer;
@@ -27,12 +28,14 @@ use crate::sources::{self, Item};
 #[derive(Clone)]
 pub struct Agent {
     pub config: AgentConfig,
-    pub key: Arc<SigningKey>,
+    pub identity: AgentIdentity,
     pub outbox: Outbox,
     pub metrics: AgentMetrics,
     /// Stamps `issued_at` on reports: the system clock, except in the demo's simulated time.
     pub clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
+    /// True once the outbox's counters are known to be ahead of the centre's.
+    synced: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -51,6 +54,8 @@ impl Agent {
     }
 
     /// [`Agent::open`] with reports issued at `clock`'s time (the demo's simulated calendar).
+    /// Waiting reports signed for another unit, plan or key than the configuration names
+    /// (it was corrected since) are re-signed under the configured identity.
     pub async fn open_with_clock(
         config: AgentConfig,
         clock: Arc<dyn Clock>,
@@ -64,19 +69,41 @@ impl Agent {
                 .map(|s| s.name.clone())
                 .collect::<Vec<_>>(),
         );
-        let (outbox, moved) = Outbox::open(&config.outbox)
+        let (outbox, opened) = Outbox::open(&config.outbox)
             .await
             .context("cannot open the outbox")?;
-        if moved.is_some() {
+        if opened.moved_to.is_some() {
             metrics.outbox_moved_aside.inc();
         }
+        let identity = AgentIdentity {
+            key: Arc::new(key),
+            unit: config.unit.clone(),
+            plan: config.plan.clone(),
+        };
+        let stale = outbox.signed_for_others(identity.signer()).await?;
+        for seq in &stale {
+            outbox
+                .rebuild(*seq, identity.signer(), clock.now_ms())
+                .await?;
+        }
+        if !stale.is_empty() {
+            tracing::warn!(
+                reports = stale.len(),
+                unit = %config.unit,
+                plan = %config.plan,
+                key_id = %identity.key.key_id(),
+                "waiting reports were signed for another unit, plan or key than the configuration now names; re-signed them under the configured identity"
+            );
+        }
+        let synced = Arc::new(watch::Sender::new(outbox.is_synced().await?));
         Ok(Agent {
             config,
-            key: Arc::new(key),
+            identity,
             outbox,
             metrics,
             clock,
             wake: Arc::new(Notify::new()),
+            synced,
         })
     }
 
@@ -84,14 +111,7 @@ impl Agent {
     pub async fn enqueue(&self, items: &[Item], force: bool) -> Result<Enqueued, OutboxError> {
         match self
             .outbox
-            .enqueue_at(
-                &self.key,
-                &self.config.unit,
-                &self.config.plan,
-                items,
-                force,
-                self.clock.now_ms(),
-            )
+            .enqueue(self.identity.signer(), items, force, self.clock.now_ms())
             .await
         {
             Ok(done) => {
@@ -160,15 +180,62 @@ impl Agent {
         Ok(Deliverer::new(
             self.outbox.clone(),
             &self.config.aggregator,
+            self.identity.clone(),
+            self.clock.clone(),
+            self.synced.clone(),
             self.metrics.clone(),
         )?)
+    }
+
+    /// Whether the outbox may sign reports (its counters are ahead of the centre's).
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Makes sure the outbox may sign: when it is new, asks the centre for its counters
+    /// (one Hello). For the one-shot commands, which cannot wait for the daemon.
+    pub async fn ensure_synced(&self, deliverer: &mut Deliverer) -> anyhow::Result<()> {
+        if self.is_synced() {
+            return Ok(());
+        }
+        let outcome = deliverer.hello().await?;
+        if self.is_synced() {
+            return Ok(());
+        }
+        let why = match outcome {
+            crate::deliver::HelloOutcome::Problems(result) => result
+                .problems
+                .iter()
+                .map(|p| p.message.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+            crate::deliver::HelloOutcome::Failed(failure) => failure.message,
+            crate::deliver::HelloOutcome::Known(_) => "no answer".into(),
+        };
+        anyhow::bail!(
+            "{}: {why}. Nothing was stored; run this again once `duban-agent check` passes",
+            OutboxError::NotSynced
+        )
     }
 }
 
 async fn schedule_source(agent: Agent, source: SourceConfig, mut stop: watch::Receiver<bool>) {
+    let mut synced = agent.synced.subscribe();
+    if !*synced.borrow() {
+        tracing::warn!(source = %source.name, "waiting for the centre's answer before the first collection (new outbox)");
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = synced.wait_for(|s| *s) => {}
+        }
+    }
     let mut timer = Timer::new(&source.schedule, source.splay);
+    let mut first = true;
     loop {
         let next = timer.next_after(now_ms());
+        if first {
+            tracing::info!(source = %source.name, next_run = %jiff::Timestamp::from_millisecond(next).map(|t| t.to_string()).unwrap_or_default(), "source scheduled");
+            first = false;
+        }
         let wait = Duration::from_millis((next - now_ms()).max(0) as u64);
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -272,7 +339,7 @@ pub async fn run(
         });
     }
     let stats = agent.outbox.stats().await?;
-    tracing::info!(unit = %agent.config.unit, sources = agent.config.sources.len(), outbox_reports = stats.reports, dead_letters = stats.dead_letters, endpoints = ?agent.config.aggregator.endpoints, "agent running");
+    tracing::info!(unit = %agent.config.unit, plan = %agent.config.plan, key_id = %agent.identity.key.key_id(), sources = agent.config.sources.len(), outbox_reports = stats.reports, dead_letters = stats.dead_letters, synced = stats.synced, endpoints = ?agent.config.aggregator.endpoints, "agent running");
     let mut running = start(agent)?;
     tokio::pin!(shutdown);
     loop {
@@ -282,8 +349,8 @@ pub async fn run(
                 let path = running.agent.config.file.clone();
                 match AgentConfig::read(&path) {
                     Err(error) => tracing::error!(%error, "reload refused: the new configuration is invalid; the old one keeps running"),
-                    Ok(new) if new.outbox.path != running.agent.config.outbox.path || new.private_key != running.agent.config.private_key => {
-                        tracing::error!("reload refused: outbox.path and private_key change only with a restart; the old configuration keeps running");
+                    Ok(new) if new.outbox.path != running.agent.config.outbox.path || new.private_key != running.agent.config.private_key || new.unit != running.agent.config.unit || new.plan != running.agent.config.plan => {
+                        tracing::error!("reload refused: unit, plan, outbox.path and private_key change only with a restart; the old configuration keeps running");
                     }
                     Ok(new) => {
                         let mut agent = running.stop().await;
@@ -315,32 +382,4 @@ pub async fn run(
         );
     }
     Ok(())
-}
-
-/// Reads and validates a configuration file for `duban-agent check`.
-pub fn check(path: &Path) -> anyhow::Result<String> {
-    let config = AgentConfig::read(path)?;
-    let key = SigningKey::read_pkcs8_pem_file(&config.private_key)
-        .with_context(|| format!("{}: private_key", path.display()))?;
-    if let Some(tls) = &config.aggregator.tls {
-        for (name, file) in [
-            ("aggregator.ca", &tls.ca),
-            ("aggregator.cert", &tls.cert),
-            ("aggregator.key", &tls.key),
-        ] {
-            std::fs::metadata(file).with_context(|| {
-                format!("{}: {name}: cannot read {}", path.display(), file.display())
-            })?;
-        }
-    }
-    Ok(format!(
-        "{}: valid: unit {}, plan {}, key {}, {} endpoint(s), {} source(s), outbox {}\n",
-        path.display(),
-        config.unit,
-        config.plan,
-        key.key_id(),
-        config.aggregator.endpoints.len(),
-        config.sources.len(),
-        config.outbox.path.display()
-    ))
 }

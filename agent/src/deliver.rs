@@ -1,27 +1,45 @@
 //! Delivery: the outbox's oldest reports, in seq order, one `SubmitBatch` at a time over one
-//! tonic channel (mTLS), until acknowledged.
+//! tonic channel (mTLS), until acknowledged; and the agent's `Hello` to the centre.
+//!
+//! Hello comes first, and again every `heartbeat`: it is the agent's heartbeat, it tells the
+//! agent whether the centre would accept its reports (key, unit, plan, certificate, clock), and
+//! its answer raises the outbox's seq and revision counters above what the centre holds, so
+//! that a new outbox never reuses a seq ([`crate::outbox`]).
 //!
 //! Classification follows docs/PROTOCOL.md:
-//! - ACCEPTED, DUPLICATE, PARTIAL: the row leaves the outbox (PARTIAL refusals are logged and
-//!   counted);
-//! - REJECTED with a retryable reason: kept, retried with backoff;
-//! - REJECTED otherwise: moved to dead letters (kept, shown), and the reports behind it go on;
+//! - ACCEPTED, DUPLICATE, PARTIAL: the row leaves the outbox (PARTIAL refusals are logged,
+//!   counted and kept for `outbox dead`);
+//! - REJECTED for the agent's identity (UNKNOWN_KEY, KEY_REVOKED, KEY_EXPIRED, UNIT_MISMATCH,
+//!   UNKNOWN_UNIT, WRONG_AUDIENCE), UNAUTHENTICATED, PERMISSION_DENIED, a TLS handshake either
+//!   side refuses, or a Hello that finds problems: the outbox is held (nothing is dead-lettered)
+//!   and retried slowly (5 min cap): a person must fix the configuration, the certificate or
+//!   the key registration; `duban_agent_delivery_held_auth` says so;
+//! - REJECTED with another retryable reason (KEY_NOT_YET_VALID, ISSUED_IN_FUTURE): kept, retried
+//!   with backoff;
+//! - SEQ_REPLAY: the centre holds that seq under another report (the outbox was lost and its
+//!   counter could not be carried over): the agent asks the centre for its counters and re-signs
+//!   the report under a new seq;
+//! - REJECTED otherwise: moved to dead letters with its refused items (kept, shown), and the
+//!   reports behind it go on;
 //! - UNAVAILABLE, DEADLINE_EXCEEDED and other transport failures: backoff with full jitter
 //!   (1 s initial, 60 s cap), failing over to the next endpoint;
-//! - RESOURCE_EXHAUSTED: wait the server's `grpc-retry-pushback-ms` (else backoff);
-//! - UNAUTHENTICATED, PERMISSION_DENIED: hold the outbox and retry slowly (5 min cap): a
-//!   certificate or key may be fixed later; `duban_agent_delivery_held_auth` says so.
+//! - RESOURCE_EXHAUSTED: wait the server's `grpc-retry-pushback-ms` (else backoff).
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use duban_proto::clock::Clock;
 use duban_proto::pb;
 use duban_proto::pb::report_service_client::ReportServiceClient;
+use duban_proto::{SigningKey, envelope};
+use prost::Message;
 use rand::Rng;
+use tokio::sync::watch;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::AggregatorConfig;
 use crate::metrics::AgentMetrics;
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::{Ack, Outbox, OutboxError, Signer};
 
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
@@ -32,6 +50,17 @@ const RETRYABLE_REASONS: [pb::ReasonCode; 3] = [
     pb::ReasonCode::ReasonUnknownKey,
     pb::ReasonCode::ReasonKeyNotYetValid,
     pb::ReasonCode::ReasonIssuedInFuture,
+];
+
+/// Reasons that say the agent's identity is wrong: the outbox is held, not dead-lettered,
+/// until a person fixes the configuration, the certificate or the key registration.
+const IDENTITY_REASONS: [pb::ReasonCode; 6] = [
+    pb::ReasonCode::ReasonUnknownKey,
+    pb::ReasonCode::ReasonKeyRevoked,
+    pb::ReasonCode::ReasonKeyExpired,
+    pb::ReasonCode::ReasonUnitMismatch,
+    pb::ReasonCode::ReasonUnknownUnit,
+    pb::ReasonCode::ReasonWrongAudience,
 ];
 
 /// What one delivery step did, and so how long to wait before the next.
@@ -53,8 +82,50 @@ pub enum DeliverError {
     Tls(String),
 }
 
+/// Who the agent is: what it signs with and for.
+#[derive(Clone)]
+pub struct AgentIdentity {
+    pub key: Arc<SigningKey>,
+    pub unit: String,
+    pub plan: String,
+}
+
+impl AgentIdentity {
+    pub fn signer(&self) -> Signer<'_> {
+        Signer {
+            key: &self.key,
+            unit: &self.unit,
+            audience: &self.plan,
+        }
+    }
+}
+
+/// The centre's answer to a Hello, as the agent uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HelloOutcome {
+    /// The centre would accept this agent's reports; the outbox counters are raised.
+    Known(pb::HelloResult),
+    /// The centre would refuse them: each problem's code and message.
+    Problems(pb::HelloResult),
+    /// The call failed (see [`Failure`]).
+    Failed(Failure),
+}
+
+/// A failed call, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The `code` label of `duban_agent_reports_failed_total`.
+    pub label: &'static str,
+    /// A person must fix something: hold the outbox and retry slowly.
+    pub hold: bool,
+    pub message: String,
+    pub pushback: Option<Duration>,
+}
+
 pub struct Deliverer {
     outbox: Outbox,
+    identity: AgentIdentity,
+    clock: Arc<dyn Clock>,
     clients: Vec<ReportServiceClient<Channel>>,
     endpoints: Vec<String>,
     current: usize,
@@ -62,6 +133,10 @@ pub struct Deliverer {
     batch: usize,
     max_batch: usize,
     attempt: u32,
+    heartbeat: Duration,
+    last_hello: Option<Instant>,
+    held: Option<String>,
+    synced: Arc<watch::Sender<bool>>,
     metrics: AgentMetrics,
 }
 
@@ -90,49 +165,220 @@ fn pushback(status: &tonic::Status) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
+/// The rustls error somewhere in a failed call's chain of causes, if any.
+fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // io::Error's own source() skips the error it wraps.
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Sorts a failed call into what the agent does about it.
+pub fn classify(status: &tonic::Status) -> Failure {
+    let failure = |label, hold, message: String| Failure {
+        label,
+        hold,
+        message,
+        pushback: None,
+    };
+    if let Some(tls) = rustls_error(status) {
+        return match tls {
+            rustls::Error::AlertReceived(alert) => failure(
+                "tls_client_refused",
+                true,
+                format!(
+                    "the centre does not accept this certificate (TLS alert {alert:?}): [aggregator] cert must be signed by the CA the centre trusts for agents, not expired, with SAN URI spiffe://duban/unit/<unit>"
+                ),
+            ),
+            rustls::Error::InvalidCertificate(why) => failure(
+                "tls_server_untrusted",
+                true,
+                format!(
+                    "this agent does not trust the centre's certificate ({why:?}): check [aggregator] ca, and server_name if the endpoint's host differs from the certificate's"
+                ),
+            ),
+            other => failure("other", false, format!("TLS: {other}")),
+        };
+    }
+    match status.code() {
+        tonic::Code::ResourceExhausted => Failure {
+            pushback: pushback(status),
+            ..failure("resource_exhausted", false, status.message().to_owned())
+        },
+        tonic::Code::Unauthenticated => failure(
+            "unauthenticated",
+            true,
+            format!(
+                "the centre refuses this agent's identity: {} (it needs a client certificate)",
+                status.message()
+            ),
+        ),
+        tonic::Code::PermissionDenied => failure(
+            "permission_denied",
+            true,
+            format!(
+                "the centre refuses this agent's certificate: {} (it must carry SAN URI spiffe://duban/unit/<unit>)",
+                status.message()
+            ),
+        ),
+        tonic::Code::Unavailable => failure("unavailable", false, describe(status)),
+        tonic::Code::DeadlineExceeded => failure("deadline_exceeded", false, describe(status)),
+        _ => failure("other", false, describe(status)),
+    }
+}
+
+/// The status message with its causes, e.g. "transport error: connection refused".
+fn describe(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// "value <indicator>" or "task <task>/<milestone>" of a refusal, from the report sent.
+fn item_label(report: &pb::Report, refusal: &pb::Refusal) -> String {
+    let index = refusal.index as usize;
+    match refusal.kind() {
+        pb::ItemKind::TaskUpdate => report
+            .task_updates
+            .get(index)
+            .map(|t| format!("task {}/{}", t.task_id, t.milestone_id)),
+        _ => report
+            .values
+            .get(index)
+            .map(|v| format!("value {}", v.indicator_id)),
+    }
+    .unwrap_or_else(|| format!("item #{index}"))
+}
+
+fn refused_items(result: &pb::SubmitResult) -> Vec<(&'static str, u32, String, String)> {
+    result
+        .refusals
+        .iter()
+        .map(|r| {
+            let kind = match r.kind() {
+                pb::ItemKind::TaskUpdate => "task",
+                _ => "value",
+            };
+            let code = r.code().as_str_name();
+            let code = code.strip_prefix("REFUSAL_").unwrap_or(code).to_owned();
+            (kind, r.index, code, r.message.clone())
+        })
+        .collect()
+}
+
+fn reason_name(reason: pb::ReasonCode) -> &'static str {
+    let name = reason.as_str_name();
+    name.strip_prefix("REASON_").unwrap_or(name)
+}
+
+/// One lazily connecting gRPC client per endpoint, with the configured TLS. Records the
+/// client certificate's expiry in `metrics` when given.
+pub fn clients(
+    config: &AggregatorConfig,
+    metrics: Option<&AgentMetrics>,
+) -> Result<Vec<ReportServiceClient<Channel>>, DeliverError> {
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p)
+                    .map_err(|e| DeliverError::Tls(format!("cannot read {}: {e}", p.display())))
+            };
+            let cert = read(&files.cert)?;
+            if let (Some(metrics), Some(expiry)) = (metrics, crate::tls::certificate_expiry(&cert))
+            {
+                metrics.client_cert_expiry_timestamp_seconds.set(expiry);
+            }
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read(&files.ca)?))
+                .identity(Identity::from_pem(cert, read(&files.key)?));
+            if let Some(name) = &files.server_name {
+                tls = tls.domain_name(name.clone());
+            }
+            Some(tls)
+        }
+    };
+    let mut clients = Vec::new();
+    for endpoint in &config.endpoints {
+        let mut e = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| DeliverError::Tls(format!("bad endpoint {endpoint}: {e}")))?
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(config.timeout);
+        if let Some(tls) = &tls {
+            e = e
+                .tls_config(tls.clone())
+                .map_err(|e| DeliverError::Tls(e.to_string()))?;
+        }
+        clients
+            .push(ReportServiceClient::new(e.connect_lazy()).max_decoding_message_size(16 << 20));
+    }
+    Ok(clients)
+}
+
+/// Sends one signed Hello and returns the centre's answer, or the classified failure.
+pub async fn call_hello(
+    client: &mut ReportServiceClient<Channel>,
+    identity: &AgentIdentity,
+    issued_at_ms: i64,
+    (outbox_reports, dead_letters): (u64, u64),
+    timeout: Duration,
+) -> Result<pb::HelloResult, Failure> {
+    let hello = pb::Hello {
+        unit_id: identity.unit.clone(),
+        key_id: Vec::new(),
+        audience: identity.plan.clone(),
+        issued_at_ms,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        outbox_reports,
+        dead_letters,
+    };
+    let signed = envelope::sign_hello(&identity.key, hello);
+    match tokio::time::timeout(timeout + Duration::from_secs(1), client.hello(signed)).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(classify(&status)),
+        Err(_) => Err(Failure {
+            label: "deadline_exceeded",
+            hold: false,
+            message: "no answer within the timeout".into(),
+            pushback: None,
+        }),
+    }
+}
+
 impl Deliverer {
     pub fn new(
         outbox: Outbox,
         config: &AggregatorConfig,
+        identity: AgentIdentity,
+        clock: Arc<dyn Clock>,
+        synced: Arc<watch::Sender<bool>>,
         metrics: AgentMetrics,
     ) -> Result<Self, DeliverError> {
-        let tls = match &config.tls {
-            None => None,
-            Some(files) => {
-                let read = |p: &std::path::Path| {
-                    std::fs::read(p)
-                        .map_err(|e| DeliverError::Tls(format!("cannot read {}: {e}", p.display())))
-                };
-                let cert = read(&files.cert)?;
-                if let Some(expiry) = crate::tls::certificate_expiry(&cert) {
-                    metrics.client_cert_expiry_timestamp_seconds.set(expiry);
-                }
-                let mut tls = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(read(&files.ca)?))
-                    .identity(Identity::from_pem(cert, read(&files.key)?));
-                if let Some(name) = &files.server_name {
-                    tls = tls.domain_name(name.clone());
-                }
-                Some(tls)
-            }
-        };
-        let mut clients = Vec::new();
-        for endpoint in &config.endpoints {
-            let mut e = Endpoint::from_shared(endpoint.clone())
-                .map_err(|e| DeliverError::Tls(format!("bad endpoint {endpoint}: {e}")))?
-                .connect_timeout(Duration::from_secs(10))
-                .timeout(config.timeout);
-            if let Some(tls) = &tls {
-                e = e
-                    .tls_config(tls.clone())
-                    .map_err(|e| DeliverError::Tls(e.to_string()))?;
-            }
-            clients.push(
-                ReportServiceClient::new(e.connect_lazy()).max_decoding_message_size(16 << 20),
-            );
-        }
+        let clients = clients(config, Some(&metrics))?;
         Ok(Deliverer {
             outbox,
+            identity,
+            clock,
             clients,
             endpoints: config.endpoints.clone(),
             current: 0,
@@ -140,8 +386,17 @@ impl Deliverer {
             batch: config.batch_max_reports,
             max_batch: config.batch_max_reports,
             attempt: 0,
+            heartbeat: config.heartbeat,
+            last_hello: None,
+            held: None,
+            synced,
             metrics,
         })
+    }
+
+    /// Why delivery is held, while it is: a person must fix something.
+    pub fn held(&self) -> Option<&str> {
+        self.held.as_deref()
     }
 
     fn backoff(&mut self, cap: Duration) -> Duration {
@@ -151,8 +406,145 @@ impl Deliverer {
         wait
     }
 
+    fn hold(&mut self, why: String) -> Duration {
+        self.metrics.auth_held.set(1);
+        let wait = self.backoff(AUTH_HOLD_CAP);
+        tracing::error!(endpoint = %self.endpoints[self.current], wait_ms = wait.as_millis() as u64, "DELIVERY HELD, the outbox is kept: {why}");
+        self.held = Some(why);
+        wait
+    }
+
+    fn release(&mut self) {
+        if self.held.take().is_some() {
+            tracing::info!("the centre accepts this agent again; delivery resumes");
+        }
+        self.metrics.auth_held.set(0);
+    }
+
+    /// Says Hello to the current endpoint: the centre checks the agent's identity, records
+    /// its heartbeat and, when all is well, tells the highest seq and revisions it holds,
+    /// which raise the outbox counters.
+    pub async fn hello(&mut self) -> Result<HelloOutcome, DeliverError> {
+        let stats = self.outbox.stats().await?;
+        let result = match call_hello(
+            &mut self.clients[self.current],
+            &self.identity,
+            self.clock.now_ms(),
+            (
+                stats.reports.max(0) as u64,
+                stats.dead_letters.max(0) as u64,
+            ),
+            self.timeout,
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(failure) => return Ok(HelloOutcome::Failed(failure)),
+        };
+        self.last_hello = Some(Instant::now());
+        if !result.known {
+            return Ok(HelloOutcome::Problems(result));
+        }
+        let revisions: Vec<(String, u32)> = result
+            .revisions
+            .iter()
+            .map(|r| (r.period.clone(), r.revision))
+            .collect();
+        let next_seq = self
+            .outbox
+            .apply_centre_state(result.max_seq, &revisions)
+            .await?;
+        if !self.synced.send_replace(true) {
+            tracing::info!(
+                next_seq,
+                centre_max_seq = result.max_seq,
+                "the centre told this new outbox where its key's seqs stand; collection starts"
+            );
+        }
+        Ok(HelloOutcome::Known(result))
+    }
+
+    /// What to do after a failed call: hold, wait the pushback, or back off and fail over.
+    fn after_failure(&mut self, failure: &Failure, count: u64) -> Duration {
+        self.metrics
+            .failed
+            .with_label_values(&[failure.label])
+            .inc_by(count);
+        if failure.hold {
+            return self.hold(failure.message.clone());
+        }
+        if failure.label == "resource_exhausted" {
+            let wait = failure
+                .pushback
+                .unwrap_or_else(|| self.backoff(BACKOFF_CAP));
+            tracing::info!(
+                endpoint = %self.endpoints[self.current],
+                wait_ms = wait.as_millis() as u64,
+                "aggregator is busy (RESOURCE_EXHAUSTED); waiting as it asks"
+            );
+            return wait;
+        }
+        let wait = self.backoff(BACKOFF_CAP);
+        tracing::warn!(endpoint = %self.endpoints[self.current], code = failure.label, message = %failure.message, wait_ms = wait.as_millis() as u64, "delivery failed; will retry");
+        if self.clients.len() > 1 {
+            self.current = (self.current + 1) % self.clients.len();
+        }
+        wait
+    }
+
+    /// Hello when the outbox is not synced yet, when held, or when the heartbeat is due.
+    /// Returns the wait when delivery cannot go on now.
+    async fn hello_if_due(&mut self) -> Result<Option<Duration>, DeliverError> {
+        let synced = *self.synced.borrow();
+        let due = self
+            .last_hello
+            .is_none_or(|at| at.elapsed() >= self.heartbeat);
+        if synced && !due && self.held.is_none() {
+            return Ok(None);
+        }
+        match self.hello().await? {
+            HelloOutcome::Known(result) => {
+                for p in &result.problems {
+                    tracing::warn!(
+                        code = reason_name(p.code()),
+                        "the centre says: {}",
+                        p.message
+                    );
+                }
+                self.release();
+                Ok(None)
+            }
+            HelloOutcome::Problems(result) => {
+                let problems: Vec<String> = result
+                    .problems
+                    .iter()
+                    .map(|p| format!("{}: {}", reason_name(p.code()), p.message))
+                    .collect();
+                self.metrics
+                    .failed
+                    .with_label_values(&["held_identity"])
+                    .inc();
+                Ok(Some(self.hold(format!(
+                    "the centre would refuse this agent's reports: {}",
+                    problems.join("; ")
+                ))))
+            }
+            HelloOutcome::Failed(failure) => {
+                // A heartbeat that fails is not a reason to stop sending when synced: the
+                // batch will meet the same failure and be classified on its own.
+                if synced && !failure.hold {
+                    return Ok(None);
+                }
+                Ok(Some(self.after_failure(&failure, 0)))
+            }
+        }
+    }
+
     /// Sends the oldest batch once and files the answers.
     pub async fn step(&mut self) -> Result<Step, DeliverError> {
+        if let Some(wait) = self.hello_if_due().await? {
+            return Ok(Step::Wait(wait));
+        }
         let pending = self.outbox.pending(self.batch).await?;
         if pending.is_empty() {
             return Ok(Step::Idle);
@@ -160,7 +552,6 @@ impl Deliverer {
         let request = pb::SubmitBatchRequest {
             reports: pending.iter().map(|p| p.envelope.clone()).collect(),
         };
-        let endpoint = self.endpoints[self.current].clone();
         let client = &mut self.clients[self.current];
         let answer = tokio::time::timeout(
             self.timeout + Duration::from_secs(1),
@@ -180,81 +571,35 @@ impl Deliverer {
         self.outbox
             .note_attempt(&seqs, &format!("{}: {}", status.code(), status.message()))
             .await?;
-        let count = pending.len() as u64;
         let code = status.code();
-        let wait = match code {
-            tonic::Code::ResourceExhausted => {
-                self.metrics
-                    .failed
-                    .with_label_values(&["resource_exhausted"])
-                    .inc_by(count);
-                let wait = pushback(&status).unwrap_or_else(|| self.backoff(BACKOFF_CAP));
-                tracing::info!(
-                    endpoint,
-                    wait_ms = wait.as_millis() as u64,
-                    "aggregator is busy (RESOURCE_EXHAUSTED); waiting as it asks"
-                );
-                wait
-            }
-            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-                let label = if code == tonic::Code::Unauthenticated {
-                    "unauthenticated"
-                } else {
-                    "permission_denied"
-                };
-                self.metrics
-                    .failed
-                    .with_label_values(&[label])
-                    .inc_by(count);
-                self.metrics.auth_held.set(1);
-                let wait = self.backoff(AUTH_HOLD_CAP);
-                tracing::error!(endpoint, code = ?code, message = status.message(), wait_ms = wait.as_millis() as u64, "the aggregator refuses this agent's identity; holding the outbox (check the client certificate and the registered key)");
-                wait
-            }
-            tonic::Code::OutOfRange | tonic::Code::InvalidArgument if pending.len() > 1 => {
+        if matches!(code, tonic::Code::OutOfRange | tonic::Code::InvalidArgument) {
+            if pending.len() > 1 {
                 self.batch = (self.batch / 2).max(1);
                 tracing::warn!(
-                    endpoint,
                     batch = self.batch,
                     message = status.message(),
                     "batch refused as too large; halving it"
                 );
-                Duration::ZERO
-            }
-            tonic::Code::OutOfRange | tonic::Code::InvalidArgument => {
+            } else {
                 self.metrics
                     .failed
                     .with_label_values(&["rejected_permanent"])
                     .inc();
                 self.outbox
-                    .dead_letter(pending[0].seq, code.description(), status.message())
+                    .dead_letter(pending[0].seq, code.description(), status.message(), &[])
                     .await?;
                 tracing::error!(
                     seq = pending[0].seq,
                     message = status.message(),
                     "report refused outright; moved to dead letters"
                 );
-                Duration::ZERO
             }
-            _ => {
-                let label = match code {
-                    tonic::Code::Unavailable => "unavailable",
-                    tonic::Code::DeadlineExceeded => "deadline_exceeded",
-                    _ => "other",
-                };
-                self.metrics
-                    .failed
-                    .with_label_values(&[label])
-                    .inc_by(count);
-                let wait = self.backoff(BACKOFF_CAP);
-                tracing::warn!(endpoint, code = ?code, message = status.message(), wait_ms = wait.as_millis() as u64, "delivery failed; will retry");
-                if self.clients.len() > 1 {
-                    self.current = (self.current + 1) % self.clients.len();
-                }
-                wait
-            }
-        };
-        Ok(Step::Wait(wait))
+            return Ok(Step::Wait(Duration::ZERO));
+        }
+        let failure = classify(&status);
+        Ok(Step::Wait(
+            self.after_failure(&failure, pending.len() as u64),
+        ))
     }
 
     async fn file_results(
@@ -262,14 +607,28 @@ impl Deliverer {
         pending: &[crate::outbox::Pending],
         results: Vec<pb::SubmitResult>,
     ) -> Result<Step, DeliverError> {
-        self.metrics.auth_held.set(0);
         self.metrics
             .last_success_timestamp_seconds
             .set(jiff::Timestamp::now().as_second());
-        let mut acked = Vec::new();
+        let mut acks = Vec::new();
         let mut dead = 0;
         let mut retry = false;
+        let mut hold: Option<String> = None;
+        let mut replays = Vec::new();
         for (row, result) in pending.iter().zip(&results) {
+            let report = pb::Report::decode(row.envelope.payload.as_slice()).unwrap_or_default();
+            for refusal in &result.refusals {
+                self.metrics
+                    .items_refused
+                    .with_label_values(&[refusal
+                        .code()
+                        .as_str_name()
+                        .strip_prefix("REFUSAL_")
+                        .unwrap_or_default()])
+                    .inc();
+                tracing::warn!(seq = row.seq, period = %report.period, item = %item_label(&report, refusal), code = refusal.code().as_str_name(), message = %refusal.message, "the centre refused an item");
+            }
+            let reason = result.reason();
             match result.outcome() {
                 pb::Outcome::Accepted | pb::Outcome::Duplicate | pb::Outcome::Partial => {
                     let label = match result.outcome() {
@@ -278,30 +637,52 @@ impl Deliverer {
                         _ => "partial",
                     };
                     self.metrics.sent.with_label_values(&[label]).inc();
-                    for refusal in &result.refusals {
-                        tracing::warn!(seq = row.seq, index = refusal.index, code = refusal.code().as_str_name(), message = %refusal.message, "the aggregator refused an item of a stored report");
-                    }
-                    acked.push(row.seq);
+                    acks.push(Ack {
+                        seq: row.seq,
+                        refused: refused_items(result),
+                    });
                 }
-                _ if RETRYABLE_REASONS.contains(&result.reason()) => {
+                _ if IDENTITY_REASONS.contains(&reason) => {
+                    self.metrics
+                        .failed
+                        .with_label_values(&["held_identity"])
+                        .inc();
+                    self.outbox
+                        .note_attempt(&[row.seq], &result.message)
+                        .await?;
+                    hold.get_or_insert_with(|| {
+                        format!(
+                            "the centre refuses this agent's reports: {}: {}",
+                            reason_name(reason),
+                            result.message
+                        )
+                    });
+                }
+                _ if RETRYABLE_REASONS.contains(&reason) => {
                     self.metrics
                         .failed
                         .with_label_values(&["rejected_retryable"])
                         .inc();
-                    tracing::warn!(seq = row.seq, reason = result.reason().as_str_name(), message = %result.message, "refused for now; will retry");
+                    tracing::warn!(seq = row.seq, reason = reason_name(reason), message = %result.message, "refused for now; will retry");
                     self.outbox
                         .note_attempt(&[row.seq], &result.message)
                         .await?;
                     retry = true;
                 }
+                _ if reason == pb::ReasonCode::ReasonSeqReplay => replays.push(row.seq),
                 _ => {
                     self.metrics
                         .failed
                         .with_label_values(&["rejected_permanent"])
                         .inc();
-                    tracing::error!(seq = row.seq, reason = result.reason().as_str_name(), message = %result.message, "refused permanently; moved to dead letters (duban-agent outbox dead)");
+                    tracing::error!(seq = row.seq, period = %report.period, reason = reason_name(reason), message = %result.message, "refused permanently; moved to dead letters (duban-agent outbox dead)");
                     self.outbox
-                        .dead_letter(row.seq, result.reason().as_str_name(), &result.message)
+                        .dead_letter(
+                            row.seq,
+                            reason_name(reason),
+                            &result.message,
+                            &refused_items(result),
+                        )
                         .await?;
                     dead += 1;
                 }
@@ -314,16 +695,66 @@ impl Deliverer {
                 "the aggregator answered fewer results than reports; the rest stay in the outbox"
             );
         }
-        self.outbox.ack(&acked).await?;
+        self.outbox.ack(&acks).await?;
         self.batch = self.max_batch;
+        if !replays.is_empty() {
+            dead += self.rebuild_replays(&replays).await?;
+        }
+        if let Some(why) = hold {
+            return Ok(Step::Wait(self.hold(why)));
+        }
+        self.release();
         if retry {
             return Ok(Step::Wait(self.backoff(BACKOFF_CAP)));
         }
         self.attempt = 0;
         Ok(Step::Progress {
-            acked: acked.len(),
+            acked: acks.len(),
             dead,
         })
+    }
+
+    /// Re-signs reports whose seq the centre already holds: the counters are raised by a
+    /// Hello first, so the new seqs are beyond the centre's. A replay of a seq above what the
+    /// centre says it holds cannot be explained, and goes to the dead letters. Returns how
+    /// many were dead-lettered.
+    async fn rebuild_replays(&mut self, seqs: &[i64]) -> Result<usize, DeliverError> {
+        let max_seq = match self.hello().await? {
+            HelloOutcome::Known(result) => result.max_seq,
+            _ => {
+                tracing::warn!(
+                    "a seq was replayed but the centre's counters could not be read; retrying later"
+                );
+                return Ok(0);
+            }
+        };
+        let mut dead = 0;
+        for &seq in seqs {
+            if u64::try_from(seq).is_ok_and(|s| s <= max_seq) {
+                let now = self.clock.now_ms();
+                let new_seq = self
+                    .outbox
+                    .rebuild(seq, self.identity.signer(), now)
+                    .await?;
+                tracing::warn!(
+                    old_seq = seq,
+                    ?new_seq,
+                    centre_max_seq = max_seq,
+                    "the centre already holds this seq under another report (a lost outbox?); re-signed under a new seq"
+                );
+            } else {
+                self.outbox
+                    .dead_letter(
+                        seq,
+                        "SEQ_REPLAY",
+                        "the centre holds this seq under another report, beyond the highest seq it reports for this key",
+                        &[],
+                    )
+                    .await?;
+                dead += 1;
+            }
+        }
+        Ok(dead)
     }
 }
 
@@ -339,5 +770,19 @@ mod tests {
                 assert!(full_jitter(attempt, BACKOFF_INITIAL, BACKOFF_CAP) <= ceiling);
             }
         }
+    }
+
+    #[test]
+    fn identity_refusals_hold_and_are_not_retried_as_ordinary_failures() {
+        assert!(classify(&tonic::Status::permission_denied("no unit")).hold);
+        assert!(classify(&tonic::Status::unauthenticated("no cert")).hold);
+        assert!(!classify(&tonic::Status::unavailable("down")).hold);
+        let busy = {
+            let mut s = tonic::Status::resource_exhausted("busy");
+            s.metadata_mut()
+                .insert("grpc-retry-pushback-ms", "250".parse().unwrap());
+            s
+        };
+        assert_eq!(classify(&busy).pushback, Some(Duration::from_millis(250)));
     }
 }

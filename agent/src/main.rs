@@ -1,17 +1,22 @@
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use duban_agent::check::Online;
 use duban_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH, parse_duration};
 use duban_agent::daemon::{self, Agent};
-use duban_agent::sources::{Item, parse_status};
+use duban_agent::sources::{Item, check_done, parse_status, status_from_percent};
+use duban_proto::cli;
 
 /// duban-agent: collects plan indicators and task progress, signs reports, keeps them in a
 /// durable outbox and delivers them to the duban aggregator until acknowledged.
+///
+/// Logging goes to standard error; RUST_LOG sets its level (e.g. RUST_LOG=debug).
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,12 +40,23 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         grace: Duration,
     },
-    /// Validate the configuration (and that the key and TLS files load) without running.
+    /// Check everything the configuration needs, without running the agent or changing any
+    /// file: the key, the TLS files (certificate and key match, the certificate names this
+    /// unit and is valid), the sources; then, when an endpoint answers, whether the centre
+    /// accepts this agent (certificate, key registered for this unit, plan id, clock).
+    /// Exit status 1 when anything would keep reports from being accepted.
     Check {
         #[command(flatten)]
         config: ConfigArg,
+        /// Fail when the centre cannot be reached (the default only warns).
+        #[arg(long, conflicts_with = "offline")]
+        online: bool,
+        /// Do not contact the centre.
+        #[arg(long)]
+        offline: bool,
     },
-    /// Run every source now, store what changed, then try to deliver.
+    /// Run every source now, store what changed, then try to deliver. Prints every item the
+    /// centre refuses; exit status 1 when a source failed or something was refused or held.
     Collect {
         #[command(flatten)]
         config: ConfigArg,
@@ -54,7 +70,8 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
         send_for: Duration,
     },
-    /// Report one indicator value by hand (for a clerk without a database).
+    /// Report one indicator value by hand (for a clerk without a database). Prints the
+    /// centre's answer; exit status 1 when it refused the value.
     Submit {
         #[command(flatten)]
         config: ConfigArg,
@@ -64,10 +81,13 @@ enum Command {
         /// 2018-03 (month), 2018Q1 (quarter), 2018S1 (half-year) or 2018 (year).
         #[arg(long)]
         period: String,
+        /// The value, in the indicator's measure unit.
         #[arg(long)]
         value: f64,
+        /// A note for the plan office (at most 1024 bytes).
         #[arg(long, default_value = "")]
         note: String,
+        /// How long to try delivering before leaving it to the daemon.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
         send_for: Duration,
     },
@@ -81,16 +101,20 @@ enum Command {
         /// Milestone id within the task, e.g. m1.
         #[arg(long)]
         milestone: String,
+        /// 2018-03 (month), 2018Q1 (quarter), 2018S1 (half-year) or 2018 (year).
         #[arg(long)]
         period: String,
-        /// 0 to 100.
+        /// 0 to 100 [default: 100 with --status done].
         #[arg(long)]
-        percent: f64,
-        /// not_started, in_progress, blocked or done (未开始, 进行中, 受阻, 已完成) [default: from percent].
+        percent: Option<f64>,
+        /// not_started, in_progress, blocked or done (未开始, 进行中, 受阻, 已完成, 完成); done
+        /// means 100 % [default: from the percent].
         #[arg(long)]
         status: Option<String>,
+        /// A note for the plan office (at most 1024 bytes).
         #[arg(long, default_value = "")]
         note: String,
+        /// How long to try delivering before leaving it to the daemon.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
         send_for: Duration,
     },
@@ -118,14 +142,25 @@ enum OutboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Reports the aggregator refused permanently, with the reason.
+    /// Reports the centre refused for good, each with its refused items (code and the
+    /// centre's message), and the items it refused inside reports it stored.
     Dead {
         #[command(flatten)]
         config: ConfigArg,
         #[arg(long)]
         json: bool,
+        /// Delete the dead letters and the record of refusals (asks first). Change detection
+        /// has already forgotten their items: the next collection builds what the sources
+        /// still hold, under the configuration as it is now.
+        #[arg(long)]
+        discard: bool,
+        /// With --discard: do not ask.
+        #[arg(long, requires = "discard")]
+        yes: bool,
     },
-    /// Put every dead letter back in the outbox for another try.
+    /// Put the dead letters back in the outbox, unchanged, for another try (after the centre
+    /// was fixed). Dead letters signed for another unit, plan or key than the configuration
+    /// now names stay: discard them and collect again instead.
     RetryDead {
         #[command(flatten)]
         config: ConfigArg,
@@ -136,49 +171,118 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     match runtime.block_on(run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Problems) => ExitCode::FAILURE,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            cli::eprintln(&format!("error: {error:#}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// How a command ended, when it did not fail outright.
+enum Outcome {
+    Done,
+    /// It ran, and what it printed says what went wrong (exit status 1).
+    Problems,
 }
 
 async fn open(config: &Path) -> anyhow::Result<Agent> {
     Agent::open(AgentConfig::read(config)?).await
 }
 
-async fn send_and_report(agent: &Agent, send_for: Duration) -> anyhow::Result<()> {
+/// Delivers for at most `send_for`, then prints what happened to the reports: refused items
+/// with their codes and the centre's messages, dead letters, a hold and its reason, or what
+/// still waits. Returns whether anything was refused or held.
+async fn send_and_report(agent: &Agent, send_for: Duration) -> anyhow::Result<bool> {
+    let before = agent.outbox.refusals().await?.last().map_or(0, |r| r.id);
+    let dead_before = agent.outbox.stats().await?.dead_letters;
     let mut deliverer = agent.deliverer()?;
     let drained = agent
         .drain(&mut deliverer, Instant::now() + send_for)
         .await?;
     let stats = agent.outbox.stats().await?;
+    let refused: Vec<_> = agent
+        .outbox
+        .refusals()
+        .await?
+        .into_iter()
+        .filter(|r| r.id > before)
+        .collect();
+    for r in &refused {
+        cli::println(&format!(
+            "REFUSED {} ({}, report seq {}): {}: {}{}",
+            r.item,
+            r.period,
+            r.seq,
+            r.code,
+            r.message,
+            if r.in_dead_letter {
+                " [report in the dead letters: duban-agent outbox dead]"
+            } else {
+                ""
+            }
+        ));
+    }
+    let new_dead = stats.dead_letters - dead_before;
+    if let Some(why) = deliverer.held() {
+        cli::println(&format!(
+            "HELD: {why}\n{} report(s) kept in the outbox; they are sent once this is fixed",
+            stats.reports
+        ));
+        return Ok(true);
+    }
     if drained {
-        println!(
-            "delivered: the outbox is empty ({} dead letter(s))",
-            stats.dead_letters
-        );
+        let accepted_all = refused.is_empty() && new_dead <= 0;
+        cli::println(&if accepted_all {
+            "delivered: the centre accepted everything; the outbox is empty".to_owned()
+        } else {
+            format!(
+                "delivered, with refusals: the outbox is empty, {} dead letter(s)",
+                stats.dead_letters
+            )
+        });
     } else {
-        println!(
+        cli::println(&format!(
             "{} report(s) still waiting in the outbox; `duban-agent run` will keep trying",
             stats.reports
-        );
+        ));
     }
-    Ok(())
+    Ok(!refused.is_empty() || new_dead > 0)
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn submit(agent: Agent, item: Item, send_for: Duration) -> anyhow::Result<Outcome> {
+    agent.ensure_synced(&mut agent.deliverer()?).await?;
+    let done = agent.enqueue(&[item], true).await?;
+    cli::println(&format!(
+        "stored report seq {} in the outbox",
+        done.reports[0].0
+    ));
+    Ok(if send_and_report(&agent, send_for).await? {
+        Outcome::Problems
+    } else {
+        Outcome::Done
+    })
+}
+
+fn time_text(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Run { config, grace } => {
             let config = AgentConfig::read(&config.config)?;
@@ -197,11 +301,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Box::pin(async move { hups.notified().await })
                     as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
             };
-            daemon::run(config, grace, termination_signal(), reload).await
+            daemon::run(config, grace, termination_signal(), reload).await?;
+            Ok(Outcome::Done)
         }
-        Command::Check { config } => {
-            print!("{}", daemon::check(&config.config)?);
-            Ok(())
+        Command::Check {
+            config,
+            online,
+            offline,
+        } => {
+            let mode = if offline {
+                Online::Never
+            } else if online {
+                Online::Required
+            } else {
+                Online::IfReachable
+            };
+            let report = duban_agent::check::check(&config.config, mode).await?;
+            cli::print(&report.render());
+            Ok(if report.failures == 0 {
+                Outcome::Done
+            } else {
+                Outcome::Problems
+            })
         }
         Command::Collect {
             config,
@@ -214,24 +335,31 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "collect needs --once (the daemon that collects on schedule is `duban-agent run`)"
             );
             let agent = open(&config.config).await?;
+            agent.ensure_synced(&mut agent.deliverer()?).await?;
             let mut failed = 0;
             for source in agent.config.sources.clone() {
                 match agent.collect(&source, force).await {
-                    Ok(done) => println!(
-                        "{}: {} report(s) stored, {} item(s) unchanged",
+                    Ok(done) => cli::println(&format!(
+                        "{}: {} report(s) stored, {} item(s) unchanged since the centre accepted them (or still waiting)",
                         source.name,
                         done.reports.len(),
                         done.unchanged
-                    ),
+                    )),
                     Err(error) => {
                         failed += 1;
-                        println!("{}: FAILED: {error:#}", source.name);
+                        cli::println(&format!("{}: FAILED: {error:#}", source.name));
                     }
                 }
             }
-            send_and_report(&agent, send_for).await?;
-            anyhow::ensure!(failed == 0, "{failed} source(s) failed");
-            Ok(())
+            let refused = send_and_report(&agent, send_for).await?;
+            if failed > 0 {
+                cli::println(&format!("{failed} source(s) failed"));
+            }
+            Ok(if failed > 0 || refused {
+                Outcome::Problems
+            } else {
+                Outcome::Done
+            })
         }
         Command::Submit {
             config,
@@ -241,22 +369,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             note,
             send_for,
         } => {
-            let period = period.parse().with_context(|| "--period")?;
+            let period = period
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--period: {e}"))?;
             anyhow::ensure!(value.is_finite(), "--value must be a finite number");
             let agent = open(&config.config).await?;
-            let done = agent
-                .enqueue(
-                    &[Item::Value {
-                        indicator,
-                        period,
-                        value,
-                        note,
-                    }],
-                    true,
-                )
-                .await?;
-            println!("stored report seq {} in the outbox", done.reports[0].0);
-            send_and_report(&agent, send_for).await
+            let item = Item::Value {
+                indicator,
+                period,
+                value,
+                note,
+            };
+            submit(agent, item, send_for).await
         }
         Command::SubmitTask {
             config,
@@ -268,43 +392,47 @@ async fn run(command: Command) -> anyhow::Result<()> {
             note,
             send_for,
         } => {
-            let period = period.parse().with_context(|| "--period")?;
+            let period = period
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--period: {e}"))?;
+            let status = status
+                .map(|text| {
+                    parse_status(&text).with_context(|| {
+                        format!(
+                            "--status {text:?} is not one of not_started, in_progress, blocked, done"
+                        )
+                    })
+                })
+                .transpose()?;
+            let percent = match (percent, status) {
+                (Some(p), _) => p,
+                (None, Some(duban_proto::pb::TaskStatus::Done)) => 100.0,
+                (None, _) => anyhow::bail!(
+                    "--percent is needed (it may be left out only with --status done)"
+                ),
+            };
             anyhow::ensure!(
                 (0.0..=100.0).contains(&percent),
                 "--percent must be from 0 to 100"
             );
-            let status = match status {
-                Some(text) => parse_status(&text).with_context(|| {
-                    format!(
-                        "--status {text:?} is not one of not_started, in_progress, blocked, done"
-                    )
-                })?,
-                None if percent >= 100.0 => duban_proto::pb::TaskStatus::Done,
-                None if percent > 0.0 => duban_proto::pb::TaskStatus::InProgress,
-                None => duban_proto::pb::TaskStatus::NotStarted,
-            };
+            let status = status.unwrap_or_else(|| status_from_percent(percent));
+            check_done(status, percent).map_err(|m| anyhow::anyhow!("--status: {m}"))?;
             let agent = open(&config.config).await?;
-            let done = agent
-                .enqueue(
-                    &[Item::Task {
-                        task,
-                        milestone,
-                        period,
-                        percent,
-                        status,
-                        note,
-                    }],
-                    true,
-                )
-                .await?;
-            println!("stored report seq {} in the outbox", done.reports[0].0);
-            send_and_report(&agent, send_for).await
+            let item = Item::Task {
+                task,
+                milestone,
+                period,
+                percent,
+                status,
+                note,
+            };
+            submit(agent, item, send_for).await
         }
         Command::Outbox(OutboxCommand::Stats { config, json }) => {
             let agent = open(&config.config).await?;
             let stats = agent.outbox.stats().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                cli::println(&serde_json::to_string_pretty(&stats)?);
             } else {
                 let age = stats
                     .oldest_created_at_ms
@@ -315,50 +443,122 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         )
                     })
                     .unwrap_or_else(|| "—".into());
-                println!(
-                    "outbox {}\n  reports waiting  {}\n  bytes            {}\n  oldest age       {age}\n  dead letters     {}\n  next seq         {}",
+                cli::println(&format!(
+                    "outbox {}\n  reports waiting  {}\n  bytes            {}\n  oldest age       {age}\n  dead letters     {}\n  next seq         {}{}",
                     agent.outbox.path().display(),
                     stats.reports,
                     stats.bytes,
                     stats.dead_letters,
-                    stats.next_seq
-                );
+                    stats.next_seq,
+                    if stats.synced {
+                        ""
+                    } else {
+                        " (new outbox: waits for the centre's counters before signing)"
+                    }
+                ));
             }
-            Ok(())
+            Ok(Outcome::Done)
         }
-        Command::Outbox(OutboxCommand::Dead { config, json }) => {
+        Command::Outbox(OutboxCommand::Dead {
+            config,
+            json,
+            discard,
+            yes,
+        }) => {
             let agent = open(&config.config).await?;
             let dead = agent.outbox.dead_letters().await?;
+            let refusals = agent.outbox.refusals().await?;
+            let partial: Vec<_> = refusals.iter().filter(|r| !r.in_dead_letter).collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&dead)?);
+                cli::println(&serde_json::to_string_pretty(&serde_json::json!({
+                    "dead_letters": dead,
+                    "refused_in_stored_reports": partial,
+                }))?);
             } else {
                 for d in &dead {
-                    println!(
-                        "seq {}  period {}  {}  {}",
-                        d.seq, d.period, d.reason, d.message
-                    );
+                    cli::println(&format!(
+                        "seq {}  period {}  {}  {}  (unit {}, plan {}, failed {})",
+                        d.seq,
+                        d.period,
+                        d.reason,
+                        d.message,
+                        d.unit,
+                        d.audience,
+                        time_text(d.failed_at_ms)
+                    ));
+                    for r in &d.refusals {
+                        cli::println(&format!("    {}: {}: {}", r.item, r.code, r.message));
+                    }
                 }
-                println!("{} dead letter(s)", dead.len());
+                cli::println(&format!("{} dead letter(s)", dead.len()));
+                if !partial.is_empty() {
+                    cli::println("items refused in reports the centre stored:");
+                    for r in &partial {
+                        cli::println(&format!(
+                            "    seq {}  period {}  {}: {}: {}",
+                            r.seq, r.period, r.item, r.code, r.message
+                        ));
+                    }
+                }
             }
-            Ok(())
+            if discard {
+                if !yes
+                    && !confirm(&format!(
+                        "discard {} dead letter(s) and {} recorded refusal(s)? [y/N] ",
+                        dead.len(),
+                        refusals.len()
+                    ))?
+                {
+                    cli::println("nothing discarded");
+                    return Ok(Outcome::Problems);
+                }
+                let deleted = agent.outbox.discard_dead().await?;
+                cli::println(&format!(
+                    "discarded {deleted} dead letter(s); `duban-agent collect --once` builds what the sources hold now"
+                ));
+            }
+            Ok(Outcome::Done)
         }
         Command::Outbox(OutboxCommand::RetryDead { config }) => {
             let agent = open(&config.config).await?;
-            let moved = agent.outbox.retry_dead().await?;
-            println!("{moved} dead letter(s) back in the outbox; the daemon sends them next");
-            Ok(())
+            let (moved, others) = agent.outbox.retry_dead(agent.identity.signer()).await?;
+            cli::println(&format!(
+                "{moved} dead letter(s) back in the outbox; the daemon sends them next"
+            ));
+            if !others.is_empty() {
+                cli::println(&format!(
+                    "{} dead letter(s) kept: they were signed for another unit, plan or key than {} names (seq {:?}); resending them would be refused again. Discard them (`duban-agent outbox dead --discard`) and `duban-agent collect --once` to build them anew",
+                    others.len(),
+                    config.config.display(),
+                    others
+                ));
+                return Ok(Outcome::Problems);
+            }
+            Ok(Outcome::Done)
         }
         Command::Keygen { out } => {
             let files = duban_agent::keygen::generate_into(&out)?;
-            println!("{}", files.key_id);
-            eprintln!(
+            cli::println(&files.key_id.to_string());
+            cli::eprintln(&format!(
                 "wrote {} (private, mode 0600) and {}",
                 files.private_key.display(),
                 files.public_key.display()
-            );
-            Ok(())
+            ));
+            Ok(Outcome::Done)
         }
     }
+}
+
+/// Asks a yes/no question on the terminal; without a terminal the answer is no.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        cli::eprintln("not a terminal: give --yes to confirm");
+        return Ok(false);
+    }
+    cli::print(question);
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 /// Resolves on SIGTERM or SIGINT. The SIGTERM handler is installed now, not on first poll, so

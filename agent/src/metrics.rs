@@ -20,6 +20,7 @@ pub struct AgentMetrics {
     pub auth_held: IntGauge,
     pub client_cert_expiry_timestamp_seconds: IntGauge,
     pub outbox_moved_aside: IntCounter,
+    pub items_refused: IntCounterVec,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -30,9 +31,12 @@ impl std::fmt::Debug for AgentMetrics {
 
 /// Outcomes and codes the `sent` and `failed` counters are pre-set with.
 pub const SENT_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "partial"];
-pub const FAILED_CODES: [&str; 8] = [
+pub const FAILED_CODES: [&str; 11] = [
     "rejected_permanent",
     "rejected_retryable",
+    "held_identity",
+    "tls_client_refused",
+    "tls_server_untrusted",
     "unavailable",
     "deadline_exceeded",
     "resource_exhausted",
@@ -115,7 +119,7 @@ impl AgentMetrics {
             ),
             auth_held: gauge(
                 "duban_agent_delivery_held_auth",
-                "1 while delivery is held by UNAUTHENTICATED or PERMISSION_DENIED.",
+                "1 while delivery is held because the centre refuses this agent's identity (key, unit, plan or certificate).",
             ),
             client_cert_expiry_timestamp_seconds: gauge(
                 "duban_agent_client_cert_expiry_timestamp_seconds",
@@ -124,6 +128,11 @@ impl AgentMetrics {
             outbox_moved_aside: counter(
                 "duban_agent_outbox_moved_aside_total",
                 "Corrupt outbox files moved aside.",
+            ),
+            items_refused: counter_vec(
+                "duban_agent_items_refused_total",
+                "Values and task updates the centre refused, by refusal code.",
+                "code",
             ),
             registry,
         };
@@ -135,6 +144,12 @@ impl AgentMetrics {
         }
         for source in sources {
             m.collection_errors.with_label_values(&[source.as_str()]);
+        }
+        for code in (1..)
+            .map_while(|n| duban_proto::pb::RefusalCode::try_from(n).ok())
+            .map(|c| c.as_str_name().trim_start_matches("REFUSAL_"))
+        {
+            m.items_refused.with_label_values(&[code]);
         }
         m
     }

@@ -37,6 +37,20 @@ impl ReportService for Peer {
         Err(Status::unimplemented("the agent uses SubmitBatch"))
     }
 
+    async fn hello(
+        &self,
+        _: Request<pb::SignedReport>,
+    ) -> Result<Response<pb::HelloResult>, Status> {
+        match &self.script {
+            Script::Refuse(code) => Err(Status::new(*code, "scripted refusal")),
+            Script::BusyOnce(_) => Ok(Response::new(pb::HelloResult {
+                plan_id: "qingdao-ip-2017".into(),
+                known: true,
+                ..Default::default()
+            })),
+        }
+    }
+
     async fn submit_batch(
         &self,
         request: Request<pb::SubmitBatchRequest>,
@@ -93,6 +107,10 @@ async fn agent(dir: &Path, endpoint: &str) -> Agent {
         "unit = \"laoshan\"\nplan = \"qingdao-ip-2017\"\nprivate_key = \"signing.key\"\n[aggregator]\nendpoints = [\"{endpoint}\"]\ninsecure_plaintext = true\n[outbox]\npath = \"outbox.db\"\n"
     );
     let config = AgentConfig::parse(&text, &dir.join("agent.toml")).unwrap();
+    // As if the centre had already told this new outbox where its key's seqs stand.
+    let agent = Agent::open(config.clone()).await.unwrap();
+    agent.outbox.apply_centre_state(0, &[]).await.unwrap();
+    agent.outbox.close().await;
     let agent = Agent::open(config).await.unwrap();
     let item = Item::Value {
         indicator: "pct-applications".into(),

@@ -8,24 +8,9 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use duban_proto::{KeyId, PublicKey};
 
+use crate::clock::parse_time_ms;
 use crate::plan::{Plan, show::table};
 use crate::store::{AnyStore, NewKey, ReportFilter, Store};
-
-/// Parses `2026-01-01T08:00:00Z` (RFC 3339) or `2026-01-01` (midnight UTC) into Unix ms.
-pub fn parse_time_ms(text: &str) -> anyhow::Result<i64> {
-    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
-        return Ok(ts.as_millisecond());
-    }
-    if let Ok(date) = text.parse::<jiff::civil::Date>() {
-        return Ok(date
-            .to_zoned(jiff::tz::TimeZone::UTC)?
-            .timestamp()
-            .as_millisecond());
-    }
-    bail!(
-        "{text:?} is not a time: expected RFC 3339 like 2026-01-01T08:00:00Z, or a date like 2026-01-01 (midnight UTC)"
-    )
-}
 
 fn time_text(ms: Option<i64>) -> String {
     match ms.map(jiff::Timestamp::from_millisecond) {
@@ -54,11 +39,11 @@ pub async fn keys_add(
     let not_before_ms = not_before
         .map(parse_time_ms)
         .transpose()
-        .context("--not-before")?;
+        .map_err(|e| anyhow::anyhow!("--not-before: {e}"))?;
     let not_after_ms = not_after
         .map(parse_time_ms)
         .transpose()
-        .context("--not-after")?;
+        .map_err(|e| anyhow::anyhow!("--not-after: {e}"))?;
     if let (Some(a), Some(b)) = (not_before_ms, not_after_ms)
         && b <= a
     {
@@ -321,12 +306,23 @@ pub async fn status(
 ) -> anyhow::Result<String> {
     use crate::progress::{IndicatorStatus, MilestoneStatus};
     let progress = crate::evaluate::progress_at(store, plan, now_ms).await?;
-    let alerts = crate::alerts::evaluate(plan, &progress, policy);
+    let evaluated = crate::alerts::evaluate(plan, &progress, policy);
+    let agents = store.agents().await?;
+    let outages = store.outages(now_ms).await?;
     if json {
-        return Ok(serde_json::to_string_pretty(
-            &serde_json::json!({ "plan": plan.id, "as_of_ms": now_ms, "progress": progress, "alerts": alerts }),
-        )? + "\n");
+        return Ok(serde_json::to_string_pretty(&serde_json::json!({
+            "plan": plan.id,
+            "as_of_ms": now_ms,
+            "go_live_ms": policy.go_live_ms,
+            "progress": progress,
+            "alerts": evaluated.alerts,
+            "alerts_muted": evaluated.muted,
+            "deadlines_before_go_live": evaluated.before_go_live,
+            "agents": agents,
+            "centre_outages": outages,
+        }))? + "\n");
     }
+    let alerts = evaluated.alerts;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -377,7 +373,7 @@ pub async fn status(
             indicator.name.clone(),
             number(i.value),
             format!("{} {}", number(i.target), indicator.measure),
-            number(i.expected),
+            number(i.judged_expected),
             bar(i.progress_ratio),
             i.status.name().to_owned(),
         ]);
@@ -449,21 +445,79 @@ pub async fn status(
         ]);
     }
     out.push_str(&table(&rows, 2));
+    let _ = writeln!(
+        out,
+        "  (expected: the straight path from baseline to target at the end of the period the value describes, which the status is judged against)"
+    );
+    let _ = writeln!(out, "\nAGENTS (last heartbeat)");
+    let mut rows = vec![
+        [
+            "unit",
+            "key",
+            "last seen",
+            "version",
+            "waiting",
+            "dead letters",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for a in &agents {
+        rows.push(vec![
+            format!("{} {}", a.unit_id, plan.party_name(&a.unit_id)),
+            a.key_id.chars().take(12).collect(),
+            time_text(Some(a.last_seen_ms)),
+            a.agent_version.clone(),
+            a.outbox_reports.to_string(),
+            a.dead_letters.to_string(),
+        ]);
+    }
+    out.push_str(&table(&rows, 2));
+    if !outages.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nCENTRE OUTAGES ({}; reports signed before a deadline inside one count on time if they arrive within a day after it)",
+            outages.len()
+        );
+        for o in outages.iter().rev().take(10) {
+            let _ = writeln!(
+                out,
+                "  {} .. {}",
+                time_text(Some(o.from_ms)),
+                time_text(Some(o.to_ms))
+            );
+        }
+    }
     let _ = writeln!(out, "\nACTIVE ALERTS ({})", alerts.len());
+    if let Some(go_live) = policy.go_live_ms {
+        let _ = writeln!(
+            out,
+            "  go-live {}: {} deadline(s) missed before it are shown above, not alerted",
+            crate::progress::date_of_ms(go_live, &plan.tz),
+            evaluated.before_go_live
+        );
+    }
+    if evaluated.muted > 0 {
+        let _ = writeln!(
+            out,
+            "  {} alert(s) muted by [[alerts.mute]]",
+            evaluated.muted
+        );
+    }
     let rank = |severity: &str| match severity {
         "critical" => 0u8,
         "warning" => 1,
         _ => 2,
     };
     let mut counts: BTreeMap<(u8, String, String), usize> = BTreeMap::new();
-    let mut by_lead: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_recipient: BTreeMap<String, usize> = BTreeMap::new();
     for a in &alerts {
         let severity = a.labels.get("severity").cloned().unwrap_or_default();
         *counts
             .entry((rank(&severity), a.name().to_owned(), severity))
             .or_default() += 1;
-        *by_lead
-            .entry(plan.party_name(a.lead_unit()).to_owned())
+        *by_recipient
+            .entry(plan.party_name(a.recipient()).to_owned())
             .or_default() += 1;
     }
     let mut rows = vec![["alert", "severity", "count"].map(String::from).to_vec()];
@@ -473,11 +527,11 @@ pub async fn status(
             .map(|((_, name, severity), n)| vec![name.clone(), severity.clone(), n.to_string()]),
     );
     out.push_str(&table(&rows, 2));
-    let mut leads: Vec<(&String, &usize)> = by_lead.iter().collect();
+    let mut leads: Vec<(&String, &usize)> = by_recipient.iter().collect();
     leads.sort_by(|a, b| b.1.cmp(a.1));
     let _ = writeln!(
         out,
-        "  by lead unit: {}",
+        "  by recipient: {}",
         leads
             .iter()
             .map(|(u, n)| format!("{u} {n}"))
@@ -506,7 +560,7 @@ pub async fn status(
         worst.len()
     );
     let mut rows = vec![
-        ["alert", "severity", "lead unit", "summary"]
+        ["alert", "severity", "recipient", "summary"]
             .map(String::from)
             .to_vec(),
     ];
@@ -514,7 +568,7 @@ pub async fn status(
         rows.push(vec![
             a.name().to_owned(),
             a.labels.get("severity").cloned().unwrap_or_default(),
-            plan.party_name(a.lead_unit()).to_owned(),
+            plan.party_name(a.recipient()).to_owned(),
             a.annotations.get("summary").cloned().unwrap_or_default(),
         ]);
     }

@@ -1,14 +1,25 @@
-//! Deadline alerts for lead units, derived from [`crate::progress::Progress`].
+//! Deadline alerts, derived from [`crate::progress::Progress`].
 //!
-//! Every alert carries `alertname`, `severity`, `lead_unit` and `plan`, plus the `unit`,
-//! `indicator` or `task` (and `milestone`) concerned. An alert concerning several lead units is
-//! one alert per lead unit, so that each lead unit's receiver gets its own. Where the plan names
-//! no lead unit (按职责分工负责), the alert goes to each responsible unit instead, marked
-//! `lead_unit_source="responsible"`; no lead unit is invented.
+//! Every alert carries `alertname`, `severity`, `plan`, `lead_unit`, `recipient` and `role`,
+//! plus the `unit`, `indicator`, `period`, `task` or `milestone` concerned. `recipient` is the
+//! unit that receives the alert and the label Alertmanager routes on; an alert for several
+//! recipients is one alert per recipient, so that each gets its own:
+//! - report alerts (`ReportDueSoon`, `ReportOverdue`) go to the unit that owes the report
+//!   (`role="reporter"`, 催报) and, as a copy, to each lead unit of the indicator
+//!   (`role="lead"`);
+//! - indicator and task alerts go to each lead unit (`role="lead"`); where the plan names no
+//!   lead unit (按职责分工负责) to each responsible unit instead (`role="responsible"`,
+//!   `lead_unit="none"`); no lead unit is invented.
+//!
+//! `lead_unit` names the lead unit concerned: the recipient itself for `role="lead"`, the
+//! subject's lead units (comma-separated where several) for `role="reporter"`.
 //!
 //! Severity: `ReportDueSoon` is `info`; the others are `warning`, and `critical` once
 //! `critical_after_days` have passed since the deadline (or, for an indicator, once its target
 //! date has passed unmet).
+//!
+//! Not alerted: deadlines before the go-live time (they are history, shown in `status` and the
+//! API but never sent), and alerts matching a mute.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +43,10 @@ pub struct AlertPolicy {
     pub due_soon_days: i64,
     /// Overdue alerts become critical this many days after the deadline.
     pub critical_after_days: i64,
+    /// Deadlines before this instant are not alerted (`None`: every deadline is).
+    pub go_live_ms: Option<i64>,
+    /// Alerts matching any of these are not sent.
+    pub mutes: Vec<Mute>,
 }
 
 impl Default for AlertPolicy {
@@ -39,8 +54,55 @@ impl Default for AlertPolicy {
         AlertPolicy {
             due_soon_days: 7,
             critical_after_days: 30,
+            go_live_ms: None,
+            mutes: Vec::new(),
         }
     }
+}
+
+/// Silences the alerts whose labels match every field given (at least one is).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Mute {
+    pub alertname: Option<String>,
+    /// Matches the `recipient`, `unit` or `lead_unit` label.
+    pub unit: Option<String>,
+    pub plan: Option<String>,
+    /// The mute ends at this instant (`None`: until removed from the configuration).
+    pub until_ms: Option<i64>,
+    pub reason: String,
+}
+
+impl Mute {
+    pub fn matches(&self, alert: &Alert, now_ms: i64) -> bool {
+        if self.until_ms.is_some_and(|until| now_ms >= until) {
+            return false;
+        }
+        let label = |name: &str| alert.labels.get(name).map(String::as_str);
+        let unit_matches = |unit: &str| {
+            label("recipient") == Some(unit)
+                || label("unit") == Some(unit)
+                || label("lead_unit").is_some_and(|l| l.split(',').any(|u| u == unit))
+        };
+        self.alertname
+            .as_deref()
+            .is_none_or(|n| label("alertname") == Some(n))
+            && self
+                .plan
+                .as_deref()
+                .is_none_or(|p| label("plan") == Some(p))
+            && self.unit.as_deref().is_none_or(unit_matches)
+    }
+}
+
+/// What one evaluation decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Evaluated {
+    /// The alerts to fire or keep firing.
+    pub alerts: Vec<Alert>,
+    /// Alerts left out because a mute matched.
+    pub muted: usize,
+    /// Deadlines passed before the go-live time: shown, not alerted.
+    pub before_go_live: usize,
 }
 
 /// One alert as it should be at the time of evaluation.
@@ -74,6 +136,14 @@ impl Alert {
             .map(String::as_str)
             .unwrap_or_default()
     }
+
+    /// The unit that receives this alert (the label Alertmanager routes on).
+    pub fn recipient(&self) -> &str {
+        self.labels
+            .get("recipient")
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
 }
 
 fn severity(days_late: i64, policy: &AlertPolicy) -> &'static str {
@@ -84,8 +154,9 @@ fn severity(days_late: i64, policy: &AlertPolicy) -> &'static str {
     }
 }
 
-/// Who receives an alert: the lead units, or where none is named, the responsible units.
-fn recipients(lead: &[String], responsible: &[String], plan: &Plan) -> Vec<(String, &'static str)> {
+/// Who receives an alert about a subject: each lead unit, or where none is named, each
+/// responsible unit. `(recipient, role)`.
+fn owners(lead: &[String], responsible: &[String], plan: &Plan) -> Vec<(String, &'static str)> {
     if !lead.is_empty() {
         return plan
             .expand_parties(lead)
@@ -103,13 +174,25 @@ fn date_text(ms: i64, plan: &Plan) -> String {
     crate::progress::date_of_ms(ms - 1, &plan.tz).to_string()
 }
 
-/// Every alert that should be active at `progress.now_ms`.
-pub fn evaluate(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Vec<Alert> {
+/// "已逾期 N 天", or "已逾期不足 1 天" on the first day.
+fn overdue_text(days: i64) -> String {
+    if days >= 1 {
+        format!("已逾期 {days} 天")
+    } else {
+        "已逾期不足 1 天".to_owned()
+    }
+}
+
+/// Every alert that should be active at `progress.now_ms`, after go-live and mutes.
+pub fn evaluate(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluated {
     let now = progress.now_ms;
+    let go_live = policy.go_live_ms.unwrap_or(i64::MIN);
+    let mut before_go_live = 0;
     let mut out = Vec::new();
     let mut push = |name: &str,
                     severity: &str,
-                    lead: (String, &'static str),
+                    (recipient, role): (String, &'static str),
+                    lead_unit: &str,
                     subject: &[(&str, &str)],
                     summary: String,
                     description: String| {
@@ -117,14 +200,13 @@ pub fn evaluate(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Vec<A
             ("alertname", name),
             ("severity", severity),
             ("plan", plan.id.as_str()),
-            ("lead_unit", lead.0.as_str()),
+            ("lead_unit", lead_unit),
+            ("recipient", recipient.as_str()),
+            ("role", role),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        if lead.1 == "responsible" {
-            labels.insert("lead_unit_source".into(), "responsible".into());
-        }
         for (k, v) in subject {
             labels.insert((*k).to_owned(), (*v).to_owned());
         }
@@ -144,26 +226,50 @@ pub fn evaluate(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Vec<A
         let Some(indicator) = plan.indicator(&o.indicator) else {
             continue;
         };
-        let unit_name = plan.party_name(&o.unit);
-        let due = date_text(o.due_ms, plan);
+        let deadline = o.overdue_after_ms();
         let soon = o.status == ObligationStatus::NotDue
-            && o.due_ms - now <= policy.due_soon_days * DAY_MS
-            && o.due_ms > now;
+            && deadline - now <= policy.due_soon_days * DAY_MS
+            && deadline > now;
         let overdue = o.status == ObligationStatus::Overdue;
         if !soon && !overdue {
             continue;
         }
-        for lead in recipients(&indicator.lead_units, &[], plan) {
-            let subject = [
-                ("unit", o.unit.as_str()),
-                ("indicator", o.indicator.as_str()),
-                ("period", o.period.as_str()),
-            ];
+        if o.due_ms < go_live {
+            before_go_live += 1;
+            continue;
+        }
+        let unit_name = plan.party_name(&o.unit);
+        let due = date_text(deadline, plan);
+        let leads = plan.expand_parties(&indicator.lead_units);
+        let mut recipients = vec![(o.unit.clone(), "reporter")];
+        recipients.extend(
+            leads
+                .iter()
+                .filter(|lead| **lead != o.unit)
+                .map(|lead| (lead.clone(), "lead")),
+        );
+        let all_leads = if leads.is_empty() {
+            "none".to_owned()
+        } else {
+            leads.join(",")
+        };
+        let subject = [
+            ("unit", o.unit.as_str()),
+            ("indicator", o.indicator.as_str()),
+            ("period", o.period.as_str()),
+        ];
+        for recipient in recipients {
+            let lead_unit = if recipient.1 == "lead" {
+                recipient.0.clone()
+            } else {
+                all_leads.clone()
+            };
             if soon {
                 push(
                     "ReportDueSoon",
                     "info",
-                    lead,
+                    recipient,
+                    &lead_unit,
                     &subject,
                     format!(
                         "{unit_name} 的 {} ({}) 报告将于 {due} 到期",
@@ -175,15 +281,18 @@ pub fn evaluate(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Vec<A
                     ),
                 );
             } else {
-                let days = (now - o.due_ms) / DAY_MS;
+                let days = (now - deadline) / DAY_MS;
                 push(
                     "ReportOverdue",
                     severity(days, policy),
-                    lead,
+                    recipient,
+                    &lead_unit,
                     &subject,
                     format!(
-                        "{unit_name} 的 {} ({}) 报告已逾期 {days} 天",
-                        indicator.name, o.period
+                        "{unit_name} 的 {} ({}) 报告{}",
+                        indicator.name,
+                        o.period,
+                        overdue_text(days)
                     ),
                     format!(
                         "{} of {} for {} was due by {due}; nothing has been received.",
@@ -201,31 +310,42 @@ pub fn evaluate(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Vec<A
         let Some(indicator) = plan.indicator(&p.indicator) else {
             continue;
         };
+        if p.status == IndicatorStatus::Late
+            && indicator
+                .target
+                .as_ref()
+                .is_some_and(|t| crate::progress::end_of_day_ms(t.date, &plan.tz) < go_live)
+        {
+            before_go_live += 1;
+            continue;
+        }
         let severity = if p.status == IndicatorStatus::Late {
             "critical"
         } else {
             "warning"
         };
         let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
-        for lead in recipients(&indicator.lead_units, &[], plan) {
+        for recipient in owners(&indicator.lead_units, &[], plan) {
+            let lead_unit = recipient.0.clone();
             push(
                 "IndicatorLagging",
                 severity,
-                lead,
+                recipient,
+                &lead_unit,
                 &[("indicator", p.indicator.as_str())],
                 format!(
                     "{} 落后于进度: {} (应达 {}, 目标 {})",
                     indicator.name,
                     fmt(p.value),
-                    fmt(p.expected),
+                    fmt(p.judged_expected),
                     fmt(p.target)
                 ),
                 format!(
-                    "{} is {}: value {}, expected by now {}, target {} {}.",
+                    "{} is {}: value {}, expected {} at the end of the period it describes, target {} {}.",
                     p.indicator,
                     p.status.name(),
                     fmt(p.value),
-                    fmt(p.expected),
+                    fmt(p.judged_expected),
                     fmt(p.target),
                     indicator.measure
                 ),
@@ -242,16 +362,26 @@ pub fn evaluate(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Vec<A
         let Some(task) = plan.task(&m.task) else {
             continue;
         };
+        if name == "TaskOverdue" && m.deadline_ms < go_live {
+            before_go_live += 1;
+            continue;
+        }
         let percent = m
             .percent
             .map(|p| format!("{p:.0}%"))
             .unwrap_or_else(|| "no update".into());
         let deadline = date_text(m.deadline_ms, plan);
-        for lead in recipients(&task.lead_units, &task.responsible_units, plan) {
+        for recipient in owners(&task.lead_units, &task.responsible_units, plan) {
+            let lead_unit = if recipient.1 == "lead" {
+                recipient.0.clone()
+            } else {
+                "none".to_owned()
+            };
             push(
                 name,
                 severity,
-                lead,
+                recipient,
+                &lead_unit,
                 &[
                     ("task", m.task.as_str()),
                     ("milestone", m.milestone.as_str()),
@@ -278,5 +408,11 @@ pub fn evaluate(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Vec<A
     }
     out.sort_by_key(|a| a.key());
     out.dedup_by(|a, b| a.key() == b.key());
-    out
+    let before = out.len();
+    out.retain(|alert| !policy.mutes.iter().any(|m| m.matches(alert, now)));
+    Evaluated {
+        muted: before - out.len(),
+        alerts: out,
+        before_go_live,
+    }
 }

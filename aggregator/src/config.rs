@@ -1,5 +1,7 @@
 //! `duban-aggregator serve` configuration: a TOML file (`--config`) whose every key a flag can
-//! override. Validated purely; every error names the file and the key.
+//! override, key by key (a flag replaces the one key it names; the rest of the file stands).
+//! Validated purely; every error names the file and the key. Relative paths in the file are
+//! relative to the file's directory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,8 +24,17 @@ pub struct ServeFile {
     pub insecure_plaintext: Option<bool>,
     pub max_in_flight: Option<usize>,
     pub shutdown_grace_seconds: Option<u64>,
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<TlsFile>,
     pub alerts: Option<AlertsFile>,
+}
+
+/// `[tls]` as written: each file may come from the file or from its flag.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[alerts]`: where plan alerts go and how often they are evaluated.
@@ -40,10 +51,28 @@ pub struct AlertsFile {
     pub resend_every_seconds: Option<u64>,
     pub due_soon_days: Option<i64>,
     pub critical_after_days: Option<i64>,
+    /// Alerts only for deadlines from this time on (RFC 3339 or YYYY-MM-DD); default: when
+    /// the database first served.
+    pub go_live: Option<String>,
+    /// `[[alerts.mute]]`: alerts not to send.
+    #[serde(default)]
+    pub mute: Vec<MuteFile>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[[alerts.mute]]` as written.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct MuteFile {
+    pub alertname: Option<String>,
+    pub unit: Option<String>,
+    pub plan: Option<String>,
+    pub until: Option<String>,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The three TLS files, all given.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The server's certificate chain (PEM).
     pub cert: PathBuf,
@@ -87,7 +116,20 @@ impl ServeFile {
             file: file.clone(),
             message: e.to_string(),
         })?;
-        Self::parse(&text, &file)
+        let mut parsed = Self::parse(&text, &file)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p.as_mut().filter(|p| p.is_relative()) {
+                *path = base.join(&*path);
+            }
+        };
+        resolve(&mut parsed.plan);
+        if let Some(tls) = parsed.tls.as_mut() {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+            resolve(&mut tls.client_ca);
+        }
+        Ok(parsed)
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
@@ -110,7 +152,30 @@ impl ServeFile {
             return Err(invalid("max_in_flight", "must be at least 1"));
         }
         let insecure = self.insecure_plaintext.unwrap_or(false);
-        match (&self.tls, insecure) {
+        let tls_file = self.tls.unwrap_or_default();
+        let tls = match (tls_file.cert, tls_file.key, tls_file.client_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (cert, key, client_ca) => {
+                let missing: Vec<&str> = [
+                    (cert.is_none(), "cert (--tls-cert)"),
+                    (key.is_none(), "key (--tls-key)"),
+                    (client_ca.is_none(), "client_ca (--client-ca)"),
+                ]
+                .into_iter()
+                .filter_map(|(absent, name)| absent.then_some(name))
+                .collect();
+                return Err(invalid(
+                    "tls",
+                    &format!("TLS needs all three files; missing: {}", missing.join(", ")),
+                ));
+            }
+        };
+        match (&tls, insecure) {
             (Some(_), true) => {
                 return Err(invalid(
                     "insecure_plaintext",
@@ -137,50 +202,7 @@ impl ServeFile {
                 "expected sqlite://PATH or postgres://USER@HOST/DB",
             ));
         }
-        let alerts_file = self.alerts.unwrap_or_default();
-        for (n, url) in alerts_file
-            .alertmanagers
-            .iter()
-            .chain(&alerts_file.webhooks)
-            .enumerate()
-        {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid(
-                    &format!("alerts[{n}]"),
-                    &format!("expected an http:// or https:// URL, got {url:?}"),
-                ));
-            }
-        }
-        let defaults = crate::serve::AlertSettings::default();
-        let evaluate_every = alerts_file
-            .evaluate_every_seconds
-            .map(Duration::from_secs)
-            .unwrap_or(defaults.evaluate_every);
-        if evaluate_every.is_zero() {
-            return Err(invalid(
-                "alerts.evaluate_every_seconds",
-                "must be at least 1",
-            ));
-        }
-        let alerts = crate::serve::AlertSettings {
-            policy: crate::alerts::AlertPolicy {
-                due_soon_days: alerts_file
-                    .due_soon_days
-                    .unwrap_or(defaults.policy.due_soon_days),
-                critical_after_days: alerts_file
-                    .critical_after_days
-                    .unwrap_or(defaults.policy.critical_after_days),
-            },
-            sinks: crate::notify::Sinks {
-                alertmanagers: alerts_file.alertmanagers,
-                webhooks: alerts_file.webhooks,
-            },
-            evaluate_every,
-            resend_every: alerts_file
-                .resend_every_seconds
-                .map(Duration::from_secs)
-                .unwrap_or(defaults.resend_every),
-        };
+        let alerts = self.alerts.unwrap_or_default().settle(source_name)?;
         Ok(ServeConfig {
             grpc_listen: self
                 .grpc_listen
@@ -190,10 +212,99 @@ impl ServeFile {
                 .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.parse().expect("valid default")),
             database_url,
             plan: self.plan,
-            tls: self.tls,
+            tls,
             max_in_flight,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds.unwrap_or(10)),
             alerts,
+        })
+    }
+}
+
+impl AlertsFile {
+    /// The alert settings, with defaults filled in; errors name `source_name` and the key.
+    pub fn settle(self, source_name: &str) -> Result<crate::serve::AlertSettings, ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            source_name: source_name.to_owned(),
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        for (n, url) in self.alertmanagers.iter().chain(&self.webhooks).enumerate() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    &format!("alerts[{n}]"),
+                    &format!("expected an http:// or https:// URL, got {url:?}"),
+                ));
+            }
+        }
+        let defaults = crate::serve::AlertSettings::default();
+        let evaluate_every = self
+            .evaluate_every_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.evaluate_every);
+        if evaluate_every.is_zero() {
+            return Err(invalid(
+                "alerts.evaluate_every_seconds",
+                "must be at least 1",
+            ));
+        }
+        let go_live_ms = self
+            .go_live
+            .as_deref()
+            .map(crate::clock::parse_time_ms)
+            .transpose()
+            .map_err(|m| invalid("alerts.go_live", &m))?;
+        let mut mutes = Vec::new();
+        for (n, mute) in self.mute.iter().enumerate() {
+            let key = format!("alerts.mute[{n}]");
+            if mute.alertname.is_none() && mute.unit.is_none() && mute.plan.is_none() {
+                return Err(invalid(
+                    &key,
+                    "expected at least one of alertname, unit or plan (a mute of everything is a mistake; remove the sinks instead)",
+                ));
+            }
+            if let Some(name) = &mute.alertname
+                && !crate::alerts::ALERT_NAMES.contains(&name.as_str())
+            {
+                return Err(invalid(
+                    &format!("{key}.alertname"),
+                    &format!(
+                        "expected one of {}, got {name:?}",
+                        crate::alerts::ALERT_NAMES.join(", ")
+                    ),
+                ));
+            }
+            let until_ms = mute
+                .until
+                .as_deref()
+                .map(crate::clock::parse_time_ms)
+                .transpose()
+                .map_err(|m| invalid(&format!("{key}.until"), &m))?;
+            mutes.push(crate::alerts::Mute {
+                alertname: mute.alertname.clone(),
+                unit: mute.unit.clone(),
+                plan: mute.plan.clone(),
+                until_ms,
+                reason: mute.reason.clone(),
+            });
+        }
+        Ok(crate::serve::AlertSettings {
+            policy: crate::alerts::AlertPolicy {
+                due_soon_days: self.due_soon_days.unwrap_or(defaults.policy.due_soon_days),
+                critical_after_days: self
+                    .critical_after_days
+                    .unwrap_or(defaults.policy.critical_after_days),
+                go_live_ms,
+                mutes,
+            },
+            sinks: crate::notify::Sinks {
+                alertmanagers: self.alertmanagers,
+                webhooks: self.webhooks,
+            },
+            evaluate_every,
+            resend_every: self
+                .resend_every_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.resend_every),
         })
     }
 }

@@ -1,6 +1,6 @@
-//! The evaluation loop: every `every`, read the store, compute progress at the clock's now,
-//! derive the alerts, store their state, notify. Also the plan-state metrics built at scrape
-//! time.
+//! The evaluation loop: every `every`, mark the centre alive, read the store, compute progress
+//! at the clock's now, derive the alerts, store their state, notify. Also the plan-state
+//! metrics built at scrape time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,15 +9,17 @@ use prometheus::{Encoder, GaugeVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::alerts::{ALERT_NAMES, AlertPolicy, SEVERITIES, evaluate};
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::plan::Plan;
 use crate::progress::{self, IndicatorStatus, MilestoneStatus, Progress, Snapshot};
-use crate::store::{AlertChanges, AlertRow, AnyStore, Store, StoreError, WantedAlert};
+use crate::store::{AgentRow, AlertChanges, AlertRow, AnyStore, Store, StoreError, WantedAlert};
 
-pub async fn snapshot(store: &AnyStore, plan: &Plan) -> Result<Snapshot, StoreError> {
+pub async fn snapshot(store: &AnyStore, plan: &Plan, now_ms: i64) -> Result<Snapshot, StoreError> {
     Ok(Snapshot {
         values: store.current_values(&plan.id, None).await?,
         tasks: store.current_tasks(&plan.id).await?,
+        outages: store.outages(now_ms).await?,
     })
 }
 
@@ -28,7 +30,7 @@ pub async fn progress_at(
 ) -> Result<Progress, StoreError> {
     Ok(progress::compute(
         plan,
-        &snapshot(store, plan).await?,
+        &snapshot(store, plan, now_ms).await?,
         now_ms,
     ))
 }
@@ -40,8 +42,11 @@ pub struct Evaluator {
     pub clock: Arc<dyn Clock>,
     pub policy: AlertPolicy,
     pub notifier: Notifier,
+    pub metrics: Metrics,
     pub every: Duration,
     pub resend_every: Duration,
+    /// This serving process's row in the centre's uptime record.
+    pub run_id: String,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -54,8 +59,15 @@ impl Evaluator {
     /// One evaluation: progress, alerts, stored state, notifications.
     pub async fn once(&self, resend: bool) -> Result<AlertChanges, StoreError> {
         let now = self.clock.now_ms();
+        self.store.beat(&self.run_id, now).await?;
         let progress = progress_at(&self.store, &self.plan, now).await?;
-        let wanted: Vec<WantedAlert> = evaluate(&self.plan, &progress, &self.policy)
+        let evaluated = evaluate(&self.plan, &progress, &self.policy);
+        self.metrics.alerts_muted.set(evaluated.muted as i64);
+        self.metrics
+            .alerts_before_go_live
+            .set(evaluated.before_go_live as i64);
+        let wanted: Vec<WantedAlert> = evaluated
+            .alerts
             .into_iter()
             .map(|a| WantedAlert {
                 key: a.key(),
@@ -104,7 +116,12 @@ pub const PLAN_SERIES_BUDGET: usize = 5_000;
 /// Plan state as Prometheus text: built from a progress computation and the open alerts.
 /// Cardinality: one series per indicator (and per state for state sets), per milestone × lead
 /// unit × state, per unit and lead unit; no per-report or per-period series.
-pub fn plan_metrics(plan: &Plan, progress: &Progress, alerts: &[AlertRow]) -> String {
+pub fn plan_metrics(
+    plan: &Plan,
+    progress: &Progress,
+    alerts: &[AlertRow],
+    agents: &[AgentRow],
+) -> String {
     let registry = Registry::new();
     let p = plan.id.as_str();
     let value = gauge(
@@ -183,6 +200,12 @@ pub fn plan_metrics(plan: &Plan, progress: &Progress, alerts: &[AlertRow]) -> St
         &registry,
         "duban_unit_last_report_timestamp_seconds",
         "When a unit's last accepted value or task update arrived.",
+        &["plan", "unit"],
+    );
+    let heartbeat = gauge(
+        &registry,
+        "duban_unit_last_heartbeat_timestamp_seconds",
+        "When an agent of the unit last said Hello (its heartbeat; 0: never).",
         &["plan", "unit"],
     );
     let completeness_u = gauge(
@@ -290,6 +313,15 @@ pub fn plan_metrics(plan: &Plan, progress: &Progress, alerts: &[AlertRow]) -> St
         let at = progress.last_report_ms.get(&unit.id).copied().unwrap_or(0);
         last.with_label_values(&[p, &unit.id])
             .set(at as f64 / 1000.0);
+        let seen = agents
+            .iter()
+            .filter(|a| a.unit_id == unit.id)
+            .map(|a| a.last_seen_ms)
+            .max()
+            .unwrap_or(0);
+        heartbeat
+            .with_label_values(&[p, &unit.id])
+            .set(seen as f64 / 1000.0);
         let rates = progress.by_unit.get(&unit.id).copied().unwrap_or_default();
         completeness_u
             .with_label_values(&[p, &unit.id])

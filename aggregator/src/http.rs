@@ -28,11 +28,12 @@ async fn metrics(State(ingestor): State<Ingestor>) -> impl IntoResponse {
     match (
         crate::evaluate::progress_at(ingestor.store(), plan, now).await,
         ingestor.store().alerts(&plan.id, now).await,
+        ingestor.store().agents().await,
     ) {
-        (Ok(progress), Ok(alerts)) => {
-            body.push_str(&crate::evaluate::plan_metrics(plan, &progress, &alerts))
-        }
-        (Err(error), _) | (_, Err(error)) => {
+        (Ok(progress), Ok(alerts), Ok(agents)) => body.push_str(&crate::evaluate::plan_metrics(
+            plan, &progress, &alerts, &agents,
+        )),
+        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
             tracing::warn!(%error, "plan metrics unavailable for this scrape")
         }
     }
@@ -55,7 +56,7 @@ async fn progress(State(ingestor): State<Ingestor>, Query(query): Query<AsOf>) -
     let now = match query
         .as_of
         .as_deref()
-        .map(crate::admin::parse_time_ms)
+        .map(crate::clock::parse_time_ms)
         .transpose()
     {
         Ok(at) => at.unwrap_or_else(|| ingestor.clock().now_ms()),

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use duban_aggregator::clock::{Clock, SystemClock};
-use duban_aggregator::config::{DEFAULT_DATABASE_URL, ServeFile, TlsFiles};
+use duban_aggregator::clock::{Clock, SystemClock, parse_time_ms};
+use duban_aggregator::config::{DEFAULT_DATABASE_URL, ServeFile, TlsFile};
 use duban_aggregator::serve::{Serve, TlsMaterial};
-use duban_aggregator::store::{AnyStore, ReportFilter};
+use duban_aggregator::store::{AnyStore, ReportFilter, Store};
 use duban_aggregator::{admin, plan};
+use duban_proto::cli;
 
 /// duban-aggregator: the central duban service and its admin CLI.
 #[derive(Debug, Parser)]
@@ -70,9 +71,6 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// TOML configuration file; flags override its values (see docs/OPERATIONS.md).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
     /// gRPC listen address [default: 127.0.0.1:7700].
     #[arg(long, value_name = "ADDR")]
     grpc_listen: Option<SocketAddr>,
@@ -112,19 +110,61 @@ struct ServeArgs {
     evaluate_every_seconds: Option<u64>,
 }
 
+/// Where the database is: `--database-url`, else `DUBAN_DATABASE_URL`, else `database_url` of
+/// `--config`, else the default. `--config` also gives the plan file unless `--plan` is given.
 #[derive(Debug, Args)]
 struct DbArgs {
-    /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB [default: sqlite://./duban-data/duban.db].
-    #[arg(long, value_name = "URL")]
+    /// sqlite://PATH or postgres://USER@HOST/DB. Overrides DUBAN_DATABASE_URL and the
+    /// configuration file [default: sqlite://./duban-data/duban.db].
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DUBAN_DATABASE_URL",
+        hide_env_values = true
+    )]
     database_url: Option<String>,
+    /// The aggregator's configuration file (docs/OPERATIONS.md): its database_url, plan and
+    /// [alerts] are used unless a flag says otherwise; keeps credentials off the command line.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 impl DbArgs {
+    fn file(&self) -> anyhow::Result<ServeFile> {
+        Ok(match &self.config {
+            Some(path) => ServeFile::read(path)?,
+            None => ServeFile::default(),
+        })
+    }
+
+    fn url(&self) -> anyhow::Result<String> {
+        Ok(match &self.database_url {
+            Some(url) => url.clone(),
+            None => self
+                .file()?
+                .database_url
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+        })
+    }
+
+    /// Opens for commands that write (keys add, keys revoke): created and migrated if needed.
     async fn open(&self) -> anyhow::Result<AnyStore> {
-        let url = self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL);
-        AnyStore::open(url)
-            .await
-            .with_context(|| format!("failed to open the database {url}"))
+        let url = self.url()?;
+        Ok(AnyStore::open(&url).await?)
+    }
+
+    /// Opens an existing database for commands that only read: never created, never migrated.
+    async fn open_read_only(&self) -> anyhow::Result<AnyStore> {
+        let url = self.url()?;
+        Ok(AnyStore::open_read_only(&url).await?)
+    }
+
+    /// The plan: `--plan`, else `plan` of `--config`, else the embedded plan.
+    fn plan(&self, arg: &PlanArg) -> anyhow::Result<plan::Plan> {
+        match &arg.plan {
+            Some(path) => load_plan(Some(path)),
+            None => load_plan(self.file()?.plan.as_deref()),
+        }
     }
 }
 
@@ -143,14 +183,19 @@ impl PlanArg {
 
 #[derive(Debug, Subcommand)]
 enum PlanCommand {
-    /// Print an Alertmanager configuration for the plan: a route and a receiver lead-<unit>
-    /// for every unit that can receive plan alerts (deploy/alertmanager/alertmanager.yml).
+    /// Print an Alertmanager configuration for the plan: a route on the recipient label and a
+    /// receiver unit-<unit> for every unit that can receive plan alerts, and duban-ops for the
+    /// Duban* health alerts (deploy/alertmanager/alertmanager.yml).
     AlertmanagerConfig {
         /// Plan file [default: the embedded Qingdao 2017 plan].
         file: Option<PathBuf>,
-        /// Placeholder base URL for the receivers' webhooks (<base>/<unit>).
+        /// Placeholder base URL for receivers not in --receivers (<base>/<unit>, <base>/ops).
         #[arg(long, value_name = "URL", default_value = duban_aggregator::amconfig::DEFAULT_WEBHOOK_BASE)]
         webhook_base: String,
+        /// Hand-written receivers (YAML: `receivers:` in Alertmanager's syntax, named duban-ops
+        /// and unit-<unit>); each replaces its generated placeholder.
+        #[arg(long, value_name = "FILE")]
+        receivers: Option<PathBuf>,
     },
     /// Validate a plan file. Exit status 0 when valid (warnings are printed but do not fail),
     /// 1 when it has errors; each error names the file, line and key.
@@ -222,7 +267,7 @@ enum ReportsCommand {
         /// Only this period (2018-03, 2018Q1, 2018S1, 2018).
         #[arg(long)]
         period: Option<String>,
-        /// At most this many [default: 100].
+        /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: i64,
         #[arg(long)]
@@ -251,7 +296,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // sqlx logs PostgreSQL's notices ("relation _sqlx_migrations already exists") at
+            // info: not news for an operator.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -259,32 +307,46 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Plan(PlanCommand::Check { file }) => plan_check(file.as_deref()),
         Command::Plan(PlanCommand::Show { file, json }) => plan_show(file.as_deref(), json),
-        Command::Plan(PlanCommand::AlertmanagerConfig { file, webhook_base }) => {
-            match load_plan(file.as_deref()) {
-                Ok(plan) => {
-                    print!(
-                        "{}",
-                        duban_aggregator::amconfig::render(&plan, &webhook_base)
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Plan(PlanCommand::AlertmanagerConfig {
+            file,
+            webhook_base,
+            receivers,
+        }) => match alertmanager_config(file.as_deref(), &webhook_base, receivers.as_deref()) {
+            Ok(text) => {
+                cli::print(&text);
+                ExitCode::SUCCESS
             }
-        }
+            Err(error) => {
+                cli::eprintln(&format!("error: {error:#}"));
+                ExitCode::FAILURE
+            }
+        },
         command => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(run(command)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("error: {error:#}");
+                    cli::eprintln(&format!("error: {error:#}"));
                     ExitCode::FAILURE
                 }
             }
         }
     }
+}
+
+fn alertmanager_config(
+    file: Option<&Path>,
+    webhook_base: &str,
+    receivers: Option<&Path>,
+) -> anyhow::Result<String> {
+    let plan = load_plan(file)?;
+    let hand = match receivers {
+        Some(path) => {
+            duban_aggregator::amconfig::HandWritten::read(path).map_err(|e| anyhow::anyhow!(e))?
+        }
+        None => Default::default(),
+    };
+    duban_aggregator::amconfig::render(&plan, webhook_base, &hand).map_err(|e| anyhow::anyhow!(e))
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -300,7 +362,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             db,
             plan,
         }) => {
-            let plan = plan.load()?;
+            let plan = db.plan(&plan)?;
             admin::keys_add(
                 &db.open().await?,
                 &plan,
@@ -313,7 +375,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await?
         }
         Command::Keys(KeysCommand::List { unit, json, db }) => {
-            admin::keys_list(&db.open().await?, unit.as_deref(), json).await?
+            admin::keys_list(&db.open_read_only().await?, unit.as_deref(), json).await?
         }
         Command::Keys(KeysCommand::Revoke { key_id, db }) => {
             admin::keys_revoke(&db.open().await?, &key_id, now).await?
@@ -332,7 +394,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 period,
                 limit: Some(limit),
             };
-            admin::reports_list(&db.open().await?, &filter, json).await?
+            admin::reports_list(&db.open_read_only().await?, &filter, json).await?
         }
         Command::Status {
             as_of,
@@ -340,14 +402,31 @@ async fn run(command: Command) -> anyhow::Result<()> {
             db,
             plan,
         } => {
-            let plan = plan.load()?;
+            let plan = db.plan(&plan)?;
             let at = as_of
                 .as_deref()
-                .map(admin::parse_time_ms)
+                .map(parse_time_ms)
                 .transpose()
-                .context("--as-of")?
+                .map_err(|e| anyhow::anyhow!("--as-of: {e}"))?
                 .unwrap_or(now);
-            admin::status(&db.open().await?, &plan, at, &Default::default(), json).await?
+            let store = db.open_read_only().await?;
+            let source = db
+                .config
+                .as_ref()
+                .map_or("flags".to_owned(), |p| p.display().to_string());
+            let mut policy = db
+                .file()?
+                .alerts
+                .unwrap_or_default()
+                .settle(&source)?
+                .policy;
+            if policy.go_live_ms.is_none() {
+                policy.go_live_ms = store
+                    .setting("first_served_ms")
+                    .await?
+                    .and_then(|v| v.parse().ok());
+            }
+            admin::status(&store, &plan, at, &policy, json).await?
         }
         Command::DevCa {
             out,
@@ -372,19 +451,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
             db,
             plan,
         }) => {
-            let plan = plan.load()?;
-            admin::values_show(&db.open().await?, &plan, indicator.as_deref(), json).await?
+            let plan = db.plan(&plan)?;
+            admin::values_show(
+                &db.open_read_only().await?,
+                &plan,
+                indicator.as_deref(),
+                json,
+            )
+            .await?
         }
     };
-    print!("{output}");
+    cli::print(&output);
     Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (mut file, source) = match &args.config {
-        Some(path) => (ServeFile::read(path)?, path.display().to_string()),
-        None => (ServeFile::default(), "flags".to_owned()),
-    };
+    let mut file = args.db.file()?;
+    let source = args
+        .db
+        .config
+        .as_ref()
+        .map_or("flags".to_owned(), |p| format!("{} and flags", p.display()));
+    // Each flag replaces the one key it names; everything else in the file stands.
     file.grpc_listen = args.grpc_listen.or(file.grpc_listen);
     file.http_listen = args.http_listen.or(file.http_listen);
     file.database_url = args.db.database_url.clone().or(file.database_url);
@@ -401,16 +489,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .evaluate_every_seconds
         .or(alerts.evaluate_every_seconds);
     file.alerts = Some(alerts);
-    match (args.tls_cert, args.tls_key, args.client_ca) {
-        (Some(cert), Some(key), Some(client_ca)) => {
-            file.tls = Some(TlsFiles {
-                cert,
-                key,
-                client_ca,
-            })
-        }
-        (None, None, None) => {}
-        _ => anyhow::bail!("TLS needs all three of --tls-cert, --tls-key and --client-ca"),
+    let tls = file.tls.take().unwrap_or_default();
+    let tls = TlsFile {
+        cert: args.tls_cert.or(tls.cert),
+        key: args.tls_key.or(tls.key),
+        client_ca: args.client_ca.or(tls.client_ca),
+    };
+    if tls != TlsFile::default() {
+        file.tls = Some(tls);
     }
     let config = file.settle(&source)?;
     let plan = Arc::new(load_plan(config.plan.as_deref())?);
@@ -422,9 +508,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }),
         None => None,
     };
-    let store = AnyStore::open(&config.database_url)
-        .await
-        .with_context(|| format!("failed to open the database {}", config.database_url))?;
+    let store = AnyStore::open(&config.database_url).await?;
     let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_listen))?;
@@ -479,13 +563,13 @@ fn load(file: Option<&Path>) -> (String, Result<plan::Loaded, plan::PlanErrors>)
 
 fn print_errors(errors: &plan::PlanErrors) {
     for error in &errors.errors {
-        eprintln!("error: {error}");
+        cli::eprintln(&format!("error: {error}"));
     }
     let count = errors.errors.len();
-    eprintln!(
+    cli::eprintln(&format!(
         "{count} error{}: the plan is not valid",
         if count == 1 { "" } else { "s" }
-    );
+    ));
 }
 
 fn plan_check(file: Option<&Path>) -> ExitCode {
@@ -493,10 +577,10 @@ fn plan_check(file: Option<&Path>) -> ExitCode {
     match result {
         Ok(loaded) => {
             for warning in &loaded.warnings {
-                eprintln!("warning: {warning}");
+                cli::eprintln(&format!("warning: {warning}"));
             }
             let p = &loaded.plan;
-            println!(
+            cli::println(&format!(
                 "{name}: plan {} is valid: {} phases, {} units, {} unit groups, {} indicators, {} tasks ({} milestones), {} tracks ({} phases); {} warning{}",
                 p.id,
                 p.phases.len(),
@@ -509,7 +593,7 @@ fn plan_check(file: Option<&Path>) -> ExitCode {
                 p.tracks.iter().map(|t| t.phases.len()).sum::<usize>(),
                 loaded.warnings.len(),
                 if loaded.warnings.len() == 1 { "" } else { "s" },
-            );
+            ));
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -526,9 +610,9 @@ fn plan_show(file: Option<&Path>, json: bool) -> ExitCode {
             if json {
                 let text = serde_json::to_string_pretty(&plan::show::to_json(&loaded.plan))
                     .expect("plan serializes");
-                println!("{text}");
+                cli::println(&text);
             } else {
-                print!("{}", plan::show::render(&loaded.plan));
+                cli::print(&plan::show::render(&loaded.plan));
             }
             ExitCode::SUCCESS
         }

@@ -2,8 +2,8 @@
 //! so that dashboards and alert rules see every series from the first scrape.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::ingest::{Reason, RefusalCode};
@@ -25,7 +25,25 @@ pub struct Metrics {
     pub ingest_seconds: Histogram,
     pub store_seconds: Histogram,
     pub alert_notifications: IntCounterVec,
+    pub alerts_muted: IntGauge,
+    pub alerts_before_go_live: IntGauge,
+    pub hellos: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
 }
+
+/// Why a TLS handshake failed, as the `reason` label of `duban_tls_handshake_failures_total`.
+pub const TLS_FAILURE_REASONS: [&str; 10] = [
+    "unknown_ca",
+    "expired",
+    "not_yet_valid",
+    "revoked",
+    "bad_certificate",
+    "no_certificate",
+    "client_refused_server_certificate",
+    "not_tls",
+    "timeout",
+    "other",
+];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,6 +69,14 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
         .register(Box::new(c.clone()))
         .expect("unique metric");
     c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
@@ -140,8 +166,36 @@ impl Metrics {
                 "Alert notifications by sink and result.",
                 &["sink", "result"],
             ),
+            alerts_muted: gauge(
+                &registry,
+                "duban_alerts_muted",
+                "Alerts the last evaluation left out because a mute matched.",
+            ),
+            alerts_before_go_live: gauge(
+                &registry,
+                "duban_alerts_before_go_live",
+                "Deadlines missed before the go-live time: shown, not alerted.",
+            ),
+            hellos: counter_vec(
+                &registry,
+                "duban_agent_hellos_total",
+                "Agents' Hello calls, by result: ok (heartbeat recorded) or problem.",
+                &["result"],
+            ),
+            tls_handshake_failures: counter_vec(
+                &registry,
+                "duban_tls_handshake_failures_total",
+                "gRPC connections whose TLS handshake failed, by reason.",
+                &["reason"],
+            ),
             registry,
         };
+        for result in ["ok", "problem"] {
+            m.hellos.with_label_values(&[result]);
+        }
+        for reason in TLS_FAILURE_REASONS {
+            m.tls_handshake_failures.with_label_values(&[reason]);
+        }
         for sink in ["log", "alertmanager", "webhook"] {
             for result in ["ok", "failed"] {
                 m.alert_notifications.with_label_values(&[sink, result]);

@@ -12,7 +12,7 @@ use duban_proto::pb::report_service_server::ReportServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::clock::Clock;
 use crate::ingest::Ingestor;
@@ -20,7 +20,7 @@ use crate::keys::KeyRegistry;
 use crate::metrics::Metrics;
 use crate::plan::Plan;
 use crate::server::{MAX_MESSAGE_BYTES, ReportServer};
-use crate::store::AnyStore;
+use crate::store::{AnyStore, Store};
 
 /// PEM contents of the server's TLS files.
 #[derive(Clone)]
@@ -76,6 +76,31 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new(serve.store.backend());
+    let tls_config = match &serve.tls {
+        Some(tls) => Some(
+            crate::tls::server_config(&tls.cert_pem, &tls.key_pem, &tls.client_ca_pem)
+                .context("invalid TLS configuration")?,
+        ),
+        None => None,
+    };
+    warn_about_other_plans(&serve.store, &serve.plan).await?;
+    let mut policy = serve.alerts.policy.clone();
+    if policy.go_live_ms.is_none() {
+        // By default the deployment goes live when it first serves: deadlines before that are
+        // history, shown but never alerted (docs/PROGRESS.md).
+        let first = serve
+            .store
+            .setting_or_insert("first_served_ms", &serve.clock.now_ms().to_string())
+            .await
+            .context("failed to read the deployment's settings")?;
+        policy.go_live_ms = first.parse().ok();
+    }
+    if let Some(go_live) = policy.go_live_ms {
+        tracing::info!(
+            go_live = %crate::progress::date_of_ms(go_live, &serve.plan.tz),
+            "alerts are sent for deadlines from the go-live date on; earlier ones are shown, not alerted"
+        );
+    }
     let keys = Arc::new(KeyRegistry::default());
     keys.reload(&serve.store)
         .await
@@ -99,14 +124,16 @@ pub async fn run(
         plan: serve.plan.clone(),
         store: serve.store.clone(),
         clock: serve.clock.clone(),
-        policy: serve.alerts.policy.clone(),
+        policy,
         notifier: crate::notify::Notifier::new(
             serve.alerts.sinks.clone(),
             ingestor.metrics().alert_notifications.clone(),
             format!("http://{}", http.local_addr()?),
         ),
+        metrics: ingestor.metrics().clone(),
         every: serve.alerts.evaluate_every,
         resend_every: serve.alerts.resend_every,
+        run_id: hex::encode(rand::random::<[u8; 8]>()),
     };
     tokio::spawn(evaluator.run_until(stopped()));
 
@@ -126,30 +153,28 @@ pub async fn run(
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
-    let mut builder = Server::builder();
-    match &serve.tls {
-        Some(tls) => {
-            let config = ServerTlsConfig::new()
-                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-                .client_ca_root(Certificate::from_pem(&tls.client_ca_pem));
-            builder = builder
-                .tls_config(config)
-                .context("invalid TLS configuration")?;
-        }
-        None => tracing::warn!(
-            "serving gRPC WITHOUT TLS (--insecure-plaintext): reports and identities travel in clear; use only for tests"
-        ),
-    }
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
-    let grpc_server = builder
+    let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(reports)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped());
+        .add_service(reports);
+    let mut grpc_task = match tls_config {
+        Some(config) => {
+            let incoming = crate::tls::incoming(grpc, config, ingestor.metrics().clone());
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped()))
+        }
+        None => {
+            tracing::warn!(
+                "serving gRPC WITHOUT TLS (--insecure-plaintext): reports and identities travel in clear; use only for tests"
+            );
+            tokio::spawn(
+                router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
+            )
+        }
+    };
     let http_server =
         axum::serve(http, crate::http::router(ingestor.clone())).with_graceful_shutdown(stopped());
-    let mut grpc_task = tokio::spawn(grpc_server);
     let mut http_task = tokio::spawn(async move { http_server.await });
     tracing::info!(grpc = %grpc_addr, http = %http_addr, plan = %serve.plan.id, backend = serve.store.backend(), tls = serve.tls.is_some(), "aggregator serving");
 
@@ -175,6 +200,22 @@ pub async fn run(
             tracing::info!("drained; exiting");
         }
         Err(_) => tracing::warn!("grace period over with calls still in flight; exiting anyway"),
+    }
+    Ok(())
+}
+
+/// Warns when the database holds reports of another plan than the one served (a changed plan
+/// id, or the wrong database): those reports are kept but count for nothing here.
+async fn warn_about_other_plans(store: &AnyStore, plan: &Plan) -> anyhow::Result<()> {
+    let others: Vec<String> = store
+        .stored_plan_ids()
+        .await
+        .context("failed to read the database")?
+        .into_iter()
+        .filter(|id| *id != plan.id)
+        .collect();
+    if !others.is_empty() {
+        tracing::warn!(serving = %plan.id, stored = ?others, "the database holds reports of other plan ids than the plan served: a changed plan id, or the wrong database? Those reports are kept but are not counted");
     }
     Ok(())
 }

@@ -189,7 +189,7 @@ fn plan_state_metrics_stay_within_the_documented_series_budget() {
     use duban_aggregator::evaluate::{PLAN_SERIES_BUDGET, plan_metrics};
     let plan = duban_aggregator::plan::embedded().plan;
     let progress = duban_aggregator::progress::compute(&plan, &Default::default(), NOW_MS);
-    let text = plan_metrics(&plan, &progress, &[]);
+    let text = plan_metrics(&plan, &progress, &[], &[]);
     let series = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

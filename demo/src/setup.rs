@@ -234,14 +234,32 @@ mod tests {
         assert_ne!(std::fs::read(&key).unwrap(), first);
     }
 
-    #[test]
-    fn the_written_agent_configuration_is_valid() {
+    #[tokio::test]
+    async fn the_written_agent_configuration_is_valid() {
+        use duban_agent::config::{AgentConfig, Items, SourceKind};
         let tmp = tempfile::tempdir().unwrap();
         let plan = plan();
         let layout = prepare(tmp.path(), false, &plan, &["laoshan".into()]).unwrap();
         let path = write_agent_config(&layout, &plan, "laoshan", "127.0.0.1:7700".parse().unwrap())
             .unwrap();
-        let out = duban_agent::daemon::check(&path).unwrap();
-        assert!(out.contains("valid: unit laoshan"), "{out}");
+        // The CSV exports the run writes, with their header rows only.
+        for source in AgentConfig::read(&path).unwrap().sources {
+            if let SourceKind::Csv { path, .. } = &source.kind {
+                let header = match source.items {
+                    Items::Values => "indicator,period,value\n",
+                    Items::Tasks => "task,milestone,period,percent\n",
+                };
+                std::fs::write(path, header).unwrap();
+            }
+        }
+        let report = duban_agent::check::check(&path, duban_agent::check::Online::Never)
+            .await
+            .unwrap();
+        assert_eq!(report.failures, 0, "{}", report.render());
+        assert!(
+            report.render().contains("unit laoshan"),
+            "{}",
+            report.render()
+        );
     }
 }

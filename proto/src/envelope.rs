@@ -22,8 +22,10 @@ use prost::Message;
 use crate::keys::{KEY_ID_LEN, KeyId, PublicKey, SigningKey};
 use crate::pb;
 
-/// The only payload type version 1 accepts.
+/// The only payload type a report envelope may carry in version 1.
 pub const PAYLOAD_TYPE: &str = "application/vnd.duban.report.v1+protobuf";
+/// The payload type of an agent's `Hello` (the `Hello` RPC), signed the same way.
+pub const HELLO_PAYLOAD_TYPE: &str = "application/vnd.duban.hello.v1+protobuf";
 /// Largest accepted payload (an encoded `Report`).
 pub const MAX_PAYLOAD_LEN: usize = 64 * 1024;
 /// Largest accepted `payload_type` string, in bytes.
@@ -43,13 +45,13 @@ pub enum VerifyError {
     BadKeyIdLength { len: usize },
     #[error("signature is {len} bytes; it must be {SIGNATURE_LEN}")]
     BadSignatureLength { len: usize },
-    #[error("payload_type {got:?} is not {PAYLOAD_TYPE:?}")]
-    WrongPayloadType { got: String },
+    #[error("payload_type {got:?} is not {expected:?}")]
+    WrongPayloadType { got: String, expected: &'static str },
     #[error("envelope key_id {envelope} does not name the verifying key {key}")]
     KeyIdMismatch { envelope: KeyId, key: KeyId },
     #[error("signature does not verify over the payload")]
     BadSignature,
-    #[error("payload is not a valid Report message: {0}")]
+    #[error("payload is not a valid message of its type: {0}")]
     MalformedPayload(String),
 }
 
@@ -71,15 +73,26 @@ pub fn pae(payload_type: &[u8], payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Signs already-encoded payload bytes.
+/// Signs already-encoded report payload bytes.
 pub fn sign_payload(key: &SigningKey, payload: Vec<u8>) -> pb::SignedReport {
-    let signature = key.sign(&pae(PAYLOAD_TYPE.as_bytes(), &payload));
+    sign_payload_as(key, PAYLOAD_TYPE, payload)
+}
+
+/// Signs already-encoded payload bytes of `payload_type`.
+pub fn sign_payload_as(key: &SigningKey, payload_type: &str, payload: Vec<u8>) -> pb::SignedReport {
+    let signature = key.sign(&pae(payload_type.as_bytes(), &payload));
     pb::SignedReport {
         payload,
-        payload_type: PAYLOAD_TYPE.to_owned(),
+        payload_type: payload_type.to_owned(),
         key_id: key.key_id().as_bytes().to_vec(),
         signature: signature.to_vec(),
     }
+}
+
+/// Sets `hello.key_id` to the key's id, encodes it once and signs it as a Hello.
+pub fn sign_hello(key: &SigningKey, mut hello: pb::Hello) -> pb::SignedReport {
+    hello.key_id = key.key_id().as_bytes().to_vec();
+    sign_payload_as(key, HELLO_PAYLOAD_TYPE, hello.encode_to_vec())
 }
 
 /// Encodes `report` once and signs the encoding. The caller sets `report.key_id`; use
@@ -97,6 +110,14 @@ pub fn bind_and_sign(key: &SigningKey, mut report: pb::Report) -> pb::SignedRepo
 /// The cheap checks that need no key: size caps, then the payload type. Returns the key id the
 /// envelope names, for looking up the key.
 pub fn precheck(envelope: &pb::SignedReport) -> Result<KeyId, VerifyError> {
+    precheck_as(envelope, PAYLOAD_TYPE)
+}
+
+/// [`precheck`] for an envelope that must carry `payload_type`.
+pub fn precheck_as(
+    envelope: &pb::SignedReport,
+    payload_type: &'static str,
+) -> Result<KeyId, VerifyError> {
     if envelope.payload.len() > MAX_PAYLOAD_LEN {
         return Err(VerifyError::PayloadTooLarge {
             len: envelope.payload.len(),
@@ -115,9 +136,10 @@ pub fn precheck(envelope: &pb::SignedReport) -> Result<KeyId, VerifyError> {
             len: envelope.signature.len(),
         });
     }
-    if envelope.payload_type != PAYLOAD_TYPE {
+    if envelope.payload_type != payload_type {
         return Err(VerifyError::WrongPayloadType {
             got: envelope.payload_type.clone(),
+            expected: payload_type,
         });
     }
     Ok(key_id)
@@ -151,6 +173,12 @@ pub fn verify_signature(envelope: &pb::SignedReport, key: &PublicKey) -> Result<
 /// Decodes the payload of an envelope whose signature has been verified.
 pub fn decode_payload(envelope: &pb::SignedReport) -> Result<pb::Report, VerifyError> {
     pb::Report::decode(envelope.payload.as_slice())
+        .map_err(|e| VerifyError::MalformedPayload(e.to_string()))
+}
+
+/// Decodes the payload of a Hello envelope whose signature has been verified.
+pub fn decode_hello(envelope: &pb::SignedReport) -> Result<pb::Hello, VerifyError> {
+    pb::Hello::decode(envelope.payload.as_slice())
         .map_err(|e| VerifyError::MalformedPayload(e.to_string()))
 }
 

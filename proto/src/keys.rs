@@ -30,6 +30,8 @@ pub enum KeyError {
     BadPrivateKey(String),
     #[error("not an SPKI PEM Ed25519 public key: {0}")]
     BadPublicKey(String),
+    #[error("{path}: {message}")]
+    BadFile { path: PathBuf, message: String },
     #[error("public key is a small-order (weak) point and can never sign verifiably")]
     WeakPublicKey,
     #[error("key id must be {KEY_ID_LEN} bytes (64 hex digits), got {0}")]
@@ -112,7 +114,11 @@ impl PublicKey {
     }
 
     pub fn read_spki_pem_file(path: &Path) -> Result<Self, KeyError> {
-        Self::from_spki_pem(&read_to_string(path)?)
+        let text = read_to_string(path)?;
+        Self::from_spki_pem(&text).map_err(|error| KeyError::BadFile {
+            path: path.to_owned(),
+            message: explain_pem(&text, "PUBLIC KEY").unwrap_or_else(|| error.to_string()),
+        })
     }
 
     pub fn to_spki_pem(&self) -> String {
@@ -172,7 +178,11 @@ impl SigningKey {
     }
 
     pub fn read_pkcs8_pem_file(path: &Path) -> Result<Self, KeyError> {
-        Self::from_pkcs8_pem(&read_to_string(path)?)
+        let text = read_to_string(path)?;
+        Self::from_pkcs8_pem(&text).map_err(|error| KeyError::BadFile {
+            path: path.to_owned(),
+            message: explain_pem(&text, "PRIVATE KEY").unwrap_or_else(|| error.to_string()),
+        })
     }
 
     /// PKCS#8 v1 PEM (the private key only), the form `openssl genpkey` writes. ed25519-dalek's
@@ -207,9 +217,80 @@ impl fmt::Debug for SigningKey {
 }
 
 fn read_to_string(path: &Path) -> Result<String, KeyError> {
-    std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+    let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
         path: path.to_owned(),
         source,
+    })?;
+    String::from_utf8(bytes).map_err(|_| KeyError::BadFile {
+        path: path.to_owned(),
+        message: "not a text PEM file (a binary DER key? convert it with `openssl pkey -inform DER -in FILE`)".into(),
+    })
+}
+
+/// What an algorithm identifier names, for messages.
+fn algorithm_name(oid: &str) -> &'static str {
+    match oid {
+        "1.3.101.112" => "Ed25519",
+        "1.3.101.113" => "Ed448",
+        "1.3.101.110" => "X25519",
+        "1.2.840.113549.1.1.1" => "RSA",
+        "1.2.840.10045.2.1" => "EC (ECDSA)",
+        _ => "an unknown algorithm",
+    }
+}
+
+/// Says why `text` is not the Ed25519 key `want` names ("PUBLIC KEY" or "PRIVATE KEY"), when
+/// it can tell: not PEM at all, another kind of PEM block, or a key of another algorithm.
+fn explain_pem(text: &str, want: &str) -> Option<String> {
+    use ed25519_dalek::pkcs8::spki::der::pem;
+    let hint = if want == "PUBLIC KEY" {
+        "an Ed25519 public key (-----BEGIN PUBLIC KEY-----), as `duban-agent keygen` writes in signing.pub"
+    } else {
+        "an Ed25519 private key (-----BEGIN PRIVATE KEY-----), as `duban-agent keygen` writes in signing.key"
+    };
+    let Some(start) = text.find("-----BEGIN ") else {
+        return Some(format!(
+            "not a PEM file (it has no -----BEGIN line); expected {hint}"
+        ));
+    };
+    let (label, der) = match pem::decode_vec(text[start..].trim().as_bytes()) {
+        Ok(decoded) => decoded,
+        Err(error) => return Some(format!("a damaged PEM block ({error}); expected {hint}")),
+    };
+    if label != want {
+        let what = match label {
+            "PRIVATE KEY" | "ENCRYPTED PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
+                "a private key"
+            }
+            "PUBLIC KEY" | "RSA PUBLIC KEY" => "a public key",
+            "CERTIFICATE" => "a certificate",
+            "CERTIFICATE REQUEST" => "a certificate request",
+            _ => "another kind of PEM block",
+        };
+        return Some(format!(
+            "this is {what} (-----BEGIN {label}-----); expected {hint}"
+        ));
+    }
+    let oid = if want == "PUBLIC KEY" {
+        ed25519_dalek::pkcs8::spki::SubjectPublicKeyInfoRef::try_from(der.as_slice())
+            .ok()?
+            .algorithm
+            .oid
+    } else {
+        ed25519_dalek::pkcs8::PrivateKeyInfo::try_from(der.as_slice())
+            .ok()?
+            .algorithm
+            .oid
+    };
+    let oid = oid.to_string();
+    (oid != "1.3.101.112").then(|| {
+        format!(
+            "this is {} key (algorithm {oid}); duban signs with Ed25519 only: expected {hint}",
+            match algorithm_name(&oid) {
+                "an unknown algorithm" => "a key of an unknown algorithm".to_owned(),
+                name => format!("an {name}"),
+            }
+        )
     })
 }
 
@@ -284,6 +365,77 @@ mod tests {
             KeyId::from_hex(&key.key_id().to_string()).unwrap(),
             key.key_id()
         );
+    }
+
+    const RSA_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQCga+6LQy7RGUU6UKkgsVhwr/f3
+9nAYAPvh8qAJ2zPyhOUjkg6F8CsA6Bb6w9enZDNwQ+9eQWKacvyy7sk/g8XQDp1J
+8hyCKi3x+NNxWgoi9VYb8LHuSa3jGeFpuWTa0iqqdZxNOoCykbTuAoMA3cy6Xa4X
+d78aZr/0ZoODZjfm2QIDAQAB
+-----END PUBLIC KEY-----
+";
+    const EC_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgxw9xoANe1C3k9diH
+LJ8T/iOH36GXtgUUYY79QfBYWZKhRANCAAQBEYsUTLPaDgCIeiimTJwivss+ptDT
+Ezd0PpwQlJOtTdvvougyC0RHd3F7JzGVdOCH3wFyf8/LtJCuL7jgtPGR
+-----END PRIVATE KEY-----
+";
+
+    #[test]
+    fn a_wrong_key_file_is_explained_in_plain_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let key = SigningKey::from_seed(&[5; 32]);
+        let cases = [
+            (
+                write("rsa.pub", RSA_PUBLIC),
+                true,
+                "this is an RSA key (algorithm 1.2.840.113549.1.1.1); duban signs with Ed25519 only",
+            ),
+            (
+                write("notes.txt", "just some notes\n"),
+                true,
+                "not a PEM file (it has no -----BEGIN line)",
+            ),
+            (
+                write("signing.key", &key.to_pkcs8_pem()),
+                true,
+                "this is a private key (-----BEGIN PRIVATE KEY-----)",
+            ),
+            (
+                write("ec.key", EC_PRIVATE),
+                false,
+                "this is an EC (ECDSA) key (algorithm 1.2.840.10045.2.1)",
+            ),
+            (
+                write("signing.pub", &key.public_key().to_spki_pem()),
+                false,
+                "this is a public key (-----BEGIN PUBLIC KEY-----)",
+            ),
+        ];
+        for (path, public, expected) in cases {
+            let error = if public {
+                PublicKey::read_spki_pem_file(&path).unwrap_err()
+            } else {
+                SigningKey::read_pkcs8_pem_file(&path)
+                    .map(|_| ())
+                    .unwrap_err()
+            }
+            .to_string();
+            assert!(
+                error.starts_with(&format!("{}: {expected}", path.display())),
+                "{error}"
+            );
+        }
+        std::fs::write(dir.path().join("der"), [0x30, 0x82, 0xff, 0xfe]).unwrap();
+        let error = PublicKey::read_spki_pem_file(&dir.path().join("der"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a text PEM file"), "{error}");
     }
 
     #[test]

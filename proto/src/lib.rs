@@ -8,6 +8,7 @@
 //!
 //! The contract itself is documented for third parties in `docs/PROTOCOL.md`.
 
+pub mod cli;
 pub mod clock;
 pub mod envelope;
 pub mod keys;

@@ -1,7 +1,7 @@
 //! The observability path with the real programs: the aggregator on a simulated clock, a real
 //! agent, a real Prometheus scraping both, a real Alertmanager routing plan alerts to
-//! `lead-<unit>` receivers (a local webhook captures what they get), and every PromQL
-//! expression of the shipped Grafana dashboards answered by that Prometheus.
+//! `unit-<unit>` receivers by their recipient (a local webhook captures what they get), and
+//! every PromQL expression of the shipped Grafana dashboards answered by that Prometheus.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,7 +54,7 @@ fn notified_with(
                 alerts.iter().any(|a| {
                     a["status"] == status
                         && a["labels"]["alertname"] == alertname
-                        && a["labels"]["lead_unit"] == receiver.trim_start_matches("lead-")
+                        && a["labels"]["recipient"] == receiver.trim_start_matches("unit-")
                         && labels.iter().all(|(k, v)| a["labels"][*k] == *v)
                 })
             })
@@ -148,7 +148,8 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
     // Alertmanager with the configuration generated from the plan, pointed at the capture, with
     // short timings so that a test sees groups flush.
     let plan = duban_aggregator::plan::embedded().plan;
-    let config = duban_aggregator::amconfig::render(&plan, &hook_base)
+    let config = duban_aggregator::amconfig::render(&plan, &hook_base, &Default::default())
+        .unwrap()
         .replace("group_wait: 30s", "group_wait: 1s")
         .replace("group_interval: 5m", "group_interval: 1s")
         .replace("repeat_interval: 12h", "repeat_interval: 1h");
@@ -184,7 +185,7 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-    let alerts = AlertSettings {
+    let mut alerts = AlertSettings {
         sinks: duban_aggregator::notify::Sinks {
             alertmanagers: vec![format!("http://127.0.0.1:{am_port}")],
             webhooks: vec![],
@@ -193,6 +194,9 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
         resend_every: Duration::from_secs(1),
         ..Default::default()
     };
+    // Live since the plan began: the deadlines missed before this aggregator first served are
+    // alerted (by default they would be history, shown but not alerted).
+    alerts.policy.go_live_ms = Some(NOW_MS - 400 * 86_400_000);
     let serve = Serve {
         plan: Arc::new(plan.clone()),
         store: store.clone(),
@@ -263,13 +267,30 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
     );
 
     // A milestone of 二(一)4 (lead 市科技局) closed on 2018-06-30 without an update, and laoshan's
-    // 2018Q1 PCT figure (due 2018-04-30) never came: both reach lead-science-tech.
+    // 2018Q1 PCT figure (due 2018-04-30) never came: both reach 市科技局 (unit-science-tech),
+    // and laoshan itself is asked for its report (催报).
     wait_async(
         Duration::from_secs(60),
-        "ReportOverdue and TaskOverdue at lead-science-tech",
+        "ReportOverdue and TaskOverdue at unit-science-tech, ReportOverdue at unit-laoshan",
         || {
-            notified(&received, "lead-science-tech", "firing", "ReportOverdue")
-                && notified(&received, "lead-science-tech", "firing", "TaskOverdue")
+            notified_with(
+                &received,
+                "unit-science-tech",
+                "firing",
+                "ReportOverdue",
+                &[("role", "lead")],
+            ) && notified(&received, "unit-science-tech", "firing", "TaskOverdue")
+                && notified_with(
+                    &received,
+                    "unit-laoshan",
+                    "firing",
+                    "ReportOverdue",
+                    &[
+                        ("role", "reporter"),
+                        ("lead_unit", "science-tech"),
+                        ("unit", "laoshan"),
+                    ],
+                )
         },
     )
     .await;
@@ -404,11 +425,11 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
     );
     wait_async(
         Duration::from_secs(60),
-        "TaskOverdue resolved at lead-science-tech",
+        "TaskOverdue resolved at unit-science-tech",
         || {
             notified_with(
                 &received,
-                "lead-science-tech",
+                "unit-science-tech",
                 "resolved",
                 "TaskOverdue",
                 &[("task", "2-1-4"), ("milestone", "m1")],
@@ -425,7 +446,7 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
     assert!(
         notified_with(
             &received,
-            "lead-science-tech",
+            "unit-science-tech",
             "firing",
             "ReportOverdue",
             &overdue
@@ -457,11 +478,11 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
     );
     wait_async(
         Duration::from_secs(60),
-        "ReportOverdue resolved at lead-science-tech",
+        "ReportOverdue resolved at unit-science-tech",
         || {
             notified_with(
                 &received,
-                "lead-science-tech",
+                "unit-science-tech",
                 "resolved",
                 "ReportOverdue",
                 &overdue,

@@ -116,10 +116,9 @@ pub fn item_from_row(
                 .map_err(|e| format!("{}: {e}", fields.percent))?;
             let status = match get(&fields.status) {
                 Some(cell) => parse_status(&cell.text()).ok_or_else(|| format!("{}: {:?} is not one of not_started, in_progress, blocked, done (未开始, 进行中, 受阻, 已完成)", fields.status, cell.text()))?,
-                None if percent >= 100.0 => TaskStatus::Done,
-                None if percent > 0.0 => TaskStatus::InProgress,
-                None => TaskStatus::NotStarted,
+                None => status_from_percent(percent),
             };
+            check_done(status, percent).map_err(|m| format!("{}: {m}", fields.status))?;
             Ok(Item::Task {
                 task,
                 milestone,
@@ -130,6 +129,28 @@ pub fn item_from_row(
             })
         }
     }
+}
+
+/// The status a percent implies when none is given.
+pub fn status_from_percent(percent: f64) -> TaskStatus {
+    if percent >= 100.0 {
+        TaskStatus::Done
+    } else if percent > 0.0 {
+        TaskStatus::InProgress
+    } else {
+        TaskStatus::NotStarted
+    }
+}
+
+/// "Done" means 100 %: a done status with a smaller percent is a contradiction to fix at the
+/// source, not something to guess about.
+pub fn check_done(status: TaskStatus, percent: f64) -> Result<(), String> {
+    if status == TaskStatus::Done && percent < 100.0 {
+        return Err(format!(
+            "status done with percent {percent}: done means 100 (give percent 100, or another status)"
+        ));
+    }
+    Ok(())
 }
 
 pub fn parse_status(text: &str) -> Option<TaskStatus> {
@@ -145,8 +166,12 @@ pub fn parse_status(text: &str) -> Option<TaskStatus> {
 /// Runs one source to completion.
 pub async fn collect(source: &SourceConfig) -> Result<Vec<Item>, SourceError> {
     match &source.kind {
-        SourceKind::Csv { path } => files::read_csv(path, source.items, &source.fields).await,
-        SourceKind::Json { path } => files::read_json(path, source.items, &source.fields).await,
+        SourceKind::Csv { path, encoding } => {
+            files::read_csv(path, *encoding, source.items, &source.fields).await
+        }
+        SourceKind::Json { path, encoding } => {
+            files::read_json(path, *encoding, source.items, &source.fields).await
+        }
         SourceKind::Command { argv, timeout } => {
             command::run(argv, *timeout, source.items, &source.fields).await
         }

@@ -8,6 +8,7 @@
 //! everything else is a per-report result.
 
 mod codes;
+mod hello;
 pub mod validate;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use duban_proto::{KeyId, pb};
 use sha2::{Digest, Sha256};
 
 pub use codes::*;
+pub use hello::HelloAnswer;
 
 use crate::clock::Clock;
 use crate::keys::KeyRegistry;
@@ -98,6 +100,32 @@ impl Ingestor {
         &self.inner.keys
     }
 
+    /// Answers an agent's Hello (see [`hello`]): whether its reports would be accepted, and the
+    /// state the centre holds for its key. Only a store failure is an error.
+    pub async fn hello(
+        &self,
+        signed: pb::SignedReport,
+        tls_unit: Option<String>,
+    ) -> Result<HelloAnswer, StoreError> {
+        let answer = self.inner.hello(&signed, tls_unit.as_deref()).await?;
+        if answer.known {
+            self.inner.metrics.hellos.with_label_values(&["ok"]).inc();
+        } else {
+            self.inner
+                .metrics
+                .hellos
+                .with_label_values(&["problem"])
+                .inc();
+            let problems: Vec<String> = answer
+                .problems
+                .iter()
+                .map(|(reason, message)| format!("{}: {message}", reason.name()))
+                .collect();
+            tracing::warn!(key_unit = %answer.key_unit, certificate_unit = tls_unit.as_deref().unwrap_or("-"), key_id = %hex::encode(&signed.key_id), ?problems, "an agent's Hello found problems: its reports would be refused");
+        }
+        Ok(answer)
+    }
+
     /// Handles one call's envelopes. `tls_unit` is the unit named by the client certificate
     /// when TLS is on. One result per envelope, in order.
     pub async fn submit(
@@ -108,12 +136,14 @@ impl Ingestor {
         let started = Instant::now();
         let metrics = &self.inner.metrics;
         metrics.received.inc_by(envelopes.len() as u64);
+        // Who sent each envelope, for the log lines of refusals (the key id as sent).
+        let senders: Vec<Vec<u8>> = envelopes.iter().map(|e| e.key_id.clone()).collect();
         let prepared = if envelopes.len() >= BLOCKING_BATCH {
-            let inner = self.inner.clone();
+            let (inner, unit) = (self.inner.clone(), tls_unit.clone());
             tokio::task::spawn_blocking(move || {
                 envelopes
                     .iter()
-                    .map(|e| inner.prepare(e, tls_unit.as_deref()))
+                    .map(|e| inner.prepare(e, unit.as_deref()))
                     .collect::<Vec<_>>()
             })
             .await
@@ -166,8 +196,8 @@ impl Ingestor {
                 })
             })
             .collect();
-        for result in &results {
-            self.inner.count(result);
+        for (result, key_id) in results.iter().zip(&senders) {
+            self.inner.count(result, key_id, tls_unit.as_deref());
         }
         metrics
             .ingest_seconds
@@ -176,7 +206,7 @@ impl Ingestor {
     }
 }
 
-fn verify_reason(error: &VerifyError) -> Reason {
+pub(crate) fn verify_reason(error: &VerifyError) -> Reason {
     match error {
         VerifyError::PayloadTooLarge { .. } => Reason::PayloadTooLarge,
         VerifyError::PayloadTypeTooLong { .. } | VerifyError::WrongPayloadType { .. } => {
@@ -391,7 +421,16 @@ impl Inner {
         }
     }
 
-    fn count(&self, result: &ReportResult) {
+    /// The unit a key is registered to, for log lines ("?" when unknown).
+    fn unit_of_key(&self, key_id: &[u8]) -> String {
+        KeyId::from_slice(key_id)
+            .ok()
+            .and_then(|id| self.keys.lookup(&id))
+            .map(|k| k.unit_id)
+            .unwrap_or_else(|| "?".to_owned())
+    }
+
+    fn count(&self, result: &ReportResult, key_id: &[u8], tls_unit: Option<&str>) {
         let m = &self.metrics;
         match result.outcome {
             Outcome::Accepted => m.accepted.inc(),
@@ -399,7 +438,17 @@ impl Inner {
             Outcome::Duplicate => m.duplicate.inc(),
             Outcome::Rejected(reason) => {
                 m.rejected.with_label_values(&[reason.name()]).inc();
-                tracing::info!(reason = reason.name(), report_id = %hex::encode(&result.report_id), message = %result.message, "report rejected");
+                let items: Vec<String> = result
+                    .refusals
+                    .iter()
+                    .map(|r| format!("#{} {}: {}", r.index, r.code.name(), r.message))
+                    .collect();
+                tracing::info!(reason = reason.name(), key_unit = %self.unit_of_key(key_id), certificate_unit = tls_unit.unwrap_or("-"), key_id = %hex::encode(key_id), report_id = %hex::encode(&result.report_id), message = %result.message, items = ?items, "report rejected");
+            }
+        }
+        if result.outcome == Outcome::Partial {
+            for r in &result.refusals {
+                tracing::info!(key_unit = %self.unit_of_key(key_id), report_id = %hex::encode(&result.report_id), index = r.index, code = r.code.name(), message = %r.message, "item refused in a stored report");
             }
         }
         if result.outcome != Outcome::Duplicate {

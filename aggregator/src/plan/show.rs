@@ -181,6 +181,53 @@ pub fn render(plan: &Plan) -> String {
     }
     out.push_str(&table(&rows, 2));
 
+    let _ = writeln!(
+        out,
+        "\nUNITS (the id is what agent.toml's `unit`, `keys add --unit` and certificates' SAN URI name)"
+    );
+    let mut rows = vec![
+        ["id", "name", "kind", "reports", "leads"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for u in &plan.units {
+        let reports = plan
+            .indicators
+            .iter()
+            .filter(|i| plan.is_reporter(&u.id, i))
+            .count();
+        let leads = plan
+            .indicators
+            .iter()
+            .filter(|i| plan.expand_parties(&i.lead_units).contains(&u.id))
+            .count()
+            + plan
+                .tasks
+                .iter()
+                .filter(|t| plan.expand_parties(&t.lead_units).contains(&u.id))
+                .count();
+        let count = |n: usize, what: &str| match n {
+            0 => "—".to_owned(),
+            n => format!("{n} {what}"),
+        };
+        rows.push(vec![
+            u.id.clone(),
+            u.name.clone(),
+            format!("{:?}", u.kind).to_lowercase(),
+            count(reports, "indicators"),
+            count(leads, "indicators/tasks"),
+        ]);
+    }
+    out.push_str(&table(&rows, 2));
+    if !plan.groups.is_empty() {
+        let _ = writeln!(out, "\nGROUPS");
+        let mut rows = vec![["id", "name", "members"].map(String::from).to_vec()];
+        for g in &plan.groups {
+            rows.push(vec![g.id.clone(), g.name.clone(), g.members.join(", ")]);
+        }
+        out.push_str(&table(&rows, 2));
+    }
+
     let _ = writeln!(out, "\nINDICATORS");
     let mut rows = vec![
         [

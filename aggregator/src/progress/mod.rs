@@ -6,6 +6,9 @@
 //!   at the end of the period's last day plus `timely_days` days (midnight, plan time zone). A
 //!   value first received before that instant is on time, after it late; with nothing received
 //!   the obligation is not due before the deadline and overdue after it.
+//! - The centre's own outages do not count against units: when the centre was down at a
+//!   deadline, a report signed before it and received by the end of the outage plus
+//!   [`OUTAGE_GRACE_MS`] is on time, and a missing one is not overdue before then.
 //! - Completeness = received / expected and timeliness = on time / expected (as DHIS2 defines
 //!   them), where expected counts the obligations already due.
 //! - An indicator's city value per period is the authoritative reporter's figure when present,
@@ -27,13 +30,19 @@ use duban_proto::period::{Period, PeriodType};
 use serde::Serialize;
 
 use crate::plan::{Aggregation, Comparator, Indicator, Plan};
-use crate::store::{TaskRow, ValueRow};
+use crate::store::{Outage, TaskRow, ValueRow};
+
+/// After an outage of the centre that covered a deadline, how long units have to deliver what
+/// they signed before the deadline.
+pub const OUTAGE_GRACE_MS: i64 = DAY_MS;
 
 /// The stored state the engine reads.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub values: Vec<ValueRow>,
     pub tasks: Vec<TaskRow>,
+    /// When the centre was not serving (see `store::Outage`), oldest first.
+    pub outages: Vec<Outage>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,8 +60,45 @@ pub struct Obligation {
     pub indicator: String,
     pub period: String,
     pub due_ms: i64,
+    /// When the centre was down at `due_ms`: the end of that outage plus the grace period.
+    /// Reports signed before `due_ms` and received by then are on time, and a missing report
+    /// is not overdue before it.
+    pub extended_to_ms: Option<i64>,
     pub status: ObligationStatus,
     pub received_ms: Option<i64>,
+}
+
+impl Obligation {
+    /// The deadline after which a missing report is overdue.
+    pub fn overdue_after_ms(&self) -> i64 {
+        self.extended_to_ms.unwrap_or(self.due_ms)
+    }
+}
+
+/// The status of one obligation: `received` is (first received, first signed).
+pub fn obligation_status(
+    due_ms: i64,
+    extended_to_ms: Option<i64>,
+    received: Option<(i64, i64)>,
+    now_ms: i64,
+) -> ObligationStatus {
+    match (received, extended_to_ms) {
+        (Some((at, _)), _) if at < due_ms => ObligationStatus::OnTime,
+        (Some((at, signed)), Some(until)) if signed < due_ms && at <= until => {
+            ObligationStatus::OnTime
+        }
+        (Some(_), _) => ObligationStatus::Late,
+        (None, until) if now_ms < until.unwrap_or(due_ms) => ObligationStatus::NotDue,
+        (None, _) => ObligationStatus::Overdue,
+    }
+}
+
+/// The outage-extended deadline for `due_ms`, when an outage covers it.
+pub fn extended_deadline(outages: &[Outage], due_ms: i64) -> Option<i64> {
+    outages
+        .iter()
+        .find(|o| o.from_ms <= due_ms && due_ms < o.to_ms)
+        .map(|o| o.to_ms + OUTAGE_GRACE_MS)
 }
 
 /// Received and on-time counts against what was expected by now.
@@ -90,6 +136,8 @@ impl Rates {
 #[serde(rename_all = "snake_case")]
 pub enum IndicatorStatus {
     NoData,
+    /// A value without a target (an input such as the population): nothing to judge.
+    NoTarget,
     Met,
     OnTrack,
     Lagging,
@@ -97,16 +145,18 @@ pub enum IndicatorStatus {
 }
 
 impl IndicatorStatus {
-    pub const ALL: [IndicatorStatus; 5] = [
+    pub const ALL: [IndicatorStatus; 6] = [
         IndicatorStatus::Met,
         IndicatorStatus::OnTrack,
         IndicatorStatus::Lagging,
         IndicatorStatus::Late,
         IndicatorStatus::NoData,
+        IndicatorStatus::NoTarget,
     ];
     pub fn name(self) -> &'static str {
         match self {
             IndicatorStatus::NoData => "no_data",
+            IndicatorStatus::NoTarget => "no_target",
             IndicatorStatus::Met => "met",
             IndicatorStatus::OnTrack => "on_track",
             IndicatorStatus::Lagging => "lagging",
@@ -121,7 +171,13 @@ pub struct IndicatorProgress {
     pub value: Option<f64>,
     pub target: Option<f64>,
     pub baseline: Option<f64>,
+    /// The straight path from baseline to target, at now.
     pub expected: Option<f64>,
+    /// The path at the end of the latest period the value describes: what `status` judged the
+    /// value against (a quarter not yet reported does not count against it).
+    pub judged_expected: Option<f64>,
+    /// The end of the latest period the value describes, in ms.
+    pub value_as_of_ms: Option<i64>,
     pub progress_ratio: Option<f64>,
     pub status: IndicatorStatus,
     /// Authoritative total minus the sum of the other reporters, for the latest period where
@@ -240,23 +296,19 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
         for period in &periods {
             let period_text = period.to_string();
             let due = due_ms(plan, indicator, period);
+            let extended_to_ms = extended_deadline(&snapshot.outages, due);
             for unit in &indicator.reporter_units {
                 let received = values
                     .get(&(indicator.id.as_str(), unit.as_str(), period_text.as_str()))
-                    .map(|v| v.first_received_at_ms);
-                let status = match received {
-                    Some(at) if at < due => ObligationStatus::OnTime,
-                    Some(_) => ObligationStatus::Late,
-                    None if now_ms < due => ObligationStatus::NotDue,
-                    None => ObligationStatus::Overdue,
-                };
+                    .map(|v| (v.first_received_at_ms, v.first_issued_at_ms));
                 let obligation = Obligation {
                     unit: unit.clone(),
                     indicator: indicator.id.clone(),
                     period: period_text.clone(),
                     due_ms: due,
-                    status,
-                    received_ms: received,
+                    extended_to_ms,
+                    status: obligation_status(due, extended_to_ms, received, now_ms),
+                    received_ms: received.map(|(at, _)| at),
                 };
                 rates.add(&obligation);
                 by_unit.entry(unit.clone()).or_default().add(&obligation);
@@ -291,8 +343,15 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
                     *entry = row;
                 }
             }
-            let percent = (!latest.is_empty())
-                .then(|| latest.values().map(|r| r.percent).sum::<f64>() / latest.len() as f64);
+            // A unit that reports the milestone done has done its part, whatever percent
+            // it gave with it.
+            let percent = (!latest.is_empty()).then(|| {
+                latest
+                    .values()
+                    .map(|r| if r.status == "done" { 100.0 } else { r.percent })
+                    .sum::<f64>()
+                    / latest.len() as f64
+            });
             milestone_progress(
                 task.id.clone(),
                 milestone.id.clone(),
@@ -548,13 +607,14 @@ fn indicator_progress(
     };
     // The value describes the end of its latest reported period, not today: it is held
     // against the path at that date, so that a report not yet due does not look like a lag.
-    let judged = match data_as_of_ms(plan, indicator, values) {
+    let value_as_of_ms = data_as_of_ms(plan, indicator, values);
+    let judged = match value_as_of_ms {
         Some(as_of) => path_at(as_of.min(now_ms)),
         None => expected,
     };
     let status = match (target, value) {
+        (None, _) => IndicatorStatus::NoTarget,
         (_, None) => IndicatorStatus::NoData,
-        (None, Some(_)) => IndicatorStatus::OnTrack,
         (Some(t), Some(v)) => {
             let deadline_ms = end_of_day_ms(t.date, &plan.tz);
             let lower_is_better = matches!(t.comparator, Comparator::AtMost | Comparator::LessThan);
@@ -602,6 +662,8 @@ fn indicator_progress(
         target: target.map(|t| t.value),
         baseline,
         expected,
+        judged_expected: judged,
+        value_as_of_ms,
         progress_ratio,
         status,
         source_gap,

@@ -99,6 +99,7 @@ fn value(indicator: &str, unit: &str, period: &str, value: f64, received_ms: i64
         report_pk: 1,
         updated_at_ms: received_ms,
         first_received_at_ms: received_ms,
+        first_issued_at_ms: received_ms,
     }
 }
 
@@ -128,7 +129,7 @@ fn a_report_one_second_before_its_deadline_is_on_time_and_one_second_after_is_la
     ] {
         let snapshot = Snapshot {
             values: vec![value("m", "u", "2020-02", 10.0, received)],
-            tasks: vec![],
+            ..Default::default()
         };
         let progress = compute(&plan, &snapshot, now);
         let feb = progress
@@ -154,6 +155,89 @@ fn a_report_one_second_before_its_deadline_is_on_time_and_one_second_after_is_la
 }
 
 #[test]
+fn an_outage_of_the_centre_at_a_deadline_does_not_make_units_late_or_overdue() {
+    let plan = monthly_plan();
+    let due = ms("2020-02-29T16:00:00Z");
+    let outage = Outage {
+        from_ms: due - 3 * DAY_MS,
+        to_ms: due + 5 * DAY_MS,
+    };
+    let grace_end = outage.to_ms + OUTAGE_GRACE_MS;
+    let now = ms("2020-06-01T00:00:00Z");
+    let status_of = |signed: i64, received: i64, outages: Vec<Outage>| {
+        let mut row = value("m", "u", "2020-02", 10.0, received);
+        row.first_issued_at_ms = signed;
+        let progress = compute(
+            &plan,
+            &Snapshot {
+                values: vec![row],
+                outages,
+                ..Default::default()
+            },
+            now,
+        );
+        let feb = progress
+            .obligations
+            .iter()
+            .find(|o| o.indicator == "m" && o.period == "2020-02")
+            .unwrap()
+            .clone();
+        (feb.status, feb.extended_to_ms)
+    };
+    // Signed before the deadline, delivered once the centre was back: on time.
+    assert_eq!(
+        status_of(due - 1000, outage.to_ms + 60_000, vec![outage]),
+        (ObligationStatus::OnTime, Some(grace_end))
+    );
+    assert_eq!(
+        status_of(due - 1000, grace_end, vec![outage]).0,
+        ObligationStatus::OnTime
+    );
+    // Signed after the deadline, or delivered after the grace period: late.
+    assert_eq!(
+        status_of(due + 1000, outage.to_ms + 60_000, vec![outage]).0,
+        ObligationStatus::Late
+    );
+    assert_eq!(
+        status_of(due - 1000, grace_end + 1, vec![outage]).0,
+        ObligationStatus::Late
+    );
+    // Without an outage the same report is late: the rule cannot be bought by backdating.
+    assert_eq!(
+        status_of(due - 1000, outage.to_ms + 60_000, vec![]),
+        (ObligationStatus::Late, None)
+    );
+    // An outage that does not cover the deadline changes nothing.
+    let earlier = Outage {
+        from_ms: due - 10 * DAY_MS,
+        to_ms: due - 9 * DAY_MS,
+    };
+    assert_eq!(
+        status_of(due - 1000, due + 1000, vec![earlier]),
+        (ObligationStatus::Late, None)
+    );
+    // Nothing received: not due until the grace period after the outage has passed.
+    let missing = |at: i64| {
+        compute(
+            &plan,
+            &Snapshot {
+                outages: vec![outage],
+                ..Default::default()
+            },
+            at,
+        )
+        .obligations
+        .into_iter()
+        .find(|o| o.indicator == "m" && o.period == "2020-02")
+        .unwrap()
+        .status
+    };
+    assert_eq!(missing(outage.to_ms + 1000), ObligationStatus::NotDue);
+    assert_eq!(missing(grace_end - 1), ObligationStatus::NotDue);
+    assert_eq!(missing(grace_end + 1), ObligationStatus::Overdue);
+}
+
+#[test]
 fn completeness_and_timeliness_count_only_what_is_due() {
     let plan = monthly_plan();
     let now = ms("2020-04-15T00:00:00Z"); // Jan, Feb, Mar of "m" are due; April is not.
@@ -165,7 +249,7 @@ fn completeness_and_timeliness_count_only_what_is_due() {
         &plan,
         &Snapshot {
             values,
-            tasks: vec![],
+            ..Default::default()
         },
         now,
     );
@@ -196,7 +280,7 @@ fn a_ratio_with_a_missing_or_zero_denominator_has_no_value() {
             &plan,
             &Snapshot {
                 values,
-                tasks: vec![],
+                ..Default::default()
             },
             now,
         )
@@ -258,7 +342,7 @@ fn an_indicator_below_its_path_lags_and_one_past_its_date_is_late() {
             &plan,
             &Snapshot {
                 values: values.clone(),
-                tasks: vec![],
+                ..Default::default()
             },
             ms(t),
         )

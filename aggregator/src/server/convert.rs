@@ -2,7 +2,7 @@
 
 use duban_proto::pb;
 
-use crate::ingest::{ItemKind, Outcome, Reason, RefusalCode, ReportResult};
+use crate::ingest::{HelloAnswer, ItemKind, Outcome, Reason, RefusalCode, ReportResult};
 
 pub fn reason(reason: Reason) -> pb::ReasonCode {
     use pb::ReasonCode as R;
@@ -72,6 +72,30 @@ pub fn result(result: ReportResult) -> pb::SubmitResult {
                 message: r.message,
             })
             .collect(),
+    }
+}
+
+pub fn hello(answer: HelloAnswer) -> pb::HelloResult {
+    pb::HelloResult {
+        problems: answer
+            .problems
+            .into_iter()
+            .map(|(code, message)| pb::HelloProblem {
+                code: reason(code) as i32,
+                message,
+            })
+            .collect(),
+        plan_id: answer.plan_id,
+        certificate_unit: answer.certificate_unit,
+        key_unit: answer.key_unit,
+        max_seq: answer.max_seq,
+        revisions: answer
+            .revisions
+            .into_iter()
+            .map(|(period, revision)| pb::PeriodRevision { period, revision })
+            .collect(),
+        server_time_ms: answer.server_time_ms,
+        known: answer.known,
     }
 }
 

@@ -104,4 +104,17 @@ impl ReportService for ReportServer {
         let results = self.handle(reports, unit).await?;
         Ok(Response::new(pb::SubmitBatchResponse { results }))
     }
+
+    async fn hello(
+        &self,
+        request: Request<pb::SignedReport>,
+    ) -> Result<Response<pb::HelloResult>, Status> {
+        let unit = self.client_unit(&request)?;
+        let answer = self
+            .ingestor
+            .hello(request.into_inner(), unit)
+            .await
+            .map_err(|e| Status::unavailable(format!("the store is unavailable; retry: {e}")))?;
+        Ok(Response::new(convert::hello(answer)))
+    }
 }

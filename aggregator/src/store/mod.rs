@@ -14,6 +14,7 @@
 
 mod alerts;
 mod postgres;
+mod presence;
 mod queries;
 mod reconcile;
 mod sqlite;
@@ -21,6 +22,7 @@ mod types;
 
 pub use alerts::{AlertChanges, AlertRow, WantedAlert};
 pub use postgres::PgStore;
+pub use presence::{AgentRow, Heartbeat, MIN_SLACK_MS, Outage, gaps};
 pub use sqlite::SqliteStore;
 pub use types::*;
 
@@ -41,6 +43,70 @@ pub enum StoreError {
     WriterGone,
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    #[error(
+        "no database at {0}: give the right --database-url (or DUBAN_DATABASE_URL, or database_url in --config); `duban-aggregator serve` creates it"
+    )]
+    Missing(String),
+    #[error("{0}")]
+    Schema(String),
+    #[error("cannot connect to {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("this store was opened read-only")]
+    ReadOnly,
+}
+
+/// Checks, without changing anything, that the database's schema is the one this program
+/// writes: every migration applied, none unknown.
+pub(crate) async fn check_schema(
+    pool: &AnyPool,
+    migrator: &sqlx::migrate::Migrator,
+    url: &str,
+) -> Result<(), StoreError> {
+    let applied: Vec<i64> = match sqlx::query_scalar(
+        "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await
+    {
+        Ok(applied) => applied,
+        Err(sqlx::Error::Database(_)) => {
+            return Err(StoreError::Schema(format!(
+                "{} is not a duban database (it has no schema); `duban-aggregator serve` creates one",
+                redact(url)
+            )));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let known: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+    if let Some(newer) = applied.iter().find(|v| !known.contains(v)) {
+        return Err(StoreError::Schema(format!(
+            "{} has schema version {newer}, which this program does not know: it was written by a newer duban",
+            redact(url)
+        )));
+    }
+    if applied.len() < known.len() {
+        return Err(StoreError::Schema(format!(
+            "{} has schema version {}, this program needs {}: start `duban-aggregator serve` once with this version (it migrates), then run this command again",
+            redact(url),
+            applied.last().copied().unwrap_or(0),
+            known.last().copied().unwrap_or(0)
+        )));
+    }
+    Ok(())
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// The operations the aggregator needs from storage. Implemented by [`SqliteStore`],
@@ -113,6 +179,45 @@ pub trait Store {
     async fn ping(&self) -> Result<(), StoreError> {
         queries::ping(self.read_pool()).await
     }
+    /// Records an agent's heartbeat (a verified Hello).
+    async fn record_heartbeat(&self, beat: &Heartbeat) -> Result<(), StoreError> {
+        presence::record_heartbeat(self.read_pool(), beat).await
+    }
+    /// Every agent that has said Hello, with its last heartbeat.
+    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        presence::agents(self.read_pool()).await
+    }
+    /// The highest seq stored under a key (0 when none).
+    async fn key_max_seq(&self, key_id: &[u8]) -> Result<i64, StoreError> {
+        presence::key_max_seq(self.read_pool(), key_id).await
+    }
+    /// The highest revision stored per period for a unit.
+    async fn unit_revisions(
+        &self,
+        plan_id: &str,
+        unit_id: &str,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        presence::unit_revisions(self.read_pool(), plan_id, unit_id).await
+    }
+    /// Marks the serving process `run_id` alive at `at_ms`.
+    async fn beat(&self, run_id: &str, at_ms: i64) -> Result<(), StoreError> {
+        presence::beat(self.read_pool(), run_id, at_ms).await
+    }
+    /// When the centre was not serving, between its first start and `now_ms`.
+    async fn outages(&self, now_ms: i64) -> Result<Vec<Outage>, StoreError> {
+        presence::outages(self.read_pool(), now_ms).await
+    }
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        presence::setting(self.read_pool(), key).await
+    }
+    /// Sets `key` unless it is set; returns the value that holds.
+    async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        presence::setting_or_insert(self.read_pool(), key, value).await
+    }
+    /// The plan ids that stored reports belong to.
+    async fn stored_plan_ids(&self) -> Result<Vec<String>, StoreError> {
+        presence::stored_plan_ids(self.read_pool()).await
+    }
 }
 
 /// The backend chosen at run time from the database URL.
@@ -138,6 +243,18 @@ impl AnyStore {
             Ok(AnyStore::Sqlite(SqliteStore::open(url).await?))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(AnyStore::Postgres(PgStore::open(url).await?))
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    /// Opens an existing database for reading only: nothing is created or migrated, a missing
+    /// database is an error, and so is a schema this program does not write.
+    pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(AnyStore::Sqlite(SqliteStore::open_read_only(url).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(AnyStore::Postgres(PgStore::open_read_only(url).await?))
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
         }
@@ -183,5 +300,23 @@ impl Store for AnyStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         delegate!(self, ping())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact("postgres://duban:s3cret@db.example:5432/duban"),
+            "postgres://duban:***@db.example:5432/duban"
+        );
+        assert_eq!(
+            redact("postgres://duban@db.example/duban"),
+            "postgres://duban@db.example/duban"
+        );
+        assert_eq!(redact("sqlite://./x.db"), "sqlite://./x.db");
     }
 }

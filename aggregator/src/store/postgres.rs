@@ -28,11 +28,7 @@ impl PgStore {
     }
 
     pub async fn open_with(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .connect(url)
-            .await?;
+        let pool = connect(url, max_connections).await?;
         let mut conn = pool.acquire().await?;
         sqlx::migrate!("migrations/postgres")
             .run(&mut *conn)
@@ -43,7 +39,49 @@ impl PgStore {
             notifier: Default::default(),
         })
     }
+
+    /// Connects without migrating, after checking that the schema is this program's.
+    pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
+        let pool = connect(url, 4).await?;
+        super::check_schema(&pool, &sqlx::migrate!("migrations/postgres"), url).await?;
+        Ok(PgStore {
+            pool,
+            notifier: Default::default(),
+        })
+    }
 }
+
+/// A pool, after one direct connection has shown the server answers: a wrong host, port,
+/// database or user fails at once with the server's own words, instead of a pool timeout.
+async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, StoreError> {
+    sqlx::any::install_default_drivers();
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, sqlx::AnyConnection::connect(url)).await;
+    let connect_error = |message: String| StoreError::Connect {
+        url: super::redact(url),
+        message,
+    };
+    match first {
+        Err(_) => {
+            return Err(connect_error(format!(
+                "no answer within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(Err(sqlx::Error::Database(e))) => return Err(connect_error(e.message().to_owned())),
+        Ok(Err(sqlx::Error::Io(e))) => return Err(connect_error(e.to_string())),
+        Ok(Err(other)) => return Err(connect_error(other.to_string())),
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+        }
+    }
+    Ok(AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect(url)
+        .await?)
+}
+
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl PgStore {
     async fn ingest_once(&self, reports: &[NewReport]) -> Result<Vec<StoreOutcome>, StoreError> {

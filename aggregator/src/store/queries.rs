@@ -109,7 +109,7 @@ pub(super) async fn current_values(
     plan_id: &str,
     indicator_id: Option<&str>,
 ) -> Result<Vec<ValueRow>, StoreError> {
-    let rows = sqlx::query("SELECT plan_id, indicator_id, unit_id, period, value, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms FROM current_values WHERE plan_id = $1 AND ($2 IS NULL OR indicator_id = $2) ORDER BY indicator_id, period, unit_id")
+    let rows = sqlx::query("SELECT plan_id, indicator_id, unit_id, period, value, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms, COALESCE(first_issued_at_ms, issued_at_ms) AS first_issued_at_ms FROM current_values WHERE plan_id = $1 AND ($2 IS NULL OR indicator_id = $2) ORDER BY indicator_id, period, unit_id")
         .bind(plan_id.to_owned())
         .bind(indicator_id.map(str::to_owned))
         .fetch_all(pool)
@@ -129,6 +129,7 @@ pub(super) async fn current_values(
                 report_pk: row.try_get("report_pk")?,
                 updated_at_ms: row.try_get("updated_at_ms")?,
                 first_received_at_ms: row.try_get("first_received_at_ms")?,
+                first_issued_at_ms: row.try_get("first_issued_at_ms")?,
             })
         })
         .collect()

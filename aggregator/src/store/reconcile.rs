@@ -253,7 +253,7 @@ async fn store_value(
     };
     let (revision, issued_at_ms, seq) = rank(report);
     if old.is_none() {
-        sqlx::query("INSERT INTO current_values (plan_id, indicator_id, unit_id, period, value, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)")
+        sqlx::query("INSERT INTO current_values (plan_id, indicator_id, unit_id, period, value, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms, first_issued_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $8)")
             .bind(report.plan_id.clone())
             .bind(value.indicator_id.clone())
             .bind(report.unit_id.clone())

@@ -29,7 +29,8 @@ struct Job {
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: mpsc::Sender<Job>,
+    /// `None` when opened read-only.
+    writer: Option<mpsc::Sender<Job>>,
     readers: AnyPool,
     path: PathBuf,
 }
@@ -59,7 +60,33 @@ impl SqliteStore {
         let (writer, jobs) = mpsc::channel(1024);
         tokio::spawn(write_loop(conn, jobs));
         Ok(SqliteStore {
-            writer,
+            writer: Some(writer),
+            readers,
+            path,
+        })
+    }
+
+    /// Opens an existing database file read-only (`mode=ro`): nothing is created or migrated.
+    pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let path = path_of(url)?;
+        if !path.is_file() {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        let url = format!("sqlite://{}?mode=ro", path.display());
+        let readers = AnyPoolOptions::new()
+            .max_connections(2)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        super::check_schema(&readers, &sqlx::migrate!("migrations/sqlite"), &url).await?;
+        Ok(SqliteStore {
+            writer: None,
             readers,
             path,
         })
@@ -155,6 +182,8 @@ impl Store for SqliteStore {
         }
         let (reply, answer) = oneshot::channel();
         self.writer
+            .as_ref()
+            .ok_or(StoreError::ReadOnly)?
             .send(Job { reports, reply })
             .await
             .map_err(|_| StoreError::WriterGone)?;
@@ -185,7 +214,7 @@ impl Store for SqliteStore {
         Ok(true)
     }
     async fn ping(&self) -> Result<(), StoreError> {
-        if self.writer.is_closed() {
+        if self.writer.as_ref().is_some_and(|w| w.is_closed()) {
             return Err(StoreError::WriterGone);
         }
         queries::ping(&self.readers).await

@@ -124,6 +124,8 @@ pub struct ValueRow {
     pub report_pk: i64,
     pub updated_at_ms: i64,
     pub first_received_at_ms: i64,
+    /// When the report that first delivered this value was signed (its `issued_at_ms`).
+    pub first_issued_at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,0 +1,33 @@
+-- Change detection remembers what the centre accepted, not what was merely queued: `last_sent`
+-- now holds the fingerprint of the last accepted item, and `pending_items` what waits in the
+-- outbox (per report seq, with the item's index in the report, to match refusals to items).
+-- A dead letter's items are forgotten, so that the next collection builds them again.
+CREATE TABLE pending_items (
+    seq         INTEGER NOT NULL,
+    kind        TEXT NOT NULL,        -- 'value' or 'task'
+    subject     TEXT NOT NULL,        -- indicator id, or task id/milestone id
+    period      TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    item_index  INTEGER NOT NULL,     -- index in the report's values or task_updates
+    PRIMARY KEY (seq, kind, subject)
+);
+CREATE INDEX pending_items_by_subject ON pending_items (kind, subject, period);
+
+-- Every item the centre refused, with its code and message: in reports it stored (PARTIAL,
+-- in_dead_letter = 0) and in reports it rejected (in_dead_letter = 1).
+CREATE TABLE refusals (
+    refusal_pk     INTEGER PRIMARY KEY,
+    seq            INTEGER NOT NULL,
+    period         TEXT NOT NULL,
+    item           TEXT NOT NULL,     -- "value pct-applications", "task 2-1-1/m1", or "report"
+    code           TEXT NOT NULL,
+    message        TEXT NOT NULL,
+    at_ms          INTEGER NOT NULL,
+    in_dead_letter INTEGER NOT NULL
+);
+
+-- 1 once the outbox knows it is ahead of every seq and revision the centre holds for this
+-- agent's key and unit: an outbox with a history, or one that learnt them from the centre's
+-- answer to a Hello. A new outbox is 0 and signs nothing until then.
+INSERT INTO meta (key, value)
+    SELECT 'synced', CASE WHEN value > 1 THEN 1 ELSE 0 END FROM meta WHERE key = 'next_seq';

@@ -1,0 +1,430 @@
+use super::*;
+
+fn config(dir: &Path, max_bytes: u64, when_full: WhenFull) -> OutboxConfig {
+    OutboxConfig {
+        path: dir.join("outbox.db"),
+        max_bytes,
+        max_age: Duration::from_secs(86_400),
+        when_full,
+    }
+}
+
+fn value(period: &str, value: f64) -> Item {
+    Item::Value {
+        indicator: "pct-applications".into(),
+        period: period.parse().unwrap(),
+        value,
+        note: "x".repeat(300),
+    }
+}
+
+fn signer(key: &SigningKey) -> Signer<'_> {
+    Signer {
+        key,
+        unit: "laoshan",
+        audience: "qingdao-ip-2017",
+    }
+}
+
+/// A new outbox, told by "the centre" that it holds nothing for this key yet.
+async fn open_synced(config: &OutboxConfig) -> Outbox {
+    let (outbox, opened) = Outbox::open(config).await.unwrap();
+    assert_eq!(opened, Opened::default());
+    outbox.apply_centre_state(0, &[]).await.unwrap();
+    outbox
+}
+
+fn decoded(p: &Pending) -> pb::Report {
+    pb::Report::decode(p.envelope.payload.as_slice()).unwrap()
+}
+
+#[tokio::test]
+async fn seq_rises_across_reopening_and_unchanged_items_build_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let config = config(dir.path(), 1 << 20, WhenFull::Refuse);
+    let outbox = open_synced(&config).await;
+    let first = outbox
+        .enqueue(
+            signer(&key),
+            &[value("2018Q1", 1.0), value("2018Q2", 2.0)],
+            false,
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        first.reports,
+        [(1, "2018Q1".to_owned()), (2, "2018Q2".to_owned())]
+    );
+    let same = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 1.0)], false, 2)
+        .await
+        .unwrap();
+    assert_eq!((same.reports.len(), same.unchanged), (0, 1));
+    drop(outbox);
+    let (outbox, _) = Outbox::open(&config).await.unwrap();
+    assert!(
+        outbox.is_synced().await.unwrap(),
+        "synced survives reopening"
+    );
+    let changed = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 1.5)], false, 3)
+        .await
+        .unwrap();
+    assert_eq!(changed.reports, [(3, "2018Q1".to_owned())]);
+    let pending = outbox.pending(10).await.unwrap();
+    let revisions: Vec<u32> = pending.iter().map(|p| decoded(p).revision).collect();
+    assert_eq!(
+        revisions,
+        [0, 0, 1],
+        "the correction of 2018Q1 carries a higher revision"
+    );
+    // What is stored verifies, byte for byte, as signed.
+    for p in &pending {
+        envelope::verify(&p.envelope, key.public_key()).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_new_outbox_signs_nothing_until_the_centre_state_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let (outbox, _) = Outbox::open(&config(dir.path(), 1 << 20, WhenFull::Refuse))
+        .await
+        .unwrap();
+    assert!(!outbox.is_synced().await.unwrap());
+    assert!(matches!(
+        outbox
+            .enqueue(signer(&key), &[value("2018Q1", 1.0)], false, 1)
+            .await,
+        Err(OutboxError::NotSynced)
+    ));
+    assert_eq!(outbox.stats().await.unwrap().reports, 0);
+    // The centre holds seq 41 under this key and revision 2 of 2018Q1 for the unit.
+    let next = outbox
+        .apply_centre_state(41, &[("2018Q1".to_owned(), 2)])
+        .await
+        .unwrap();
+    assert_eq!(next, 42);
+    outbox
+        .enqueue(
+            signer(&key),
+            &[value("2018Q1", 1.0), value("2018Q2", 1.0)],
+            false,
+            1,
+        )
+        .await
+        .unwrap();
+    let pending = outbox.pending(10).await.unwrap();
+    let got: Vec<(i64, String, u32)> = pending
+        .iter()
+        .map(|p| {
+            let r = decoded(p);
+            (p.seq, r.period, r.revision)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [(42, "2018Q1".to_owned(), 3), (43, "2018Q2".to_owned(), 0)],
+        "seq above the centre's, revision above the centre's for that period"
+    );
+    // A later answer never lowers anything.
+    assert_eq!(outbox.apply_centre_state(5, &[]).await.unwrap(), 44);
+}
+
+#[tokio::test]
+async fn change_detection_remembers_only_what_the_centre_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let outbox = open_synced(&config(dir.path(), 1 << 20, WhenFull::Refuse)).await;
+    let items = [value("2018Q1", 1.0)];
+    outbox
+        .enqueue(signer(&key), &items, false, 1)
+        .await
+        .unwrap();
+    // While it waits, the same value builds nothing new.
+    let again = outbox
+        .enqueue(signer(&key), &items, false, 2)
+        .await
+        .unwrap();
+    assert_eq!((again.reports.len(), again.unchanged), (0, 1));
+    // Refused for good: forgotten, so the next collection builds it again.
+    outbox
+        .dead_letter(
+            1,
+            "REASON_NOTHING_VALID",
+            "all 1 items were refused",
+            &[(
+                "value",
+                0,
+                "UNKNOWN_INDICATOR".into(),
+                "no such indicator".into(),
+            )],
+        )
+        .await
+        .unwrap();
+    let rebuilt = outbox
+        .enqueue(signer(&key), &items, false, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        rebuilt.reports.len(),
+        1,
+        "a dead-lettered value is built again"
+    );
+    // Accepted: remembered.
+    outbox
+        .ack(&[Ack {
+            seq: rebuilt.reports[0].0,
+            refused: vec![],
+        }])
+        .await
+        .unwrap();
+    let after = outbox
+        .enqueue(signer(&key), &items, false, 4)
+        .await
+        .unwrap();
+    assert_eq!((after.reports.len(), after.unchanged), (0, 1));
+    // Stored with this item refused (PARTIAL): the refused item is not remembered.
+    let two = [
+        value("2018Q2", 1.0),
+        Item::Value {
+            indicator: "trademarks".into(),
+            period: "2018Q2".parse().unwrap(),
+            value: 5.0,
+            note: String::new(),
+        },
+    ];
+    let partial = outbox.enqueue(signer(&key), &two, false, 5).await.unwrap();
+    let seq = partial.reports[0].0;
+    outbox
+        .ack(&[Ack {
+            seq,
+            refused: vec![("value", 1, "NOT_A_REPORTER".into(), "not a reporter".into())],
+        }])
+        .await
+        .unwrap();
+    let next = outbox.enqueue(signer(&key), &two, false, 6).await.unwrap();
+    assert_eq!((next.reports.len(), next.unchanged), (1, 1));
+    let refusals = outbox.refusals().await.unwrap();
+    let shown: Vec<(&str, &str, bool)> = refusals
+        .iter()
+        .map(|r| (r.item.as_str(), r.code.as_str(), r.in_dead_letter))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("value pct-applications", "UNKNOWN_INDICATOR", true),
+            ("value trademarks", "NOT_A_REPORTER", false)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn when_full_refuse_keeps_everything_and_drop_oldest_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let outbox = open_synced(&config(dir.path(), 1500, WhenFull::Refuse)).await;
+    let quarters = ["2018Q1", "2018Q2", "2018Q3", "2018Q4", "2019Q1", "2019Q2"];
+    let mut stored = 0;
+    let mut refused = false;
+    for (i, q) in quarters.iter().enumerate() {
+        match outbox
+            .enqueue(signer(&key), &[value(q, i as f64)], false, 1)
+            .await
+        {
+            Ok(done) => stored += done.reports.len(),
+            Err(OutboxError::Full { .. }) => refused = true,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(refused, "the limit was reached");
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!(stats.reports as usize, stored, "nothing stored was dropped");
+    assert!(stats.bytes <= 1500);
+
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open_synced(&config(dir.path(), 1500, WhenFull::DropOldest)).await;
+    let mut dropped = 0;
+    for (i, q) in quarters.iter().enumerate() {
+        dropped += outbox
+            .enqueue(signer(&key), &[value(q, i as f64)], false, 1)
+            .await
+            .unwrap()
+            .dropped;
+    }
+    assert!(dropped > 0);
+    let pending = outbox.pending(10).await.unwrap();
+    assert_eq!(pending.last().unwrap().seq, 6, "the newest is kept");
+    assert_eq!(
+        pending.first().unwrap().seq,
+        1 + dropped as i64,
+        "the oldest went first"
+    );
+}
+
+#[tokio::test]
+async fn dead_letters_are_kept_and_retried_only_for_the_same_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let outbox = open_synced(&config(dir.path(), 1 << 20, WhenFull::Refuse)).await;
+    outbox
+        .enqueue(
+            signer(&key),
+            &[value("2018Q1", 1.0), value("2018Q2", 2.0)],
+            false,
+            1,
+        )
+        .await
+        .unwrap();
+    outbox
+        .dead_letter(1, "REASON_NOTHING_VALID", "all refused", &[])
+        .await
+        .unwrap();
+    let dead = outbox.dead_letters().await.unwrap();
+    assert_eq!(
+        (
+            dead.len(),
+            dead[0].seq,
+            dead[0].reason.as_str(),
+            dead[0].unit.as_str()
+        ),
+        (1, 1, "REASON_NOTHING_VALID", "laoshan")
+    );
+    assert_eq!(dead[0].refusals[0].item, "report");
+    assert_eq!(
+        outbox.pending(10).await.unwrap().len(),
+        1,
+        "the report behind it still waits to go"
+    );
+    // Signed for laoshan: a configuration now naming shinan does not resend it.
+    let shinan = Signer {
+        unit: "shinan",
+        ..signer(&key)
+    };
+    assert_eq!(outbox.retry_dead(shinan).await.unwrap(), (0, vec![1]));
+    assert_eq!(outbox.retry_dead(signer(&key)).await.unwrap(), (1, vec![]));
+    assert_eq!(
+        outbox
+            .pending(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.seq)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    outbox
+        .dead_letter(2, "REASON_UNKNOWN_UNIT", "x", &[])
+        .await
+        .unwrap();
+    assert_eq!(outbox.discard_dead().await.unwrap(), 1);
+    assert!(outbox.dead_letters().await.unwrap().is_empty());
+    assert!(outbox.refusals().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn rebuild_re_signs_the_same_items_under_a_new_seq_and_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let outbox = open_synced(&config(dir.path(), 1 << 20, WhenFull::Refuse)).await;
+    outbox
+        .enqueue(signer(&key), &[value("2018Q1", 7.0)], false, 1)
+        .await
+        .unwrap();
+    let shinan = Signer {
+        unit: "shinan",
+        ..signer(&key)
+    };
+    assert_eq!(outbox.signed_for_others(shinan).await.unwrap(), [1]);
+    assert_eq!(outbox.rebuild(1, shinan, 9).await.unwrap(), Some(2));
+    assert!(outbox.signed_for_others(shinan).await.unwrap().is_empty());
+    let pending = outbox.pending(10).await.unwrap();
+    let report = envelope::verify(&pending[0].envelope, key.public_key()).unwrap();
+    assert_eq!(
+        (
+            pending.len(),
+            report.seq,
+            report.unit_id.as_str(),
+            report.revision
+        ),
+        (1, 2, "shinan", 1)
+    );
+    assert_eq!(report.values[0].value, 7.0);
+    assert_eq!(outbox.rebuild(1, shinan, 9).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_corrupt_outbox_is_moved_aside_and_its_counters_and_reports_carried_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let config = config(dir.path(), 1 << 20, WhenFull::Refuse);
+    let outbox = open_synced(&config).await;
+    outbox.apply_centre_state(99, &[]).await.unwrap();
+    outbox
+        .enqueue(
+            signer(&key),
+            &[value("2018Q1", 1.0), value("2018Q2", 2.0)],
+            false,
+            1,
+        )
+        .await
+        .unwrap();
+    outbox
+        .ack(&[Ack {
+            seq: 100,
+            refused: vec![],
+        }])
+        .await
+        .unwrap();
+    let waiting = outbox.pending(10).await.unwrap();
+    outbox.close().await;
+    // Damage that keeps the data readable: a table the agent needs is gone.
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}", config.path.display()))
+        .await
+        .unwrap();
+    sqlx::query("DROP TABLE refusals")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    let (outbox, opened) = Outbox::open(&config).await.unwrap();
+    let moved = opened.moved_to.expect("moved aside");
+    assert!(moved.exists(), "the old file is kept");
+    assert_eq!(
+        opened.salvaged,
+        Some(Salvaged {
+            next_seq: Some(102),
+            reports: 1,
+            dead_letters: 0,
+            revisions: 2,
+        })
+    );
+    assert!(outbox.is_synced().await.unwrap());
+    let carried = outbox.pending(10).await.unwrap();
+    assert_eq!(carried.len(), 1);
+    assert_eq!(carried[0].envelope, waiting[0].envelope, "byte for byte");
+    let next = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 3.0)], false, 2)
+        .await
+        .unwrap();
+    assert_eq!(next.reports, [(102, "2018Q1".to_owned())]);
+    let revision = decoded(&outbox.pending(10).await.unwrap()[1]).revision;
+    assert_eq!(revision, 1, "the period's revision continues too");
+
+    // Garbage that cannot be read at all: a fresh outbox that is not synced.
+    outbox.close().await;
+    std::fs::write(
+        &config.path,
+        "this is not a database at all, not even close. ".repeat(100),
+    )
+    .unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", config.path.display()));
+    }
+    let (outbox, opened) = Outbox::open(&config).await.unwrap();
+    assert_eq!(opened.salvaged.unwrap().next_seq, None);
+    assert!(!outbox.is_synced().await.unwrap());
+}
