@@ -28,6 +28,9 @@ CREATE TABLE refusals (
 
 -- 1 once the outbox knows it is ahead of every seq and revision the centre holds for this
 -- agent's key and unit: an outbox with a history, or one that learnt them from the centre's
--- answer to a Hello. A new outbox is 0 and signs nothing until then.
+-- answer to a Hello. Until then (a new outbox) reports are provisional: kept under negative
+-- seqs (-1, -2, ... in the order they were built, counted by next_draft), never sent, and given
+-- their real seq and revision, and signed for good, once the centre has answered.
 INSERT INTO meta (key, value)
     SELECT 'synced', CASE WHEN value > 1 THEN 1 ELSE 0 END FROM meta WHERE key = 'next_seq';
+INSERT INTO meta (key, value) VALUES ('next_draft', 1);

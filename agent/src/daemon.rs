@@ -1,8 +1,9 @@
 //! The agent at work: sources on their schedules, enqueueing into the outbox; one delivery
 //! loop draining it and saying Hello (the heartbeat); optional `/metrics`.
 //!
-//! A new outbox that could not carry its counters over waits for the centre's answer to a
-//! Hello before any source runs (it must not reuse a seq; see [`crate::outbox`]).
+//! A new outbox that could not carry its counters over keeps what it collects as provisional
+//! reports until the centre has answered a Hello (no seq is ever reused; see
+//! [`crate::outbox`]).
 //! Shutdown (SIGTERM): stop scheduling, let collections already running finish, try to drain
 //! the outbox for the grace period, exit. What is left stays in the outbox for next time.
 //! Reload (SIGHUP): the new configuration is validated first; a bad one is logged and the old
@@ -34,8 +35,6 @@ pub struct Agent {
     /// Stamps `issued_at` on reports: the system clock, except in the demo's simulated time.
     pub clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
-    /// True once the outbox's counters are known to be ahead of the centre's.
-    synced: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -82,9 +81,7 @@ impl Agent {
         };
         let stale = outbox.signed_for_others(identity.signer()).await?;
         for seq in &stale {
-            outbox
-                .rebuild(*seq, identity.signer(), clock.now_ms())
-                .await?;
+            outbox.rebuild(*seq, identity.signer()).await?;
         }
         if !stale.is_empty() {
             tracing::warn!(
@@ -95,7 +92,6 @@ impl Agent {
                 "waiting reports were signed for another unit, plan or key than the configuration now names; re-signed them under the configured identity"
             );
         }
-        let synced = Arc::new(watch::Sender::new(outbox.is_synced().await?));
         Ok(Agent {
             config,
             identity,
@@ -103,7 +99,6 @@ impl Agent {
             metrics,
             clock,
             wake: Arc::new(Notify::new()),
-            synced,
         })
     }
 
@@ -153,12 +148,15 @@ impl Agent {
     }
 
     /// Delivers until the outbox is empty, a wait is needed and `deadline` comes first, or
-    /// `deadline` passes.
+    /// `deadline` passes. A deadline already past sends nothing.
     pub async fn drain(
         &self,
         deliverer: &mut Deliverer,
         deadline: Instant,
     ) -> anyhow::Result<bool> {
+        if Instant::now() >= deadline {
+            return Ok(self.outbox.stats().await?.reports == 0);
+        }
         loop {
             match deliverer.step().await? {
                 Step::Idle => return Ok(true),
@@ -176,58 +174,19 @@ impl Agent {
         }
     }
 
-    pub fn deliverer(&self) -> anyhow::Result<Deliverer> {
+    pub async fn deliverer(&self) -> anyhow::Result<Deliverer> {
         Ok(Deliverer::new(
             self.outbox.clone(),
             &self.config.aggregator,
             self.identity.clone(),
             self.clock.clone(),
-            self.synced.clone(),
+            self.outbox.is_synced().await?,
             self.metrics.clone(),
         )?)
-    }
-
-    /// Whether the outbox may sign reports (its counters are ahead of the centre's).
-    pub fn is_synced(&self) -> bool {
-        *self.synced.borrow()
-    }
-
-    /// Makes sure the outbox may sign: when it is new, asks the centre for its counters
-    /// (one Hello). For the one-shot commands, which cannot wait for the daemon.
-    pub async fn ensure_synced(&self, deliverer: &mut Deliverer) -> anyhow::Result<()> {
-        if self.is_synced() {
-            return Ok(());
-        }
-        let outcome = deliverer.hello().await?;
-        if self.is_synced() {
-            return Ok(());
-        }
-        let why = match outcome {
-            crate::deliver::HelloOutcome::Problems(result) => result
-                .problems
-                .iter()
-                .map(|p| p.message.clone())
-                .collect::<Vec<_>>()
-                .join("; "),
-            crate::deliver::HelloOutcome::Failed(failure) => failure.message,
-            crate::deliver::HelloOutcome::Known(_) => "no answer".into(),
-        };
-        anyhow::bail!(
-            "{}: {why}. Nothing was stored; run this again once `duban-agent check` passes",
-            OutboxError::NotSynced
-        )
     }
 }
 
 async fn schedule_source(agent: Agent, source: SourceConfig, mut stop: watch::Receiver<bool>) {
-    let mut synced = agent.synced.subscribe();
-    if !*synced.borrow() {
-        tracing::warn!(source = %source.name, "waiting for the centre's answer before the first collection (new outbox)");
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = synced.wait_for(|s| *s) => {}
-        }
-    }
     let mut timer = Timer::new(&source.schedule, source.splay);
     let mut first = true;
     loop {
@@ -280,13 +239,17 @@ struct Running {
     agent: Agent,
 }
 
-fn start(agent: Agent) -> anyhow::Result<Running> {
+async fn start(agent: Agent) -> anyhow::Result<Running> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     for source in agent.config.sources.clone() {
         tasks.spawn(schedule_source(agent.clone(), source, stopped.clone()));
     }
-    tasks.spawn(deliver_loop(agent.clone(), agent.deliverer()?, stopped));
+    tasks.spawn(deliver_loop(
+        agent.clone(),
+        agent.deliverer().await?,
+        stopped,
+    ));
     Ok(Running { stop, tasks, agent })
 }
 
@@ -340,7 +303,7 @@ pub async fn run(
     }
     let stats = agent.outbox.stats().await?;
     tracing::info!(unit = %agent.config.unit, plan = %agent.config.plan, key_id = %agent.identity.key.key_id(), sources = agent.config.sources.len(), outbox_reports = stats.reports, dead_letters = stats.dead_letters, synced = stats.synced, endpoints = ?agent.config.aggregator.endpoints, "agent running");
-    let mut running = start(agent)?;
+    let mut running = start(agent).await?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -355,7 +318,7 @@ pub async fn run(
                     Ok(new) => {
                         let mut agent = running.stop().await;
                         agent.config = new;
-                        running = start(agent)?;
+                        running = start(agent).await?;
                         tracing::info!(file = %path.display(), "configuration reloaded");
                     }
                 }
@@ -367,7 +330,7 @@ pub async fn run(
         "shutting down: finishing collections, then draining the outbox"
     );
     let agent = running.stop().await;
-    let mut deliverer = agent.deliverer()?;
+    let mut deliverer = agent.deliverer().await?;
     let drained = agent
         .drain(&mut deliverer, Instant::now() + grace)
         .await

@@ -34,7 +34,6 @@ use duban_proto::pb::report_service_client::ReportServiceClient;
 use duban_proto::{SigningKey, envelope};
 use prost::Message;
 use rand::Rng;
-use tokio::sync::watch;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::AggregatorConfig;
@@ -136,7 +135,8 @@ pub struct Deliverer {
     heartbeat: Duration,
     last_hello: Option<Instant>,
     held: Option<String>,
-    synced: Arc<watch::Sender<bool>>,
+    /// Whether the outbox's counters are known to be ahead of the centre's.
+    synced: bool,
     metrics: AgentMetrics,
 }
 
@@ -371,7 +371,7 @@ impl Deliverer {
         config: &AggregatorConfig,
         identity: AgentIdentity,
         clock: Arc<dyn Clock>,
-        synced: Arc<watch::Sender<bool>>,
+        synced: bool,
         metrics: AgentMetrics,
     ) -> Result<Self, DeliverError> {
         let clients = clients(config, Some(&metrics))?;
@@ -450,17 +450,19 @@ impl Deliverer {
             .iter()
             .map(|r| (r.period.clone(), r.revision))
             .collect();
-        let next_seq = self
+        let (next_seq, signed) = self
             .outbox
-            .apply_centre_state(result.max_seq, &revisions)
+            .apply_centre_state(result.max_seq, &revisions, self.identity.signer())
             .await?;
-        if !self.synced.send_replace(true) {
+        if !self.synced {
             tracing::info!(
                 next_seq,
                 centre_max_seq = result.max_seq,
-                "the centre told this new outbox where its key's seqs stand; collection starts"
+                provisional_reports_signed = signed,
+                "the centre told this new outbox where its key's seqs stand; its reports now go out"
             );
         }
+        self.synced = true;
         Ok(HelloOutcome::Known(result))
     }
 
@@ -495,7 +497,7 @@ impl Deliverer {
     /// Hello when the outbox is not synced yet, when held, or when the heartbeat is due.
     /// Returns the wait when delivery cannot go on now.
     async fn hello_if_due(&mut self) -> Result<Option<Duration>, DeliverError> {
-        let synced = *self.synced.borrow();
+        let synced = self.synced;
         let due = self
             .last_hello
             .is_none_or(|at| at.elapsed() >= self.heartbeat);
@@ -731,11 +733,7 @@ impl Deliverer {
         let mut dead = 0;
         for &seq in seqs {
             if u64::try_from(seq).is_ok_and(|s| s <= max_seq) {
-                let now = self.clock.now_ms();
-                let new_seq = self
-                    .outbox
-                    .rebuild(seq, self.identity.signer(), now)
-                    .await?;
+                let new_seq = self.outbox.rebuild(seq, self.identity.signer()).await?;
                 tracing::warn!(
                     old_seq = seq,
                     ?new_seq,

@@ -208,7 +208,7 @@ async fn open(config: &Path) -> anyhow::Result<Agent> {
 async fn send_and_report(agent: &Agent, send_for: Duration) -> anyhow::Result<bool> {
     let before = agent.outbox.refusals().await?.last().map_or(0, |r| r.id);
     let dead_before = agent.outbox.stats().await?.dead_letters;
-    let mut deliverer = agent.deliverer()?;
+    let mut deliverer = agent.deliverer().await?;
     let drained = agent
         .drain(&mut deliverer, Instant::now() + send_for)
         .await?;
@@ -263,12 +263,13 @@ async fn send_and_report(agent: &Agent, send_for: Duration) -> anyhow::Result<bo
 }
 
 async fn submit(agent: Agent, item: Item, send_for: Duration) -> anyhow::Result<Outcome> {
-    agent.ensure_synced(&mut agent.deliverer()?).await?;
     let done = agent.enqueue(&[item], true).await?;
-    cli::println(&format!(
-        "stored report seq {} in the outbox",
-        done.reports[0].0
-    ));
+    let seq = done.reports[0].0;
+    cli::println(&if seq > 0 {
+        format!("stored report seq {seq} in the outbox")
+    } else {
+        "stored the report in the outbox (provisional: this new outbox gets its seq from the centre first)".to_owned()
+    });
     Ok(if send_and_report(&agent, send_for).await? {
         Outcome::Problems
     } else {
@@ -335,7 +336,6 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
                 "collect needs --once (the daemon that collects on schedule is `duban-agent run`)"
             );
             let agent = open(&config.config).await?;
-            agent.ensure_synced(&mut agent.deliverer()?).await?;
             let mut failed = 0;
             for source in agent.config.sources.clone() {
                 match agent.collect(&source, force).await {
@@ -451,9 +451,12 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
                     stats.dead_letters,
                     stats.next_seq,
                     if stats.synced {
-                        ""
+                        String::new()
                     } else {
-                        " (new outbox: waits for the centre's counters before signing)"
+                        format!(
+                            " (new outbox: {} provisional report(s) get their seq once the centre answers)",
+                            stats.provisional
+                        )
                     }
                 ));
             }

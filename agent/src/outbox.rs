@@ -6,9 +6,12 @@
 //! - `seq` comes from the `meta` row and only grows, across restarts and crashes: a crash
 //!   before commit loses the allocation and the report together. A seq is never reused, even
 //!   when the outbox file is lost: a new outbox carries the counters over from the file it
-//!   replaces where that can be read, and otherwise is not `synced` and signs nothing until it
-//!   has learnt from the centre the highest seq stored under its key and the highest revision
-//!   per period ([`Outbox::apply_centre_state`]).
+//!   replaces where that can be read; otherwise it is not `synced`, and the reports it builds
+//!   are provisional (negative seqs, never sent) until it has learnt from the centre the highest
+//!   seq stored under its key and the highest revision per period
+//!   ([`Outbox::apply_centre_state`]), which gives them their real seqs, in the order they
+//!   were built, and signs them for good. A provisional report has never left the agent, so
+//!   re-signing it breaks no promise of byte-identical resends.
 //! - Rows leave only by [`Outbox::ack`] (the aggregator stored or already had them), by
 //!   [`Outbox::dead_letter`] (a permanent refusal: kept and shown), by [`Outbox::rebuild`] (the
 //!   same items re-signed under a new seq, when the old one was taken or the identity changed),
@@ -47,10 +50,6 @@ pub enum OutboxError {
     Full { bytes: u64, max_bytes: u64 },
     #[error("cannot move the corrupt outbox {path} aside: {message}")]
     MoveAside { path: PathBuf, message: String },
-    #[error(
-        "this outbox is new, so before it signs anything the agent must learn from the centre the highest seq stored under its key (a reused seq is refused for good); the centre has not answered yet"
-    )]
-    NotSynced,
 }
 
 /// The identity reports are signed with: the key, the unit and the plan (audience).
@@ -80,6 +79,8 @@ pub struct Stats {
     pub next_seq: i64,
     /// Whether the seq counter is known to be ahead of the centre's (see the module docs).
     pub synced: bool,
+    /// Reports waiting for the centre's counters before they get their seq (new outbox).
+    pub provisional: i64,
 }
 
 /// An item the centre refused, as `outbox dead` shows it.
@@ -209,6 +210,13 @@ async fn salvage(old: &Path, fresh: &SqlitePool) -> Salvaged {
     let Ok(mut conn) = SqliteConnection::connect_with(&options).await else {
         return salvaged;
     };
+    // An outbox from before `synced` existed had a meaningful counter; one that was itself new
+    // and never heard from the centre knew nothing.
+    let old_synced: Option<i64> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'synced'")
+        .fetch_optional(&mut conn)
+        .await
+        .ok()
+        .flatten();
     let next_seq: Option<i64> = sqlx::query_scalar(
         "SELECT MAX(n) FROM (SELECT value AS n FROM meta WHERE key = 'next_seq' \
          UNION ALL SELECT MAX(seq) + 1 FROM outbox UNION ALL SELECT MAX(seq) + 1 FROM dead_letters)",
@@ -216,7 +224,8 @@ async fn salvage(old: &Path, fresh: &SqlitePool) -> Salvaged {
     .fetch_one(&mut conn)
     .await
     .ok()
-    .flatten();
+    .flatten()
+    .filter(|_| old_synced != Some(0));
     if let Some(next) = next_seq
         && sqlx::query("UPDATE meta SET value = MAX(value, $1) WHERE key = 'next_seq'")
             .bind(next)
@@ -304,6 +313,10 @@ async fn salvage(old: &Path, fresh: &SqlitePool) -> Salvaged {
             }
         }
     }
+    // Provisional reports carried over keep their place before any built from now on.
+    let _ = sqlx::query("UPDATE meta SET value = MAX(value, (SELECT COALESCE(-MIN(seq), 0) + 1 FROM outbox)) WHERE key = 'next_draft'")
+        .execute(fresh)
+        .await;
     if salvaged.next_seq.is_some() {
         // The counter continues the old one: nothing the old outbox signed is reused.
         let _ = sqlx::query("UPDATE meta SET value = 1 WHERE key = 'synced'")
@@ -410,14 +423,17 @@ impl Outbox {
     }
 
     /// Raises the seq counter above `max_seq` (the highest the centre stores under this key)
-    /// and each period's revision above the centre's, then marks the outbox synced. Returns the
-    /// next seq.
+    /// and each period's revision above the centre's, marks the outbox synced, and gives the
+    /// provisional reports their real seqs, in the order they were built. Returns the next
+    /// seq and how many provisional reports were signed for good.
     pub async fn apply_centre_state(
         &self,
         max_seq: u64,
         revisions: &[(String, u32)],
-    ) -> Result<i64, OutboxError> {
-        let mut tx = self.pool.begin().await?;
+        signer: Signer<'_>,
+    ) -> Result<(i64, usize), OutboxError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let floor = i64::try_from(max_seq).unwrap_or(i64::MAX - 1) + 1;
         sqlx::query("UPDATE meta SET value = MAX(value, $1) WHERE key = 'next_seq'")
             .bind(floor)
@@ -433,15 +449,23 @@ impl Outbox {
         sqlx::query("UPDATE meta SET value = 1 WHERE key = 'synced'")
             .execute(&mut *tx)
             .await?;
+        let drafts: Vec<i64> =
+            sqlx::query_scalar("SELECT seq FROM outbox WHERE seq < 0 ORDER BY seq DESC")
+                .fetch_all(&mut *tx)
+                .await?;
+        for draft in &drafts {
+            self.rebuild_in(&mut tx, *draft, signer).await?;
+        }
         let next: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'next_seq'")
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(next)
+        Ok((next, drafts.len()))
     }
 
     /// Builds, signs and commits one report per period for the items that changed (all items
-    /// with `force`), issued at `issued_at_ms`. Nothing is sent here.
+    /// with `force`), issued at `issued_at_ms` (provisional reports in a new outbox; see the
+    /// module docs). Nothing is sent here.
     pub async fn enqueue(
         &self,
         signer: Signer<'_>,
@@ -449,9 +473,6 @@ impl Outbox {
         force: bool,
         issued_at_ms: i64,
     ) -> Result<Enqueued, OutboxError> {
-        if !self.is_synced().await? {
-            return Err(OutboxError::NotSynced);
-        }
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let mut changed: Vec<&Item> = Vec::new();
@@ -461,7 +482,7 @@ impl Outbox {
             let period = item.period().to_string();
             // The newest queued fingerprint, else the last accepted one.
             let last: Option<String> = sqlx::query_scalar(
-                "SELECT COALESCE((SELECT fingerprint FROM pending_items WHERE kind = $1 AND subject = $2 AND period = $3 ORDER BY seq DESC LIMIT 1), \
+                "SELECT COALESCE((SELECT fingerprint FROM pending_items WHERE kind = $1 AND subject = $2 AND period = $3 ORDER BY rowid DESC LIMIT 1), \
                  (SELECT fingerprint FROM last_sent WHERE kind = $1 AND subject = $2 AND period = $3))",
             )
             .bind(kind)
@@ -500,7 +521,9 @@ impl Outbox {
     }
 
     /// Allocates a seq and a revision, signs one report of `items` and stores it with its
-    /// pending items. Returns the seq and how many old reports `drop_oldest` deleted.
+    /// pending items; in a new outbox (not synced), a provisional report under the next
+    /// negative seq, with seq 0 and revision 0 inside. Returns the seq and how many old
+    /// reports `drop_oldest` deleted.
     async fn insert_report(
         &self,
         tx: &mut SqliteConnection,
@@ -510,16 +533,29 @@ impl Outbox {
         issued_at_ms: i64,
         created_at_ms: i64,
     ) -> Result<(i64, u64), OutboxError> {
-        let seq: i64 = sqlx::query_scalar(
-            "UPDATE meta SET value = value + 1 WHERE key = 'next_seq' RETURNING value - 1",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let revision: i64 = sqlx::query_scalar("INSERT INTO period_revision (period, next_revision) VALUES ($1, 1) ON CONFLICT (period) DO UPDATE SET next_revision = next_revision + 1 RETURNING next_revision - 1")
-            .bind(period)
+        let synced: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'synced'")
             .fetch_one(&mut *tx)
             .await?;
-        let report = build_report(signer, seq, period, revision, issued_at_ms, items);
+        let (seq, signed_seq, revision) = if synced == 1 {
+            let seq: i64 = sqlx::query_scalar(
+                "UPDATE meta SET value = value + 1 WHERE key = 'next_seq' RETURNING value - 1",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let revision: i64 = sqlx::query_scalar("INSERT INTO period_revision (period, next_revision) VALUES ($1, 1) ON CONFLICT (period) DO UPDATE SET next_revision = next_revision + 1 RETURNING next_revision - 1")
+                .bind(period)
+                .fetch_one(&mut *tx)
+                .await?;
+            (seq, seq, revision)
+        } else {
+            let draft: i64 = sqlx::query_scalar(
+                "UPDATE meta SET value = value + 1 WHERE key = 'next_draft' RETURNING value - 1",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            (-draft, 0, 0)
+        };
+        let report = build_report(signer, signed_seq, period, revision, issued_at_ms, items);
         let signed = envelope::bind_and_sign(signer.key, report);
         let bytes = signed.encode_to_vec();
         let dropped = self.make_room(&mut *tx, bytes.len() as u64).await?;
@@ -604,10 +640,10 @@ impl Outbox {
         }
     }
 
-    /// The oldest reports, in seq order.
+    /// The oldest reports ready to send, in seq order (provisional ones are not).
     pub async fn pending(&self, limit: usize) -> Result<Vec<Pending>, OutboxError> {
         let rows = sqlx::query(
-            "SELECT seq, report_id, envelope, bytes, attempts FROM outbox ORDER BY seq LIMIT $1",
+            "SELECT seq, report_id, envelope, bytes, attempts FROM outbox WHERE seq > 0 ORDER BY seq LIMIT $1",
         )
         .bind(limit as i64)
         .fetch_all(&self.pool)
@@ -820,17 +856,24 @@ impl Outbox {
     }
 
     /// Re-signs the items of the waiting report `seq` as a new report (a new seq, report id and
-    /// revision) under `signer`, and removes the old one. For a report whose seq the centre
-    /// already holds under another report, or one signed for another unit, plan or key than
-    /// the configuration now names. Returns the new seq, or `None` when `seq` is not waiting.
-    pub async fn rebuild(
-        &self,
-        seq: i64,
-        signer: Signer<'_>,
-        issued_at_ms: i64,
-    ) -> Result<Option<i64>, OutboxError> {
+    /// revision, the same `issued_at`) under `signer`, and removes the old one. For a report
+    /// whose seq the centre already holds under another report, or one signed for another
+    /// unit, plan or key than the configuration now names. Returns the new seq, or `None` when
+    /// `seq` is not waiting.
+    pub async fn rebuild(&self, seq: i64, signer: Signer<'_>) -> Result<Option<i64>, OutboxError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let new_seq = self.rebuild_in(&mut tx, seq, signer).await?;
+        tx.commit().await?;
+        Ok(new_seq)
+    }
+
+    async fn rebuild_in(
+        &self,
+        tx: &mut SqliteConnection,
+        seq: i64,
+        signer: Signer<'_>,
+    ) -> Result<Option<i64>, OutboxError> {
         let row = sqlx::query("SELECT envelope, created_at_ms FROM outbox WHERE seq = $1")
             .bind(seq)
             .fetch_optional(&mut *tx)
@@ -857,22 +900,21 @@ impl Outbox {
         }
         let (new_seq, _) = self
             .insert_report(
-                &mut tx,
+                &mut *tx,
                 signer,
                 &report.period,
                 &refs,
-                issued_at_ms,
+                report.issued_at_ms,
                 created_at_ms,
             )
             .await?;
-        tx.commit().await?;
         Ok(Some(new_seq))
     }
 
     /// The waiting reports signed for another unit, plan or key than `signer`'s.
     pub async fn signed_for_others(&self, signer: Signer<'_>) -> Result<Vec<i64>, OutboxError> {
         let key_id = signer.key.key_id().to_string();
-        let rows = sqlx::query("SELECT seq, envelope FROM outbox ORDER BY seq")
+        let rows = sqlx::query("SELECT seq, envelope FROM outbox WHERE seq > 0 ORDER BY seq")
             .fetch_all(&self.pool)
             .await?;
         let mut out = Vec::new();
@@ -886,7 +928,7 @@ impl Outbox {
     }
 
     pub async fn stats(&self) -> Result<Stats, OutboxError> {
-        let row = sqlx::query("SELECT (SELECT count(*) FROM outbox), (SELECT COALESCE(SUM(bytes), 0) FROM outbox), (SELECT MIN(created_at_ms) FROM outbox), (SELECT count(*) FROM dead_letters), (SELECT value FROM meta WHERE key = 'next_seq'), (SELECT value FROM meta WHERE key = 'synced')")
+        let row = sqlx::query("SELECT (SELECT count(*) FROM outbox), (SELECT COALESCE(SUM(bytes), 0) FROM outbox), (SELECT MIN(created_at_ms) FROM outbox), (SELECT count(*) FROM dead_letters), (SELECT value FROM meta WHERE key = 'next_seq'), (SELECT value FROM meta WHERE key = 'synced'), (SELECT count(*) FROM outbox WHERE seq < 0)")
             .fetch_one(&self.pool)
             .await?;
         Ok(Stats {
@@ -896,6 +938,7 @@ impl Outbox {
             dead_letters: row.try_get(3)?,
             next_seq: row.try_get(4)?,
             synced: row.try_get::<i64, _>(5)? == 1,
+            provisional: row.try_get(6)?,
         })
     }
 

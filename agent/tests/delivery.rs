@@ -109,7 +109,11 @@ async fn agent(dir: &Path, endpoint: &str) -> Agent {
     let config = AgentConfig::parse(&text, &dir.join("agent.toml")).unwrap();
     // As if the centre had already told this new outbox where its key's seqs stand.
     let agent = Agent::open(config.clone()).await.unwrap();
-    agent.outbox.apply_centre_state(0, &[]).await.unwrap();
+    agent
+        .outbox
+        .apply_centre_state(0, &[], agent.identity.signer())
+        .await
+        .unwrap();
     agent.outbox.close().await;
     let agent = Agent::open(config).await.unwrap();
     let item = Item::Value {
@@ -127,7 +131,7 @@ async fn resource_exhausted_waits_the_pushback_the_server_asks_for() {
     let (endpoint, calls) = start_peer(Script::BusyOnce(1500)).await;
     let dir = tempfile::tempdir().unwrap();
     let agent = agent(dir.path(), &endpoint).await;
-    let mut deliverer = agent.deliverer().unwrap();
+    let mut deliverer = agent.deliverer().await.unwrap();
     assert!(
         agent
             .drain(&mut deliverer, Instant::now() + Duration::from_secs(10))
@@ -156,7 +160,7 @@ async fn resource_exhausted_waits_the_pushback_the_server_asks_for() {
     let dir = tempfile::tempdir().unwrap();
     let agent = self::agent(dir.path(), &endpoint).await;
     assert_eq!(
-        agent.deliverer().unwrap().step().await.unwrap(),
+        agent.deliverer().await.unwrap().step().await.unwrap(),
         Step::Wait(Duration::from_millis(2500))
     );
 }
@@ -167,7 +171,7 @@ async fn identity_refusals_hold_the_outbox_and_say_so() {
         let (endpoint, _) = start_peer(Script::Refuse(code)).await;
         let dir = tempfile::tempdir().unwrap();
         let agent = agent(dir.path(), &endpoint).await;
-        let mut deliverer = agent.deliverer().unwrap();
+        let mut deliverer = agent.deliverer().await.unwrap();
         assert!(matches!(deliverer.step().await.unwrap(), Step::Wait(_)));
         assert_eq!(agent.metrics.auth_held.get(), 1, "{code:?}");
         let stats = agent.outbox.stats().await.unwrap();
@@ -183,7 +187,7 @@ async fn identity_refusals_hold_the_outbox_and_say_so() {
 async fn an_unreachable_aggregator_backs_off_and_keeps_the_report() {
     let dir = tempfile::tempdir().unwrap();
     let agent = agent(dir.path(), "http://127.0.0.1:9").await;
-    let mut deliverer = agent.deliverer().unwrap();
+    let mut deliverer = agent.deliverer().await.unwrap();
     let Step::Wait(wait) = deliverer.step().await.unwrap() else {
         panic!("expected a wait")
     };

@@ -42,7 +42,13 @@ impl RegisteredKey {
 #[derive(Debug, Default)]
 pub struct KeyRegistry {
     keys: RwLock<Arc<HashMap<KeyId, RegisteredKey>>>,
+    /// When an unknown key last made the registry reload early (see [`Self::lookup_fresh`]).
+    early_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// An unknown key reloads the registry early at most this often, so that garbage key ids
+/// cannot turn into a query each.
+pub const EARLY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 impl KeyRegistry {
     pub fn lookup(&self, key_id: &KeyId) -> Option<RegisteredKey> {
@@ -51,6 +57,23 @@ impl KeyRegistry {
             .expect("key registry lock")
             .get(key_id)
             .cloned()
+    }
+
+    /// [`Self::lookup`], reloading first when the key is unknown and no early reload happened
+    /// in the last [`EARLY_RELOAD_INTERVAL`]: a key registered a moment ago is found at once.
+    pub async fn lookup_fresh(&self, key_id: &KeyId, store: &AnyStore) -> Option<RegisteredKey> {
+        if let Some(key) = self.lookup(key_id) {
+            return Some(key);
+        }
+        let mut last = self.early_reload.lock().await;
+        if last.is_some_and(|at| at.elapsed() < EARLY_RELOAD_INTERVAL) {
+            return None;
+        }
+        *last = Some(std::time::Instant::now());
+        if let Err(error) = self.reload(store).await {
+            tracing::warn!(%error, "failed to reload the key registry");
+        }
+        self.lookup(key_id)
     }
 
     pub fn len(&self) -> usize {

@@ -37,6 +37,13 @@ enum Command {
     /// Show current indicator values (the winning value per unit and period).
     #[command(subcommand)]
     Values(ValuesCommand),
+    /// Create the database schema, or bring it up to date (`serve` does this at start too).
+    /// The commands that only read (status, keys list, reports list, values show) never
+    /// create or migrate a database.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// The plan's state: indicators against target and expected, tasks lagging or overdue,
     /// completeness and timeliness per unit, active alerts.
     Status {
@@ -44,6 +51,10 @@ enum Command {
         /// what-if.
         #[arg(long, value_name = "TIME")]
         as_of: Option<String>,
+        /// Alert only deadlines from this time on [default: [alerts] go_live of --config, else
+        /// the go-live the aggregator runs with, as recorded in the database].
+        #[arg(long, value_name = "TIME")]
+        go_live: Option<String>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -108,6 +119,10 @@ struct ServeArgs {
     /// Seconds between alert evaluations [default: 30].
     #[arg(long, value_name = "SECONDS")]
     evaluate_every_seconds: Option<u64>,
+    /// Alert only deadlines from this time on (RFC 3339 or YYYY-MM-DD); earlier ones are
+    /// shown, not alerted [default: when this database first served].
+    #[arg(long, value_name = "TIME")]
+    go_live: Option<String>,
 }
 
 /// Where the database is: `--database-url`, else `DUBAN_DATABASE_URL`, else `database_url` of
@@ -374,6 +389,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await?
         }
+        Command::Migrate { db } => {
+            let url = db.url()?;
+            AnyStore::open(&url).await?;
+            format!(
+                "{}: the schema is up to date\n",
+                duban_aggregator::store::redact(&url)
+            )
+        }
         Command::Keys(KeysCommand::List { unit, json, db }) => {
             admin::keys_list(&db.open_read_only().await?, unit.as_deref(), json).await?
         }
@@ -398,6 +421,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Status {
             as_of,
+            go_live,
             json,
             db,
             plan,
@@ -414,15 +438,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .config
                 .as_ref()
                 .map_or("flags".to_owned(), |p| p.display().to_string());
-            let mut policy = db
-                .file()?
-                .alerts
-                .unwrap_or_default()
-                .settle(&source)?
-                .policy;
+            let mut alerts = db.file()?.alerts.unwrap_or_default();
+            alerts.go_live = go_live.or(alerts.go_live);
+            let mut policy = alerts.settle(&source)?.policy;
             if policy.go_live_ms.is_none() {
                 policy.go_live_ms = store
-                    .setting("first_served_ms")
+                    .setting(duban_aggregator::serve::GO_LIVE_SETTING)
                     .await?
                     .and_then(|v| v.parse().ok());
             }
@@ -488,6 +509,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     alerts.evaluate_every_seconds = args
         .evaluate_every_seconds
         .or(alerts.evaluate_every_seconds);
+    alerts.go_live = args.go_live.or(alerts.go_live);
     file.alerts = Some(alerts);
     let tls = file.tls.take().unwrap_or_default();
     let tls = TlsFile {

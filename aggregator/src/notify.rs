@@ -1,7 +1,7 @@
 //! Sending alerts: always to the log; to every configured Alertmanager (`POST /api/v2/alerts`,
 //! all active alerts re-sent every `resend_every`, resolved ones once with `endsAt`; identical
 //! label sets from several replicas deduplicate there); and to webhooks in Alertmanager's
-//! webhook format, grouped per lead unit, with retries, only from the replica that
+//! webhook format, grouped per recipient, with retries, only from the replica that
 //! [`crate::store::Store::is_notifier`] names, because a webhook cannot deduplicate.
 
 use std::collections::BTreeMap;
@@ -90,10 +90,10 @@ impl Notifier {
     /// active alerts are due for their periodic re-send to Alertmanager.
     pub async fn deliver(&self, changes: &AlertChanges, resend: bool, is_notifier: bool) {
         for alert in &changes.fired {
-            tracing::warn!(alertname = alert.labels.get("alertname").map(String::as_str), lead_unit = alert.labels.get("lead_unit").map(String::as_str), severity = alert.labels.get("severity").map(String::as_str), labels = ?alert.labels, summary = alert.annotations.get("summary").map(String::as_str), "alert firing");
+            tracing::warn!(alertname = alert.labels.get("alertname").map(String::as_str), recipient = alert.labels.get("recipient").map(String::as_str), severity = alert.labels.get("severity").map(String::as_str), labels = ?alert.labels, summary = alert.annotations.get("summary").map(String::as_str), "alert firing");
         }
         for alert in &changes.resolved {
-            tracing::info!(alertname = alert.labels.get("alertname").map(String::as_str), lead_unit = alert.labels.get("lead_unit").map(String::as_str), labels = ?alert.labels, "alert resolved");
+            tracing::info!(alertname = alert.labels.get("alertname").map(String::as_str), recipient = alert.labels.get("recipient").map(String::as_str), labels = ?alert.labels, "alert resolved");
         }
         self.counter
             .with_label_values(&["log", "ok"])
@@ -124,21 +124,21 @@ impl Notifier {
 
         if !self.sinks.webhooks.is_empty() && is_notifier {
             for (status, alerts) in [("firing", &changes.fired), ("resolved", &changes.resolved)] {
-                let mut by_lead: BTreeMap<&str, Vec<&AlertRow>> = BTreeMap::new();
+                let mut by_recipient: BTreeMap<&str, Vec<&AlertRow>> = BTreeMap::new();
                 for alert in alerts {
-                    by_lead
+                    by_recipient
                         .entry(
                             alert
                                 .labels
-                                .get("lead_unit")
+                                .get("recipient")
                                 .map(String::as_str)
                                 .unwrap_or(""),
                         )
                         .or_default()
                         .push(alert);
                 }
-                for (lead, group) in by_lead {
-                    let body = self.webhook_body(status, lead, &group);
+                for (recipient, group) in by_recipient {
+                    let body = self.webhook_body(status, recipient, &group);
                     for url in &self.sinks.webhooks {
                         self.post("webhook", url, &body, 4).await;
                     }
@@ -147,16 +147,17 @@ impl Notifier {
         }
     }
 
-    /// Alertmanager's webhook format (version 4), one group per lead unit.
-    fn webhook_body(&self, status: &str, lead: &str, alerts: &[&AlertRow]) -> Value {
+    /// Alertmanager's webhook format (version 4), one group per recipient, named as the
+    /// generated Alertmanager configuration names its receiver.
+    fn webhook_body(&self, status: &str, recipient: &str, alerts: &[&AlertRow]) -> Value {
         json!({
             "version": "4",
-            "groupKey": format!("{{}}:{{lead_unit=\"{lead}\"}}"),
+            "groupKey": format!("{{}}:{{recipient=\"{recipient}\"}}"),
             "truncatedAlerts": 0,
             "status": status,
-            "receiver": format!("lead-{lead}"),
-            "groupLabels": { "lead_unit": lead },
-            "commonLabels": { "lead_unit": lead },
+            "receiver": crate::amconfig::unit_receiver(recipient),
+            "groupLabels": { "recipient": recipient },
+            "commonLabels": { "recipient": recipient },
             "commonAnnotations": {},
             "externalURL": self.external_url,
             "alerts": alerts.iter().map(|a| {

@@ -22,6 +22,9 @@ use crate::plan::Plan;
 use crate::server::{MAX_MESSAGE_BYTES, ReportServer};
 use crate::store::{AnyStore, Store};
 
+/// The settings key under which the go-live time in force is kept (Unix ms), for `status`.
+pub const GO_LIVE_SETTING: &str = "go_live_ms";
+
 /// PEM contents of the server's TLS files.
 #[derive(Clone)]
 pub struct TlsMaterial {
@@ -85,17 +88,22 @@ pub async fn run(
     };
     warn_about_other_plans(&serve.store, &serve.plan).await?;
     let mut policy = serve.alerts.policy.clone();
-    if policy.go_live_ms.is_none() {
-        // By default the deployment goes live when it first serves: deadlines before that are
-        // history, shown but never alerted (docs/PROGRESS.md).
-        let first = serve
+    // By default the deployment goes live when it first serves: deadlines before that are
+    // history, shown but never alerted (docs/PROGRESS.md). The go-live in force is recorded
+    // for `status`.
+    let first = serve
+        .store
+        .setting_or_insert("first_served_ms", &serve.clock.now_ms().to_string())
+        .await
+        .context("failed to read the deployment's settings")?;
+    let go_live = policy.go_live_ms.or_else(|| first.parse().ok());
+    policy.go_live_ms = go_live;
+    if let Some(go_live) = go_live {
+        serve
             .store
-            .setting_or_insert("first_served_ms", &serve.clock.now_ms().to_string())
+            .set_setting(GO_LIVE_SETTING, &go_live.to_string())
             .await
-            .context("failed to read the deployment's settings")?;
-        policy.go_live_ms = first.parse().ok();
-    }
-    if let Some(go_live) = policy.go_live_ms {
+            .context("failed to record the go-live time")?;
         tracing::info!(
             go_live = %crate::progress::date_of_ms(go_live, &serve.plan.tz),
             "alerts are sent for deadlines from the go-live date on; earlier ones are shown, not alerted"

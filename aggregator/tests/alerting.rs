@@ -58,7 +58,7 @@ fn has_alert(message: &Value, status: &str, labels: &[(&str, &str)]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overdue_report_alerts_its_lead_unit_and_resolves_when_the_report_arrives() {
     let (hook, received) = webhook_receiver().await;
-    let alerts = AlertSettings {
+    let mut alerts = AlertSettings {
         sinks: Sinks {
             alertmanagers: vec![],
             webhooks: vec![hook],
@@ -66,25 +66,49 @@ async fn an_overdue_report_alerts_its_lead_unit_and_resolves_when_the_report_arr
         evaluate_every: Duration::from_millis(200),
         ..Default::default()
     };
+    // Live since the plan began (by default, deadlines before the first start are history).
+    alerts.policy.go_live_ms = Some(0);
     let server = TestServer::start(Options {
         alerts: Some(alerts),
         ..Default::default()
     })
     .await;
     // At 2018-04-10, laoshan's PCT figure for 2017Q4 (due 2018-01-30) is overdue. The lead
-    // unit of pct-applications is 市科技局 (science-tech).
+    // unit of pct-applications is 市科技局 (science-tech); laoshan itself is asked too (催报).
     let overdue = [
         ("alertname", "ReportOverdue"),
         ("unit", "laoshan"),
         ("indicator", "pct-applications"),
         ("period", "2017Q4"),
         ("lead_unit", "science-tech"),
+        ("recipient", "science-tech"),
+        ("role", "lead"),
     ];
     let fired = wait_for(&received, "firing ReportOverdue", |m| {
         has_alert(m, "firing", &overdue)
     })
     .await;
-    assert_eq!(fired["receiver"], "lead-science-tech");
+    assert_eq!(fired["receiver"], "unit-science-tech");
+    let asked = wait_for(
+        &received,
+        "firing ReportOverdue to the reporting unit",
+        |m| {
+            has_alert(
+                m,
+                "firing",
+                &[
+                    ("alertname", "ReportOverdue"),
+                    ("unit", "laoshan"),
+                    ("period", "2017Q4"),
+                    ("lead_unit", "science-tech"),
+                    ("recipient", "laoshan"),
+                    ("role", "reporter"),
+                ],
+            )
+        },
+    )
+    .await;
+    assert_eq!(asked["receiver"], "unit-laoshan");
     assert_eq!(fired["version"], "4");
     let alert = fired["alerts"]
         .as_array()
@@ -100,7 +124,14 @@ async fn an_overdue_report_alerts_its_lead_unit_and_resolves_when_the_report_arr
     // Every alert kind that applies at this date carries the required labels.
     for message in received.lock().unwrap().iter() {
         for a in message["alerts"].as_array().unwrap() {
-            for label in ["alertname", "severity", "lead_unit", "plan"] {
+            for label in [
+                "alertname",
+                "severity",
+                "lead_unit",
+                "plan",
+                "recipient",
+                "role",
+            ] {
                 assert!(a["labels"][label].is_string(), "{label} missing in {a}");
             }
         }

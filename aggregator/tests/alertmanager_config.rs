@@ -1,10 +1,16 @@
-//! deploy/alertmanager/alertmanager.yml is what `plan alertmanager-config` generates, it passes
-//! `amtool check-config`, and every unit that can receive a plan alert is routed to its own
-//! receiver `lead-<unit>` (`amtool config routes test`).
+//! deploy/alertmanager/alertmanager.yml is what `plan alertmanager-config --receivers
+//! deploy/alertmanager/receivers.yml` generates, it passes `amtool check-config`, every unit
+//! that can receive a plan alert is routed by its `recipient` label to its own receiver
+//! `unit-<unit>`, duban's own health alerts reach `duban-ops`, and the hand-written receivers
+//! are the ones in use (`amtool config routes test`).
 
 use std::process::Command;
 
 const COMMITTED: &str = include_str!("../../deploy/alertmanager/alertmanager.yml");
+const RECEIVERS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/alertmanager/receivers.yml"
+);
 
 fn amtool_available() -> bool {
     match Command::new("amtool").arg("--version").output() {
@@ -23,9 +29,9 @@ fn amtool_available() -> bool {
 }
 
 #[test]
-fn the_committed_config_is_what_the_plan_generates() {
+fn the_committed_config_is_what_the_plan_and_the_receivers_generate() {
     let out = Command::new(env!("CARGO_BIN_EXE_duban-aggregator"))
-        .args(["plan", "alertmanager-config"])
+        .args(["plan", "alertmanager-config", "--receivers", RECEIVERS])
         .output()
         .unwrap();
     assert!(
@@ -33,15 +39,48 @@ fn the_committed_config_is_what_the_plan_generates() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let generated = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        COMMITTED,
-        "regenerate: duban-aggregator plan alertmanager-config > deploy/alertmanager/alertmanager.yml"
+        generated, COMMITTED,
+        "regenerate: duban-aggregator plan alertmanager-config --receivers deploy/alertmanager/receivers.yml > deploy/alertmanager/alertmanager.yml"
     );
+    assert!(generated.contains("https://oncall.city.example/hooks/duban"));
+    assert!(generated.contains("https://science-tech.city.example/duban/alerts"));
 }
 
 #[test]
-fn amtool_accepts_it_and_routes_every_lead_unit_to_its_receiver() {
+fn a_misspelt_hand_written_receiver_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("receivers.yml");
+    std::fs::write(
+        &file,
+        "receivers:\n  - name: unit-sciencetech\n    webhook_configs:\n      - url: http://x.example/\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_duban-aggregator"))
+        .args(["plan", "alertmanager-config", "--receivers"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the hand-written receiver \"unit-sciencetech\" is not routed to"),
+        "{stderr}"
+    );
+}
+
+fn route(file: &str, labels: &[String]) -> String {
+    let routed = Command::new("amtool")
+        .args(["config", "routes", "test", &format!("--config.file={file}")])
+        .args(labels)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&routed.stdout).trim().to_owned()
+}
+
+#[test]
+fn amtool_accepts_it_and_routes_every_recipient_and_the_health_alerts() {
     if !amtool_available() {
         return;
     }
@@ -61,32 +100,47 @@ fn amtool_accepts_it_and_routes_every_lead_unit_to_its_receiver() {
     );
     let plan = duban_aggregator::plan::embedded().plan;
     let recipients = duban_aggregator::amconfig::alert_recipients(&plan);
-    for lead in ["science-tech", "customs", "human-resources", "statistics"] {
+    // Lead units, a responsible unit of a task without a lead, and districts that report.
+    for unit in [
+        "science-tech",
+        "customs",
+        "human-resources",
+        "statistics",
+        "laoshan",
+        "jimo",
+    ] {
         assert!(
-            recipients.iter().any(|r| r == lead),
-            "{lead} receives alerts"
+            recipients.iter().any(|r| r == unit),
+            "{unit} receives alerts"
         );
     }
     for unit in &recipients {
         for alertname in ["ReportOverdue", "TaskOverdue"] {
-            let routed = Command::new("amtool")
-                .args([
-                    "config",
-                    "routes",
-                    "test",
-                    &format!("--config.file={file}"),
-                    &format!("lead_unit={unit}"),
-                    &format!("alertname={alertname}"),
-                ])
-                .output()
-                .unwrap();
-            let receiver = String::from_utf8_lossy(&routed.stdout).trim().to_owned();
             assert_eq!(
-                receiver,
-                format!("lead-{unit}"),
-                "{unit} {alertname}: {}",
-                String::from_utf8_lossy(&routed.stderr)
+                route(
+                    file,
+                    &[
+                        format!("recipient={unit}"),
+                        format!("alertname={alertname}")
+                    ]
+                ),
+                format!("unit-{unit}"),
+                "{unit} {alertname}"
             );
         }
+    }
+    for alertname in [
+        "DubanAggregatorDown",
+        "DubanAgentDown",
+        "DubanAlertNotificationsFailing",
+    ] {
+        assert_eq!(
+            route(
+                file,
+                &[format!("alertname={alertname}"), "severity=critical".into()]
+            ),
+            "duban-ops",
+            "{alertname}"
+        );
     }
 }

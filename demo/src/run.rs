@@ -463,7 +463,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         let agent = Agent::open_with_clock(config, clock.clone()).await?;
         deliveries.spawn(duban_agent::daemon::deliver_loop(
             agent.clone(),
-            agent.deliverer()?,
+            agent.deliverer().await?,
             agents_stopped.clone(),
         ));
         agents.insert(

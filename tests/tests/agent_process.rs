@@ -122,10 +122,15 @@ every = "1h"
     }
     let agent = AgentSetup::new(w.root.path(), &w.url, "laoshan", &endpoint, &sources);
     let checked = ok(agent.run(&["check"]));
-    assert!(checked.contains("valid: unit laoshan"), "{checked}");
+    assert!(
+        checked.contains("unit laoshan")
+            && checked.contains(&format!("ok    centre {endpoint}: accepts this agent"))
+            && checked.contains("\nvalid ("),
+        "{checked}"
+    );
     let collected = ok(agent.run(&["collect", "--once"]));
     assert!(
-        collected.contains("delivered: the outbox is empty"),
+        collected.contains("delivered: the centre accepted everything; the outbox is empty"),
         "{collected}"
     );
 
@@ -359,7 +364,7 @@ fn sigkill_at_random_points_loses_nothing_and_stores_nothing_twice() {
 }
 
 #[test]
-fn a_permanent_refusal_is_a_dead_letter_and_the_next_reports_still_go() {
+fn a_permanent_refusal_is_shown_with_its_item_and_the_next_reports_still_go() {
     let w = world();
     let aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
     let agent = AgentSetup::new(
@@ -369,7 +374,8 @@ fn a_permanent_refusal_is_a_dead_letter_and_the_next_reports_still_go() {
         &format!("http://{}", aggregator.grpc),
         "",
     );
-    // laoshan does not report trademarks: every item refused, a permanent rejection.
+    // laoshan does not report trademarks: every item refused, a permanent rejection. The
+    // clerk sees which item, why, and a failing exit status.
     let out = agent.run(&[
         "submit",
         "--indicator",
@@ -379,11 +385,31 @@ fn a_permanent_refusal_is_a_dead_letter_and_the_next_reports_still_go() {
         "--value",
         "5",
     ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        !out.status.success(),
+        "a refusal must fail the command: {stdout}"
     );
+    assert!(
+        stdout.contains("REFUSED value valid-registered-trademarks (2018Q1, report seq 1): NOT_A_REPORTER: unit \"laoshan\" is not a reporter of \"valid-registered-trademarks\"")
+            && stdout.contains("[report in the dead letters"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("delivered: the centre accepted everything"),
+        "{stdout}"
+    );
+    // The centre's log names the unit of the refused report.
+    wait_until(Duration::from_secs(10), "the rejection in the log", || {
+        aggregator.log().contains("report rejected")
+    });
+    let log = aggregator.log();
+    let line = log.lines().find(|l| l.contains("report rejected")).unwrap();
+    assert!(
+        line.contains("key_unit=laoshan") && line.contains("NOT_A_REPORTER"),
+        "{line}"
+    );
+
     let out = ok(agent.run(&[
         "submit",
         "--indicator",
@@ -393,11 +419,22 @@ fn a_permanent_refusal_is_a_dead_letter_and_the_next_reports_still_go() {
         "--value",
         "9",
     ]));
-    assert!(out.contains("delivered"), "{out}");
+    assert!(
+        out.contains("delivered: the centre accepted everything"),
+        "{out}"
+    );
     let dead = ok(agent.run(&["outbox", "dead"]));
     assert!(
-        dead.contains("REASON_NOTHING_VALID") && dead.contains("1 dead letter(s)"),
+        dead.contains("NOTHING_VALID")
+            && dead.contains("    value valid-registered-trademarks: NOT_A_REPORTER: unit \"laoshan\" is not a reporter")
+            && dead.contains("1 dead letter(s)"),
         "{dead}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(agent.run(&["outbox", "dead", "--json"]))).unwrap();
+    assert_eq!(
+        json["dead_letters"][0]["refusals"][0]["code"],
+        "NOT_A_REPORTER"
     );
     assert_eq!(
         value_of(
@@ -693,10 +730,11 @@ fn delivery_over_mtls_and_a_certificate_for_another_unit_is_refused() {
         Some(12.0)
     );
 
-    // An agent signing as shibei but presenting laoshan's certificate is refused for good.
+    // An agent signing as shibei but presenting laoshan's certificate is refused: it holds its
+    // report (an identity problem a person must fix) and says why.
     let impostor = AgentSetup::new(w.root.path(), &w.url, "shibei", &endpoint, "");
     impostor.use_tls(&certs, "laoshan");
-    ok(impostor.run(&[
+    let out = impostor.run(&[
         "submit",
         "--indicator",
         "pct-applications",
@@ -704,9 +742,21 @@ fn delivery_over_mtls_and_a_certificate_for_another_unit_is_refused() {
         "2018Q1",
         "--value",
         "99",
-    ]));
-    let dead = ok(impostor.run(&["outbox", "dead"]));
-    assert!(dead.contains("REASON_UNIT_MISMATCH"), "{dead}");
+        "--send-for",
+        "3s",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("HELD: the centre would refuse this agent's reports: UNIT_MISMATCH: the client certificate is unit \"laoshan\"'s but the agent is configured for unit \"shibei\""),
+        "{stdout}"
+    );
+    let stats = impostor.outbox_stats();
+    assert_eq!(
+        (stats["reports"].as_i64(), stats["dead_letters"].as_i64()),
+        (Some(1), Some(0)),
+        "held, not dead-lettered"
+    );
     assert_eq!(
         value_of(
             &current_values(&w.url),

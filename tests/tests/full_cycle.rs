@@ -31,21 +31,31 @@ fn is_overdue_alert(alert: &serde_json::Value, unit: &str, period: &str) -> bool
         && labels["indicator"] == "pct-applications"
         && labels["period"] == period
         && labels["lead_unit"] == "science-tech"
+        && labels["recipient"] == "science-tech"
 }
 
-/// The first report waiting in an agent's outbox, read with python3's sqlite3 as any tool could.
-fn first_outbox_envelope(agent: &AgentSetup) -> Vec<u8> {
+/// The envelope of a unit's first stored report, exactly as the aggregator received it, read
+/// with python3's sqlite3 as any tool could: resending it is what an agent does after a lost
+/// acknowledgement.
+fn first_stored_envelope(database: &std::path::Path, unit: &str) -> pb::SignedReport {
     let out = run(
         std::path::Path::new("python3"),
         &[
             "-c",
             &format!(
-                "import sqlite3; print(sqlite3.connect({:?}).execute('SELECT hex(envelope) FROM outbox ORDER BY seq LIMIT 1').fetchone()[0])",
-                agent.dir.join("outbox.db").to_str().unwrap()
+                "import sqlite3; r = sqlite3.connect({:?}).execute(\"SELECT hex(payload), payload_type, hex(key_id), hex(signature) FROM reports WHERE unit_id = '{unit}' ORDER BY report_pk LIMIT 1\").fetchone(); print(' '.join(r))",
+                database.to_str().unwrap()
             ),
         ],
     );
-    hex::decode(ok(out).trim()).expect("hex envelope")
+    let text = ok(out);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    pb::SignedReport {
+        payload: hex::decode(fields[0]).unwrap(),
+        payload_type: fields[1].to_owned(),
+        key_id: hex::decode(fields[2]).unwrap(),
+        signature: hex::decode(fields[3]).unwrap(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,6 +89,8 @@ async fn three_agents_over_mtls_report_a_full_cycle_with_a_duplicate_a_correctio
         &file("ca.crt"),
         "--evaluate-every-seconds",
         "1",
+        "--go-live",
+        "2017-07-01",
     ]);
     let endpoint = format!("http://{}", aggregator.grpc);
     let data = root.path().join("data");
@@ -136,10 +148,6 @@ async fn three_agents_over_mtls_report_a_full_cycle_with_a_duplicate_a_correctio
         ok(agent.run(&["check"]));
     }
 
-    // Stored but not yet sent, so that a copy can be resent after the daemon delivers it.
-    ok(science.run(&["collect", "--once", "--send-for", "0s"]));
-    let copy = first_outbox_envelope(&science);
-
     let _daemons: Vec<_> = [&science, &laoshan, &shibei]
         .iter()
         .map(|a| a.spawn_daemon(&[]))
@@ -164,7 +172,7 @@ async fn three_agents_over_mtls_report_a_full_cycle_with_a_duplicate_a_correctio
     );
 
     // A duplicate: the same signed envelope again, as after a lost acknowledgement.
-    let envelope = <pb::SignedReport as prost::Message>::decode(copy.as_slice()).unwrap();
+    let envelope = first_stored_envelope(&root.path().join("aggregator/duban.db"), "science-tech");
     let report = <pb::Report as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
     let read = |name: &str| std::fs::read(certs.join(name)).unwrap();
     let tls = tonic::transport::ClientTlsConfig::new()

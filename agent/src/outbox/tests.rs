@@ -30,7 +30,11 @@ fn signer(key: &SigningKey) -> Signer<'_> {
 async fn open_synced(config: &OutboxConfig) -> Outbox {
     let (outbox, opened) = Outbox::open(config).await.unwrap();
     assert_eq!(opened, Opened::default());
-    outbox.apply_centre_state(0, &[]).await.unwrap();
+    let key = SigningKey::generate();
+    outbox
+        .apply_centre_state(0, &[], signer(&key))
+        .await
+        .unwrap();
     outbox
 }
 
@@ -87,50 +91,82 @@ async fn seq_rises_across_reopening_and_unchanged_items_build_nothing() {
 }
 
 #[tokio::test]
-async fn a_new_outbox_signs_nothing_until_the_centre_state_is_applied() {
+async fn a_new_outbox_keeps_provisional_reports_until_the_centre_state_is_applied() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate();
     let (outbox, _) = Outbox::open(&config(dir.path(), 1 << 20, WhenFull::Refuse))
         .await
         .unwrap();
     assert!(!outbox.is_synced().await.unwrap());
-    assert!(matches!(
-        outbox
-            .enqueue(signer(&key), &[value("2018Q1", 1.0)], false, 1)
-            .await,
-        Err(OutboxError::NotSynced)
-    ));
-    assert_eq!(outbox.stats().await.unwrap().reports, 0);
-    // The centre holds seq 41 under this key and revision 2 of 2018Q1 for the unit.
-    let next = outbox
-        .apply_centre_state(41, &[("2018Q1".to_owned(), 2)])
-        .await
-        .unwrap();
-    assert_eq!(next, 42);
-    outbox
+    let first = outbox
         .enqueue(
             signer(&key),
             &[value("2018Q1", 1.0), value("2018Q2", 1.0)],
             false,
-            1,
+            7,
         )
         .await
         .unwrap();
+    assert_eq!(
+        first.reports,
+        [(-1, "2018Q1".to_owned()), (-2, "2018Q2".to_owned())],
+        "provisional: negative seqs in the order they were built"
+    );
+    let later = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false, 8)
+        .await
+        .unwrap();
+    assert_eq!(later.reports, [(-3, "2018Q1".to_owned())]);
+    assert!(
+        outbox.pending(10).await.unwrap().is_empty(),
+        "nothing goes out yet"
+    );
+    assert_eq!(outbox.stats().await.unwrap().provisional, 3);
+    // The centre holds seq 41 under this key and revision 2 of 2018Q1 for the unit.
+    let (next, signed) = outbox
+        .apply_centre_state(41, &[("2018Q1".to_owned(), 2)], signer(&key))
+        .await
+        .unwrap();
+    assert_eq!((next, signed), (45, 3));
     let pending = outbox.pending(10).await.unwrap();
-    let got: Vec<(i64, String, u32)> = pending
+    let got: Vec<(i64, u64, String, u32, i64, f64)> = pending
         .iter()
         .map(|p| {
-            let r = decoded(p);
-            (p.seq, r.period, r.revision)
+            let r = envelope::verify(&p.envelope, key.public_key()).unwrap();
+            (
+                p.seq,
+                r.seq,
+                r.period,
+                r.revision,
+                r.issued_at_ms,
+                r.values[0].value,
+            )
         })
         .collect();
     assert_eq!(
         got,
-        [(42, "2018Q1".to_owned(), 3), (43, "2018Q2".to_owned(), 0)],
-        "seq above the centre's, revision above the centre's for that period"
+        [
+            (42, 42, "2018Q1".to_owned(), 3, 7, 1.0),
+            (43, 43, "2018Q2".to_owned(), 0, 7, 1.0),
+            (44, 44, "2018Q1".to_owned(), 4, 8, 2.0),
+        ],
+        "seqs above the centre's in build order, revisions above the centre's, issue times kept"
     );
+    assert_eq!(outbox.stats().await.unwrap().provisional, 0);
+    // While waiting, the newest value is what change detection compares with.
+    let same = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false, 9)
+        .await
+        .unwrap();
+    assert_eq!((same.reports.len(), same.unchanged), (0, 1));
     // A later answer never lowers anything.
-    assert_eq!(outbox.apply_centre_state(5, &[]).await.unwrap(), 44);
+    assert_eq!(
+        outbox
+            .apply_centre_state(5, &[], signer(&key))
+            .await
+            .unwrap(),
+        (45, 0)
+    );
 }
 
 #[tokio::test]
@@ -338,7 +374,7 @@ async fn rebuild_re_signs_the_same_items_under_a_new_seq_and_identity() {
         ..signer(&key)
     };
     assert_eq!(outbox.signed_for_others(shinan).await.unwrap(), [1]);
-    assert_eq!(outbox.rebuild(1, shinan, 9).await.unwrap(), Some(2));
+    assert_eq!(outbox.rebuild(1, shinan).await.unwrap(), Some(2));
     assert!(outbox.signed_for_others(shinan).await.unwrap().is_empty());
     let pending = outbox.pending(10).await.unwrap();
     let report = envelope::verify(&pending[0].envelope, key.public_key()).unwrap();
@@ -347,12 +383,14 @@ async fn rebuild_re_signs_the_same_items_under_a_new_seq_and_identity() {
             pending.len(),
             report.seq,
             report.unit_id.as_str(),
-            report.revision
+            report.revision,
+            report.issued_at_ms
         ),
-        (1, 2, "shinan", 1)
+        (1, 2, "shinan", 1, 1),
+        "a new seq and revision, the same issue time"
     );
     assert_eq!(report.values[0].value, 7.0);
-    assert_eq!(outbox.rebuild(1, shinan, 9).await.unwrap(), None);
+    assert_eq!(outbox.rebuild(1, shinan).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -361,7 +399,10 @@ async fn a_corrupt_outbox_is_moved_aside_and_its_counters_and_reports_carried_ov
     let key = SigningKey::generate();
     let config = config(dir.path(), 1 << 20, WhenFull::Refuse);
     let outbox = open_synced(&config).await;
-    outbox.apply_centre_state(99, &[]).await.unwrap();
+    outbox
+        .apply_centre_state(99, &[], signer(&key))
+        .await
+        .unwrap();
     outbox
         .enqueue(
             signer(&key),

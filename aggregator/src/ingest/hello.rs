@@ -49,7 +49,7 @@ impl Inner {
                 return Ok(answer);
             }
         };
-        let Some(key) = self.keys.lookup(&key_id) else {
+        let Some(key) = self.keys.lookup_fresh(&key_id, &self.store).await else {
             let unit = tls_unit.unwrap_or("<unit>");
             answer.problems.push((
                 Reason::UnknownKey,

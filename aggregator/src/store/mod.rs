@@ -214,6 +214,9 @@ pub trait Store {
     async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String, StoreError> {
         presence::setting_or_insert(self.read_pool(), key, value).await
     }
+    async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        presence::set_setting(self.read_pool(), key, value).await
+    }
     /// The plan ids that stored reports belong to.
     async fn stored_plan_ids(&self) -> Result<Vec<String>, StoreError> {
         presence::stored_plan_ids(self.read_pool()).await

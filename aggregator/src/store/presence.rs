@@ -202,6 +202,16 @@ pub(super) async fn setting_or_insert(
         .unwrap_or_else(|| value.to_owned()))
 }
 
+/// Sets `key` to `value`.
+pub(super) async fn set_setting(pool: &AnyPool, key: &str, value: &str) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        .bind(key.to_owned())
+        .bind(value.to_owned())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// The plan ids the stored reports belong to.
 pub(super) async fn stored_plan_ids(pool: &AnyPool) -> Result<Vec<String>, StoreError> {
     let rows = sqlx::query("SELECT DISTINCT plan_id FROM reports ORDER BY plan_id")
