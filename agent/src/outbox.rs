@@ -19,6 +19,9 @@
 //! - Change detection compares an item with what waits in the outbox for it, else with what
 //!   the centre last accepted: an item refused or dead-lettered is built again at the next
 //!   collection, once the cause is fixed.
+//! - Every transaction that writes begins IMMEDIATE: it waits for the write lock up front
+//!   (busy timeout) rather than failing when a read would have to become a write while
+//!   another connection writes.
 //! - A file that is not a usable outbox is renamed aside with a loud error and a fresh one is
 //!   started, so that the agent does not crash-loop; the old file is kept for inspection, and
 //!   what can still be read from it (the counters, the waiting reports) is carried over.
@@ -654,7 +657,8 @@ impl Outbox {
     /// Removes acknowledged reports. Their items become the accepted fingerprints, except the
     /// items the centre refused, which are recorded with their code and message.
     pub async fn ack(&self, acks: &[Ack]) -> Result<(), OutboxError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         for ack in acks {
             let period: Option<String> =
                 sqlx::query_scalar("SELECT period FROM outbox WHERE seq = $1")
@@ -700,7 +704,8 @@ impl Outbox {
     }
 
     pub async fn note_attempt(&self, seqs: &[i64], error: &str) -> Result<(), OutboxError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         for seq in seqs {
             sqlx::query(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1",
@@ -724,7 +729,8 @@ impl Outbox {
         message: &str,
         refused: &[(&'static str, u32, String, String)],
     ) -> Result<(), OutboxError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let period: String = sqlx::query_scalar("SELECT period FROM outbox WHERE seq = $1")
             .bind(seq)
             .fetch_optional(&mut *tx)
@@ -813,7 +819,8 @@ impl Outbox {
         let key_id = signer.key.key_id().to_string();
         let mut moved = 0;
         let mut other_identity = Vec::new();
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query("SELECT seq, envelope FROM dead_letters ORDER BY seq")
             .fetch_all(&mut *tx)
             .await?;
@@ -843,7 +850,8 @@ impl Outbox {
     /// Deletes every dead letter and every recorded refusal. Their items were already
     /// forgotten by change detection: the next collection builds what the sources still hold.
     pub async fn discard_dead(&self) -> Result<u64, OutboxError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let deleted = sqlx::query("DELETE FROM dead_letters")
             .execute(&mut *tx)
             .await?

@@ -305,6 +305,7 @@ impl AlertsFile {
                 .resend_every_seconds
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.resend_every),
+            evaluate: true,
         })
     }
 }

@@ -59,7 +59,9 @@ impl Evaluator {
     /// One evaluation: progress, alerts, stored state, notifications.
     pub async fn once(&self, resend: bool) -> Result<AlertChanges, StoreError> {
         let now = self.clock.now_ms();
-        self.store.beat(&self.run_id, now).await?;
+        // Twice the interval: one late evaluation is not an outage.
+        let slack_ms = i64::try_from(self.every.as_millis().saturating_mul(2)).unwrap_or(i64::MAX);
+        self.store.beat(&self.run_id, now, slack_ms).await?;
         let progress = progress_at(&self.store, &self.plan, now).await?;
         let evaluated = evaluate(&self.plan, &progress, &self.policy);
         self.metrics.alerts_muted.set(evaluated.muted as i64);

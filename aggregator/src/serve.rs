@@ -58,6 +58,10 @@ pub struct AlertSettings {
     pub sinks: crate::notify::Sinks,
     pub evaluate_every: Duration,
     pub resend_every: Duration,
+    /// Whether this process evaluates alerts on its own, every `evaluate_every`. False when
+    /// whoever embeds it drives [`crate::evaluate::Evaluator::once`] itself (the demo, on its
+    /// simulated calendar, one evaluation per simulated day).
+    pub evaluate: bool,
 }
 
 impl Default for AlertSettings {
@@ -67,6 +71,7 @@ impl Default for AlertSettings {
             sinks: Default::default(),
             evaluate_every: Duration::from_secs(30),
             resend_every: Duration::from_secs(60),
+            evaluate: true,
         }
     }
 }
@@ -143,7 +148,9 @@ pub async fn run(
         resend_every: serve.alerts.resend_every,
         run_id: hex::encode(rand::random::<[u8; 8]>()),
     };
-    tokio::spawn(evaluator.run_until(stopped()));
+    if serve.alerts.evaluate {
+        tokio::spawn(evaluator.run_until(stopped()));
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -167,9 +174,11 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reports);
+    let mut accept_task = None;
     let mut grpc_task = match tls_config {
         Some(config) => {
-            let incoming = crate::tls::incoming(grpc, config, ingestor.metrics().clone());
+            let (incoming, task) = crate::tls::incoming(grpc, config, ingestor.metrics().clone());
+            accept_task = Some(task);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped()))
         }
         None => {
@@ -201,6 +210,11 @@ pub async fn run(
         (grpc, http)
     })
     .await;
+    // The port is free when this returns, so that a restart can bind it again at once.
+    if let Some(task) = accept_task {
+        task.abort();
+        let _ = task.await;
+    }
     match drained {
         Ok((grpc, http)) => {
             grpc.context("gRPC task")?.context("gRPC server")?;

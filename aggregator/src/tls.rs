@@ -148,17 +148,26 @@ pub fn classify_handshake_error(error: &std::io::Error) -> (&'static str, String
 
 /// Accepts TCP connections on `listener` and hands out those whose TLS handshake succeeds.
 /// Handshakes run concurrently, each bounded by [`HANDSHAKE_TIMEOUT`]; each failure is logged
-/// and counted. The stream ends when the listener fails or the receiver is dropped.
+/// and counted. When the receiver is dropped (the server stopped), the listener is closed.
+/// The returned task owns the listener: abort it to close the port at once.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     metrics: Metrics,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> (
+    tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            // The server dropping the stream (it stopped) ends the loop and frees the port.
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "accepting a gRPC connection failed");
@@ -166,9 +175,6 @@ pub fn incoming(
                     continue;
                 }
             };
-            if tx.is_closed() {
-                return;
-            }
             let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -187,7 +193,7 @@ pub fn incoming(
             });
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    (tokio_stream::wrappers::ReceiverStream::new(rx), task)
 }
 
 fn handshake_failed(metrics: &Metrics, peer: SocketAddr, error: &std::io::Error) {

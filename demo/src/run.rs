@@ -1,11 +1,15 @@
 //! The demo run: the real aggregator (mTLS, SQLite, alerts to a webhook that stands for the
-//! lead units' inboxes) and one real agent per reporting unit, on one simulated clock.
+//! units' inboxes) and one real agent per reporting unit, on one simulated clock.
 //!
 //! Each simulated day the units' local systems gain rows (the scenario); each agent collects
 //! its CSV sources through the same code as `duban-agent run` (change detection, signing, the
 //! durable outbox) and its delivery loop pushes over gRPC until acknowledged. Midway the demo
 //! resends a report (a lost acknowledgement), submits a tampered one, stops the aggregator
 //! for a simulated month while agents keep collecting, and has a unit correct a past period.
+//!
+//! The simulated clock, not wall-clock timing, decides what happens: each day the demo waits
+//! until every report collected that day is acknowledged (while the aggregator is up), then
+//! evaluates the alerts once, at noon of that day. The same seed gives the same run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -17,6 +21,7 @@ use anyhow::{Context, bail};
 use duban_agent::config::{AgentConfig, Items, SourceConfig};
 use duban_agent::daemon::Agent;
 use duban_aggregator::clock::{Clock, ManualClock};
+use duban_aggregator::evaluate::Evaluator;
 use duban_aggregator::plan::{Period, Plan};
 use duban_aggregator::serve::{AlertSettings, Serve, TlsMaterial};
 use duban_aggregator::store::{AnyStore, ReportFilter, Store};
@@ -32,11 +37,8 @@ use crate::scenario::{Row, Scenario, noon_ms};
 use crate::setup::{self, Layout};
 use crate::view::{self, Check, Counts, Summary, View};
 
-/// How often the aggregator evaluates deadlines, in real time: every two simulated days (so
-/// that a seven-day "due soon" window is never stepped over), within 10 ms .. 200 ms.
-fn evaluate_every(speed: f64) -> Duration {
-    Duration::from_secs_f64((2.0 / speed).clamp(0.010, 0.200))
-}
+/// The longest the demo waits, in real time, for a day's reports to be acknowledged.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// How often the view's figures are read, in real time.
 const REFRESH_EVERY: Duration = Duration::from_millis(250);
 
@@ -54,20 +56,25 @@ pub struct Options {
     pub plain: bool,
 }
 
-/// One alert notification as a lead unit's inbox received it.
+/// One alert notification as a unit's inbox received it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Received {
     pub day: Date,
     pub status: String,
     pub alertname: String,
     pub severity: String,
+    /// The unit the alert went to.
+    pub recipient: String,
+    /// Why: `lead` (it leads the subject), `reporter` (it owes the report, 催报) or
+    /// `responsible` (a task without a lead unit).
+    pub role: String,
     pub lead_unit: String,
     pub summary: String,
 }
 
 pub type Inbox = Arc<Mutex<Vec<Received>>>;
 
-/// The lead units' inboxes: an HTTP endpoint taking Alertmanager-format webhooks.
+/// The units' inboxes: an HTTP endpoint taking Alertmanager-format webhooks.
 async fn start_inbox(clock: Arc<ManualClock>, plan: Arc<Plan>) -> anyhow::Result<(String, Inbox)> {
     let inbox: Inbox = Arc::default();
     let sink = inbox.clone();
@@ -87,6 +94,8 @@ async fn start_inbox(clock: Arc<ManualClock>, plan: Arc<Plan>) -> anyhow::Result
                         status: status.clone(),
                         alertname: text(&labels["alertname"]),
                         severity: text(&labels["severity"]),
+                        recipient: text(&labels["recipient"]),
+                        role: text(&labels["role"]),
                         lead_unit: text(&labels["lead_unit"]),
                         summary: text(&alert["annotations"]["summary"]),
                     });
@@ -97,7 +106,7 @@ async fn start_inbox(clock: Arc<ManualClock>, plan: Arc<Plan>) -> anyhow::Result
     );
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
-        .context("cannot listen for the lead units' webhook")?;
+        .context("cannot listen for the units' webhook")?;
     let url = format!("http://{}/alerts", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((url, inbox))
@@ -115,8 +124,6 @@ struct Shared {
     clock: Arc<ManualClock>,
     layout: Layout,
     tls: TlsMaterial,
-    webhook: String,
-    evaluate_every: Duration,
 }
 
 async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
@@ -140,13 +147,9 @@ impl Aggregator {
             tls: Some(shared.tls.clone()),
             max_in_flight: 256,
             shutdown_grace: Duration::from_secs(10),
+            // The demo evaluates once per simulated day itself (see `evaluator`).
             alerts: AlertSettings {
-                sinks: duban_aggregator::notify::Sinks {
-                    alertmanagers: Vec::new(),
-                    webhooks: vec![shared.webhook.clone()],
-                },
-                evaluate_every: shared.evaluate_every,
-                resend_every: Duration::from_secs(3600),
+                evaluate: false,
                 ..AlertSettings::default()
             },
         };
@@ -237,6 +240,63 @@ impl DemoAgent {
         let done = self.agent.collect(self.source(items), false).await?;
         Ok(done.reports.iter().map(|(seq, _)| *seq).collect())
     }
+}
+
+/// The alert evaluation the demo runs once per simulated day, sending to the inboxes.
+fn evaluator(shared: &Shared, store: AnyStore, webhook: String, http: SocketAddr) -> Evaluator {
+    let metrics = duban_aggregator::metrics::Metrics::new(store.backend());
+    Evaluator {
+        plan: shared.plan.clone(),
+        store,
+        clock: shared.clock.clone(),
+        policy: Default::default(),
+        notifier: duban_aggregator::notify::Notifier::new(
+            duban_aggregator::notify::Sinks {
+                alertmanagers: Vec::new(),
+                webhooks: vec![webhook],
+            },
+            metrics.alert_notifications.clone(),
+            format!("http://{http}"),
+        ),
+        metrics,
+        every: Duration::from_secs(86_400),
+        resend_every: Duration::from_secs(86_400),
+        run_id: "duban-demo".into(),
+    }
+}
+
+/// One delivery loop per agent, until the returned sender says stop.
+async fn spawn_deliveries(
+    agents: &BTreeMap<String, DemoAgent>,
+) -> anyhow::Result<(watch::Sender<bool>, tokio::task::JoinSet<()>)> {
+    let (stop, stopped) = watch::channel(false);
+    let mut deliveries = tokio::task::JoinSet::new();
+    for demo in agents.values() {
+        deliveries.spawn(duban_agent::daemon::deliver_loop(
+            demo.agent.clone(),
+            demo.agent.deliverer().await?,
+            stopped.clone(),
+        ));
+    }
+    Ok((stop, deliveries))
+}
+
+async fn stop_deliveries((stop, mut deliveries): (watch::Sender<bool>, tokio::task::JoinSet<()>)) {
+    let _ = stop.send(true);
+    while deliveries.join_next().await.is_some() {}
+}
+
+/// Waits until every outbox is empty (every report acknowledged), or `DRAIN_LIMIT` passes.
+async fn drain(agents: &BTreeMap<String, DemoAgent>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while outbox_reports(agents).await? > 0 {
+        if Instant::now() >= deadline {
+            tracing::warn!("outboxes not drained within {DRAIN_LIMIT:?}; going on");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
 }
 
 async fn client_for(
@@ -427,8 +487,6 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             client_ca_pem: read("ca.crt")?,
         },
         layout: layout.clone(),
-        webhook,
-        evaluate_every: evaluate_every(options.speed),
     };
 
     // The aggregator: keys registered, then serving.
@@ -452,20 +510,19 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         }
     }
     let mut aggregator = Some(Aggregator::start(&shared, grpc_listener, http_listener).await?);
+    let mut evaluator = evaluator(
+        &shared,
+        aggregator.as_ref().expect("started").store.clone(),
+        webhook,
+        http,
+    );
 
     // The agents.
-    let (stop_agents, agents_stopped) = watch::channel(false);
     let mut agents: BTreeMap<String, DemoAgent> = BTreeMap::new();
-    let mut deliveries = tokio::task::JoinSet::new();
     for unit in &scenario.units {
         let path = setup::write_agent_config(&layout, &plan, unit, grpc)?;
         let config = AgentConfig::read(&path)?;
         let agent = Agent::open_with_clock(config, clock.clone()).await?;
-        deliveries.spawn(duban_agent::daemon::deliver_loop(
-            agent.clone(),
-            agent.deliverer().await?,
-            agents_stopped.clone(),
-        ));
         agents.insert(
             unit.clone(),
             DemoAgent {
@@ -475,6 +532,8 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             },
         );
     }
+
+    let mut deliveries = Some(spawn_deliveries(&agents).await?);
 
     let mut view = View::new(
         plan.clone(),
@@ -590,9 +649,17 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         if day == restart_day
             && let Some(agg) = aggregator.take()
         {
+            // What was collected today is acknowledged first: no call is in flight when the
+            // aggregator stops, so the run does not depend on where a stop cuts a call.
+            drain(&agents).await?;
             counts_before_restart =
                 counts_before_restart.plus(&view::scrape(&scraper, http).await.unwrap_or_default());
             agg.stop().await?;
+            // Delivery rests while the aggregator is down (its loops would only back off and
+            // retry); collection goes on. Fresh loops start when it is back.
+            if let Some(running) = deliveries.take() {
+                stop_deliveries(running).await;
+            }
             outage = Some(Outage::default());
             view.set_aggregator_up(false);
             view.event(
@@ -601,7 +668,10 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             );
         }
         if day == back_day && aggregator.is_none() {
-            aggregator = Some(Aggregator::restart(&shared, grpc, http).await?);
+            let agg = Aggregator::restart(&shared, grpc, http).await?;
+            evaluator.store = agg.store.clone();
+            aggregator = Some(agg);
+            deliveries = Some(spawn_deliveries(&agents).await?);
             view.set_aggregator_up(true);
             let waiting = outbox_reports(&agents).await?;
             let collected = outage.as_ref().map_or(0, |o| o.collected.len());
@@ -626,6 +696,13 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
                     ),
                 );
             }
+        }
+
+        // The day ends: what was collected is acknowledged, then the alerts are evaluated at
+        // this day's noon. Nothing here depends on how fast the machine is.
+        if aggregator.is_some() {
+            drain(&agents).await?;
+            evaluator.once(false).await?;
         }
 
         // The figures behind the view are read a few times a second (and on the first of each
@@ -658,17 +735,16 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
 
     // The end: the aggregator must be up, the outboxes drained, the last alerts evaluated.
     if aggregator.is_none() {
-        aggregator = Some(Aggregator::restart(&shared, grpc, http).await?);
+        let agg = Aggregator::restart(&shared, grpc, http).await?;
+        evaluator.store = agg.store.clone();
+        aggregator = Some(agg);
+        deliveries = Some(spawn_deliveries(&agents).await?);
         view.set_aggregator_up(true);
         outage_done = outage.take();
+        drain(&agents).await?;
+        evaluator.once(false).await?;
     }
     let agg = aggregator.take().expect("the aggregator runs");
-    let drain_deadline = Instant::now() + Duration::from_secs(120);
-    while outbox_reports(&agents).await? > 0 && Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // At least two evaluations on the final state, so that the last alerts have gone out.
-    tokio::time::sleep(shared.evaluate_every * 3).await;
 
     let counts =
         counts_before_restart.plus(&view::scrape(&scraper, http).await.unwrap_or_default());
@@ -773,8 +849,9 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         view.keep_serving(grpc, http);
         duban_aggregator::serve::termination_signal().await;
     }
-    let _ = stop_agents.send(true);
-    while deliveries.join_next().await.is_some() {}
+    if let Some(running) = deliveries.take() {
+        stop_deliveries(running).await;
+    }
     agg.stop().await?;
     Ok(summary)
 }

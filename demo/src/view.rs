@@ -13,6 +13,7 @@ use duban_aggregator::plan::show::table;
 use duban_aggregator::progress::Progress;
 use jiff::civil::Date;
 use serde::Serialize;
+use unicode_width::UnicodeWidthChar;
 
 use crate::run::{Inbox, Options, Received};
 use crate::scenario::Scenario;
@@ -99,6 +100,8 @@ pub struct IndicatorLine {
     pub indicator: String,
     pub name: String,
     pub value: Option<f64>,
+    /// The expected value the status was judged against: the straight path at the end of the
+    /// period the value describes (not today's path, which a report not due yet lags behind).
     pub expected: Option<f64>,
     pub target: Option<f64>,
     pub status: String,
@@ -114,9 +117,11 @@ pub struct Summary {
     pub reports: Counts,
     pub reports_collected: usize,
     pub reports_stored: usize,
-    /// Alert notifications received (status firing), per lead unit and alert name.
-    pub alerts_by_lead_unit: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Alert notifications received (status firing), per recipient unit and alert name.
+    pub alerts_by_recipient: BTreeMap<String, BTreeMap<String, u64>>,
     pub alerts_fired: BTreeMap<String, u64>,
+    /// Resolution notifications received, per alert name.
+    pub alerts_resolved: BTreeMap<String, u64>,
     pub indicators: Vec<IndicatorLine>,
     pub checks: BTreeMap<String, Check>,
     pub ok: bool,
@@ -147,7 +152,7 @@ fn indicator_lines(plan: &Plan, progress: &Progress) -> Vec<IndicatorLine> {
                 .map(|x| x.name.clone())
                 .unwrap_or_default(),
             value: i.value,
-            expected: i.expected,
+            expected: i.judged_expected,
             target: i.target,
             status: i.status.name().to_owned(),
         })
@@ -160,11 +165,17 @@ const DAYS_FOR_EVERY_ALERT: i64 = 365;
 
 pub fn summarize(input: SummaryInput<'_>) -> Summary {
     let received = input.inbox.lock().expect("inbox lock").clone();
-    let mut by_lead: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut by_recipient: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut fired: BTreeMap<String, u64> = ALERT_NAMES.iter().map(|n| (n.to_string(), 0)).collect();
-    for alert in received.iter().filter(|a| a.status == "firing") {
-        *by_lead
-            .entry(alert.lead_unit.clone())
+    let mut resolved: BTreeMap<String, u64> =
+        ALERT_NAMES.iter().map(|n| (n.to_string(), 0)).collect();
+    for alert in &received {
+        if alert.status != "firing" {
+            *resolved.entry(alert.alertname.clone()).or_default() += 1;
+            continue;
+        }
+        *by_recipient
+            .entry(alert.recipient.clone())
             .or_default()
             .entry(alert.alertname.clone())
             .or_default() += 1;
@@ -177,9 +188,9 @@ pub fn summarize(input: SummaryInput<'_>) -> Summary {
         .collect();
     let every_alert = if missing.is_empty() {
         Check::passed(format!(
-            "{} notifications to {} lead units: {}",
+            "{} notifications to {} units: {}",
             fired.values().sum::<u64>(),
-            by_lead.len(),
+            by_recipient.len(),
             fired
                 .iter()
                 .map(|(k, v)| format!("{k} {v}"))
@@ -209,8 +220,9 @@ pub fn summarize(input: SummaryInput<'_>) -> Summary {
         reports: input.counts,
         reports_collected: input.enqueued,
         reports_stored: input.stored,
-        alerts_by_lead_unit: by_lead,
+        alerts_by_recipient: by_recipient,
         alerts_fired: fired,
+        alerts_resolved: resolved,
         indicators: indicator_lines(input.plan, input.progress),
         checks,
         ok,
@@ -228,25 +240,69 @@ fn number(v: Option<f64>) -> String {
     }
 }
 
+/// The indicator table: an indicator without a target shows its value only.
 fn indicator_table(lines: &[IndicatorLine]) -> Vec<String> {
     let mut rows = vec![vec![
         "indicator".to_owned(),
         "value".to_owned(),
-        "expected".to_owned(),
+        "expected*".to_owned(),
         "target".to_owned(),
         "status".to_owned(),
     ]];
     rows.extend(lines.iter().map(|l| {
+        let judged = l.target.is_some();
         vec![
             l.name.clone(),
             number(l.value),
-            number(l.expected),
-            number(l.target),
-            l.status.clone(),
+            if judged {
+                number(l.expected)
+            } else {
+                String::new()
+            },
+            if judged {
+                number(l.target)
+            } else {
+                String::new()
+            },
+            if judged {
+                l.status.clone()
+            } else {
+                String::new()
+            },
         ]
     }));
-    table(&rows, 2).lines().map(str::to_owned).collect()
+    let mut out: Vec<String> = table(&rows, 2).lines().map(str::to_owned).collect();
+    out.push(
+        "  * expected: the straight path from baseline to target at the end of the period the value describes, which the status judges it against"
+            .to_owned(),
+    );
+    out
 }
+
+/// `line` cut to `width` terminal columns (a CJK character takes two).
+fn fit(line: &str, width: usize) -> String {
+    let mut used = 0;
+    let mut out = String::new();
+    for c in line.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > width {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    out
+}
+
+/// The terminal's size in columns and rows, when standard output is one.
+fn terminal_size() -> Option<(usize, usize)> {
+    let (terminal_size::Width(w), terminal_size::Height(h)) =
+        terminal_size::terminal_size_of(std::io::stdout())?;
+    Some((usize::from(w), usize::from(h)))
+}
+
+/// The smallest terminal the live view is drawn on; anything smaller gets plain lines.
+const MIN_COLUMNS: usize = 100;
 
 pub struct View {
     plan: Arc<Plan>,
@@ -363,6 +419,20 @@ impl View {
         self.aggregator_up = up;
     }
 
+    /// Switches to plain lines (the terminal is too small for the live view).
+    fn go_plain(&mut self, why: &str) {
+        if self.tty {
+            self.tty = false;
+            if self.drawn_lines > 0 {
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "\x1b[{}A\x1b[J", self.drawn_lines);
+                let _ = out.flush();
+                self.drawn_lines = 0;
+            }
+            self.print(&format!("({why}: plain lines instead of the live view)"));
+        }
+    }
+
     pub fn event(&mut self, day: Date, text: &str) {
         let line = format!("{day} ▸ {text}");
         if !self.tty {
@@ -372,13 +442,23 @@ impl View {
     }
 
     fn alert_line(plan: &Plan, a: &Received) -> String {
+        let role = match a.role.as_str() {
+            "reporter" => "owes the report",
+            "lead" => "lead unit",
+            _ => "responsible",
+        };
         format!(
-            "{} ALERT {} [{}] → {} ({}): {}",
+            "{} {} {} [{}] → {} ({}, {role}): {}",
             a.day,
+            if a.status == "firing" {
+                "ALERT"
+            } else {
+                "RESOLVED"
+            },
             a.alertname,
             a.severity,
-            plan.party_name(&a.lead_unit),
-            a.lead_unit,
+            plan.party_name(&a.recipient),
+            a.recipient,
             a.summary
         )
     }
@@ -413,12 +493,10 @@ impl View {
             }
             return;
         }
-        // Plain: alerts as they fire (deadline alerts; "due soon" reminders are counted), a
-        // line a month, the indicator table every half year.
+        // Plain: every alert as it fires and as it resolves, a line a month, the indicator
+        // table every half year.
         for a in &received[self.printed_alerts..] {
-            if a.status == "firing" && a.severity != "info" {
-                self.print(&Self::alert_line(&self.plan, a));
-            }
+            self.print(&Self::alert_line(&self.plan, a));
         }
         self.printed_alerts = received.len();
         let month = (day.year(), day.month());
@@ -456,6 +534,14 @@ impl View {
     }
 
     fn draw(&mut self, day: Date, received: &[Received]) {
+        let Some((columns, rows)) = terminal_size() else {
+            return self.go_plain("the terminal size is unknown");
+        };
+        if columns < MIN_COLUMNS {
+            return self.go_plain(&format!(
+                "the terminal is {columns} columns wide, the live view needs {MIN_COLUMNS}"
+            ));
+        }
         let total = (self.until - self.start).get_days().max(1) as f64;
         let done = ((day - self.start).get_days() as f64 / total).clamp(0.0, 1.0);
         let bar = 30;
@@ -472,18 +558,23 @@ impl View {
         ];
         lines.extend(indicator_table(&self.indicators));
         lines.push(String::new());
-        lines.push("latest alerts to lead units:".into());
-        let recent: Vec<&Received> = received
-            .iter()
-            .filter(|a| a.status == "firing" && a.severity != "info")
-            .collect();
-        for a in recent.iter().rev().take(6).rev() {
+        lines.push("latest alerts and resolutions, to the units concerned:".into());
+        for a in received.iter().rev().take(6).rev() {
             lines.push(format!("  {}", Self::alert_line(&self.plan, a)));
         }
         lines.push("events:".into());
         for e in self.events.iter().rev().take(5).rev() {
             lines.push(format!("  {e}"));
         }
+        if lines.len() >= rows {
+            return self.go_plain(&format!(
+                "the terminal has {rows} rows, the live view needs {}",
+                lines.len() + 1
+            ));
+        }
+        // Every line fits the width, so that none wraps and the redraw moves up exactly as
+        // many rows as it wrote.
+        let lines: Vec<String> = lines.iter().map(|l| fit(l, columns - 1)).collect();
         let mut out = std::io::stdout().lock();
         if self.drawn_lines > 0 {
             let _ = write!(out, "\x1b[{}A\x1b[J", self.drawn_lines);
@@ -511,12 +602,12 @@ impl View {
                 summary.reports_collected,
                 summary.reports_stored
             ),
-            "alerts received, per lead unit:".into(),
+            "alerts received, per unit (as lead unit, or owing a report):".into(),
         ];
-        for (lead, kinds) in &summary.alerts_by_lead_unit {
+        for (unit, kinds) in &summary.alerts_by_recipient {
             lines.push(format!(
-                "  {} ({lead}): {}",
-                self.plan.party_name(lead),
+                "  {} ({unit}): {}",
+                self.plan.party_name(unit),
                 kinds
                     .iter()
                     .map(|(k, v)| format!("{k} {v}"))
@@ -565,5 +656,40 @@ mod tests {
         assert_eq!(metric_sum(text, "duban_reports_accepted_total"), 7);
         assert_eq!(metric_sum(text, "duban_reports_rejected_total"), 3);
         assert_eq!(metric_sum(text, "duban_reports_duplicate_total"), 0);
+    }
+
+    #[test]
+    fn lines_are_cut_to_the_width_in_terminal_columns() {
+        assert_eq!(fit("abcdef", 4), "abcd");
+        // A CJK character is two columns: it does not fit in the last one.
+        assert_eq!(fit("ab市科技局", 5), "ab市");
+        assert_eq!(fit("ab", 10), "ab");
+    }
+
+    #[test]
+    fn an_indicator_without_a_target_shows_its_value_only() {
+        let lines = indicator_table(&[
+            IndicatorLine {
+                indicator: "resident-population".into(),
+                name: "常住人口".into(),
+                value: Some(920.0),
+                expected: None,
+                target: None,
+                status: "no_target".into(),
+            },
+            IndicatorLine {
+                indicator: "pct".into(),
+                name: "PCT".into(),
+                value: Some(2045.0),
+                expected: Some(2000.0),
+                target: Some(3600.0),
+                status: "on_track".into(),
+            },
+        ]);
+        assert_eq!(lines[1].trim_end(), "  常住人口   920");
+        assert!(
+            lines[2].contains("2045") && lines[2].contains("2000") && lines[2].contains("on_track")
+        );
+        assert!(lines.last().unwrap().contains("* expected"));
     }
 }

@@ -77,9 +77,17 @@ fn the_demo_runs_every_hard_part_and_its_summary_checks_pass_twice_in_one_direct
         first.status,
         String::from_utf8_lossy(&first.stderr)
     );
-    // Plain lines (no terminal): the monthly status lines, alerts with their lead unit, events.
+    // Plain lines (no terminal): the monthly status lines, alerts with their recipient (a due
+    // soon reminder to the unit that owes the report included) and resolutions, events.
     assert!(stdout.contains("2018-01-01 | aggregator"), "{stdout}");
     assert!(stdout.contains("ALERT TaskOverdue"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("ALERT ReportDueSoon [info]") && l.contains("owes the report")),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" RESOLVED "), "{stdout}");
     assert!(
         stdout.contains("aggregator stopped (a restart)"),
         "{stdout}"
@@ -111,6 +119,20 @@ fn the_demo_runs_every_hard_part_and_its_summary_checks_pass_twice_in_one_direct
             .collect::<Vec<_>>()
     };
     assert_eq!(values(&summary(&dir)), values(&first_summary));
+    // The simulated clock decides what happens, not the machine's speed: the same alerts
+    // reach the same units, and the same reports are counted.
+    let second_summary = summary(&dir);
+    for field in [
+        "alerts_fired",
+        "alerts_resolved",
+        "alerts_by_recipient",
+        "reports",
+    ] {
+        assert_eq!(
+            second_summary[field], first_summary[field],
+            "{field} differs between two runs of one seed"
+        );
+    }
 
     // --fresh makes new keys.
     let third = demo(&dir, "2017-08-31", &["--fresh"]);

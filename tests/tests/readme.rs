@@ -63,6 +63,36 @@ struct Scratch {
     dir: tempfile::TempDir,
     path: String,
     db: String,
+    /// The PostgreSQL schema the README's database is, dropped at the end.
+    schema: Option<(String, String)>,
+}
+
+/// A fresh schema on the test PostgreSQL server (`DUBAN_TEST_POSTGRES_URL`), and the URL that
+/// uses it; `None` (with a printed reason) where there is none, never under `CI=true`.
+fn postgres_schema() -> Option<(String, String, String)> {
+    let Ok(base) = std::env::var("DUBAN_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but DUBAN_TEST_POSTGRES_URL is not set"
+        );
+        eprintln!(
+            "SKIPPED PostgreSQL for the README's walkthrough: DUBAN_TEST_POSTGRES_URL is not set; it runs on SQLite"
+        );
+        return None;
+    };
+    let name = format!("duban_readme_{}", std::process::id());
+    let made = Command::new("psql")
+        .args([base.as_str(), "-q", "-c", &format!("CREATE SCHEMA {name}")])
+        .output()
+        .expect("psql (Debian package postgresql-client)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20search_path%3D{name}");
+    Some((url, base, name))
 }
 
 impl Scratch {
@@ -73,8 +103,19 @@ impl Scratch {
         binary("duban-agent");
         binary("duban-demo");
         let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-        let db = format!("sqlite://{}", dir.path().join("db/duban.db").display());
-        Scratch { dir, path, db }
+        let (db, schema) = match postgres_schema() {
+            Some((url, base, name)) => (url, Some((base, name))),
+            None => (
+                format!("sqlite://{}", dir.path().join("db/duban.db").display()),
+                None,
+            ),
+        };
+        Scratch {
+            dir,
+            path,
+            db,
+            schema,
+        }
     }
 
     fn sh(&self, command: &str) -> Command {
@@ -107,17 +148,46 @@ fn with_flag(command: &str, flag: &str, value: &str) -> String {
     words.join(" ")
 }
 
-/// An agent configuration from deploy/examples/agent.toml, with a key and TLS files beside it.
-fn example_agent_config(s: &Scratch) -> PathBuf {
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some((base, name)) = &self.schema {
+            let _ = Command::new("psql")
+                .args([
+                    base.as_str(),
+                    "-q",
+                    "-c",
+                    &format!("DROP SCHEMA {name} CASCADE"),
+                ])
+                .output();
+        }
+    }
+}
+
+/// /etc/duban/agent.toml as the README has a new user make it: deploy/examples/agent.toml with
+/// the unit's key (the one `keys add` registered, agent-laoshan/), the development CA's files,
+/// the running aggregator as its endpoint, an outbox it may write, and no sources yet (the
+/// example's name files of a district's own systems).
+fn example_agent_config(s: &Scratch, grpc: std::net::SocketAddr) -> PathBuf {
     let etc = s.dir.path().join("etc-duban");
     std::fs::create_dir_all(etc.join("tls")).unwrap();
-    std::fs::copy(
-        repo().join("deploy/examples/agent.toml"),
-        etc.join("agent.toml"),
-    )
-    .unwrap();
-    s.run(&format!("duban-agent keygen --out {}", etc.display()));
+    let example = std::fs::read_to_string(repo().join("deploy/examples/agent.toml")).unwrap();
+    let without_sources = example.split("\n[[source]]").next().unwrap();
+    let text = without_sources
+        .replace(
+            "endpoints = [\"https://duban-1.city.example:7700\", \"https://duban-2.city.example:7700\"]",
+            &format!("endpoints = [\"https://localhost:{}\"]", grpc.port()),
+        )
+        .replace(
+            "/var/lib/duban-agent/outbox.db",
+            etc.join("outbox.db").to_str().unwrap(),
+        );
+    assert!(
+        text.contains("https://localhost:"),
+        "the example's endpoints changed: {text}"
+    );
+    std::fs::write(etc.join("agent.toml"), text).unwrap();
     for (from, to) in [
+        ("agent-laoshan/signing.key", "signing.key"),
         ("tls/ca.crt", "tls/ca.crt"),
         ("tls/units/laoshan.crt", "tls/agent.crt"),
         ("tls/units/laoshan.key", "tls/agent.key"),
@@ -133,6 +203,8 @@ fn every_readme_command_is_run_here_or_covered_by_a_named_test() {
     assert!(commands.len() >= 10, "{commands:?}");
     let s = Scratch::new();
     let mut unexercised = Vec::new();
+    // The aggregator the README starts keeps serving for the agent's commands after it.
+    let mut server: Option<(std::process::Child, std::net::SocketAddr)> = None;
     for command in &commands {
         if let Some((_, file, text)) = COVERED.iter().find(|(p, _, _)| command.starts_with(p)) {
             let content = std::fs::read_to_string(repo().join(file)).unwrap();
@@ -193,36 +265,70 @@ fn every_readme_command_is_run_here_or_covered_by_a_named_test() {
                 let mut log = String::new();
                 for l in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if l.contains("aggregator serving") {
-                        let _ = tx.send(Ok(()));
+                        let _ = tx.send(Ok(l.clone()));
                     }
                     log.push_str(&(l + "\n"));
                 }
                 let _ = tx.send(Err(log));
             });
             let ready = rx.recv_timeout(Duration::from_secs(60));
-            let _ = child.kill();
-            let _ = child.wait();
-            assert!(
-                matches!(ready, Ok(Ok(()))),
-                "`{line}` did not start: {ready:?}"
-            );
-        } else if command.starts_with("duban-agent check --config /etc/duban/agent.toml") {
-            let config = example_agent_config(&s);
+            let Ok(Ok(served)) = ready else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`{line}` did not start: {ready:?}");
+            };
+            let grpc: std::net::SocketAddr = served
+                .split("grpc=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+                .expect("the gRPC address in the log");
+            server = Some((child, grpc));
+        } else if command.starts_with("duban-agent ") && command.contains("/etc/duban/agent.toml") {
+            let (_, grpc) = server
+                .as_ref()
+                .expect("the README starts the aggregator before the agent's commands");
+            let config = s.dir.path().join("etc-duban/agent.toml");
+            if !config.exists() {
+                example_agent_config(&s, *grpc);
+            }
             let out = s.run(&local.replace("/etc/duban/agent.toml", config.to_str().unwrap()));
-            assert!(out.contains("valid: unit laoshan"), "{out}");
+            if command.starts_with("duban-agent check ") {
+                assert!(
+                    out.contains("accepts this agent: key") && out.contains("\nvalid ("),
+                    "{out}"
+                );
+            }
+            if command.starts_with("duban-agent submit ") {
+                assert!(
+                    out.contains("delivered: the centre accepted everything"),
+                    "{out}"
+                );
+            }
         } else if command.starts_with("duban-aggregator ") || command.starts_with("duban-agent ") {
             let out = s.run(&local);
             if command.contains("plan alertmanager-config") {
                 let written =
                     std::fs::read_to_string(s.dir.path().join("alertmanager.yml")).unwrap();
-                assert!(written.contains("lead-science-tech"), "{written}");
+                assert!(
+                    written.contains("- name: unit-science-tech")
+                        && written.contains("https://science-tech.city.example/duban/alerts"),
+                    "{written}"
+                );
             }
             if command.contains(" status ") {
                 assert!(out.contains("as of 2018-08-01"), "{out}");
+                // The agent of the walkthrough said Hello: the centre lists it.
+                let agents = out.split("AGENTS").nth(1).unwrap_or_default();
+                assert!(agents.contains("laoshan 崂山区"), "{out}");
             }
         } else {
             unexercised.push(command.clone());
         }
+    }
+    if let Some((mut child, _)) = server {
+        let _ = child.kill();
+        let _ = child.wait();
     }
     assert!(
         unexercised.is_empty(),

@@ -10,15 +10,17 @@ CREATE TABLE agents (
     dead_letters   INTEGER NOT NULL
 );
 
--- The centre's own availability: each serving process keeps one row alive while it runs (at
--- every alert evaluation). A row covers [started_ms, alive_ms + slack_ms], slack_ms being twice
--- the last interval between beats; what no row covers is an outage, during which units cannot
--- deliver, and timeliness forgives it.
+-- The centre's own availability. A serving process marks itself alive at every alert
+-- evaluation; a segment [started_ms, alive_ms + slack_ms] covers a stretch of beats no further
+-- apart than slack_ms (twice the evaluation interval), and a longer silence starts a new
+-- segment. What no segment covers, between the first start and now, is an outage: units
+-- could not deliver, and timeliness forgives it.
 CREATE TABLE centre_uptime (
-    run_id     TEXT PRIMARY KEY NOT NULL,
+    run_id     TEXT NOT NULL,
     started_ms INTEGER NOT NULL,
     alive_ms   INTEGER NOT NULL,
-    slack_ms   INTEGER NOT NULL
+    slack_ms   INTEGER NOT NULL,
+    PRIMARY KEY (run_id, started_ms)
 );
 
 -- Deployment facts: the plan served and the go-live time (alerts only for deadlines after it).

@@ -22,7 +22,7 @@ mod types;
 
 pub use alerts::{AlertChanges, AlertRow, WantedAlert};
 pub use postgres::PgStore;
-pub use presence::{AgentRow, Heartbeat, MIN_SLACK_MS, Outage, gaps};
+pub use presence::{AgentRow, Heartbeat, Outage, gaps};
 pub use sqlite::SqliteStore;
 pub use types::*;
 
@@ -199,9 +199,10 @@ pub trait Store {
     ) -> Result<Vec<(String, i64)>, StoreError> {
         presence::unit_revisions(self.read_pool(), plan_id, unit_id).await
     }
-    /// Marks the serving process `run_id` alive at `at_ms`.
-    async fn beat(&self, run_id: &str, at_ms: i64) -> Result<(), StoreError> {
-        presence::beat(self.read_pool(), run_id, at_ms).await
+    /// Marks the serving process `run_id` alive at `at_ms`; beats further apart than
+    /// `slack_ms` leave an outage between them.
+    async fn beat(&self, run_id: &str, at_ms: i64, slack_ms: i64) -> Result<(), StoreError> {
+        presence::beat(self.read_pool(), run_id, at_ms, slack_ms).await
     }
     /// When the centre was not serving, between its first start and `now_ms`.
     async fn outages(&self, now_ms: i64) -> Result<Vec<Outage>, StoreError> {

@@ -1,20 +1,18 @@
 //! Who is there: agents' heartbeats (a verified `Hello`), the centre's own uptime, and the
 //! deployment's settings. Shared by both backends (sqlx `Any`).
 //!
-//! The centre's uptime is kept as one row per serving process (`run_id`), whose `alive_ms` the
-//! process advances at every alert evaluation. A row covers `[started_ms, alive_ms + slack_ms]`,
-//! where `slack_ms` is twice the last interval between beats (at least [`MIN_SLACK_MS`]), so
-//! the rule holds whatever the evaluation interval (and on the demo's simulated clock). A gap
-//! in the union of the rows between the first start and now is an outage. Several replicas each
-//! keep a row, so one replica's restart is not an outage while another serves.
+//! The centre's uptime is kept in segments per serving process (`run_id`): at every alert
+//! evaluation the process beats, which extends its latest segment when the beat comes within
+//! `slack_ms` (twice the evaluation interval, in the clock's time) of the segment's last beat,
+//! and starts a new segment otherwise (the process was stopped or stalled). A segment covers
+//! `[started_ms, alive_ms + slack_ms]`; a gap in the union of all segments between the first
+//! start and now is an outage. Several replicas each keep their own, so one replica's restart
+//! is not an outage while another serves.
 
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
 
 use super::StoreError;
-
-/// The least time a beat covers after it.
-pub const MIN_SLACK_MS: i64 = 30_000;
 
 /// One agent's last heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -112,21 +110,35 @@ pub(super) async fn unit_revisions(
         .collect()
 }
 
-/// Marks a serving process alive at `at_ms` (inserting its row on the first beat).
-pub(super) async fn beat(pool: &AnyPool, run_id: &str, at_ms: i64) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO centre_uptime (run_id, started_ms, alive_ms, slack_ms) VALUES ($1, $2, $2, $3) \
-         ON CONFLICT (run_id) DO UPDATE SET \
-         slack_ms = CASE WHEN 2 * (excluded.alive_ms - centre_uptime.alive_ms) > $3 \
-             THEN 2 * (excluded.alive_ms - centre_uptime.alive_ms) ELSE $3 END, \
-         alive_ms = CASE WHEN excluded.alive_ms > centre_uptime.alive_ms \
-             THEN excluded.alive_ms ELSE centre_uptime.alive_ms END",
+/// Marks a serving process alive at `at_ms`: extends its latest segment when the last beat is
+/// at most `slack_ms` ago, else starts a new one covering `slack_ms` after each beat.
+pub(super) async fn beat(
+    pool: &AnyPool,
+    run_id: &str,
+    at_ms: i64,
+    slack_ms: i64,
+) -> Result<(), StoreError> {
+    let extended = sqlx::query(
+        "UPDATE centre_uptime SET alive_ms = $2 WHERE run_id = $1 \
+         AND started_ms = (SELECT MAX(started_ms) FROM centre_uptime WHERE run_id = $1) \
+         AND $2 >= alive_ms AND $2 <= alive_ms + slack_ms",
     )
     .bind(run_id.to_owned())
     .bind(at_ms)
-    .bind(MIN_SLACK_MS)
     .execute(pool)
-    .await?;
+    .await?
+    .rows_affected();
+    if extended == 0 {
+        sqlx::query(
+            "INSERT INTO centre_uptime (run_id, started_ms, alive_ms, slack_ms) VALUES ($1, $2, $2, $3) \
+             ON CONFLICT (run_id, started_ms) DO NOTHING",
+        )
+        .bind(run_id.to_owned())
+        .bind(at_ms)
+        .bind(slack_ms)
+        .execute(pool)
+        .await?;
+    }
     Ok(())
 }
 
