@@ -185,6 +185,42 @@ fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a 
     None
 }
 
+/// What a TLS failure on the way to the centre says about this agent's files: the centre
+/// refused its client certificate (an alert received during the handshake), or the agent does
+/// not trust the centre's certificate. `None` for anything else.
+enum TlsRefusal {
+    ClientRefused(String),
+    ServerUntrusted(String),
+}
+
+/// The cause of a failed call, when it is a TLS refusal. The rustls error is found by type
+/// where the stack kept it, and otherwise by the words rustls gives it (hyper's I/O errors
+/// carry the rustls error as text only).
+fn tls_refusal(status: &tonic::Status) -> Option<TlsRefusal> {
+    if let Some(tls) = rustls_error(status) {
+        return match tls {
+            rustls::Error::AlertReceived(alert) => {
+                Some(TlsRefusal::ClientRefused(format!("{alert:?}")))
+            }
+            rustls::Error::InvalidCertificate(why) => {
+                Some(TlsRefusal::ServerUntrusted(format!("{why:?}")))
+            }
+            _ => None,
+        };
+    }
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        text = cause.to_string();
+        source = cause.source();
+    }
+    if let Some(alert) = text.strip_prefix("received fatal alert: ") {
+        return Some(TlsRefusal::ClientRefused(alert.to_owned()));
+    }
+    text.strip_prefix("invalid peer certificate: ")
+        .map(|why| TlsRefusal::ServerUntrusted(why.to_owned()))
+}
+
 /// Sorts a failed call into what the agent does about it.
 pub fn classify(status: &tonic::Status) -> Failure {
     let failure = |label, hold, message: String| Failure {
@@ -193,24 +229,26 @@ pub fn classify(status: &tonic::Status) -> Failure {
         message,
         pushback: None,
     };
-    if let Some(tls) = rustls_error(status) {
-        return match tls {
-            rustls::Error::AlertReceived(alert) => failure(
+    match tls_refusal(status) {
+        Some(TlsRefusal::ClientRefused(alert)) => {
+            return failure(
                 "tls_client_refused",
                 true,
                 format!(
-                    "the centre does not accept this certificate (TLS alert {alert:?}): [aggregator] cert must be signed by the CA the centre trusts for agents, not expired, with SAN URI spiffe://duban/unit/<unit>"
+                    "the centre does not accept this certificate (TLS alert {alert}): [aggregator] cert must be signed by the CA the centre trusts for agents, not expired, with SAN URI spiffe://duban/unit/<unit>"
                 ),
-            ),
-            rustls::Error::InvalidCertificate(why) => failure(
+            );
+        }
+        Some(TlsRefusal::ServerUntrusted(why)) => {
+            return failure(
                 "tls_server_untrusted",
                 true,
                 format!(
-                    "this agent does not trust the centre's certificate ({why:?}): check [aggregator] ca, and server_name if the endpoint's host differs from the certificate's"
+                    "this agent does not trust the centre's certificate ({why}): check [aggregator] ca, and server_name if the endpoint's host differs from the certificate's"
                 ),
-            ),
-            other => failure("other", false, format!("TLS: {other}")),
-        };
+            );
+        }
+        None => {}
     }
     match status.code() {
         tonic::Code::ResourceExhausted => Failure {

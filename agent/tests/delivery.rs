@@ -20,6 +20,8 @@ enum Script {
     BusyOnce(u64),
     /// Always this status.
     Refuse(tonic::Code),
+    /// Every report rejected for this reason (the Hello passes).
+    Reject(pb::ReasonCode),
 }
 
 #[derive(Clone)]
@@ -43,7 +45,7 @@ impl ReportService for Peer {
     ) -> Result<Response<pb::HelloResult>, Status> {
         match &self.script {
             Script::Refuse(code) => Err(Status::new(*code, "scripted refusal")),
-            Script::BusyOnce(_) => Ok(Response::new(pb::HelloResult {
+            Script::BusyOnce(_) | Script::Reject(_) => Ok(Response::new(pb::HelloResult {
                 plan_id: "qingdao-ip-2017".into(),
                 known: true,
                 ..Default::default()
@@ -69,6 +71,20 @@ impl ReportService for Peer {
                 Err(status)
             }
             Script::Refuse(code) => Err(Status::new(*code, "scripted refusal")),
+            Script::Reject(reason) => {
+                let results = request
+                    .into_inner()
+                    .reports
+                    .iter()
+                    .map(|_| pb::SubmitResult {
+                        outcome: pb::Outcome::Rejected as i32,
+                        reason: *reason as i32,
+                        message: "scripted rejection".into(),
+                        ..Default::default()
+                    })
+                    .collect();
+                Ok(Response::new(pb::SubmitBatchResponse { results }))
+            }
             Script::BusyOnce(_) => {
                 let results = request
                     .into_inner()
@@ -181,6 +197,49 @@ async fn identity_refusals_hold_the_outbox_and_say_so() {
             "held, not dropped and not dead-lettered"
         );
     }
+}
+
+#[tokio::test]
+async fn reports_refused_for_the_agents_identity_are_held_not_dead_lettered() {
+    for reason in [
+        pb::ReasonCode::ReasonUnitMismatch,
+        pb::ReasonCode::ReasonWrongAudience,
+        pb::ReasonCode::ReasonUnknownUnit,
+        pb::ReasonCode::ReasonKeyRevoked,
+        pb::ReasonCode::ReasonKeyExpired,
+        pb::ReasonCode::ReasonUnknownKey,
+    ] {
+        let (endpoint, _) = start_peer(Script::Reject(reason)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path(), &endpoint).await;
+        let mut deliverer = agent.deliverer().await.unwrap();
+        assert!(matches!(deliverer.step().await.unwrap(), Step::Wait(_)));
+        assert_eq!(agent.metrics.auth_held.get(), 1, "{reason:?}");
+        assert!(
+            deliverer
+                .held()
+                .is_some_and(|why| why.contains(reason.as_str_name().trim_start_matches("REASON_"))),
+            "{reason:?}: {:?}",
+            deliverer.held()
+        );
+        let stats = agent.outbox.stats().await.unwrap();
+        assert_eq!(
+            (stats.reports, stats.dead_letters),
+            (1, 0),
+            "{reason:?}: held, not dead-lettered"
+        );
+    }
+    // Another permanent reason is a dead letter, and the outbox is not held.
+    let (endpoint, _) = start_peer(Script::Reject(pb::ReasonCode::ReasonBadPeriod)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path(), &endpoint).await;
+    let mut deliverer = agent.deliverer().await.unwrap();
+    assert!(matches!(
+        deliverer.step().await.unwrap(),
+        Step::Progress { acked: 0, dead: 1 }
+    ));
+    assert_eq!(agent.metrics.auth_held.get(), 0);
+    assert_eq!(agent.outbox.stats().await.unwrap().dead_letters, 1);
 }
 
 #[tokio::test]

@@ -416,3 +416,107 @@ pub fn evaluate(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evalu
         before_go_live,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> i64 {
+        text.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+    }
+
+    fn alerts_at(now: &str, policy: &AlertPolicy) -> Evaluated {
+        let plan = crate::plan::embedded().plan;
+        let progress = crate::progress::compute(&plan, &Default::default(), at(now));
+        evaluate(&plan, &progress, policy)
+    }
+
+    #[test]
+    fn deadlines_before_the_go_live_are_counted_not_alerted() {
+        let all = alerts_at("2018-08-01T00:00:00Z", &AlertPolicy::default());
+        assert_eq!(all.before_go_live, 0);
+        let live = alerts_at(
+            "2018-08-01T00:00:00Z",
+            &AlertPolicy {
+                go_live_ms: Some(at("2018-06-01T00:00:00Z")),
+                ..Default::default()
+            },
+        );
+        assert!(live.before_go_live > 0);
+        assert!(live.alerts.len() < all.alerts.len());
+        // Reports due before June are not alerted; one due after is (2018Q2, due 2018-07-30).
+        let period = |a: &Alert| a.labels.get("period").cloned().unwrap_or_default();
+        assert!(!live.alerts.iter().any(|a| period(a) == "2018Q1"));
+        assert!(live.alerts.iter().any(|a| period(a) == "2018Q2"));
+        // Lagging is about now, whatever the go-live.
+        assert!(live.alerts.iter().any(|a| a.name() == "TaskLagging"));
+    }
+
+    #[test]
+    fn a_report_alert_goes_to_the_unit_that_owes_it_and_to_its_lead_unit() {
+        let all = alerts_at("2018-08-01T00:00:00Z", &AlertPolicy::default());
+        let copies: Vec<(&str, &str)> = all
+            .alerts
+            .iter()
+            .filter(|a| {
+                a.name() == "ReportOverdue"
+                    && a.labels["unit"] == "laoshan"
+                    && a.labels["indicator"] == "pct-applications"
+                    && a.labels["period"] == "2018Q1"
+            })
+            .map(|a| (a.recipient(), a.labels["role"].as_str()))
+            .collect();
+        assert_eq!(copies, [("laoshan", "reporter"), ("science-tech", "lead")]);
+        // A unit that reports what it leads gets one alert, not two.
+        let own: Vec<&Alert> = all
+            .alerts
+            .iter()
+            .filter(|a| {
+                a.name() == "ReportOverdue"
+                    && a.labels["unit"] == "science-tech"
+                    && a.labels["period"] == "2018Q1"
+                    && a.labels["indicator"] == "pct-applications"
+            })
+            .collect();
+        assert_eq!(own.len(), 1);
+    }
+
+    #[test]
+    fn mutes_match_their_labels_until_they_end() {
+        let now = "2018-08-01T00:00:00Z";
+        let muted = |mute: Mute| {
+            alerts_at(
+                now,
+                &AlertPolicy {
+                    mutes: vec![mute],
+                    ..Default::default()
+                },
+            )
+        };
+        let all = alerts_at(now, &AlertPolicy::default());
+        let laoshan = muted(Mute {
+            unit: Some("laoshan".into()),
+            ..Default::default()
+        });
+        assert!(laoshan.muted > 0);
+        assert_eq!(laoshan.muted + laoshan.alerts.len(), all.alerts.len());
+        assert!(laoshan.alerts.iter().all(|a| a.recipient() != "laoshan"
+            && a.labels.get("unit").map(String::as_str) != Some("laoshan")));
+        let lagging = muted(Mute {
+            alertname: Some("TaskLagging".into()),
+            ..Default::default()
+        });
+        assert!(lagging.alerts.iter().all(|a| a.name() != "TaskLagging"));
+        let other_plan = muted(Mute {
+            plan: Some("another-plan".into()),
+            ..Default::default()
+        });
+        assert_eq!(other_plan.muted, 0);
+        let ended = muted(Mute {
+            unit: Some("laoshan".into()),
+            until_ms: Some(at("2018-07-01T00:00:00Z")),
+            ..Default::default()
+        });
+        assert_eq!(ended.muted, 0, "a mute that has ended mutes nothing");
+    }
+}

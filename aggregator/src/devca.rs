@@ -46,7 +46,10 @@ fn params(common_name: &str, names: Vec<String>) -> Result<CertificateParams, rc
 
 impl DevCa {
     pub fn generate() -> Result<Self, rcgen::Error> {
-        let mut ca = params("duban dev CA", Vec::new())?;
+        // Each CA has a name of its own: two development CAs are told apart (a certificate
+        // from the other one is an unknown issuer, not a bad signature).
+        let name = format!("duban dev CA {}", hex::encode(rand::random::<[u8; 4]>()));
+        let mut ca = params(&name, Vec::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         ca.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,

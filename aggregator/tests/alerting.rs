@@ -238,3 +238,121 @@ fn plan_state_metrics_stay_within_the_documented_series_budget() {
     }
     eprintln!("plan-state series for the Qingdao plan: {series}");
 }
+
+fn at(text: &str) -> i64 {
+    text.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+}
+
+/// An outage of the centre across a deadline: the evaluations the test drives stand for the
+/// centre's (its uptime is what they record), so what happens is decided by the clock alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_the_centre_across_a_deadline_neither_makes_units_late_nor_alerts_them() {
+    use duban_aggregator::clock::Clock;
+    use duban_aggregator::evaluate::Evaluator;
+    use duban_aggregator::progress::ObligationStatus;
+    let (hook, received) = webhook_receiver().await;
+    let server = TestServer::start(Options {
+        alerts: Some(AlertSettings {
+            evaluate: false,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let plan = Arc::new(duban_aggregator::plan::embedded().plan);
+    let metrics = duban_aggregator::metrics::Metrics::new("sqlite");
+    let evaluator = Evaluator {
+        plan: plan.clone(),
+        store: server.store.clone(),
+        clock: server.clock.clone(),
+        policy: duban_aggregator::alerts::AlertPolicy {
+            go_live_ms: Some(0),
+            ..Default::default()
+        },
+        notifier: duban_aggregator::notify::Notifier::new(
+            Sinks {
+                alertmanagers: vec![],
+                webhooks: vec![hook],
+            },
+            metrics.alert_notifications.clone(),
+            "http://127.0.0.1:1".into(),
+        ),
+        metrics,
+        every: Duration::from_secs(30),
+        resend_every: Duration::from_secs(60),
+        run_id: "centre".into(),
+    };
+    // PCT applications for 2018Q1 are due at the end of 2018-04-30 (Asia/Shanghai).
+    server.clock.set_ms(at("2018-04-28T04:00:00Z"));
+    evaluator.once(false).await.unwrap();
+    // The centre is down from then until 2018-05-03; laoshan signed its figure on 2018-04-29,
+    // shibei only on 2018-05-02, after the deadline.
+    server.clock.set_ms(at("2018-05-03T04:00:00Z"));
+    evaluator.once(false).await.unwrap();
+    let overdue_2018q1 = |m: &Value| {
+        m["alerts"].as_array().is_some_and(|alerts| {
+            alerts.iter().any(|a| {
+                a["labels"]["alertname"] == "ReportOverdue"
+                    && a["labels"]["period"] == "2018Q1"
+                    && a["labels"]["indicator"] == "pct-applications"
+            })
+        })
+    };
+    assert!(
+        !received.lock().unwrap().iter().any(overdue_2018q1),
+        "no unit is told it is overdue for a deadline that passed while the centre was down"
+    );
+    let mut client = server.client().await;
+    for (key, unit, seq, signed) in [
+        (laoshan_key(), "laoshan", 1, "2018-04-29T04:00:00Z"),
+        (shibei_key(), "shibei", 1, "2018-05-02T04:00:00Z"),
+    ] {
+        let mut r = report(unit, seq, "2018Q1", &[("pct-applications", 7.0)]);
+        r.issued_at_ms = at(signed);
+        let result = client.submit(sign(&key, r)).await.unwrap().into_inner();
+        assert_eq!(
+            result.outcome(),
+            duban_proto::pb::Outcome::Accepted,
+            "{}",
+            result.message
+        );
+    }
+    let progress =
+        duban_aggregator::evaluate::progress_at(&server.store, &plan, server.clock.now_ms())
+            .await
+            .unwrap();
+    let status = |unit: &str| {
+        progress
+            .obligations
+            .iter()
+            .find(|o| o.unit == unit && o.indicator == "pct-applications" && o.period == "2018Q1")
+            .unwrap()
+            .status
+    };
+    assert_eq!(
+        status("laoshan"),
+        ObligationStatus::OnTime,
+        "signed before the deadline"
+    );
+    assert_eq!(status("shibei"), ObligationStatus::Late, "signed after it");
+    // A day and six hours after the centre came back (the grace is a day), a report still
+    // missing is overdue, and its alert says so in words that make sense on its first day.
+    server.clock.set_ms(at("2018-05-04T10:00:00Z"));
+    evaluator.once(false).await.unwrap();
+    let fired = wait_for(&received, "ReportOverdue for a unit still missing", |m| {
+        overdue_2018q1(m) && m["status"] == "firing"
+    })
+    .await;
+    let alert = fired["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "ReportOverdue")
+        .unwrap();
+    let summary = alert["annotations"]["summary"].as_str().unwrap();
+    assert!(summary.contains("已逾期不足 1 天"), "{summary}");
+    for message in received.lock().unwrap().iter() {
+        assert!(!message.to_string().contains("逾期 0 天"), "{message}");
+    }
+    server.stop().await;
+}

@@ -91,3 +91,36 @@ fn dashboards_use_the_datasource_variable_and_offer_lead_units() {
         }
     }
 }
+
+#[test]
+fn the_license_and_both_systemd_units_are_shipped() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let license = std::fs::read_to_string(format!("{root}/LICENSE")).unwrap();
+    assert!(
+        license.contains("Apache License") && license.contains("Version 2.0, January 2004"),
+        "LICENSE is the Apache License 2.0, as Cargo.toml says"
+    );
+    let cargo = std::fs::read_to_string(format!("{root}/Cargo.toml")).unwrap();
+    assert!(cargo.contains("license = \"Apache-2.0\""));
+    for (unit, exec) in [
+        (
+            "duban-aggregator.service",
+            "ExecStart=/usr/local/bin/duban-aggregator serve --config /etc/duban/aggregator.toml",
+        ),
+        (
+            "duban-agent.service",
+            "ExecStart=/usr/local/bin/duban-agent run --config /etc/duban/agent.toml",
+        ),
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/deploy/systemd/{unit}")).unwrap();
+        for line in [
+            exec,
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "StateDirectory=",
+            "Restart=on-failure",
+        ] {
+            assert!(text.contains(line), "{unit} lacks {line}");
+        }
+    }
+}

@@ -99,3 +99,28 @@ fn show_json_is_stable_and_complete() {
         assert!(!json[list].as_array().unwrap().is_empty(), "{list}");
     }
 }
+
+#[test]
+fn show_lists_every_unit_with_the_id_configurations_use() {
+    let out = aggregator(&["plan", "show"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let units = stdout
+        .split("\nUNITS")
+        .nth(1)
+        .and_then(|rest| rest.split("\nINDICATORS").next())
+        .expect("a UNITS section");
+    assert!(units.contains("agent.toml's `unit`"), "{units}");
+    let plan = duban_aggregator::plan::embedded().plan;
+    for unit in &plan.units {
+        assert!(
+            units
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{} ", unit.id))
+                    && l.contains(&unit.name)),
+            "{} ({}) missing:\n{units}",
+            unit.id,
+            unit.name
+        );
+    }
+}

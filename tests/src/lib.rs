@@ -439,3 +439,19 @@ pub fn ok(out: Output) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// The PostgreSQL server tests may create schemas on (`DUBAN_TEST_POSTGRES_URL`); `None`, with
+/// a printed reason, where there is none. Under `CI=true` it must be set.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("DUBAN_TEST_POSTGRES_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but DUBAN_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!("SKIPPED: DUBAN_TEST_POSTGRES_URL is not set, so no PostgreSQL test runs");
+            None
+        }
+    }
+}
