@@ -13,6 +13,17 @@ CREATE TABLE pending_items (
 );
 CREATE INDEX pending_items_by_subject ON pending_items (kind, subject, period);
 
+-- The fingerprint of each item the centre refused (in a stored report, or with its whole report):
+-- the same item unchanged would be refused again, so it is not built again until it changes, or
+-- until the refusals are discarded or retried (`outbox dead --discard`, `outbox retry-dead`).
+CREATE TABLE refused_items (
+    kind        TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    period      TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (kind, subject, period)
+);
+
 -- Every item the centre refused, with its code and message: in reports it stored (PARTIAL,
 -- in_dead_letter = 0) and in reports it rejected (in_dead_letter = 1).
 CREATE TABLE refusals (

@@ -340,10 +340,18 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             for source in agent.config.sources.clone() {
                 match agent.collect(&source, force).await {
                     Ok(done) => cli::println(&format!(
-                        "{}: {} report(s) stored, {} item(s) unchanged since the centre accepted them (or still waiting)",
+                        "{}: {} report(s) stored, {} item(s) unchanged since the centre accepted them (or still waiting){}",
                         source.name,
                         done.reports.len(),
-                        done.unchanged
+                        done.unchanged,
+                        if done.refused_before > 0 {
+                            format!(
+                                ", {} refused before and unchanged (duban-agent outbox dead)",
+                                done.refused_before
+                            )
+                        } else {
+                            String::new()
+                        }
                     )),
                     Err(error) => {
                         failed += 1;

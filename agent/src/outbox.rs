@@ -17,8 +17,10 @@
 //!   same items re-signed under a new seq, when the old one was taken or the identity changed),
 //!   or by the `drop_oldest` policy when configured (counted).
 //! - Change detection compares an item with what waits in the outbox for it, else with what
-//!   the centre last accepted: an item refused or dead-lettered is built again at the next
-//!   collection, once the cause is fixed.
+//!   the centre last accepted: an item whose report never arrived (held, then re-signed; or
+//!   dead-lettered) is not taken for sent. An item the centre refused is not built again while
+//!   it is unchanged (it would be refused again); once it changes at the source, or the
+//!   refusals are discarded or retried, it is.
 //! - Every transaction that writes begins IMMEDIATE: it waits for the write lock up front
 //!   (busy timeout) rather than failing when a read would have to become a write while
 //!   another connection writes.
@@ -131,6 +133,8 @@ pub struct Enqueued {
     pub reports: Vec<(i64, String)>,
     /// Items left out because they had not changed since they were last queued or accepted.
     pub unchanged: usize,
+    /// Items left out because the centre refused them as they are (`outbox dead` shows why).
+    pub refused_before: usize,
     /// Reports deleted under `when_full = "drop_oldest"` to make room.
     pub dropped: u64,
 }
@@ -188,7 +192,7 @@ async fn open_pool(path: &Path) -> Result<SqlitePool, OutboxError> {
         .await?;
     sqlx::migrate!().run(&pool).await?;
     // Read something from every table: a damaged file often opens, then fails here.
-    sqlx::query("SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM dead_letters) + (SELECT count(*) FROM pending_items) + (SELECT count(*) FROM refusals) + (SELECT value FROM meta WHERE key = 'next_seq') + (SELECT value FROM meta WHERE key = 'synced')").fetch_one(&pool).await?;
+    sqlx::query("SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM dead_letters) + (SELECT count(*) FROM pending_items) + (SELECT count(*) FROM refusals) + (SELECT count(*) FROM refused_items) + (SELECT value FROM meta WHERE key = 'next_seq') + (SELECT value FROM meta WHERE key = 'synced')").fetch_one(&pool).await?;
     let check: String = sqlx::query_scalar("PRAGMA quick_check")
         .fetch_one(&pool)
         .await?;
@@ -480,6 +484,7 @@ impl Outbox {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let mut changed: Vec<&Item> = Vec::new();
         let mut unchanged = 0;
+        let mut refused_before = 0;
         for item in items {
             let (kind, subject, fingerprint) = identity(item);
             let period = item.period().to_string();
@@ -495,6 +500,18 @@ impl Outbox {
             .await?;
             if !force && last.as_deref() == Some(fingerprint.as_str()) {
                 unchanged += 1;
+                continue;
+            }
+            let refused: Option<String> = sqlx::query_scalar(
+                "SELECT fingerprint FROM refused_items WHERE kind = $1 AND subject = $2 AND period = $3",
+            )
+            .bind(kind)
+            .bind(&subject)
+            .bind(&period)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if !force && refused.as_deref() == Some(fingerprint.as_str()) {
+                refused_before += 1;
             } else {
                 changed.push(item);
             }
@@ -519,6 +536,7 @@ impl Outbox {
         Ok(Enqueued {
             reports,
             unchanged,
+            refused_before,
             dropped,
         })
     }
@@ -668,6 +686,14 @@ impl Outbox {
             for (kind, index, code, message) in &ack.refused {
                 let item = item_name(&mut tx, ack.seq, kind, *index).await?;
                 sqlx::query(
+                    "INSERT OR REPLACE INTO refused_items (kind, subject, period, fingerprint) SELECT kind, subject, period, fingerprint FROM pending_items WHERE seq = $1 AND kind = $2 AND item_index = $3",
+                )
+                .bind(ack.seq)
+                .bind(*kind)
+                .bind(i64::from(*index))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
                     "DELETE FROM pending_items WHERE seq = $1 AND kind = $2 AND item_index = $3",
                 )
                 .bind(ack.seq)
@@ -720,8 +746,8 @@ impl Outbox {
     }
 
     /// Moves a permanently refused report to the dead letters, where it is kept and shown with
-    /// its refused items (`(kind, index, code, message)`). Its items are forgotten by change
-    /// detection, so that the next collection builds them again.
+    /// its refused items (`(kind, index, code, message)`). Its items are remembered as refused:
+    /// not built again while unchanged.
     pub async fn dead_letter(
         &self,
         seq: i64,
@@ -743,6 +769,11 @@ impl Outbox {
             let item = item_name(&mut tx, seq, kind, *index).await?;
             record_refusal(&mut tx, seq, &period, &item, code, message, true).await?;
         }
+        // Refused as they are: its items are not built again until they change.
+        sqlx::query("INSERT OR REPLACE INTO refused_items (kind, subject, period, fingerprint) SELECT kind, subject, period, fingerprint FROM pending_items WHERE seq = $1")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT OR REPLACE INTO dead_letters (seq, report_id, period, envelope, bytes, created_at_ms, failed_at_ms, reason, message) SELECT seq, report_id, period, envelope, bytes, created_at_ms, $2, $3, $4 FROM outbox WHERE seq = $1")
             .bind(seq)
             .bind(now_ms())
@@ -843,6 +874,12 @@ impl Outbox {
                 sqlx::query(sql).bind(seq).execute(&mut *tx).await?;
             }
         }
+        if moved > 0 {
+            // The centre was fixed: what it refused may pass now.
+            sqlx::query("DELETE FROM refused_items")
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok((moved, other_identity))
     }
@@ -856,9 +893,11 @@ impl Outbox {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM refusals")
-            .execute(&mut *tx)
-            .await?;
+        for table in ["refusals", "refused_items"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(deleted)
     }

@@ -455,3 +455,62 @@ pub fn postgres_url() -> Option<String> {
         }
     }
 }
+
+/// A scratch directory and the SQLite database URL of an aggregator in it.
+pub struct World {
+    pub root: tempfile::TempDir,
+    pub url: String,
+}
+
+impl World {
+    pub fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}",
+            root.path().join("aggregator/duban.db").display()
+        );
+        World { root, url }
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `duban-aggregator dev-ca --out <root>/<name> --units <units>`: a CA, the server's and the
+/// units' certificates. Returns the directory.
+pub fn dev_ca(root: &Path, name: &str, units: &str) -> PathBuf {
+    let dir = root.join(name);
+    let made = run(
+        &binary("duban-aggregator"),
+        &["dev-ca", "--out", dir.to_str().unwrap(), "--units", units],
+    );
+    assert!(
+        made.status.success(),
+        "dev-ca: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    dir
+}
+
+impl AggregatorProcess {
+    /// Starts `serve` on `database_url` with mTLS from a directory written by [`dev_ca`], and
+    /// `extra` arguments.
+    pub fn start_tls(database_url: &str, certs: &Path, extra: &[&str]) -> Self {
+        let file = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+        let mut args = vec![
+            "--database-url".to_owned(),
+            database_url.to_owned(),
+            "--tls-cert".to_owned(),
+            file("server.crt"),
+            "--tls-key".to_owned(),
+            file("server.key"),
+            "--client-ca".to_owned(),
+            file("ca.crt"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}

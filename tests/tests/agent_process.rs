@@ -6,21 +6,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use duban_e2e::{
-    AgentSetup, AggregatorProcess, current_values, http_get, ok, stored_reports, wait_until,
+    AgentSetup, AggregatorProcess, World, current_values, dev_ca, http_get, ok, stored_reports,
+    wait_until,
 };
 
-struct World {
-    root: tempfile::TempDir,
-    url: String,
-}
-
 fn world() -> World {
-    let root = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}",
-        root.path().join("aggregator/duban.db").display()
-    );
-    World { root, url }
+    World::new()
 }
 
 fn value_of(
@@ -678,33 +669,8 @@ fn promtool_check(body: &str) {
 #[test]
 fn delivery_over_mtls_and_a_certificate_for_another_unit_is_refused() {
     let w = world();
-    let certs = w.root.path().join("tls");
-    let made = duban_e2e::run(
-        &duban_e2e::binary("duban-aggregator"),
-        &[
-            "dev-ca",
-            "--out",
-            certs.to_str().unwrap(),
-            "--units",
-            "laoshan,shibei",
-        ],
-    );
-    assert!(
-        made.status.success(),
-        "dev-ca: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let file = |name: &str| certs.join(name).to_str().unwrap().to_owned();
-    let aggregator = AggregatorProcess::start(&[
-        "--database-url",
-        &w.url,
-        "--tls-cert",
-        &file("server.crt"),
-        "--tls-key",
-        &file("server.key"),
-        "--client-ca",
-        &file("ca.crt"),
-    ]);
+    let certs = dev_ca(w.root.path(), "tls", "laoshan,shibei");
+    let aggregator = AggregatorProcess::start_tls(&w.url, &certs, &[]);
     let endpoint = format!("http://{}", aggregator.grpc);
 
     let laoshan = AgentSetup::new(w.root.path(), &w.url, "laoshan", &endpoint, "");

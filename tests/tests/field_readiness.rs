@@ -7,22 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use duban_e2e::{
-    AgentSetup, AggregatorProcess, binary, current_values, http_get, ok, run, stored_reports,
-    wait_until,
+    AgentSetup, AggregatorProcess, World, binary, current_values, dev_ca, http_get, ok, run,
+    stored_reports, wait_until,
 };
 
-struct World {
-    root: tempfile::TempDir,
-    url: String,
-}
-
 fn world() -> World {
-    let root = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}",
-        root.path().join("aggregator/duban.db").display()
-    );
-    World { root, url }
+    World::new()
 }
 
 fn value_of(url: &str, indicator: &str, unit: &str, period: &str) -> Option<(f64, i64)> {
@@ -143,28 +133,9 @@ fn check(config: &Path, extra: &[&str]) -> (bool, String) {
 #[test]
 fn check_says_exactly_what_keeps_a_configuration_from_working() {
     let w = world();
-    let certs = w.root.path().join("tls");
-    ok(run(
-        &binary("duban-aggregator"),
-        &[
-            "dev-ca",
-            "--out",
-            certs.to_str().unwrap(),
-            "--units",
-            "laoshan,shibei",
-        ],
-    ));
+    let certs = dev_ca(w.root.path(), "tls", "laoshan,shibei");
     let file = |name: &str| certs.join(name).to_str().unwrap().to_owned();
-    let aggregator = AggregatorProcess::start(&[
-        "--database-url",
-        &w.url,
-        "--tls-cert",
-        &file("server.crt"),
-        "--tls-key",
-        &file("server.key"),
-        "--client-ca",
-        &file("ca.crt"),
-    ]);
+    let aggregator = AggregatorProcess::start_tls(&w.url, &certs, &[]);
     let agent = AgentSetup::new(
         w.root.path(),
         &w.url,
@@ -359,7 +330,14 @@ fn a_refused_item_is_built_again_once_the_source_is_fixed_and_dead_letters_can_b
         text.contains("REFUSED value pct-aplications (2018Q1, report seq 1): UNKNOWN_INDICATOR"),
         "{text}"
     );
-    // Fixed at the source: the item is built again (the refusal was not remembered as sent).
+    // Unchanged, it is not sent again: the centre would refuse it again.
+    let again = agent.run(&["collect", "--once"]);
+    assert!(
+        stdout(&again).contains("export: 0 report(s) stored, 0 item(s) unchanged since the centre accepted them (or still waiting), 1 refused before and unchanged"),
+        "{}",
+        stdout(&again)
+    );
+    // Fixed at the source: the item is built and goes (the refusal was not taken for sent).
     std::fs::write(&csv, "indicator,period,value\npct-applications,2018Q1,5\n").unwrap();
     let out = agent.run(&["collect", "--once"]);
     let text = stdout(&out);
@@ -395,25 +373,10 @@ fn a_refused_item_is_built_again_once_the_source_is_fixed_and_dead_letters_can_b
 #[test]
 fn a_client_certificate_from_another_ca_is_named_at_the_agent_and_at_the_centre() {
     let w = world();
-    let certs = w.root.path().join("tls");
-    let other = w.root.path().join("other-ca");
-    for (dir, units) in [(&certs, "laoshan"), (&other, "laoshan")] {
-        ok(run(
-            &binary("duban-aggregator"),
-            &["dev-ca", "--out", dir.to_str().unwrap(), "--units", units],
-        ));
-    }
+    let certs = dev_ca(w.root.path(), "tls", "laoshan");
+    let other = dev_ca(w.root.path(), "other-ca", "laoshan");
     let file = |name: &str| certs.join(name).to_str().unwrap().to_owned();
-    let aggregator = AggregatorProcess::start(&[
-        "--database-url",
-        &w.url,
-        "--tls-cert",
-        &file("server.crt"),
-        "--tls-key",
-        &file("server.key"),
-        "--client-ca",
-        &file("ca.crt"),
-    ]);
+    let aggregator = AggregatorProcess::start_tls(&w.url, &certs, &[]);
     let agent = AgentSetup::new(
         w.root.path(),
         &w.url,

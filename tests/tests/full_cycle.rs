@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use duban_e2e::{
-    AgentSetup, AggregatorProcess, binary, current_values, http_get, ok, run, stored_reports,
-    wait_until,
+    AgentSetup, AggregatorProcess, binary, current_values, dev_ca, http_get, ok, run,
+    stored_reports, wait_until,
 };
 use duban_proto::pb;
 use duban_proto::pb::report_service_client::ReportServiceClient;
@@ -66,32 +66,12 @@ async fn three_agents_over_mtls_report_a_full_cycle_with_a_duplicate_a_correctio
         "sqlite://{}",
         root.path().join("aggregator/duban.db").display()
     );
-    let certs = root.path().join("tls");
-    ok(run(
-        &binary("duban-aggregator"),
-        &[
-            "dev-ca",
-            "--out",
-            certs.to_str().unwrap(),
-            "--units",
-            "science-tech,laoshan,shibei",
-        ],
-    ));
-    let file = |name: &str| certs.join(name).to_str().unwrap().to_owned();
-    let aggregator = AggregatorProcess::start(&[
-        "--database-url",
+    let certs = dev_ca(root.path(), "tls", "science-tech,laoshan,shibei");
+    let aggregator = AggregatorProcess::start_tls(
         &url,
-        "--tls-cert",
-        &file("server.crt"),
-        "--tls-key",
-        &file("server.key"),
-        "--client-ca",
-        &file("ca.crt"),
-        "--evaluate-every-seconds",
-        "1",
-        "--go-live",
-        "2017-07-01",
-    ]);
+        &certs,
+        &["--evaluate-every-seconds", "1", "--go-live", "2017-07-01"],
+    );
     let endpoint = format!("http://{}", aggregator.grpc);
     let data = root.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
