@@ -13,19 +13,7 @@ const RECEIVERS: &str = concat!(
 );
 
 fn amtool_available() -> bool {
-    match Command::new("amtool").arg("--version").output() {
-        Ok(out) if out.status.success() => true,
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but amtool is missing (Debian package prometheus-alertmanager)"
-            );
-            eprintln!(
-                "SKIPPED amtool checks: amtool is not installed (Debian package prometheus-alertmanager)"
-            );
-            false
-        }
-    }
+    duban_testkit::program("amtool checks", "amtool", "prometheus-alertmanager")
 }
 
 #[test]

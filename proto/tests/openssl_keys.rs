@@ -1,5 +1,6 @@
 //! Keys made by openssl work with duban, and duban's keys work with openssl. Uses the `openssl`
-//! command when it is installed; otherwise each test prints that it skipped and why.
+//! command when it is installed; otherwise each test prints that it skipped and why (under
+//! `CI=true` it fails instead).
 
 use std::path::Path;
 use std::process::Command;
@@ -9,15 +10,7 @@ use duban_proto::keys::write_keypair;
 use duban_proto::{PublicKey, SigningKey, pb};
 
 fn openssl_available() -> bool {
-    match Command::new("openssl").arg("version").output() {
-        Ok(out) if out.status.success() => true,
-        _ => {
-            eprintln!(
-                "SKIPPED: the `openssl` command is not installed; the openssl interop checks did not run"
-            );
-            false
-        }
-    }
+    duban_testkit::program("the openssl interop check", "openssl", "openssl")
 }
 
 fn openssl(args: &[&str], dir: &Path) {

@@ -374,20 +374,9 @@ impl Drop for Background {
     }
 }
 
-/// Whether a program is installed; under CI (`CI=true`) a missing one fails the test.
-pub fn require_program(program: &str, package: &str) -> bool {
-    let found = Command::new(program)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but {program} is missing (Debian package {package})"
-        );
-        eprintln!("SKIPPED: {program} is not installed (Debian package {package})");
-    }
-    found
+/// Whether a program is installed; a printed skip otherwise (a failure under `CI=true`).
+pub fn require_program(program: &'static str, package: &'static str) -> bool {
+    duban_testkit::program(program, program, package)
 }
 
 /// A `duban-agent run` process, killed when dropped, so that a failing test leaves no daemon
@@ -440,20 +429,10 @@ pub fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The PostgreSQL server tests may create schemas on (`DUBAN_TEST_POSTGRES_URL`); `None`, with
-/// a printed reason, where there is none. Under `CI=true` it must be set.
+/// The PostgreSQL server tests may create schemas on (`DUBAN_TEST_POSTGRES_URL`); `None` after a
+/// printed skip (a failure under `CI=true`).
 pub fn postgres_url() -> Option<String> {
-    match std::env::var("DUBAN_TEST_POSTGRES_URL") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but DUBAN_TEST_POSTGRES_URL is not set"
-            );
-            eprintln!("SKIPPED: DUBAN_TEST_POSTGRES_URL is not set, so no PostgreSQL test runs");
-            None
-        }
-    }
+    duban_testkit::postgres_url("the PostgreSQL case")
 }
 
 /// A scratch directory and the SQLite database URL of an aggregator in it.

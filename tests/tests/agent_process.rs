@@ -27,22 +27,7 @@ fn value_of(
 }
 
 fn mariadb_url() -> Option<String> {
-    let url = std::env::var("DUBAN_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
-    if std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:3306".parse().unwrap(),
-        Duration::from_secs(2),
-    )
-    .is_ok()
-    {
-        return Some(url);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but MariaDB is not reachable at 127.0.0.1:3306"
-    );
-    eprintln!("SKIPPED the MySQL/MariaDB source: nothing listens on 127.0.0.1:3306");
-    None
+    duban_testkit::mysql_url("the MySQL/MariaDB source")
 }
 
 #[test]
@@ -571,7 +556,7 @@ fn sighup_reloads_a_valid_config_and_refuses_a_bad_one_and_metrics_are_served() 
     ] {
         assert!(body.contains(name), "{name} missing:\n{body}");
     }
-    promtool_check(&body);
+    duban_testkit::promtool_check_metrics("the agent's /metrics", &body);
 
     std::fs::write(
         &agent.config,
@@ -629,40 +614,6 @@ fn hup(child: &std::process::Child) {
             .status()
             .unwrap()
             .success()
-    );
-}
-
-fn promtool_check(body: &str) {
-    use std::io::Write;
-    let Ok(mut child) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but promtool is missing"
-        );
-        eprintln!("SKIPPED promtool check metrics: promtool is not installed");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool: {report}"
     );
 }
 

@@ -70,16 +70,9 @@ struct Scratch {
 /// A fresh schema on the test PostgreSQL server (`DUBAN_TEST_POSTGRES_URL`), and the URL that
 /// uses it; `None` (with a printed reason) where there is none, never under `CI=true`.
 fn postgres_schema() -> Option<(String, String, String)> {
-    let Ok(base) = std::env::var("DUBAN_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but DUBAN_TEST_POSTGRES_URL is not set"
-        );
-        eprintln!(
-            "SKIPPED PostgreSQL for the README's walkthrough: DUBAN_TEST_POSTGRES_URL is not set; it runs on SQLite"
-        );
-        return None;
-    };
+    let base = duban_testkit::postgres_url(
+        "PostgreSQL for the README's walkthrough (it runs on SQLite instead)",
+    )?;
     let name = format!("duban_readme_{}", std::process::id());
     let made = Command::new("psql")
         .args([base.as_str(), "-q", "-c", &format!("CREATE SCHEMA {name}")])

@@ -3,22 +3,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The PostgreSQL server for tests, from `DUBAN_TEST_POSTGRES_URL`. Without it the caller skips,
-/// saying so; under CI (`CI=true`) a missing URL is a failure, because CI must run these tests.
+/// The PostgreSQL server for tests, from `DUBAN_TEST_POSTGRES_URL`; `None` after a printed
+/// skip (a failure under `CI=true`, where these tests must run).
 pub fn postgres_url(test: &str) -> Option<String> {
-    match std::env::var("DUBAN_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: CI=true but DUBAN_TEST_POSTGRES_URL is not set; the PostgreSQL tests must run in CI"
-            );
-            eprintln!(
-                "SKIPPED {test}: DUBAN_TEST_POSTGRES_URL is not set, so there is no PostgreSQL to test against"
-            );
-            None
-        }
-    }
+    duban_testkit::postgres_url(test)
 }
 
 /// A fresh schema on the test server, dropped when this value is dropped. `url` connects with
@@ -208,45 +196,9 @@ impl TestServer {
     }
 }
 
-/// Runs `promtool check metrics` on a /metrics body. Without promtool the check is skipped
-/// with a message, except under CI (`CI=true`), where .ci/run installs it.
+/// Runs `promtool check metrics` on a /metrics body (see `duban_testkit`).
 pub fn promtool_check_metrics(body: &str) {
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(error) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but promtool cannot run: {error}"
-            );
-            eprintln!(
-                "SKIPPED promtool check metrics: promtool is not installed ({error}); `apt-get install prometheus` brings it"
-            );
-            return;
-        }
-    };
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics found problems:\n{report}"
-    );
+    duban_testkit::promtool_check_metrics("promtool check metrics", body);
 }
 
 impl TestServer {
