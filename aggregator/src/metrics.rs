@@ -18,9 +18,11 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub refused_items: IntCounterVec,
     pub signature_failures: IntCounter,
+    pub payloads_decoded: IntCounter,
     pub seq_gaps: IntCounter,
     pub security_events: IntCounterVec,
     pub overloaded: IntCounter,
+    pub in_flight: IntGauge,
     pub store_errors: IntCounter,
     pub ingest_seconds: Histogram,
     pub store_seconds: Histogram,
@@ -129,6 +131,11 @@ impl Metrics {
                 "duban_signature_failures_total",
                 "Envelopes whose signature did not verify.",
             ),
+            payloads_decoded: counter(
+                &registry,
+                "duban_payloads_decoded_total",
+                "Payloads (reports and Hellos) decoded; only ever after their signature verified.",
+            ),
             seq_gaps: counter(
                 &registry,
                 "duban_seq_gaps_total",
@@ -144,6 +151,11 @@ impl Metrics {
                 &registry,
                 "duban_requests_overloaded_total",
                 "Calls answered RESOURCE_EXHAUSTED at the concurrency limit.",
+            ),
+            in_flight: gauge(
+                &registry,
+                "duban_requests_in_flight",
+                "Submit and SubmitBatch calls being handled now (at most --max-in-flight).",
             ),
             store_errors: counter(
                 &registry,

@@ -3,8 +3,7 @@
 
 mod support;
 
-use duban_aggregator::store::{NewKey, ReportFilter, Store};
-use duban_proto::SigningKey;
+use duban_aggregator::store::{ReportFilter, Store};
 use duban_proto::pb;
 use prost::Message;
 use support::*;
@@ -155,67 +154,6 @@ async fn a_replayed_seq_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_problems_are_refused_with_their_reason() {
-    let revoked = SigningKey::from_seed(&[20; 32]);
-    let expired = SigningKey::from_seed(&[21; 32]);
-    let future = SigningKey::from_seed(&[22; 32]);
-    let unknown = SigningKey::from_seed(&[23; 32]);
-    // The revocation is in the database before the server starts.
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("duban.db").display());
-    {
-        let store = duban_aggregator::store::AnyStore::open(&url).await.unwrap();
-        store
-            .add_key(key_record(&revoked, "laoshan"))
-            .await
-            .unwrap();
-        store
-            .revoke_key(revoked.key_id(), NOW_MS - 1000)
-            .await
-            .unwrap();
-    }
-    let server = TestServer::start(Options {
-        database_url: Some(url),
-        extra_keys: vec![
-            NewKey {
-                not_after_ms: Some(NOW_MS - 1),
-                ..key_record(&expired, "laoshan")
-            },
-            NewKey {
-                not_before_ms: Some(NOW_MS + 86_400_000),
-                ..key_record(&future, "laoshan")
-            },
-        ],
-        ..Default::default()
-    })
-    .await;
-    let mut client = server.client().await;
-    let cases = [
-        (&unknown, 1, pb::ReasonCode::ReasonUnknownKey),
-        (&revoked, 2, pb::ReasonCode::ReasonKeyRevoked),
-        (&expired, 3, pb::ReasonCode::ReasonKeyExpired),
-        (&future, 4, pb::ReasonCode::ReasonKeyNotYetValid),
-    ];
-    for (key, seq, reason) in cases {
-        let signed = sign(
-            key,
-            report("laoshan", seq, "2018Q1", &[("pct-applications", 1.0)]),
-        );
-        let result = client.submit(signed).await.unwrap().into_inner();
-        assert_eq!(outcome(&result), rejected(reason), "{}", result.message);
-    }
-    assert!(
-        server
-            .store
-            .reports(&ReportFilter::default())
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_reaches_a_running_server_within_seconds() {
     let server = TestServer::start(Options::default()).await;
     let mut client = server.client().await;
@@ -254,64 +192,18 @@ async fn a_revocation_reaches_a_running_server_within_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tampered_payload_fails_the_signature() {
+async fn a_report_issued_up_to_five_minutes_ahead_is_accepted() {
+    // Each refusal has its own test in reasons.rs; this is the edge a clock may sit on.
     let server = TestServer::start(Options::default()).await;
     let mut client = server.client().await;
-    let mut signed = sign(
-        &laoshan_key(),
-        report("laoshan", 1, "2018Q1", &[("pct-applications", 21.0)]),
-    );
-    let last = signed.payload.len() - 1;
-    signed.payload[last] ^= 0x01;
-    let result = client.submit(signed).await.unwrap().into_inner();
-    assert_eq!(
-        outcome(&result),
-        rejected(pb::ReasonCode::ReasonBadSignature)
-    );
-    assert_eq!(server.metric("duban_signature_failures_total").await, 1.0);
-    assert!(
-        server
-            .store
-            .reports(&ReportFilter::default())
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binding_checks_refuse_wrong_audience_unit_and_future_reports() {
-    let server = TestServer::start(Options::default()).await;
-    let mut client = server.client().await;
-    let mut wrong_audience = report("laoshan", 1, "2018Q1", &[("pct-applications", 1.0)]);
-    wrong_audience.audience = "another-plan".into();
-    let mut wrong_unit = report("shibei", 2, "2018Q1", &[("pct-applications", 1.0)]);
-    wrong_unit.report_id = vec![0xaa; 16];
-    let mut future = report("laoshan", 3, "2018Q1", &[("pct-applications", 1.0)]);
-    future.issued_at_ms = NOW_MS + 6 * 60 * 1000;
     let mut almost = report("laoshan", 4, "2018Q1", &[("pct-applications", 1.0)]);
-    almost.issued_at_ms = NOW_MS + 4 * 60 * 1000;
-    let mut short_id = report("laoshan", 5, "2018Q1", &[("pct-applications", 1.0)]);
-    short_id.report_id = vec![1; 8];
-    let cases = [
-        (
-            wrong_audience,
-            rejected(pb::ReasonCode::ReasonWrongAudience),
-        ),
-        (wrong_unit, rejected(pb::ReasonCode::ReasonUnitMismatch)),
-        (future, rejected(pb::ReasonCode::ReasonIssuedInFuture)),
-        (almost, ACCEPTED),
-        (short_id, rejected(pb::ReasonCode::ReasonBadReportId)),
-    ];
-    for (report, expected) in cases {
-        let result = client
-            .submit(sign(&laoshan_key(), report))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(outcome(&result), expected, "{}", result.message);
-    }
+    almost.issued_at_ms = NOW_MS + 5 * 60 * 1000;
+    let result = client
+        .submit(sign(&laoshan_key(), almost))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome(&result), ACCEPTED, "{}", result.message);
     server.stop().await;
 }
 
@@ -586,23 +478,29 @@ async fn tls_identity_must_match_the_report_unit() {
         !matches!(anonymous, Some(Ok(_))),
         "a client without a certificate was served"
     );
-    // A plaintext client cannot talk to a TLS server.
+    // A plaintext client cannot talk to a TLS server: whether the connection or the call
+    // fails first, nothing is served, and the server counts a handshake that was not TLS.
     let plaintext = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
         .unwrap()
         .connect()
         .await;
-    if let Ok(channel) = plaintext {
-        let mut client = pb::report_service_client::ReportServiceClient::new(channel);
-        assert!(
-            client
-                .submit(sign(
-                    &laoshan_key(),
-                    report("laoshan", 3, "2018Q1", &[("pct-applications", 1.0)])
-                ))
-                .await
-                .is_err()
-        );
-    }
+    let served = match plaintext {
+        Err(_) => false,
+        Ok(channel) => pb::report_service_client::ReportServiceClient::new(channel)
+            .submit(sign(
+                &laoshan_key(),
+                report("laoshan", 3, "2018Q1", &[("pct-applications", 1.0)]),
+            ))
+            .await
+            .is_ok(),
+    };
+    assert!(!served, "a plaintext client was served by a TLS server");
+    server
+        .wait_for_metric(
+            "duban_tls_handshake_failures_total{reason=\"not_tls\"}",
+            1.0,
+        )
+        .await;
     assert_eq!(
         server
             .store
@@ -684,44 +582,6 @@ async fn metrics_pass_promtool_and_preset_every_reason() {
     }
     promtool_check_metrics(&body);
     server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_the_concurrency_limit_the_answer_is_resource_exhausted_with_a_delay() {
-    use duban_aggregator::ingest::Ingestor;
-    use duban_aggregator::server::{RETRY_PUSHBACK_MS, ReportServer};
-    use duban_proto::pb::report_service_server::ReportService;
-    use std::sync::Arc;
-
-    let dir = tempfile::tempdir().unwrap();
-    let store = duban_aggregator::store::AnyStore::open(&format!(
-        "sqlite://{}",
-        dir.path().join("d.db").display()
-    ))
-    .await
-    .unwrap();
-    let ingestor = Ingestor::new(
-        Arc::new(duban_aggregator::plan::embedded().plan),
-        Arc::default(),
-        store,
-        Arc::new(duban_aggregator::clock::ManualClock::new(NOW_MS)),
-        duban_aggregator::metrics::Metrics::new("sqlite"),
-    );
-    let full = ReportServer::new(ingestor.clone(), 0, false);
-    let signed = sign(
-        &laoshan_key(),
-        report("laoshan", 1, "2018Q1", &[("pct-applications", 1.0)]),
-    );
-    let status = full.submit(tonic::Request::new(signed)).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-    let pushback = status
-        .metadata()
-        .get("grpc-retry-pushback-ms")
-        .expect("pushback trailer")
-        .to_str()
-        .unwrap();
-    assert_eq!(pushback, RETRY_PUSHBACK_MS.to_string());
-    assert_eq!(ingestor.metrics().overloaded.get(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -868,5 +728,75 @@ async fn reflection_lists_the_report_service() {
         names.contains(&"grpc.health.v1.Health".to_owned()),
         "{names:?}"
     );
+    server.stop().await;
+}
+
+/// `--max-in-flight` with real concurrent calls: while one call holds the only slot (its
+/// commit waits on a lock another connection holds), the next is answered RESOURCE_EXHAUSTED
+/// with the `grpc-retry-pushback-ms` trailer; once the slot is free, calls are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_in_flight_a_real_call_is_told_to_wait() {
+    use duban_aggregator::server::RETRY_PUSHBACK_MS;
+    use sqlx::Connection;
+    let server = TestServer::start(Options {
+        max_in_flight: Some(1),
+        ..Default::default()
+    })
+    .await;
+    sqlx::any::install_default_drivers();
+    let mut locker = sqlx::AnyConnection::connect(&server.database_url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+
+    let mut first = server.client().await;
+    let slow = tokio::spawn(async move {
+        first
+            .submit(sign(
+                &laoshan_key(),
+                report("laoshan", 1, "2018Q1", &[("pct-applications", 1.0)]),
+            ))
+            .await
+    });
+    server
+        .wait_for_metric("duban_requests_in_flight", 1.0)
+        .await;
+
+    let mut second = server.client().await;
+    let waiting = sign(
+        &shibei_key(),
+        report("shibei", 1, "2018Q1", &[("pct-applications", 2.0)]),
+    );
+    let status = second.submit(waiting.clone()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert_eq!(
+        status
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .expect("the pushback trailer")
+            .to_str()
+            .unwrap(),
+        RETRY_PUSHBACK_MS.to_string()
+    );
+    let status = second
+        .submit_batch(pb::SubmitBatchRequest {
+            reports: vec![waiting.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(server.metric("duban_requests_overloaded_total").await, 2.0);
+
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    let result = slow.await.unwrap().unwrap().into_inner();
+    assert_eq!(outcome(&result), ACCEPTED, "{}", result.message);
+    server
+        .wait_for_metric("duban_requests_in_flight", 0.0)
+        .await;
+    let result = second.submit(waiting).await.unwrap().into_inner();
+    assert_eq!(outcome(&result), ACCEPTED, "{}", result.message);
     server.stop().await;
 }

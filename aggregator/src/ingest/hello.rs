@@ -81,6 +81,7 @@ impl Inner {
                 .push((verify_reason(&error), error.to_string()));
             return Ok(answer);
         }
+        self.metrics.payloads_decoded.inc();
         let hello = match envelope::decode_hello(signed) {
             Ok(hello) => hello,
             Err(error) => {

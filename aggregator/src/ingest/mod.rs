@@ -253,6 +253,7 @@ impl Inner {
             self.metrics.signature_failures.inc();
             return Err(fail(verify_reason(&error), error.to_string()));
         }
+        self.metrics.payloads_decoded.inc();
         let report =
             envelope::decode_payload(signed).map_err(|e| fail(verify_reason(&e), e.to_string()))?;
         let report_id = report.report_id.clone();

@@ -59,7 +59,7 @@ impl ReportServer {
         reports: Vec<pb::SignedReport>,
         unit: Option<String>,
     ) -> Result<Vec<pb::SubmitResult>, Status> {
-        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             self.ingestor.metrics().overloaded.inc();
             let mut status = Status::resource_exhausted(
                 "the aggregator is at its concurrency limit; retry after the pushback delay",
@@ -70,6 +70,7 @@ impl ReportServer {
             );
             return Err(status);
         };
+        let _slot = Slot::taken(permit, &self.ingestor.metrics().in_flight);
         let results =
             self.ingestor.submit(reports, unit).await.map_err(|e| {
                 Status::unavailable(format!("the store is unavailable; retry: {e}"))
@@ -116,5 +117,28 @@ impl ReportService for ReportServer {
             .await
             .map_err(|e| Status::unavailable(format!("the store is unavailable; retry: {e}")))?;
         Ok(Response::new(convert::hello(answer)))
+    }
+}
+
+/// One of the `--max-in-flight` slots, counted in `duban_requests_in_flight` while held (also
+/// when the call is cancelled mid-way and its future dropped).
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Slot {
+    fn taken(permit: tokio::sync::OwnedSemaphorePermit, gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Slot {
+            _permit: permit,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }

@@ -102,6 +102,8 @@ pub struct TestServer {
     pub store: AnyStore,
     pub clock: Arc<ManualClock>,
     pub ca: Option<DevCa>,
+    /// The database URL the server uses.
+    pub database_url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -114,6 +116,10 @@ pub struct Options {
     /// Another database than a fresh SQLite file (e.g. a PostgreSQL schema shared by replicas).
     pub database_url: Option<String>,
     pub alerts: Option<duban_aggregator::serve::AlertSettings>,
+    /// Keys revoked (a second before [`NOW_MS`]) before the server starts.
+    pub revoked: Vec<duban_proto::KeyId>,
+    /// The server's `--max-in-flight` (64 when `None`).
+    pub max_in_flight: Option<usize>,
 }
 
 pub fn key_record(key: &SigningKey, unit: &str) -> NewKey {
@@ -150,6 +156,9 @@ impl TestServer {
                 Err(error) => panic!("{error}"),
             }
         }
+        for key_id in options.revoked {
+            store.revoke_key(key_id, NOW_MS - 1000).await.unwrap();
+        }
         let ca = options.tls.then(|| DevCa::generate().unwrap());
         let tls = ca.as_ref().map(|ca| {
             let server = ca.issue_server(&["localhost"]).unwrap();
@@ -166,7 +175,7 @@ impl TestServer {
             store: store.clone(),
             clock: clock.clone() as Arc<dyn Clock>,
             tls,
-            max_in_flight: 64,
+            max_in_flight: options.max_in_flight.unwrap_or(64),
             shutdown_grace: std::time::Duration::from_secs(5),
             alerts: options.alerts.clone().unwrap_or_default(),
         };
@@ -183,16 +192,32 @@ impl TestServer {
                 let _ = stopped.await;
             },
         ));
-        TestServer {
+        let server = TestServer {
             grpc,
             http,
             store,
             clock,
             ca,
+            database_url: url,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
+        };
+        // The listeners are bound, but the server answers once its start-up writes are done.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while server
+            .try_http_get("/readyz")
+            .await
+            .map(|(status, _)| status)
+            != Some(200)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server was not ready within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        server
     }
 }
 
@@ -237,13 +262,20 @@ impl TestServer {
     }
 
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        let mut stream = tokio::net::TcpStream::connect(self.http).await.unwrap();
+        self.try_http_get(path)
+            .await
+            .unwrap_or_else(|| panic!("GET {path} failed"))
+    }
+
+    /// GET over HTTP/1.0: status and body, or `None` when the connection fails.
+    pub async fn try_http_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = tokio::net::TcpStream::connect(self.http).await.ok()?;
         stream
             .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
             .await
-            .unwrap();
+            .ok()?;
         let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
+        stream.read_to_string(&mut response).await.ok()?;
         let status = response
             .split_whitespace()
             .nth(1)
@@ -253,7 +285,7 @@ impl TestServer {
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
-        (status, body)
+        Some((status, body))
     }
 
     /// The value of a sample in /metrics, e.g. `duban_reports_accepted_total`.
@@ -266,6 +298,28 @@ impl TestServer {
                     .map(|v| v.trim().parse().unwrap())
             })
             .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{body}"))
+    }
+
+    /// Waits (up to 10 s) until a sample in /metrics has `value`: for what the server counts
+    /// after the client already saw the effect (a failed handshake, a finished drain).
+    pub async fn wait_for_metric(&self, sample: &str, value: f64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (_, body) = self.http_get("/metrics").await;
+            let now = body.lines().find_map(|line| {
+                line.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            });
+            if now == Some(value) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{sample} is {now:?} after 10 s, not {value}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn stop(mut self) {
