@@ -110,7 +110,8 @@ mod tests {
     /// The state letter of a process in /proc, or `None` once it is gone.
     fn state(pid: &str) -> Option<char> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
+        stat.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
     }
 
     #[tokio::test]
@@ -154,15 +155,30 @@ mod tests {
         let argv = vec![
             "sh".to_owned(),
             "-c".to_owned(),
-            "echo '{\"indicator\": \"pct-applications\", \"period\": \"2018Q1\", \"value\": 3}'".to_owned(),
+            "echo '{\"indicator\": \"pct-applications\", \"period\": \"2018Q1\", \"value\": 3}'"
+                .to_owned(),
         ];
-        let items = run(&argv, Duration::from_secs(30), Items::Values, &Fields::default())
-            .await
-            .unwrap();
+        let items = run(
+            &argv,
+            Duration::from_secs(30),
+            Items::Values,
+            &Fields::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(items.len(), 1);
-        let failing = vec!["sh".to_owned(), "-c".to_owned(), "echo oops >&2; exit 3".to_owned()];
-        let Err(SourceError::Command { message, .. }) =
-            run(&failing, Duration::from_secs(30), Items::Values, &Fields::default()).await
+        let failing = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "echo oops >&2; exit 3".to_owned(),
+        ];
+        let Err(SourceError::Command { message, .. }) = run(
+            &failing,
+            Duration::from_secs(30),
+            Items::Values,
+            &Fields::default(),
+        )
+        .await
         else {
             panic!("a failing program is an error");
         };
