@@ -111,6 +111,12 @@ impl Agent {
         {
             Ok(done) => {
                 self.metrics.dropped.inc_by(done.dropped);
+                if done.dropped > 0 {
+                    tracing::warn!(
+                        dropped = done.dropped,
+                        "the outbox was full or held reports older than max_age: dropped the oldest undelivered report(s) (when_full = \"drop_oldest\")"
+                    );
+                }
                 if !done.reports.is_empty() {
                     self.wake.notify_one();
                 }

@@ -642,19 +642,25 @@ impl Outbox {
             match self.config.when_full {
                 WhenFull::Refuse => return Err(OutboxError::Full { bytes, max_bytes }),
                 WhenFull::DropOldest => {
-                    sqlx::query(
-                        "DELETE FROM pending_items WHERE seq = (SELECT MIN(seq) FROM outbox)",
+                    // The oldest report: signed ones in seq order come before provisional
+                    // ones (-1, -2, … in the order they were built).
+                    let oldest: Option<i64> = sqlx::query_scalar(
+                        "SELECT seq FROM outbox ORDER BY seq < 0, abs(seq) LIMIT 1",
                     )
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                    let deleted =
-                        sqlx::query("DELETE FROM outbox WHERE seq = (SELECT MIN(seq) FROM outbox)")
-                            .execute(&mut *tx)
-                            .await?
-                            .rows_affected();
-                    if deleted == 0 {
+                    let Some(oldest) = oldest else {
                         return Err(OutboxError::Full { bytes, max_bytes });
-                    }
+                    };
+                    sqlx::query("DELETE FROM pending_items WHERE seq = $1")
+                        .bind(oldest)
+                        .execute(&mut *tx)
+                        .await?;
+                    let deleted = sqlx::query("DELETE FROM outbox WHERE seq = $1")
+                        .bind(oldest)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
                     dropped += deleted;
                 }
             }

@@ -327,6 +327,46 @@ async fn when_full_refuse_keeps_everything_and_drop_oldest_makes_room() {
 }
 
 #[tokio::test]
+async fn drop_oldest_drops_the_oldest_provisional_reports_of_a_new_outbox() {
+    // Before the centre answers, reports are provisional (-1, -2, …): the oldest is -1.
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let (outbox, _) = Outbox::open(&config(dir.path(), 1500, WhenFull::DropOldest))
+        .await
+        .unwrap();
+    let quarters = ["2018Q1", "2018Q2", "2018Q3", "2018Q4", "2019Q1", "2019Q2"];
+    let mut dropped = 0;
+    for (i, q) in quarters.iter().enumerate() {
+        dropped += outbox
+            .enqueue(signer(&key), &[value(q, i as f64)], false, 1)
+            .await
+            .unwrap()
+            .dropped;
+    }
+    assert!(dropped > 0);
+    outbox
+        .apply_centre_state(0, &[], signer(&key))
+        .await
+        .unwrap();
+    let periods: Vec<String> = outbox
+        .pending(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| {
+            pb::Report::decode(p.envelope.payload.as_slice())
+                .unwrap()
+                .period
+        })
+        .collect();
+    assert_eq!(
+        periods,
+        quarters[dropped as usize..],
+        "the newest are kept, in the order they were built"
+    );
+}
+
+#[tokio::test]
 async fn dead_letters_are_kept_and_retried_only_for_the_same_identity() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate();
