@@ -96,6 +96,29 @@ every = "1h"
         assert!(status.success(), "cannot prepare the MariaDB table");
         sources.push_str(&format!("\n[[source]]\nname = \"mariadb\"\nkind = \"sql\"\nurl = \"{url}\"\nquery = \"SELECT ind AS indicator, per AS period, CAST(val AS DOUBLE) AS value FROM {table}\"\nevery = \"1h\"\n"));
     }
+    // The PostgreSQL source: a NUMERIC column cast as PostgreSQL wants it.
+    let postgres = duban_testkit::postgres_url("the PostgreSQL source");
+    let pg_table = format!("duban_e2e_pg_{}", std::process::id());
+    let psql = |url: &str, sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql (Debian package postgresql-client)");
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    if let Some(url) = &postgres {
+        psql(
+            url,
+            &format!(
+                "DROP TABLE IF EXISTS {pg_table}; CREATE TABLE {pg_table} (ind TEXT, per TEXT, val NUMERIC(12,2)); INSERT INTO {pg_table} VALUES ('pct-applications', '2018Q3', 55.50);"
+            ),
+        );
+        sources.push_str(&format!("\n[[source]]\nname = \"postgres\"\nkind = \"sql\"\nurl = \"{url}\"\nquery = \"SELECT ind AS indicator, per AS period, CAST(val AS DOUBLE PRECISION) AS value FROM {pg_table}\"\nevery = \"1h\"\n"));
+    }
     let agent = AgentSetup::new(w.root.path(), &w.url, "laoshan", &endpoint, &sources);
     let checked = ok(agent.run(&["check"]));
     assert!(
@@ -131,6 +154,12 @@ every = "1h"
         assert_eq!(
             value_of(&values, "industrial-firms-with-ip-body", "laoshan", "2018"),
             Some(88.0)
+        );
+    }
+    if postgres.is_some() {
+        assert_eq!(
+            value_of(&values, "pct-applications", "laoshan", "2018Q3"),
+            Some(55.5)
         );
     }
     let reports = stored_reports(&w.url);
@@ -171,6 +200,9 @@ every = "1h"
         "a correction carries a higher revision"
     );
 
+    if let Some(url) = &postgres {
+        psql(url, &format!("DROP TABLE {pg_table}"));
+    }
     if mysql.is_some() {
         let _ = std::process::Command::new("mariadb")
             .args([
