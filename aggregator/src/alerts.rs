@@ -519,4 +519,152 @@ mod tests {
         });
         assert_eq!(ended.muted, 0, "a mute that has ended mutes nothing");
     }
+
+    /// Alerts at `now_ms` with nothing received, and the deadline of laoshan's 2018Q1 PCT
+    /// applications report.
+    fn evaluated_at_ms(now_ms: i64) -> (Evaluated, i64) {
+        let plan = crate::plan::embedded().plan;
+        let progress = crate::progress::compute(&plan, &Default::default(), now_ms);
+        let deadline = progress
+            .obligations
+            .iter()
+            .find(|o| {
+                o.unit == "laoshan" && o.indicator == "pct-applications" && o.period == "2018Q1"
+            })
+            .expect("laoshan reports pct-applications for 2018Q1")
+            .overdue_after_ms();
+        (
+            evaluate(&plan, &progress, &AlertPolicy::default()),
+            deadline,
+        )
+    }
+
+    /// (alertname, severity) of laoshan's own alerts about its 2018Q1 PCT report.
+    fn laoshan_q1(evaluated: &Evaluated) -> Vec<(String, String)> {
+        evaluated
+            .alerts
+            .iter()
+            .filter(|a| {
+                a.recipient() == "laoshan"
+                    && a.labels.get("indicator").map(String::as_str) == Some("pct-applications")
+                    && a.labels.get("period").map(String::as_str) == Some("2018Q1")
+            })
+            .map(|a| (a.name().to_owned(), a.labels["severity"].clone()))
+            .collect()
+    }
+
+    fn pair(name: &str, severity: &str) -> Vec<(String, String)> {
+        vec![(name.to_owned(), severity.to_owned())]
+    }
+
+    #[test]
+    fn due_soon_opens_due_soon_days_before_the_deadline_and_overdue_starts_at_it() {
+        let (_, deadline) = evaluated_at_ms(at("2018-04-01T00:00:00Z"));
+        let week = 7 * DAY_MS;
+        let cases = [
+            (deadline - week - 1, vec![]),
+            (deadline - week, pair("ReportDueSoon", "info")),
+            (deadline - 1, pair("ReportDueSoon", "info")),
+            (deadline, pair("ReportOverdue", "warning")),
+        ];
+        for (now, expected) in cases {
+            let (evaluated, _) = evaluated_at_ms(now);
+            assert_eq!(
+                laoshan_q1(&evaluated),
+                expected,
+                "at deadline {:+} ms",
+                now - deadline
+            );
+        }
+        let (evaluated, _) = evaluated_at_ms(deadline);
+        let summary = &evaluated
+            .alerts
+            .iter()
+            .find(|a| {
+                a.recipient() == "laoshan"
+                    && a.name() == "ReportOverdue"
+                    && a.labels.get("period").map(String::as_str) == Some("2018Q1")
+                    && a.labels.get("indicator").map(String::as_str) == Some("pct-applications")
+            })
+            .unwrap()
+            .annotations["summary"];
+        assert!(summary.contains("已逾期不足 1 天"), "{summary}");
+    }
+
+    #[test]
+    fn overdue_alerts_become_critical_after_critical_after_days() {
+        let (_, deadline) = evaluated_at_ms(at("2018-04-01T00:00:00Z"));
+        let days = AlertPolicy::default().critical_after_days;
+        let (warning, _) = evaluated_at_ms(deadline + days * DAY_MS - 1);
+        assert_eq!(laoshan_q1(&warning), pair("ReportOverdue", "warning"));
+        let (critical, _) = evaluated_at_ms(deadline + days * DAY_MS);
+        assert_eq!(laoshan_q1(&critical), pair("ReportOverdue", "critical"));
+
+        // Milestones escalate the same way, counted from their own deadline.
+        let plan = crate::plan::embedded().plan;
+        let progress =
+            crate::progress::compute(&plan, &Default::default(), at("2018-04-01T00:00:00Z"));
+        let milestone = progress
+            .milestones
+            .iter()
+            .filter(|m| m.deadline_ms > at("2018-04-01T00:00:00Z"))
+            .min_by_key(|m| m.deadline_ms)
+            .expect("a milestone ahead");
+        let severity_at = |now: i64| {
+            let progress = crate::progress::compute(&plan, &Default::default(), now);
+            evaluate(&plan, &progress, &AlertPolicy::default())
+                .alerts
+                .iter()
+                .filter(|a| {
+                    a.name() == "TaskOverdue"
+                        && a.labels["task"] == milestone.task
+                        && a.labels["milestone"] == milestone.milestone
+                })
+                .map(|a| a.labels["severity"].clone())
+                .collect::<Vec<_>>()
+        };
+        let before = severity_at(milestone.deadline_ms + days * DAY_MS - DAY_MS);
+        assert!(
+            !before.is_empty() && before.iter().all(|s| s == "warning"),
+            "{before:?}"
+        );
+        let after = severity_at(milestone.deadline_ms + days * DAY_MS + DAY_MS);
+        assert!(
+            !after.is_empty() && after.iter().all(|s| s == "critical"),
+            "{after:?}"
+        );
+    }
+
+    #[test]
+    fn a_task_without_a_lead_unit_alerts_each_responsible_unit_and_invents_no_lead() {
+        let plan = crate::plan::embedded().plan;
+        let task = plan
+            .tasks
+            .iter()
+            .find(|t| t.lead_units.is_empty() && !t.milestones.is_empty())
+            .expect("the plan has tasks 按职责分工负责");
+        let now = at("2020-12-31T00:00:00Z");
+        let progress = crate::progress::compute(&plan, &Default::default(), now);
+        let evaluated = evaluate(&plan, &progress, &AlertPolicy::default());
+        let about: Vec<&Alert> = evaluated
+            .alerts
+            .iter()
+            .filter(|a| a.labels.get("task") == Some(&task.id))
+            .collect();
+        assert!(
+            !about.is_empty(),
+            "task {} is overdue by the end of 2020",
+            task.id
+        );
+        let mut recipients: Vec<&str> = about.iter().map(|a| a.recipient()).collect();
+        recipients.sort_unstable();
+        recipients.dedup();
+        let mut responsible = plan.expand_parties(&task.responsible_units);
+        responsible.sort_unstable();
+        assert_eq!(recipients, responsible);
+        for alert in about {
+            assert_eq!(alert.labels["role"], "responsible");
+            assert_eq!(alert.lead_unit(), "none");
+        }
+    }
 }

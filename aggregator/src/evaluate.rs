@@ -35,6 +35,12 @@ pub async fn progress_at(
     ))
 }
 
+/// When the active alerts were last re-sent (see [`Evaluator::tick`]).
+#[derive(Debug, Default, Clone)]
+pub struct Resend {
+    last_ms: Option<i64>,
+}
+
 #[derive(Clone)]
 pub struct Evaluator {
     pub plan: Arc<Plan>,
@@ -77,9 +83,32 @@ impl Evaluator {
                 annotations: a.annotations,
             })
             .collect();
+        // One replica keeps the alert state and notifies: the holder of the notifier lock
+        // (always this process on SQLite). A replica that stored a firing alert without
+        // sending it would leave it unsent, since the holder would then see no change.
+        match self.store.is_notifier().await {
+            Ok(true) => {}
+            Ok(false) => return Ok(AlertChanges::default()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot tell whether this replica is the notifier; leaving the alerts to the next round");
+                return Ok(AlertChanges::default());
+            }
+        }
         let changes = self.store.sync_alerts(&self.plan.id, wanted, now).await?;
-        let is_notifier = self.store.is_notifier().await.unwrap_or(false);
-        self.notifier.deliver(&changes, resend, is_notifier).await;
+        self.notifier.deliver(&changes, resend).await;
+        Ok(changes)
+    }
+
+    /// [`Self::once`], re-sending the active alerts when `resend_every` has passed on the
+    /// evaluator's clock since the last re-send recorded in `resend`.
+    pub async fn tick(&self, resend: &mut Resend) -> Result<AlertChanges, StoreError> {
+        let now = self.clock.now_ms();
+        let every = i64::try_from(self.resend_every.as_millis()).unwrap_or(i64::MAX);
+        let due = resend.last_ms.is_none_or(|last| now - last >= every);
+        let changes = self.once(due).await?;
+        if due {
+            resend.last_ms = Some(now);
+        }
         Ok(changes)
     }
 
@@ -87,15 +116,13 @@ impl Evaluator {
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(self.every);
-        let mut last_resend = tokio::time::Instant::now() - self.resend_every;
+        let mut resend = Resend::default();
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {
-                    let resend = last_resend.elapsed() >= self.resend_every;
-                    match self.once(resend).await {
-                        Ok(_) => if resend { last_resend = tokio::time::Instant::now() },
-                        Err(error) => tracing::warn!(%error, "alert evaluation failed; retrying next round"),
+                    if let Err(error) = self.tick(&mut resend).await {
+                        tracing::warn!(%error, "alert evaluation failed; retrying next round");
                     }
                 }
             }

@@ -1,8 +1,8 @@
 //! Sending alerts: always to the log; to every configured Alertmanager (`POST /api/v2/alerts`,
 //! all active alerts re-sent every `resend_every`, resolved ones once with `endsAt`; identical
-//! label sets from several replicas deduplicate there); and to webhooks in Alertmanager's
-//! webhook format, grouped per recipient, with retries, only from the replica that
-//! [`crate::store::Store::is_notifier`] names, because a webhook cannot deduplicate.
+//! label sets deduplicate there); and to webhooks in Alertmanager's webhook format, grouped per
+//! recipient, with retries. Only the replica that [`crate::store::Store::is_notifier`] names
+//! evaluates the alert state and calls this (see [`crate::evaluate::Evaluator::once`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -88,7 +88,7 @@ impl Notifier {
 
     /// Logs the changes, and sends what each sink should get. `resend` says whether the
     /// active alerts are due for their periodic re-send to Alertmanager.
-    pub async fn deliver(&self, changes: &AlertChanges, resend: bool, is_notifier: bool) {
+    pub async fn deliver(&self, changes: &AlertChanges, resend: bool) {
         for alert in &changes.fired {
             tracing::warn!(alertname = alert.labels.get("alertname").map(String::as_str), recipient = alert.labels.get("recipient").map(String::as_str), severity = alert.labels.get("severity").map(String::as_str), labels = ?alert.labels, summary = alert.annotations.get("summary").map(String::as_str), "alert firing");
         }
@@ -122,7 +122,7 @@ impl Notifier {
             }
         }
 
-        if !self.sinks.webhooks.is_empty() && is_notifier {
+        if !self.sinks.webhooks.is_empty() {
             for (status, alerts) in [("firing", &changes.fired), ("resolved", &changes.resolved)] {
                 let mut by_recipient: BTreeMap<&str, Vec<&AlertRow>> = BTreeMap::new();
                 for alert in alerts {

@@ -14,10 +14,15 @@ use support::*;
 type Received = Arc<Mutex<Vec<Value>>>;
 
 async fn webhook_receiver() -> (String, Received) {
+    receiver("/hook").await
+}
+
+/// An HTTP endpoint that records the JSON bodies POSTed to `path`; returns its URL.
+async fn receiver(path: &str) -> (String, Received) {
     let received: Received = Arc::default();
     let sink = received.clone();
     let app = axum::Router::new().route(
-        "/hook",
+        path,
         axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
             let sink = sink.clone();
             async move {
@@ -27,7 +32,7 @@ async fn webhook_receiver() -> (String, Received) {
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let url = format!("http://{}{path}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, received)
 }
@@ -355,4 +360,172 @@ async fn an_outage_of_the_centre_across_a_deadline_neither_makes_units_late_nor_
         assert!(!message.to_string().contains("逾期 0 天"), "{message}");
     }
     server.stop().await;
+}
+
+/// An evaluator over `store` with these sinks, its clock `clock`.
+fn evaluator(
+    store: duban_aggregator::store::AnyStore,
+    clock: Arc<duban_aggregator::clock::ManualClock>,
+    sinks: Sinks,
+    run_id: &str,
+) -> duban_aggregator::evaluate::Evaluator {
+    let metrics = duban_aggregator::metrics::Metrics::new("test");
+    duban_aggregator::evaluate::Evaluator {
+        plan: Arc::new(duban_aggregator::plan::embedded().plan),
+        store,
+        clock,
+        policy: duban_aggregator::alerts::AlertPolicy {
+            go_live_ms: Some(0),
+            ..Default::default()
+        },
+        notifier: duban_aggregator::notify::Notifier::new(
+            sinks,
+            metrics.alert_notifications.clone(),
+            "http://127.0.0.1:1".into(),
+        ),
+        metrics,
+        // The tests jump the clock by days: a long interval keeps those jumps from reading as
+        // outages of the centre (its uptime allows twice the interval between evaluations).
+        every: Duration::from_secs(30 * 86_400),
+        resend_every: Duration::from_secs(60),
+        run_id: run_id.into(),
+    }
+}
+
+/// Alertmanager gets every change at once, and the whole active set again every
+/// `resend_every` of the evaluator's clock, not at each evaluation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_gets_changes_at_once_and_the_active_alerts_every_resend_every() {
+    use duban_aggregator::evaluate::Resend;
+    let (base, received) = receiver("/api/v2/alerts").await;
+    let base = base.trim_end_matches("/api/v2/alerts").to_owned();
+    let server = TestServer::start(Options {
+        alerts: Some(AlertSettings {
+            evaluate: false,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let evaluator = evaluator(
+        server.store.clone(),
+        server.clock.clone(),
+        Sinks {
+            alertmanagers: vec![base],
+            webhooks: vec![],
+        },
+        "centre",
+    );
+    let posts = || received.lock().unwrap().len();
+    let t0 = at("2018-05-10T04:00:00Z");
+    let mut resend = Resend::default();
+    server.clock.set_ms(t0);
+    let fired = evaluator.tick(&mut resend).await.unwrap();
+    assert!(!fired.fired.is_empty());
+    assert_eq!(posts(), 1, "the first alerts are sent at once");
+    let active = received.lock().unwrap()[0].as_array().unwrap().len();
+    assert_eq!(active, fired.fired.len());
+
+    // Nothing changed and the re-send is not due: nothing is sent.
+    for seconds in [10, 30, 59] {
+        server.clock.set_ms(t0 + seconds * 1000);
+        evaluator.tick(&mut resend).await.unwrap();
+        assert_eq!(posts(), 1, "at t0 + {seconds} s");
+    }
+    // resend_every (60 s) after the last send: the active alerts go again, all of them.
+    server.clock.set_ms(t0 + 60_000);
+    let again = evaluator.tick(&mut resend).await.unwrap();
+    assert!(again.fired.is_empty() && again.resolved.is_empty());
+    assert_eq!(posts(), 2);
+    assert_eq!(
+        received.lock().unwrap()[1].as_array().unwrap().len(),
+        active
+    );
+    server.clock.set_ms(t0 + 90_000);
+    evaluator.tick(&mut resend).await.unwrap();
+    assert_eq!(posts(), 2);
+    server.stop().await;
+}
+
+/// On PostgreSQL, one replica (the holder of the notifier lock) keeps the alert state and
+/// sends: the other sends nothing, and takes over, sending what changed, when the holder's
+/// connection dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_one_replica_sends_webhooks_and_another_takes_over_when_it_dies() {
+    use duban_aggregator::store::{AnyStore, Store};
+    use sqlx::Connection;
+    let Some(base) = support::postgres_url(
+        "on_postgres_one_replica_sends_webhooks_and_another_takes_over_when_it_dies",
+    ) else {
+        return;
+    };
+    let schema = PgSchema::create(&base).await;
+    let a = AnyStore::open(&schema.url).await.unwrap();
+    let b = AnyStore::open(&schema.url).await.unwrap();
+    assert!(
+        a.is_notifier().await.unwrap(),
+        "the first to ask holds the lock"
+    );
+    assert!(!b.is_notifier().await.unwrap());
+    // A week before 2018Q1 reports are due (2018-04-30): due-soon alerts.
+    let clock = Arc::new(duban_aggregator::clock::ManualClock::new(at(
+        "2018-04-25T04:00:00Z",
+    )));
+    let (hook_a, sent_a) = webhook_receiver().await;
+    let (hook_b, sent_b) = webhook_receiver().await;
+    let sinks = |hook: String| Sinks {
+        alertmanagers: vec![],
+        webhooks: vec![hook],
+    };
+    let replica_a = evaluator(a.clone(), clock.clone(), sinks(hook_a), "a");
+    let replica_b = evaluator(b.clone(), clock.clone(), sinks(hook_b), "b");
+
+    // B evaluates first: it is not the notifier, so it neither stores nor sends anything,
+    // and A, evaluating next, finds every alert new and sends them.
+    let by_b = replica_b.once(false).await.unwrap();
+    assert!(by_b.fired.is_empty());
+    assert!(sent_b.lock().unwrap().is_empty());
+    let by_a = replica_a.once(false).await.unwrap();
+    assert!(!by_a.fired.is_empty());
+    assert!(!sent_a.lock().unwrap().is_empty());
+    let sent_by_a = sent_a.lock().unwrap().len();
+
+    // A's process dies: its connections (and the lock held on one of them) are cut.
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(&base).await.unwrap();
+    let cut = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(cut, 1, "one connection held the notifier lock");
+
+    // The deadline has passed: B takes over and sends the overdue reports.
+    clock.set_ms(at("2018-05-02T04:00:00Z"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let by_b = loop {
+        let changes = replica_b.once(false).await.unwrap();
+        if !changes.fired.is_empty() || !changes.resolved.is_empty() || !changes.active.is_empty() {
+            break changes;
+        }
+        assert!(Instant::now() < deadline, "B did not take over within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        by_b.fired
+            .iter()
+            .any(|a| a.labels["alertname"] == "ReportOverdue"),
+        "what changed since A's last evaluation"
+    );
+    assert!(sent_b.lock().unwrap().iter().any(|m| has_alert(
+        m,
+        "firing",
+        &[("alertname", "ReportOverdue")]
+    )));
+    // A, back, is not the notifier any more: it sends nothing.
+    assert!(!a.is_notifier().await.unwrap());
+    replica_a.once(false).await.unwrap();
+    assert_eq!(sent_a.lock().unwrap().len(), sent_by_a);
 }
