@@ -800,3 +800,28 @@ async fn past_max_in_flight_a_real_call_is_told_to_wait() {
     assert_eq!(outcome(&result), ACCEPTED, "{}", result.message);
     server.stop().await;
 }
+
+/// `duban_seq_gaps_total` counts the seqs an agent skipped: 1 then 5 is a gap of 3; a late
+/// seq below the highest fills nothing and adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipped_seqs_are_counted_in_the_gap_metric() {
+    let server = TestServer::start(Options::default()).await;
+    let mut client = server.client().await;
+    for (seq, period, gaps) in [(1, "2018Q1", 0.0), (5, "2018Q2", 3.0), (3, "2018Q3", 3.0)] {
+        let result = client
+            .submit(sign(
+                &laoshan_key(),
+                report("laoshan", seq, period, &[("pct-applications", 1.0)]),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(outcome(&result), ACCEPTED, "{}", result.message);
+        assert_eq!(
+            server.metric("duban_seq_gaps_total").await,
+            gaps,
+            "after seq {seq}"
+        );
+    }
+    server.stop().await;
+}

@@ -229,6 +229,63 @@ async fn newest_revision_wins_and_late_older_does_not_overwrite<S: Store>(store:
     );
 }
 
+/// The current value and the current task update, each with the revision it came from.
+async fn current<S: Store>(store: &S) -> ((f64, i64), (f64, i64)) {
+    let value = &store.current_values(PLAN, None).await.unwrap()[0];
+    let task = &store.current_tasks(PLAN).await.unwrap()[0];
+    ((value.value, value.revision), (task.percent, task.revision))
+}
+
+/// PROTOCOL.md: of all accepted reports for a value or a task update, the greatest
+/// `(revision, issued_at_ms, seq)` is current, whatever order they arrive in; the others are
+/// stored as evidence.
+async fn the_greatest_revision_issued_at_seq_wins_for_values_and_tasks<S: Store>(store: &S) {
+    // (report id, seq, revision, issued_at, value); each report also sets the task to value/10.
+    let arrivals: [((u8, u64, u32, i64, f64), f64); 8] = [
+        ((1, 10, 0, 1_000, 10.0), 10.0),
+        ((2, 20, 1, 2_000, 11.0), 11.0), // higher revision
+        ((3, 30, 0, 3_000, 9.0), 11.0),  // an older revision, late: stored, not current
+        ((4, 40, 1, 4_000, 12.0), 12.0), // same revision, issued later
+        ((5, 45, 1, 3_999, 15.0), 12.0), // same revision, issued earlier, newer seq: not current
+        ((6, 35, 1, 4_000, 13.0), 12.0), // same revision and time, lower seq: not current
+        ((7, 50, 1, 4_000, 14.0), 14.0), // same revision and time, higher seq
+        ((8, 60, 2, 500, 16.0), 16.0),   // a higher revision wins even issued earliest
+    ];
+    for ((id, seq, revision, issued, value), current_value) in arrivals {
+        let outcome = store
+            .ingest(vec![report(id, seq, revision, issued, value)])
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome[..], [StoreOutcome::Stored { .. }]),
+            "report {id}: {outcome:?}"
+        );
+        let ((v, v_rev), (t, t_rev)) = current(store).await;
+        assert_eq!(v, current_value, "value after report {id}");
+        assert_eq!(t, current_value / 10.0, "task update after report {id}");
+        assert_eq!(v_rev, t_rev);
+    }
+    // Every report's items are kept as evidence, once each.
+    let items = store.stored_items(PLAN).await.unwrap();
+    assert_eq!(items.len(), 2 * arrivals.len());
+    let values: Vec<(i64, f64)> = items
+        .iter()
+        .filter(|i| i.kind == "value")
+        .map(|i| (i.seq, i.value))
+        .collect();
+    let sent: Vec<(i64, f64)> = arrivals
+        .iter()
+        .map(|((_, seq, _, _, value), _)| (*seq as i64, *value))
+        .collect();
+    assert_eq!(values, sent);
+    assert!(
+        items
+            .iter()
+            .filter(|i| i.kind == "task_update")
+            .all(|i| i.subject == "2-3-2/m1")
+    );
+}
+
 async fn seq_gaps_are_counted<S: Store>(store: &S) {
     store
         .add_key(new_key(key().key_id(), "laoshan"))
@@ -483,6 +540,7 @@ macro_rules! postgres_cases {
 
 sqlite_cases!(
     stores_and_reads_back,
+    the_greatest_revision_issued_at_seq_wins_for_values_and_tasks,
     duplicates_store_nothing_new,
     same_id_other_bytes_is_a_conflict,
     reused_seq_is_a_replay,
@@ -495,6 +553,7 @@ sqlite_cases!(
 
 postgres_cases!(
     stores_and_reads_back,
+    the_greatest_revision_issued_at_seq_wins_for_values_and_tasks,
     duplicates_store_nothing_new,
     same_id_other_bytes_is_a_conflict,
     reused_seq_is_a_replay,

@@ -157,6 +157,10 @@ pub trait Store {
     async fn audit(&self, plan_id: &str) -> Result<Vec<AuditRow>, StoreError> {
         queries::audit(self.read_pool(), plan_id).await
     }
+    /// Every value and task update stored, with the report that carried it, in report order.
+    async fn stored_items(&self, plan_id: &str) -> Result<Vec<StoredItem>, StoreError> {
+        queries::stored_items(self.read_pool(), plan_id).await
+    }
     async fn envelope(
         &self,
         unit_id: &str,

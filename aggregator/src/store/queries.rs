@@ -188,6 +188,37 @@ pub(super) async fn audit(pool: &AnyPool, plan_id: &str) -> Result<Vec<AuditRow>
         .collect()
 }
 
+pub(super) async fn stored_items(
+    pool: &AnyPool,
+    plan_id: &str,
+) -> Result<Vec<StoredItem>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT r.report_pk AS report_pk, r.unit_id AS unit_id, r.seq AS seq, r.revision AS revision, 'value' AS kind, h.indicator_id AS subject, h.period, h.value \
+         FROM value_history h JOIN reports r ON r.report_pk = h.report_pk WHERE h.plan_id = $1 \
+         UNION ALL \
+         SELECT r.report_pk, r.unit_id, r.seq, r.revision, 'task_update' AS kind, h.task_id || '/' || h.milestone_id AS subject, h.period, h.percent AS value \
+         FROM task_history h JOIN reports r ON r.report_pk = h.report_pk WHERE h.plan_id = $1 \
+         ORDER BY 1, 5, 6",
+    )
+    .bind(plan_id.to_owned())
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredItem {
+                report_pk: row.try_get("report_pk")?,
+                unit_id: row.try_get("unit_id")?,
+                seq: row.try_get("seq")?,
+                revision: row.try_get("revision")?,
+                kind: row.try_get("kind")?,
+                subject: row.try_get("subject")?,
+                period: row.try_get("period")?,
+                value: row.try_get("value")?,
+            })
+        })
+        .collect()
+}
+
 pub(super) async fn envelope(
     pool: &AnyPool,
     unit_id: &str,

@@ -146,6 +146,23 @@ pub struct TaskRow {
     pub first_received_at_ms: i64,
 }
 
+/// One value or task update as stored with its report (current or not): the evidence of what
+/// each report carried.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredItem {
+    pub report_pk: i64,
+    pub unit_id: String,
+    pub seq: i64,
+    pub revision: i64,
+    /// `value` or `task_update`.
+    pub kind: String,
+    /// The indicator id, or `task/milestone`.
+    pub subject: String,
+    pub period: String,
+    /// The value, or the task update's percent.
+    pub value: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditRow {
     pub at_ms: i64,
