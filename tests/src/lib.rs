@@ -493,3 +493,103 @@ impl AggregatorProcess {
         Self::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 }
+
+/// A TCP relay between a client and a server that can hold what flows either way, to stop a
+/// process at a chosen point of the protocol: with the requests held, the client has sent
+/// (and committed to its outbox) what the server has not seen; with the answers held, the
+/// server has committed what the client does not know of yet.
+pub struct Relay {
+    pub addr: SocketAddr,
+    requests: Arc<Valve>,
+    answers: Arc<Valve>,
+}
+
+#[derive(Default)]
+struct Valve {
+    held: Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl Valve {
+    fn set(&self, held: bool) {
+        *self.held.lock().unwrap() = held;
+        self.changed.notify_all();
+    }
+
+    fn wait_open(&self) {
+        let mut held = self.held.lock().unwrap();
+        while *held {
+            held = self.changed.wait(held).unwrap();
+        }
+    }
+}
+
+impl Relay {
+    pub fn start(upstream: SocketAddr) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests: Arc<Valve> = Arc::default();
+        let answers: Arc<Valve> = Arc::default();
+        let (req, ans) = (requests.clone(), answers.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    continue;
+                };
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    req.clone(),
+                );
+                pump(server, client, ans.clone());
+            }
+        });
+        Relay {
+            addr,
+            requests,
+            answers,
+        }
+    }
+
+    /// Holds (or lets through) what clients send.
+    pub fn hold_requests(&self, hold: bool) {
+        self.requests.set(hold);
+    }
+
+    /// Holds (or lets through) what the server answers.
+    pub fn hold_answers(&self, hold: bool) {
+        self.answers.set(hold);
+    }
+}
+
+fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, valve: Arc<Valve>) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            valve.wait_open();
+            if to.write_all(&buffer[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+/// Every value and task update the aggregator at `database_url` stored, with its report.
+pub fn stored_items(database_url: &str) -> Vec<duban_aggregator::store::StoredItem> {
+    use duban_aggregator::store::{AnyStore, Store};
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let store = AnyStore::open_read_only(database_url).await.unwrap();
+            store.stored_items("qingdao-ip-2017").await.unwrap()
+        })
+}

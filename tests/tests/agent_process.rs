@@ -310,17 +310,53 @@ fn a_backlog_built_while_the_aggregator_is_down_arrives_whole_and_in_seq_order()
     );
 }
 
+/// How many `collected` lines of the daemon's log say it stored reports.
+fn collections_with_reports(agent: &AgentSetup) -> usize {
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("collected") && l.contains("reports=") && !l.contains("reports=0"))
+        .count()
+}
+
+/// SIGKILLs of the agent daemon, aimed at the moments where a report could be lost or stored
+/// twice, and at random ones (the seed is printed; `DUBAN_TEST_SEED=<seed>` replays a run):
+///
+/// - after the outbox commit, before the centre has seen the report (the relay holds the
+///   agent's requests);
+/// - between the centre's commit and the agent's delete (the relay holds the centre's answers
+///   until the report is stored, then the agent is killed).
+///
+/// Afterwards every committed report is stored, and no value is stored under two reports
+/// (which an agent re-signing the same items under a new seq would do).
 #[test]
-fn sigkill_at_random_points_loses_nothing_and_stores_nothing_twice() {
+fn sigkills_aimed_at_the_dangerous_moments_lose_nothing_and_store_nothing_twice() {
+    let seed: u64 = std::env::var("DUBAN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("seed {seed} (DUBAN_TEST_SEED={seed} replays the random kills)");
+    let mut rng_state = seed;
+    let mut random = move |n: u64| {
+        rng_state = rng_state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng_state >> 33) % n
+    };
     let w = world();
-    let _aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
+    let aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
+    let relay = duban_e2e::Relay::start(aggregator.grpc);
     let csv = w.root.path().join("pct.csv");
-    let endpoint = format!("http://{}", _aggregator.grpc);
     let agent = AgentSetup::new(
         w.root.path(),
         &w.url,
         "laoshan",
-        &endpoint,
+        &format!("http://{}", relay.addr),
         &format!(
             "[[source]]\nname = \"pct\"\nkind = \"csv\"\npath = \"{}\"\nevery = \"1s\"\n",
             csv.display()
@@ -329,43 +365,106 @@ fn sigkill_at_random_points_loses_nothing_and_stores_nothing_twice() {
     let quarters = [
         "2018Q1", "2018Q2", "2018Q3", "2018Q4", "2019Q1", "2019Q2", "2019Q3", "2019Q4",
     ];
-    let mut rng_state = std::process::id() as u64;
-    let mut random = move |n: u64| {
-        rng_state = rng_state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (rng_state >> 33) % n
-    };
-    for round in 0..6 {
+    let stored = || stored_reports(&w.url).len();
+    let waiting = || agent.outbox_stats()["reports"].as_i64().unwrap();
+    let (mut after_outbox, mut after_centre) = (0, 0);
+    let rounds = 9;
+    for round in 0..rounds {
         let mut text = String::from("indicator,period,value\n");
         for (i, q) in quarters.iter().enumerate() {
             text.push_str(&format!("pct-applications,{q},{}\n", round * 100 + i));
         }
         std::fs::write(&csv, text).unwrap();
-        let mut daemon = agent.spawn_daemon(&[]);
-        std::thread::sleep(Duration::from_millis(200 + random(1800)));
-        daemon.kill().unwrap(); // SIGKILL, wherever it is
-        daemon.wait().unwrap();
+        let collections = collections_with_reports(&agent);
+        let before = stored();
+        match round % 3 {
+            // At random: the first round also lets the outbox learn its seqs from the centre.
+            0 => {
+                let mut daemon = agent.spawn_daemon(&[]);
+                std::thread::sleep(Duration::from_millis(200 + random(1800)));
+                daemon.kill().unwrap();
+                daemon.wait().unwrap();
+            }
+            // After the outbox commit, before the centre has seen anything.
+            1 => {
+                relay.hold_requests(true);
+                let mut daemon = agent.spawn_daemon(&[]);
+                wait_until(
+                    Duration::from_secs(30),
+                    "a collection that stored reports",
+                    || collections_with_reports(&agent) > collections,
+                );
+                daemon.kill().unwrap();
+                daemon.wait().unwrap();
+                if waiting() > 0 && stored() == before {
+                    after_outbox += 1;
+                }
+                relay.hold_requests(false);
+            }
+            // Between the centre's commit and the agent's delete. The held answers include the
+            // Hello's: the agent waits its timeout for it, then sends the batch anyway.
+            _ => {
+                relay.hold_answers(true);
+                let mut daemon = agent.spawn_daemon(&[]);
+                wait_until(
+                    Duration::from_secs(60),
+                    "the centre to store a report",
+                    || stored() > before,
+                );
+                daemon.kill().unwrap();
+                daemon.wait().unwrap();
+                if waiting() > 0 {
+                    after_centre += 1;
+                }
+                relay.hold_answers(false);
+            }
+        }
     }
-    // Let a final run deliver whatever the kills left in the outbox.
+    eprintln!(
+        "{rounds} kills: {after_outbox} after the outbox commit, {after_centre} between the centre's commit and the agent's delete"
+    );
+    assert_eq!(
+        after_outbox,
+        rounds / 3,
+        "kills that landed after the outbox commit"
+    );
+    assert_eq!(
+        after_centre,
+        rounds / 3,
+        "kills that landed between the centre's commit and the agent's delete"
+    );
+
+    // A final run delivers whatever the kills left in the outbox.
     ok(agent.run(&["collect", "--once"]));
+    assert_eq!(waiting(), 0);
     let committed = agent.outbox_stats()["next_seq"].as_i64().unwrap() - 1;
-    let seqs: Vec<i64> = stored_reports(&w.url)
+    let seqs: BTreeSet<i64> = stored_reports(&w.url)
         .iter()
         .map(|r| r["seq"].as_i64().unwrap())
         .collect();
-    let unique: BTreeSet<i64> = seqs.iter().copied().collect();
-    assert_eq!(unique.len(), seqs.len(), "a report was stored twice");
     assert_eq!(
-        unique,
+        seqs,
         (1..=committed).collect::<BTreeSet<_>>(),
         "every report the outbox committed arrived"
+    );
+    let mut carried: std::collections::BTreeMap<(String, String, u64), Vec<i64>> =
+        Default::default();
+    for item in duban_e2e::stored_items(&w.url) {
+        carried
+            .entry((item.subject, item.period, item.value.to_bits()))
+            .or_default()
+            .push(item.seq);
+    }
+    let twice: Vec<_> = carried.iter().filter(|(_, seqs)| seqs.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "values stored under two reports: {twice:?}"
     );
     let values = current_values(&w.url);
     for (i, q) in quarters.iter().enumerate() {
         assert_eq!(
             value_of(&values, "pct-applications", "laoshan", q),
-            Some((500 + i) as f64),
+            Some(((rounds - 1) * 100 + i) as f64),
             "{q}"
         );
     }
