@@ -121,6 +121,11 @@ impl AggregatorProcess {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{signal} failed");
+        self.wait_exit(limit)
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -128,7 +133,7 @@ impl AggregatorProcess {
             }
             assert!(
                 Instant::now() < deadline,
-                "the aggregator did not exit within {limit:?} after SIG{signal}:\n{}",
+                "the aggregator did not exit within {limit:?}:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -582,14 +587,20 @@ fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, valve: Arc<V
 }
 
 /// Every value and task update the aggregator at `database_url` stored, with its report.
+/// Runs on a thread of its own, so that async tests may call it too.
 pub fn stored_items(database_url: &str) -> Vec<duban_aggregator::store::StoredItem> {
     use duban_aggregator::store::{AnyStore, Store};
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let store = AnyStore::open_read_only(database_url).await.unwrap();
-            store.stored_items("qingdao-ip-2017").await.unwrap()
-        })
+    let url = database_url.to_owned();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let store = AnyStore::open_read_only(&url).await.unwrap();
+                store.stored_items("qingdao-ip-2017").await.unwrap()
+            })
+    })
+    .join()
+    .expect("reading the stored items")
 }

@@ -1,7 +1,8 @@
 //! The aggregator as a real process: killed with SIGKILL mid-stream it loses nothing it
-//! acknowledged and stores nothing twice; on SIGTERM it drains and exits cleanly.
+//! acknowledged and stores nothing twice; on SIGTERM it says NOT_SERVING, finishes the calls in
+//! flight and exits cleanly.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -162,10 +163,10 @@ async fn sigkill_mid_stream_loses_no_acknowledged_report_and_stores_none_twice()
         "the kill came after everything was sent; nothing was tested"
     );
 
-    // Everything acknowledged is on disk, exactly once.
+    // Everything acknowledged is on disk, and no value under two reports.
     let stored = stored_report_ids(&setup.url);
     let unique: HashSet<&String> = stored.iter().collect();
-    assert_eq!(unique.len(), stored.len(), "a report is stored twice");
+    assert_values_stored_once(&setup.url);
     for i in &acked {
         let id = format!("{:032x}", *i as u128 + 1);
         assert!(unique.contains(&id), "acknowledged report {i} was lost");
@@ -204,27 +205,153 @@ async fn sigkill_mid_stream_loses_no_acknowledged_report_and_stores_none_twice()
     assert_eq!(stored.iter().collect::<HashSet<_>>().len(), REPORTS);
 }
 
+/// Each report of [`reports`] carries its own value: none may be stored under two reports.
+fn assert_values_stored_once(url: &str) {
+    let mut seen: HashMap<u64, i64> = HashMap::new();
+    for item in duban_e2e::stored_items(url) {
+        if let Some(first) = seen.insert(item.value.to_bits(), item.seq) {
+            panic!(
+                "value {} stored under seq {first} and seq {}",
+                item.value, item.seq
+            );
+        }
+    }
+}
+
+/// Holds the SQLite write lock of a database from another process until dropped, so that the
+/// aggregator's commits wait (its busy timeout is 10 s).
+struct WriteLock(std::process::Child);
+
+impl WriteLock {
+    fn take(url: &str) -> Self {
+        use std::io::BufRead;
+        let path = url.trim_start_matches("sqlite://");
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                 c.execute('BEGIN IMMEDIATE')\n\
+                 print('locked', flush=True)\n\
+                 sys.stdin.readline()\n\
+                 c.execute('ROLLBACK')",
+                path,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        WriteLock(child)
+    }
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        use std::io::Write;
+        if let Some(stdin) = self.0.stdin.as_mut() {
+            let _ = stdin.write_all(b"release\n");
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// SIGTERM with calls in flight: health turns NOT_SERVING at once (seen on a Watch stream
+/// opened before), the calls in flight finish during the drain and are acknowledged, calls
+/// sent during the drain are acknowledged or refused, never lost once acknowledged, and the
+/// process exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_exits_cleanly() {
+async fn sigterm_finishes_the_calls_in_flight_and_health_says_not_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let setup = setup();
     let mut server = AggregatorProcess::start(&[
         "--database-url",
         &setup.url,
         "--insecure-plaintext",
         "--shutdown-grace-seconds",
-        "5",
+        "30",
     ]);
-    let mut client = client(server.grpc).await;
-    let result = client
-        .submit(reports(&setup.key)[0].clone())
+    let all = reports(&setup.key);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: "duban.report.v1.ReportService".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(result.outcome(), pb::Outcome::Accepted);
-    let status = server.signal_and_wait("TERM", Duration::from_secs(15));
-    assert!(status.success(), "exit status {status}:\n{}", server.log());
-    assert!(server.log().contains("drained"), "{}", server.log());
-    assert_eq!(stored_report_ids(&setup.url).len(), 1);
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+
+    let lock = WriteLock::take(&setup.url);
+    let acked: Arc<Mutex<HashSet<usize>>> = Arc::default();
+    let send = |i: usize| {
+        let (report, acked, channel) = (all[i].clone(), acked.clone(), channel.clone());
+        tokio::spawn(async move {
+            let result = ReportServiceClient::new(channel).submit(report).await;
+            if let Ok(response) = &result {
+                assert_eq!(response.get_ref().outcome(), pb::Outcome::Accepted);
+                acked.lock().unwrap().insert(i);
+            }
+            result.is_ok()
+        })
+    };
+    let in_flight: Vec<_> = (0..8).map(send).collect();
+    let http = server.http.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !duban_e2e::http_get(&http, "/metrics").contains("duban_requests_in_flight 8") {
+        assert!(Instant::now() < deadline, "the calls did not get in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("health changes within 10 s of SIGTERM")
+        .unwrap()
+        .unwrap()
+        .status();
+    assert_eq!(status, ServingStatus::NotServing);
+    drop(watch);
+    // Sent during the drain: acknowledged (and then stored) or refused, as the server decides.
+    let during: Vec<_> = (8..12).map(send).collect();
+    drop(lock);
+    for call in in_flight {
+        assert!(call.await.unwrap(), "a call in flight at SIGTERM failed");
+    }
+    for call in during {
+        call.await.unwrap();
+    }
+    let exit = server.wait_exit(Duration::from_secs(30));
+    assert!(exit.success(), "exit status {exit}:\n{}", server.log());
+    assert!(
+        server.log().contains("drained; exiting"),
+        "{}",
+        server.log()
+    );
+    let stored: HashSet<String> = stored_report_ids(&setup.url).into_iter().collect();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 8);
+    for i in &acked {
+        let id = format!("{:032x}", *i as u128 + 1);
+        assert!(stored.contains(&id), "acknowledged report {i} was lost");
+    }
+    assert_values_stored_once(&setup.url);
 }
 
 #[test]
