@@ -1,5 +1,6 @@
 //! Property tests of the envelope: sign then verify succeeds; any single flipped byte in the
-//! payload type, payload or signature fails; arbitrary input to verify never panics.
+//! payload type, payload or signature is refused with the reason that names it; arbitrary
+//! input is refused for the first rule of PROTOCOL.md it breaks, never with a panic.
 
 use duban_proto::envelope::{self, VerifyError};
 use duban_proto::{SigningKey, pb};
@@ -80,22 +81,39 @@ proptest! {
         }
         let result = envelope::verify(&signed, key.public_key());
         prop_assert!(result.is_err(), "field {} flipped yet verified", field);
-        if field != 0 {
-            prop_assert_eq!(result.unwrap_err(), VerifyError::BadSignature);
+        match (field, result.unwrap_err()) {
+            (0, VerifyError::WrongPayloadType { .. }) | (1 | 2, VerifyError::BadSignature) => {}
+            (field, other) => prop_assert!(false, "field {} flipped: refused as {:?}", field, other),
         }
     }
 
     #[test]
-    fn arbitrary_envelopes_never_panic(
+    fn arbitrary_envelopes_are_refused_for_the_first_rule_they_break(
         payload in proptest::collection::vec(any::<u8>(), 0..512),
-        payload_type in ".{0,200}",
-        key_id in proptest::collection::vec(any::<u8>(), 0..40),
-        signature in proptest::collection::vec(any::<u8>(), 0..80),
+        payload_type in prop_oneof![Just(envelope::PAYLOAD_TYPE.to_owned()), ".{0,200}"],
+        key_id in prop_oneof![Just(key().key_id().as_bytes().to_vec()), proptest::collection::vec(any::<u8>(), 0..40)],
+        signature in prop_oneof![proptest::collection::vec(any::<u8>(), 64), proptest::collection::vec(any::<u8>(), 0..80)],
     ) {
         let key = key();
         let signed = pb::SignedReport { payload, payload_type, key_id, signature };
-        let _ = envelope::verify(&signed, key.public_key());
-        let _ = envelope::precheck(&signed);
+        // PROTOCOL.md's order: size caps, payload type, the key, the signature, then decoding.
+        let expected = if signed.payload_type.len() > 128 {
+            "PayloadTypeTooLong"
+        } else if signed.key_id.len() != 32 {
+            "BadKeyIdLength"
+        } else if signed.signature.len() != 64 {
+            "BadSignatureLength"
+        } else if signed.payload_type != envelope::PAYLOAD_TYPE {
+            "WrongPayloadType"
+        } else if signed.key_id != key.key_id().as_bytes() {
+            "KeyIdMismatch"
+        } else {
+            "BadSignature"
+        };
+        let got = envelope::verify(&signed, key.public_key())
+            .expect_err("random bytes never carry a valid signature");
+        let name = format!("{got:?}");
+        prop_assert!(name.starts_with(expected), "expected {}, refused as {}", expected, name);
         let _ = envelope::decode_payload(&signed);
     }
 
