@@ -47,6 +47,10 @@ struct Args {
     /// Plain progress lines even on a terminal (they are the default when output is not one).
     #[arg(long)]
     plain: bool,
+    /// Also send every alert to this webhook (Alertmanager's webhook format), as the units'
+    /// inboxes get them; repeat for several.
+    #[arg(long, value_name = "URL")]
+    webhook: Vec<String>,
 }
 
 fn parse_speed(text: &str) -> Result<f64, String> {
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         http_listen: args.http_listen,
         keep_serving: args.keep_serving,
         plain: args.plain,
+        webhooks: args.webhook,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -54,6 +54,8 @@ pub struct Options {
     pub http_listen: SocketAddr,
     pub keep_serving: bool,
     pub plain: bool,
+    /// Further webhooks (Alertmanager's webhook format) that get every alert the units get.
+    pub webhooks: Vec<String>,
 }
 
 /// One alert notification as a unit's inbox received it.
@@ -243,7 +245,12 @@ impl DemoAgent {
 }
 
 /// The alert evaluation the demo runs once per simulated day, sending to the inboxes.
-fn evaluator(shared: &Shared, store: AnyStore, webhook: String, http: SocketAddr) -> Evaluator {
+fn evaluator(
+    shared: &Shared,
+    store: AnyStore,
+    webhooks: Vec<String>,
+    http: SocketAddr,
+) -> Evaluator {
     let metrics = duban_aggregator::metrics::Metrics::new(store.backend());
     Evaluator {
         plan: shared.plan.clone(),
@@ -253,7 +260,7 @@ fn evaluator(shared: &Shared, store: AnyStore, webhook: String, http: SocketAddr
         notifier: duban_aggregator::notify::Notifier::new(
             duban_aggregator::notify::Sinks {
                 alertmanagers: Vec::new(),
-                webhooks: vec![webhook],
+                webhooks,
             },
             metrics.alert_notifications.clone(),
             format!("http://{http}"),
@@ -513,7 +520,9 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     let mut evaluator = evaluator(
         &shared,
         aggregator.as_ref().expect("started").store.clone(),
-        webhook,
+        std::iter::once(webhook)
+            .chain(options.webhooks.iter().cloned())
+            .collect(),
         http,
     );
 

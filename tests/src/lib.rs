@@ -235,6 +235,27 @@ impl AgentSetup {
             .expect("start duban-agent")
     }
 
+    /// Where the daemon serves /metrics (configured as `127.0.0.1:0`), from its log.
+    pub fn metrics_address(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if let Some(address) = log
+                .lines()
+                .find(|l| l.contains("serving /metrics"))
+                .and_then(|l| l.split("metrics=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                return address.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon does not serve /metrics after 30 s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("daemon.log")
     }
@@ -320,15 +341,6 @@ pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bo
     }
 }
 
-/// A TCP port that was free a moment ago (for programs that cannot report the port they got).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A background program (Prometheus, Alertmanager) killed when dropped; its output is kept.
 pub struct Background {
     child: Child,
@@ -369,6 +381,17 @@ impl Background {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The address the program logged as `msg="Listening on" address=HOST:PORT`, as Prometheus
+    /// and Alertmanager do: started with port 0, the port the system gave it.
+    pub fn listening_on(&self) -> String {
+        let log = self.log();
+        log.lines()
+            .filter(|l| l.contains("Listening on"))
+            .find_map(|l| l.split("address=").nth(1))
+            .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
+            .unwrap_or_else(|| panic!("no \"Listening on\" line in:\n{log}"))
     }
 }
 
@@ -507,6 +530,7 @@ pub struct Relay {
     pub addr: SocketAddr,
     requests: Arc<Valve>,
     answers: Arc<Valve>,
+    upstream: Arc<Mutex<Option<SocketAddr>>>,
 }
 
 #[derive(Default)]
@@ -531,14 +555,27 @@ impl Valve {
 
 impl Relay {
     pub fn start(upstream: SocketAddr) -> Self {
+        let relay = Self::to_nowhere();
+        relay.connect_to(upstream);
+        relay
+    }
+
+    /// A relay with no server behind it yet: connections are accepted and closed at once, as
+    /// if the server were down. [`Relay::connect_to`] puts one behind it; the address clients
+    /// use stays the same, so nothing has to bind a port another process may have taken.
+    pub fn to_nowhere() -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests: Arc<Valve> = Arc::default();
         let answers: Arc<Valve> = Arc::default();
-        let (req, ans) = (requests.clone(), answers.clone());
+        let upstream: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let (req, ans, target) = (requests.clone(), answers.clone(), upstream.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
+                let Some(upstream) = *target.lock().unwrap() else {
+                    continue; // dropped: closed at once
+                };
                 let Ok(server) = std::net::TcpStream::connect(upstream) else {
                     continue;
                 };
@@ -554,7 +591,13 @@ impl Relay {
             addr,
             requests,
             answers,
+            upstream,
         }
+    }
+
+    /// Relays new connections to `upstream`.
+    pub fn connect_to(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap() = Some(upstream);
     }
 
     /// Holds (or lets through) what clients send.
@@ -603,4 +646,49 @@ pub fn stored_items(database_url: &str) -> Vec<duban_aggregator::store::StoredIt
     })
     .join()
     .expect("reading the stored items")
+}
+
+/// An HTTP endpoint, on a thread of its own, that records every JSON body POSTed to it (a
+/// webhook receiver). Usable from synchronous and async tests alike.
+pub struct WebhookRecorder {
+    pub url: String,
+    received: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl WebhookRecorder {
+    pub fn start() -> Self {
+        let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let sink = received.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let app = axum::Router::new().fallback(axum::routing::post(
+                    move |axum::Json(body): axum::Json<serde_json::Value>| {
+                        let sink = sink.clone();
+                        async move {
+                            sink.lock().unwrap().push(body);
+                            "ok"
+                        }
+                    },
+                ));
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        let addr = rx.recv().expect("the recorder listens");
+        WebhookRecorder {
+            url: format!("http://{addr}/hook"),
+            received,
+        }
+    }
+
+    /// Every body received so far, oldest first.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        self.received.lock().unwrap().clone()
+    }
 }

@@ -239,9 +239,9 @@ every = "1h"
 #[test]
 fn a_backlog_built_while_the_aggregator_is_down_arrives_whole_and_in_seq_order() {
     let w = world();
-    let aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
-    let grpc = aggregator.grpc;
-    drop(aggregator); // down
+    // The aggregator is down: the agent's endpoint is a relay with nothing behind it yet.
+    let relay = duban_e2e::Relay::to_nowhere();
+    let grpc = relay.addr;
     let csv = w.root.path().join("pct.csv");
     let quarters = [
         "2017Q3", "2017Q4", "2018Q1", "2018Q2", "2018Q3", "2018Q4", "2019Q1", "2019Q2", "2019Q3",
@@ -275,13 +275,8 @@ fn a_backlog_built_while_the_aggregator_is_down_arrives_whole_and_in_seq_order()
     agent.run(&["collect", "--once", "--send-for", "1s"]);
     assert_eq!(agent.outbox_stats()["reports"], 24);
 
-    let _aggregator = AggregatorProcess::start(&[
-        "--database-url",
-        &w.url,
-        "--insecure-plaintext",
-        "--grpc-listen",
-        &grpc.to_string(),
-    ]);
+    let _aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
+    relay.connect_to(_aggregator.grpc);
     let mut daemon = agent.spawn_daemon(&[]);
     wait_until(Duration::from_secs(90), "the backlog to arrive", || {
         stored_reports(&w.url).len() == 24
@@ -599,9 +594,9 @@ fn a_corrupt_outbox_is_moved_aside_and_a_fresh_one_started() {
 #[test]
 fn sigterm_drains_the_outbox_and_exits() {
     let w = world();
-    let aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
-    let grpc = aggregator.grpc;
-    drop(aggregator);
+    // The aggregator is down: the agent's endpoint is a relay with nothing behind it yet.
+    let relay = duban_e2e::Relay::to_nowhere();
+    let grpc = relay.addr;
     let agent = AgentSetup::new(
         w.root.path(),
         &w.url,
@@ -627,13 +622,8 @@ fn sigterm_drains_the_outbox_and_exits() {
     wait_until(Duration::from_secs(30), "the agent to run", || {
         agent.log().contains("agent running")
     });
-    let _aggregator = AggregatorProcess::start(&[
-        "--database-url",
-        &w.url,
-        "--insecure-plaintext",
-        "--grpc-listen",
-        &grpc.to_string(),
-    ]);
+    let _aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
+    relay.connect_to(_aggregator.grpc);
     let status = std::process::Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
         .status()

@@ -65,11 +65,100 @@ fn assert_all_checks_passed(dir: &std::path::Path, stdout: &str) {
     assert!(stdout.contains("demo OK"), "{stdout}");
 }
 
+/// The summary's figures, checked against what others saw: the reports and indicator values
+/// in the aggregator's database (read by `duban-aggregator`), and the alerts a webhook of the
+/// test's own received.
+fn figures_agree_with_the_database_and_the_webhook(
+    dir: &std::path::Path,
+    webhook: &duban_e2e::WebhookRecorder,
+    as_of: &str,
+) {
+    use std::collections::BTreeMap;
+    let summary = summary(dir);
+    let url = format!("sqlite://{}", dir.join("aggregator/duban.db").display());
+    assert_eq!(
+        summary["reports_stored"].as_u64().unwrap() as usize,
+        duban_e2e::stored_reports(&url).len(),
+        "reports stored, by the summary and in the database"
+    );
+    let status = duban_e2e::ok(duban_e2e::run(
+        &binary("duban-aggregator"),
+        &["status", "--database-url", &url, "--as-of", as_of, "--json"],
+    ));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let in_database: BTreeMap<String, serde_json::Value> = status["progress"]["indicators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["indicator"].as_str().unwrap().to_owned(),
+                i["value"].clone(),
+            )
+        })
+        .collect();
+    let in_summary: BTreeMap<String, serde_json::Value> = summary["indicators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["indicator"].as_str().unwrap().to_owned(),
+                i["value"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(in_summary, in_database, "indicator values");
+
+    let mut fired: BTreeMap<String, u64> = BTreeMap::new();
+    let mut resolved: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_recipient: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for message in webhook.received() {
+        for alert in message["alerts"].as_array().unwrap() {
+            let name = alert["labels"]["alertname"].as_str().unwrap().to_owned();
+            if alert["status"] == "firing" {
+                *fired.entry(name.clone()).or_default() += 1;
+                *by_recipient
+                    .entry(alert["labels"]["recipient"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .entry(name)
+                    .or_default() += 1;
+            } else {
+                *resolved.entry(name).or_default() += 1;
+            }
+        }
+    }
+    let counts = |v: &serde_json::Value| -> BTreeMap<String, u64> {
+        v.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    };
+    assert!(!fired.is_empty(), "the webhook received no alert");
+    assert_eq!(counts(&summary["alerts_fired"]), fired, "alerts fired");
+    assert_eq!(
+        counts(&summary["alerts_resolved"]),
+        resolved,
+        "alerts resolved"
+    );
+    let summary_by_recipient: BTreeMap<String, BTreeMap<String, u64>> =
+        summary["alerts_by_recipient"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(unit, kinds)| (unit.clone(), counts(kinds)))
+            .collect();
+    assert_eq!(summary_by_recipient, by_recipient, "alerts by recipient");
+}
+
 #[test]
 fn the_demo_runs_every_hard_part_and_its_summary_checks_pass_twice_in_one_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let first = demo(&dir, "2018-06-30", &[]);
+    let webhook = duban_e2e::WebhookRecorder::start();
+    let first = demo(&dir, "2018-06-30", &["--webhook", &webhook.url]);
     let stdout = String::from_utf8_lossy(&first.stdout).into_owned();
     assert!(
         first.status.success(),
@@ -77,6 +166,7 @@ fn the_demo_runs_every_hard_part_and_its_summary_checks_pass_twice_in_one_direct
         first.status,
         String::from_utf8_lossy(&first.stderr)
     );
+    figures_agree_with_the_database_and_the_webhook(&dir, &webhook, "2018-07-01");
     // Plain lines (no terminal): the monthly status lines, alerts with their recipient (a due
     // soon reminder to the unit that owes the report included) and resolutions, events.
     assert!(stdout.contains("2018-01-01 | aggregator"), "{stdout}");
@@ -198,7 +288,6 @@ fn bad_flags_and_a_foreign_directory_get_clear_errors() {
 #[test]
 fn keep_serving_leaves_metrics_up_until_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
-    let http = duban_e2e::free_port();
     let args: Vec<String> = [
         "--dir",
         tmp.path().join("demo").to_str().unwrap(),
@@ -209,7 +298,7 @@ fn keep_serving_leaves_metrics_up_until_sigterm() {
         "--grpc-listen",
         "127.0.0.1:0",
         "--http-listen",
-        &format!("127.0.0.1:{http}"),
+        "127.0.0.1:0",
         "--keep-serving",
     ]
     .iter()
@@ -227,15 +316,23 @@ fn keep_serving_leaves_metrics_up_until_sigterm() {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if line.contains("still serving") {
-                let _ = tx.send(());
+                // "… metrics http://127.0.0.1:PORT/metrics …": the port the system gave it.
+                let address = line
+                    .split("metrics http://")
+                    .nth(1)
+                    .and_then(|rest| rest.split('/').next())
+                    .map(str::to_owned);
+                let _ = tx.send(address);
             }
             sink.lock().unwrap().push_str(&(line + "\n"));
         }
     });
     let mut guard = KillOnDrop(child);
-    rx.recv_timeout(Duration::from_secs(120))
-        .expect("the demo says it is still serving");
-    let body = http_get(&format!("127.0.0.1:{http}"), "/metrics");
+    let http = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the demo says it is still serving")
+        .expect("and where it serves /metrics");
+    let body = http_get(&http, "/metrics");
     assert!(body.contains("duban_reports_accepted_total"), "{body}");
     assert!(body.contains("duban_indicator_expected"), "{body}");
     let pid = guard.0.id().to_string();

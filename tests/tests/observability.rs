@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use duban_aggregator::clock::{Clock, ManualClock};
 use duban_aggregator::serve::{AlertSettings, Serve};
 use duban_aggregator::store::{AnyStore, NewKey, Store};
-use duban_e2e::{AgentSetup, Background, free_port, require_program, wait_until};
+use duban_e2e::{AgentSetup, Background, require_program};
 use duban_proto::{SigningKey, pb};
 use serde_json::Value;
 
@@ -154,17 +154,17 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
         .replace("group_interval: 5m", "group_interval: 1s")
         .replace("repeat_interval: 12h", "repeat_interval: 1h");
     std::fs::write(dir.path().join("alertmanager.yml"), config).unwrap();
-    let am_port = free_port();
     let am_args: Vec<String> = vec![
         format!(
             "--config.file={}",
             dir.path().join("alertmanager.yml").display()
         ),
         format!("--storage.path={}", dir.path().join("am").display()),
-        format!("--web.listen-address=127.0.0.1:{am_port}"),
+        "--web.listen-address=127.0.0.1:0".into(),
         "--cluster.listen-address=".into(),
     ];
-    let alertmanager = Background::start("prometheus-alertmanager", &am_args, "Listening");
+    let alertmanager = Background::start("prometheus-alertmanager", &am_args, "Listening on");
+    let am_addr = alertmanager.listening_on();
 
     // The aggregator in-process on a simulated clock: 2018-08-01.
     let url = format!("sqlite://{}", dir.path().join("duban.db").display());
@@ -187,7 +187,7 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
     let mut alerts = AlertSettings {
         sinks: duban_aggregator::notify::Sinks {
-            alertmanagers: vec![format!("http://127.0.0.1:{am_port}")],
+            alertmanagers: vec![format!("http://{am_addr}")],
             webhooks: vec![],
         },
         evaluate_every: Duration::from_millis(300),
@@ -219,11 +219,10 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
         &format!("http://{grpc_addr}"),
         "",
     );
-    let agent_metrics = free_port();
     let text = std::fs::read_to_string(&agent.config).unwrap();
     std::fs::write(
         &agent.config,
-        format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{agent_metrics}\"\n"),
+        format!("{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
     )
     .unwrap();
     let out = agent.run(&[
@@ -241,15 +240,12 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
         String::from_utf8_lossy(&out.stderr)
     );
     let mut daemon = agent.spawn_daemon(&[]);
-    wait_until(Duration::from_secs(30), "the agent's /metrics", || {
-        agent.log().contains("serving /metrics")
-    });
+    let agent_metrics = agent.metrics_address();
 
     // Prometheus scraping both every second.
-    let prom_port = free_port();
     std::fs::write(
         dir.path().join("prometheus.yml"),
-        format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: duban-aggregator\n    static_configs:\n      - targets: ['{http_addr}']\n  - job_name: duban-agent\n    static_configs:\n      - targets: ['127.0.0.1:{agent_metrics}']\n"),
+        format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: duban-aggregator\n    static_configs:\n      - targets: ['{http_addr}']\n  - job_name: duban-agent\n    static_configs:\n      - targets: ['{agent_metrics}']\n"),
     )
     .unwrap();
     let prom_args: Vec<String> = vec![
@@ -258,13 +254,14 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
             dir.path().join("prometheus.yml").display()
         ),
         format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
-        format!("--web.listen-address=127.0.0.1:{prom_port}"),
+        "--web.listen-address=127.0.0.1:0".into(),
     ];
     let prometheus = Background::start(
         "prometheus",
         &prom_args,
         "Server is ready to receive web requests",
     );
+    let prom_addr = prometheus.listening_on();
 
     // A milestone of 二(一)4 (lead 市科技局) closed on 2018-06-30 without an update, and laoshan's
     // 2018Q1 PCT figure (due 2018-04-30) never came: both reach 市科技局 (unit-science-tech),
@@ -298,10 +295,10 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
     // Every dashboard expression answers with data.
     let client = reqwest::Client::new();
     let query = |expr: String| {
-        let client = client.clone();
+        let (client, prom_addr) = (client.clone(), prom_addr.clone());
         async move {
             let url = reqwest::Url::parse_with_params(
-                &format!("http://127.0.0.1:{prom_port}/api/v1/query"),
+                &format!("http://{prom_addr}/api/v1/query"),
                 &[("query", expr.as_str())],
             )
             .unwrap();
@@ -375,26 +372,33 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
         "{}",
         result.message
     );
-    // Rates need two samples of every counter, and the gap a scrape after the report.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every dashboard expression answers with data once Prometheus has scraped enough (rates
+    // need two samples of every counter, the gap a scrape after the report): wait for that.
     let queries = dashboard_queries();
     assert!(queries.len() > 20, "{} queries found", queries.len());
-    let mut empty = Vec::new();
-    for (dashboard, expr) in &queries {
-        let answer = query(as_promql(expr)).await;
-        assert_eq!(answer["status"], "success", "{dashboard}: {expr}: {answer}");
-        let result = &answer["data"]["result"];
-        if result.as_array().is_some_and(Vec::is_empty) {
-            empty.push(format!("{dashboard}: {expr}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut empty = Vec::new();
+        for (dashboard, expr) in &queries {
+            let answer = query(as_promql(expr)).await;
+            assert_eq!(answer["status"], "success", "{dashboard}: {expr}: {answer}");
+            let result = &answer["data"]["result"];
+            if result.as_array().is_some_and(Vec::is_empty) {
+                empty.push(format!("{dashboard}: {expr}"));
+            }
         }
-    }
-    if !empty.is_empty() {
-        let gap = query("duban_indicator_source_gap".into()).await;
-        let values = query("duban_indicator_value".into()).await;
-        panic!(
-            "queries without data:\n{}\n\nsource_gap: {gap}\nvalues: {values}",
-            empty.join("\n")
-        );
+        if empty.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let gap = query("duban_indicator_source_gap".into()).await;
+            let values = query("duban_indicator_value".into()).await;
+            panic!(
+                "queries without data after 60 s:\n{}\n\nsource_gap: {gap}\nvalues: {values}",
+                empty.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
     // The reports arrive: the alerts resolve at the lead unit.

@@ -27,30 +27,6 @@ fn sample(metrics: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Where the daemon serves /metrics, from its log.
-fn metrics_address(agent: &AgentSetup) -> String {
-    let find = || {
-        agent
-            .log()
-            .lines()
-            .find(|l| l.contains("serving /metrics"))
-            .and_then(|l| l.split("metrics=").nth(1))
-            .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(address) = find() {
-            return address;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon does not serve /metrics after 30 s:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// When the first report the daemon stored was created (it waits for one).
 fn first_report(agent: &AgentSetup) -> Option<i64> {
     let mut oldest = None;
@@ -109,7 +85,7 @@ fn a_full_outbox_drops_its_oldest_reports_in_the_running_daemon() {
     );
     configure(&agent, "max_bytes = 1048576\nwhen_full = \"drop_oldest\"");
     let _daemon = agent.spawn_daemon(&[]);
-    let address = metrics_address(&agent);
+    let address = agent.metrics_address();
     let first_oldest = first_report(&agent);
     wait_until(
         Duration::from_secs(120),
@@ -161,7 +137,7 @@ command = ["sh", "-c", "echo \"{\\\"indicator\\\": \\\"pct-applications\\\", \\\
     );
     configure(&agent, "max_age = \"3s\"\nwhen_full = \"drop_oldest\"");
     let _daemon = agent.spawn_daemon(&[]);
-    let address = metrics_address(&agent);
+    let address = agent.metrics_address();
     let first_oldest = first_report(&agent);
     wait_until(
         Duration::from_secs(60),

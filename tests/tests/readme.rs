@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use duban_e2e::{Background, binary, free_port, require_program};
+use duban_e2e::{Background, binary, require_program};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -224,13 +224,12 @@ fn every_readme_command_is_run_here_or_covered_by_a_named_test() {
         } else if command.starts_with("prometheus ") {
             if require_program("prometheus", "prometheus") {
                 let data = s.dir.path().join("prometheus-data");
-                let port = free_port();
                 let mut args: Vec<String> = command
                     .split_whitespace()
                     .skip(1)
                     .map(|a| a.replace("deploy/", &format!("{}/", repo().join("deploy").display())))
                     .collect();
-                args.push(format!("--web.listen-address=127.0.0.1:{port}"));
+                args.push("--web.listen-address=127.0.0.1:0".to_owned());
                 args.push(format!("--storage.tsdb.path={}", data.display()));
                 let prometheus = Background::start(
                     "prometheus",
