@@ -240,8 +240,10 @@ async fn current<S: Store>(store: &S) -> ((f64, i64), (f64, i64)) {
 /// `(revision, issued_at_ms, seq)` is current, whatever order they arrive in; the others are
 /// stored as evidence.
 async fn the_greatest_revision_issued_at_seq_wins_for_values_and_tasks<S: Store>(store: &S) {
-    // (report id, seq, revision, issued_at, value); each report also sets the task to value/10.
-    let arrivals: [((u8, u64, u32, i64, f64), f64); 8] = [
+    // ((report id, seq, revision, issued_at, value), the current value after it); each report
+    // also sets the task to value/10.
+    type Arrival = ((u8, u64, u32, i64, f64), f64);
+    let arrivals: [Arrival; 8] = [
         ((1, 10, 0, 1_000, 10.0), 10.0),
         ((2, 20, 1, 2_000, 11.0), 11.0), // higher revision
         ((3, 30, 0, 3_000, 9.0), 11.0),  // an older revision, late: stored, not current
