@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // No `connect` helper: it would tie every user of the wire crate to tonic's transport.
+        .build_transport(false)
         .compile_fds(fds)?;
     Ok(())
 }

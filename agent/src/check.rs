@@ -13,8 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use duban_host::clock::{Clock, SystemClock};
 use duban_proto::SigningKey;
-use duban_proto::clock::{Clock, SystemClock};
 
 use crate::config::{AgentConfig, SourceKind};
 use crate::deliver::{self, AgentIdentity};

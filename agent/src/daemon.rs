@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use duban_host::clock::{Clock, SystemClock};
 use duban_proto::SigningKey;
-use duban_proto::clock::{Clock, SystemClock};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 

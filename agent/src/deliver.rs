@@ -28,7 +28,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use duban_proto::clock::Clock;
+use duban_host::clock::Clock;
 use duban_proto::pb;
 use duban_proto::pb::report_service_client::ReportServiceClient;
 use duban_proto::{SigningKey, envelope};
@@ -43,13 +43,6 @@ use crate::outbox::{Ack, Outbox, OutboxError, Signer};
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
 pub const AUTH_HOLD_CAP: Duration = Duration::from_secs(300);
-
-/// Reasons a client keeps and retries (docs/PROTOCOL.md).
-const RETRYABLE_REASONS: [pb::ReasonCode; 3] = [
-    pb::ReasonCode::ReasonUnknownKey,
-    pb::ReasonCode::ReasonKeyNotYetValid,
-    pb::ReasonCode::ReasonIssuedInFuture,
-];
 
 /// Reasons that say the agent's identity is wrong: the outbox is held, not dead-lettered,
 /// until a person fixes the configuration, the certificate or the key registration.
@@ -324,11 +317,6 @@ fn refused_items(result: &pb::SubmitResult) -> Vec<(&'static str, u32, String, S
         .collect()
 }
 
-fn reason_name(reason: pb::ReasonCode) -> &'static str {
-    let name = reason.as_str_name();
-    name.strip_prefix("REASON_").unwrap_or(name)
-}
-
 /// One lazily connecting gRPC client per endpoint, with the configured TLS. Records the
 /// client certificate's expiry in `metrics` when given.
 pub fn clients(
@@ -546,7 +534,7 @@ impl Deliverer {
             HelloOutcome::Known(result) => {
                 for p in &result.problems {
                     tracing::warn!(
-                        code = reason_name(p.code()),
+                        code = duban_proto::reasons::name(p.code()),
                         "the centre says: {}",
                         p.message
                     );
@@ -558,7 +546,7 @@ impl Deliverer {
                 let problems: Vec<String> = result
                     .problems
                     .iter()
-                    .map(|p| format!("{}: {}", reason_name(p.code()), p.message))
+                    .map(|p| format!("{}: {}", duban_proto::reasons::name(p.code()), p.message))
                     .collect();
                 self.metrics
                     .failed
@@ -693,17 +681,17 @@ impl Deliverer {
                     hold.get_or_insert_with(|| {
                         format!(
                             "the centre refuses this agent's reports: {}: {}",
-                            reason_name(reason),
+                            duban_proto::reasons::name(reason),
                             result.message
                         )
                     });
                 }
-                _ if RETRYABLE_REASONS.contains(&reason) => {
+                _ if duban_proto::reasons::is_retryable(reason) => {
                     self.metrics
                         .failed
                         .with_label_values(&["rejected_retryable"])
                         .inc();
-                    tracing::warn!(seq = row.seq, reason = reason_name(reason), message = %result.message, "refused for now; will retry");
+                    tracing::warn!(seq = row.seq, reason = duban_proto::reasons::name(reason), message = %result.message, "refused for now; will retry");
                     self.outbox
                         .note_attempt(&[row.seq], &result.message)
                         .await?;
@@ -715,11 +703,11 @@ impl Deliverer {
                         .failed
                         .with_label_values(&["rejected_permanent"])
                         .inc();
-                    tracing::error!(seq = row.seq, period = %report.period, reason = reason_name(reason), message = %result.message, "refused permanently; moved to dead letters (duban-agent outbox dead)");
+                    tracing::error!(seq = row.seq, period = %report.period, reason = duban_proto::reasons::name(reason), message = %result.message, "refused permanently; moved to dead letters (duban-agent outbox dead)");
                     self.outbox
                         .dead_letter(
                             row.seq,
-                            reason_name(reason),
+                            duban_proto::reasons::name(reason),
                             &result.message,
                             &refused_items(result),
                         )

@@ -9,7 +9,7 @@ use duban_agent::check::Online;
 use duban_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH, parse_duration};
 use duban_agent::daemon::{self, Agent};
 use duban_agent::sources::{Item, check_done, parse_status, status_from_percent};
-use duban_proto::cli;
+use duban_host::cli;
 
 /// duban-agent: collects plan indicators and task progress, signs reports, keeps them in a
 /// durable outbox and delivers them to the duban aggregator until acknowledged.

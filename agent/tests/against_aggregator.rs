@@ -15,8 +15,8 @@ use duban_agent::daemon::Agent;
 use duban_agent::deliver::Step;
 use duban_agent::sources::Item;
 use duban_aggregator::store::{NewKey, ReportFilter, Store};
+use duban_host::clock::{Clock, ManualClock};
 use duban_proto::SigningKey;
-use duban_proto::clock::{Clock, ManualClock};
 use support::{NOW_MS, Options, TestServer};
 
 /// An agent for laoshan with `key`, delivering to `endpoints`, its clock at `now_ms`.

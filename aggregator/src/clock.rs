@@ -1,7 +1,7 @@
-//! The time source, shared with the agent (see [`duban_proto::clock`]), and the one way times
+//! The time source, shared with the agent (see [`duban_host::clock`]), and the one way times
 //! are read from the command line, configuration files and query strings.
 
-pub use duban_proto::clock::{Clock, ManualClock, SystemClock};
+pub use duban_host::clock::{Clock, ManualClock, SystemClock};
 
 /// Parses `2026-01-01T08:00:00Z` (RFC 3339) or `2026-01-01` (midnight UTC) into Unix ms.
 pub fn parse_time_ms(text: &str) -> Result<i64, String> {

@@ -10,7 +10,7 @@ use duban_aggregator::config::{DEFAULT_DATABASE_URL, ServeFile, TlsFile};
 use duban_aggregator::serve::{Serve, TlsMaterial};
 use duban_aggregator::store::{AnyStore, ReportFilter, Store};
 use duban_aggregator::{admin, plan};
-use duban_proto::cli;
+use duban_host::cli;
 
 /// duban-aggregator: the central duban service and its admin CLI.
 #[derive(Debug, Parser)]

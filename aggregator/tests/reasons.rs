@@ -514,6 +514,25 @@ fn every_reason_code_of_the_proto_and_the_protocol_has_a_test() {
     );
 }
 
+/// The "retry?" column of PROTOCOL.md's reason table is what both sides act on.
+#[test]
+fn the_documented_retryable_reasons_are_the_wire_crates() {
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    let table = doc.split("### Reason codes").nth(1).unwrap();
+    let retryable: Vec<String> = table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter(|l| l.contains("**yes**"))
+        .filter_map(|l| l.split('`').nth(1).map(str::to_owned))
+        .collect();
+    let in_proto: Vec<String> = duban_proto::reasons::RETRYABLE
+        .iter()
+        .map(|c| duban_proto::reasons::name(*c).to_owned())
+        .collect();
+    assert_eq!(retryable, in_proto);
+}
+
 #[test]
 fn every_refusal_code_of_the_proto_and_the_protocol_has_a_test() {
     let in_proto: Vec<C> = (1..=255).filter_map(|n| C::try_from(n).ok()).collect();

@@ -5,14 +5,15 @@
 //!   the agent's delivery) touch these types.
 //! - [`envelope`]: signing and verifying the DSSE-style envelope around a report.
 //! - [`keys`]: Ed25519 keys in the PEM formats openssl writes, and the key id.
+//! - [`period`]: report periods (`2018Q1`, `2018-03`, `2018S1`, `2018`).
+//! - [`reasons`]: the reason codes' names, and which ones a client retries.
 //!
 //! The contract itself is documented for third parties in `docs/PROTOCOL.md`.
 
-pub mod cli;
-pub mod clock;
 pub mod envelope;
 pub mod keys;
 pub mod period;
+pub mod reasons;
 
 /// Generated code for package `duban.report.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -81,9 +81,12 @@ fn reports(key: &SigningKey) -> Vec<pb::SignedReport> {
 }
 
 async fn client(addr: std::net::SocketAddr) -> ReportServiceClient<tonic::transport::Channel> {
-    ReportServiceClient::connect(format!("http://{addr}"))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
         .await
-        .expect("connect to the aggregator")
+        .expect("connect to the aggregator");
+    ReportServiceClient::new(channel)
 }
 
 fn stored_report_ids(url: &str) -> Vec<String> {

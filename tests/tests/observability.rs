@@ -320,10 +320,13 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // 市科技局's city total for the quarter laoshan reported: the department/district gap.
-    let mut grpc_client =
-        pb::report_service_client::ReportServiceClient::connect(format!("http://{grpc_addr}"))
+    let mut grpc_client = pb::report_service_client::ReportServiceClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect()
             .await
-            .unwrap();
+            .unwrap(),
+    );
     let total = pb::Report {
         report_id: vec![0x41; 16],
         unit_id: "science-tech".into(),

@@ -72,14 +72,6 @@ impl Reason {
             Reason::BadReportId => "BAD_REPORT_ID",
         }
     }
-
-    /// Whether a client should keep the report and try again later (docs/PROTOCOL.md).
-    pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            Reason::UnknownKey | Reason::KeyNotYetValid | Reason::IssuedInFuture
-        )
-    }
 }
 
 /// Why one value or task update was refused.
