@@ -1,6 +1,7 @@
 //! The agent's configuration: one TOML file, validated purely. Unknown keys are errors, and
 //! every error names the file, the key and what was expected.
 
+use crate::schedule::{Schedule, parse_cron};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -172,12 +173,6 @@ impl Default for Fields {
             note: "note".into(),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Schedule {
-    Every(Duration),
-    Cron(String),
 }
 
 /// How a file source's bytes are decoded.
@@ -510,7 +505,7 @@ fn validate_source(
             Schedule::Every(every)
         }
         (None, Some(cron)) => {
-            crate::schedule::parse_cron(cron).map_err(|m| invalid("cron", m))?;
+            parse_cron(cron).map_err(|m| invalid("cron", m))?;
             Schedule::Cron(cron.clone())
         }
         _ => {

@@ -12,28 +12,46 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use duban_host::clock::{Clock, SystemClock};
-use duban_proto::SigningKey;
+use duban_host::clock::Clock;
+use duban_proto::{KeyError, SigningKey};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{AgentConfig, SourceConfig};
-use crate::deliver::{AgentIdentity, Deliverer, Step};
+use crate::deliver::{AgentIdentity, DeliverError, Deliverer, Step};
 use crate::metrics::AgentMetrics;
-use crate::outbox::{Enqueued, Outbox, OutboxError};
+use crate::outbox::{Enqueued, Outbox, OutboxError, Stats};
 use crate::schedule::Timer;
-use crate::sources::{self, Item};
+use crate::sources::{self, Item, SourceError};
 
-/// An agent's state shared by its tasks and its one-shot commands.
+/// Why the agent cannot open, collect or deliver.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{file}: private_key: {source}")]
+    Key { file: String, source: KeyError },
+    #[error("the outbox: {0}")]
+    Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("cannot listen for /metrics on {listen}: {source}")]
+    MetricsListen {
+        listen: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// An agent: its configuration, identity, outbox, metrics and clock, shared by its tasks
+/// (cheap to clone). Open one with [`Agent::open`]; run it with [`run`], or drive it by hand
+/// (a command, the demo) with [`Agent::collect`], [`Agent::start_delivery`] and
+/// [`Agent::drain`].
 #[derive(Clone)]
 pub struct Agent {
-    pub config: AgentConfig,
-    pub identity: AgentIdentity,
-    pub outbox: Outbox,
-    pub metrics: AgentMetrics,
-    /// Stamps `issued_at` on reports: the system clock, except in the demo's simulated time.
-    pub clock: Arc<dyn Clock>,
+    config: AgentConfig,
+    identity: AgentIdentity,
+    outbox: Outbox,
+    metrics: AgentMetrics,
     wake: Arc<Notify>,
 }
 
@@ -43,24 +61,18 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
 impl Agent {
-    pub async fn open(config: AgentConfig) -> anyhow::Result<Self> {
-        Self::open_with_clock(config, Arc::new(SystemClock)).await
-    }
-
-    /// [`Agent::open`] with reports issued at `clock`'s time (the demo's simulated calendar).
-    /// Waiting reports signed for another unit, plan or key than the configuration names
-    /// (it was corrected since) are re-signed under the configured identity.
-    pub async fn open_with_clock(
-        config: AgentConfig,
-        clock: Arc<dyn Clock>,
-    ) -> anyhow::Result<Self> {
-        let key = SigningKey::read_pkcs8_pem_file(&config.private_key)
-            .with_context(|| format!("{}: private_key", config.file.display()))?;
+    /// Opens the agent's key and outbox. `clock` stamps reports (`issued_at`) and the outbox
+    /// (`created_at`, `max_age`): the system clock, except in tests and the demo's simulated
+    /// calendar. Waiting reports signed for another unit, plan or key than the configuration
+    /// names (it was corrected since) are re-signed under the configured identity.
+    pub async fn open(config: AgentConfig, clock: Arc<dyn Clock>) -> Result<Self, AgentError> {
+        let key = SigningKey::read_pkcs8_pem_file(&config.private_key).map_err(|source| {
+            AgentError::Key {
+                file: config.file.display().to_string(),
+                source,
+            }
+        })?;
         let metrics = AgentMetrics::new(
             &config
                 .sources
@@ -68,9 +80,7 @@ impl Agent {
                 .map(|s| s.name.clone())
                 .collect::<Vec<_>>(),
         );
-        let (outbox, opened) = Outbox::open(&config.outbox)
-            .await
-            .context("cannot open the outbox")?;
+        let (outbox, opened) = Outbox::open(&config.outbox, clock).await?;
         if opened.moved_to.is_some() {
             metrics.outbox_moved_aside.inc();
         }
@@ -97,16 +107,36 @@ impl Agent {
             identity,
             outbox,
             metrics,
-            clock,
             wake: Arc::new(Notify::new()),
         })
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn identity(&self) -> &AgentIdentity {
+        &self.identity
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
+    }
+
+    /// What the outbox holds now.
+    pub async fn outbox_stats(&self) -> Result<Stats, AgentError> {
+        Ok(self.outbox.stats().await?)
     }
 
     /// Signs and stores reports for `items` (those that changed, or all with `force`).
     pub async fn enqueue(&self, items: &[Item], force: bool) -> Result<Enqueued, OutboxError> {
         match self
             .outbox
-            .enqueue(self.identity.signer(), items, force, self.clock.now_ms())
+            .enqueue(self.identity.signer(), items, force)
             .await
         {
             Ok(done) => {
@@ -131,11 +161,15 @@ impl Agent {
     }
 
     /// Runs one source now and enqueues what changed.
-    pub async fn collect(&self, source: &SourceConfig, force: bool) -> anyhow::Result<Enqueued> {
+    pub async fn collect(
+        &self,
+        source: &SourceConfig,
+        force: bool,
+    ) -> Result<Enqueued, AgentError> {
         let started = Instant::now();
         let result = async {
             let items = sources::collect(source).await?;
-            Ok::<_, anyhow::Error>(self.enqueue(&items, force).await?)
+            Ok::<_, AgentError>(self.enqueue(&items, force).await?)
         }
         .await;
         match &result {
@@ -147,7 +181,7 @@ impl Agent {
                     .collection_errors
                     .with_label_values(&[source.name.as_str()])
                     .inc();
-                tracing::error!(source = %source.name, error = %format!("{error:#}"), "collection failed");
+                tracing::error!(source = %source.name, error = %error, "collection failed");
             }
         }
         result
@@ -159,7 +193,7 @@ impl Agent {
         &self,
         deliverer: &mut Deliverer,
         deadline: Instant,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, AgentError> {
         if Instant::now() >= deadline {
             return Ok(self.outbox.stats().await?.reports == 0);
         }
@@ -180,16 +214,44 @@ impl Agent {
         }
     }
 
-    pub async fn deliverer(&self) -> anyhow::Result<Deliverer> {
+    /// A deliverer for this agent's outbox (one delivery at a time per outbox).
+    pub async fn deliverer(&self) -> Result<Deliverer, AgentError> {
         Ok(Deliverer::new(
             self.outbox.clone(),
             &self.config.aggregator,
             self.identity.clone(),
-            self.clock.clone(),
+            self.outbox.clock(),
             self.outbox.is_synced().await?,
             self.metrics.clone(),
         )?)
     }
+
+    /// Starts delivering in the background: at once when a collection stored something, after
+    /// the deliverer's back-off when the aggregator could not be reached, every 5 s otherwise.
+    pub async fn start_delivery(&self) -> Result<Delivery, AgentError> {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(deliver_loop(self.clone(), self.deliverer().await?, stopped));
+        Ok(Delivery { stop, task })
+    }
+}
+
+/// A delivery loop running in the background (see [`Agent::start_delivery`]).
+#[derive(Debug)]
+pub struct Delivery {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Delivery {
+    /// Stops the loop after the step in progress, and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
 }
 
 async fn schedule_source(agent: Agent, source: SourceConfig, mut stop: watch::Receiver<bool>) {
@@ -211,10 +273,8 @@ async fn schedule_source(agent: Agent, source: SourceConfig, mut stop: watch::Re
     }
 }
 
-/// Delivers from the outbox until `stop` turns true: at once when a collection stored
-/// something, after the deliverer's back-off when the aggregator could not be reached, and
-/// every 5 s otherwise. `run` starts one; the demo starts one per in-process agent.
-pub async fn deliver_loop(agent: Agent, mut deliverer: Deliverer, mut stop: watch::Receiver<bool>) {
+/// Delivers from the outbox until `stop` turns true (see [`Agent::start_delivery`]).
+async fn deliver_loop(agent: Agent, mut deliverer: Deliverer, mut stop: watch::Receiver<bool>) {
     loop {
         let step = match deliverer.step().await {
             Ok(step) => step,
@@ -245,7 +305,7 @@ struct Running {
     agent: Agent,
 }
 
-async fn start(agent: Agent) -> anyhow::Result<Running> {
+async fn start(agent: Agent) -> Result<Running, AgentError> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     for source in agent.config.sources.clone() {
@@ -268,21 +328,24 @@ impl Running {
     }
 }
 
-/// Runs until `shutdown`; `reload` yields on SIGHUP.
+/// Runs the agent on the system clock until `shutdown`; `reload` yields on SIGHUP.
 pub async fn run(
     config: AgentConfig,
     grace: Duration,
     shutdown: impl std::future::Future<Output = ()>,
     mut reload: impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-) -> anyhow::Result<()> {
-    let agent = Agent::open(config).await?;
+) -> Result<(), AgentError> {
+    let agent = Agent::open(config, Arc::new(duban_host::clock::SystemClock)).await?;
     if let Some(listen) = agent.config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen for /metrics on {listen}"))?;
+            .map_err(|source| AgentError::MetricsListen { listen, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| AgentError::MetricsListen { listen, source })?;
         let metrics = agent.metrics.clone();
         let outbox = agent.outbox.clone();
-        tracing::info!(metrics = %listener.local_addr()?, "serving /metrics");
+        tracing::info!(metrics = %bound, "serving /metrics");
         tokio::spawn(async move {
             let app = axum::Router::new().route(
                 "/metrics",

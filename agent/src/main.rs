@@ -1,6 +1,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -199,22 +200,26 @@ enum Outcome {
 }
 
 async fn open(config: &Path) -> anyhow::Result<Agent> {
-    Agent::open(AgentConfig::read(config)?).await
+    Ok(Agent::open(
+        AgentConfig::read(config)?,
+        Arc::new(duban_host::clock::SystemClock),
+    )
+    .await?)
 }
 
 /// Delivers for at most `send_for`, then prints what happened to the reports: refused items
 /// with their codes and the centre's messages, dead letters, a hold and its reason, or what
 /// still waits. Returns whether anything was refused or held.
 async fn send_and_report(agent: &Agent, send_for: Duration) -> anyhow::Result<bool> {
-    let before = agent.outbox.refusals().await?.last().map_or(0, |r| r.id);
-    let dead_before = agent.outbox.stats().await?.dead_letters;
+    let before = agent.outbox().refusals().await?.last().map_or(0, |r| r.id);
+    let dead_before = agent.outbox().stats().await?.dead_letters;
     let mut deliverer = agent.deliverer().await?;
     let drained = agent
         .drain(&mut deliverer, Instant::now() + send_for)
         .await?;
-    let stats = agent.outbox.stats().await?;
+    let stats = agent.outbox().stats().await?;
     let refused: Vec<_> = agent
-        .outbox
+        .outbox()
         .refusals()
         .await?
         .into_iter()
@@ -337,7 +342,7 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             );
             let agent = open(&config.config).await?;
             let mut failed = 0;
-            for source in agent.config.sources.clone() {
+            for source in agent.config().sources.clone() {
                 match agent.collect(&source, force).await {
                     Ok(done) => cli::println(&format!(
                         "{}: {} report(s) stored, {} item(s) unchanged since the centre accepted them (or still waiting){}",
@@ -438,7 +443,7 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         }
         Command::Outbox(OutboxCommand::Stats { config, json }) => {
             let agent = open(&config.config).await?;
-            let stats = agent.outbox.stats().await?;
+            let stats = agent.outbox().stats().await?;
             if json {
                 cli::println(&serde_json::to_string_pretty(&stats)?);
             } else {
@@ -453,7 +458,7 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
                     .unwrap_or_else(|| "—".into());
                 cli::println(&format!(
                     "outbox {}\n  reports waiting  {}\n  bytes            {}\n  oldest age       {age}\n  dead letters     {}\n  next seq         {}{}",
-                    agent.outbox.path().display(),
+                    agent.outbox().path().display(),
                     stats.reports,
                     stats.bytes,
                     stats.dead_letters,
@@ -477,8 +482,8 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             yes,
         }) => {
             let agent = open(&config.config).await?;
-            let dead = agent.outbox.dead_letters().await?;
-            let refusals = agent.outbox.refusals().await?;
+            let dead = agent.outbox().dead_letters().await?;
+            let refusals = agent.outbox().refusals().await?;
             let partial: Vec<_> = refusals.iter().filter(|r| !r.in_dead_letter).collect();
             if json {
                 cli::println(&serde_json::to_string_pretty(&serde_json::json!({
@@ -523,7 +528,7 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
                     cli::println("nothing discarded");
                     return Ok(Outcome::Problems);
                 }
-                let deleted = agent.outbox.discard_dead().await?;
+                let deleted = agent.outbox().discard_dead().await?;
                 cli::println(&format!(
                     "discarded {deleted} dead letter(s); `duban-agent collect --once` builds what the sources hold now"
                 ));
@@ -532,7 +537,7 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         }
         Command::Outbox(OutboxCommand::RetryDead { config }) => {
             let agent = open(&config.config).await?;
-            let (moved, others) = agent.outbox.retry_dead(agent.identity.signer()).await?;
+            let (moved, others) = agent.outbox().retry_dead(agent.identity().signer()).await?;
             cli::println(&format!(
                 "{moved} dead letter(s) back in the outbox; the daemon sends them next"
             ));

@@ -7,7 +7,13 @@ use std::time::Duration;
 use croner::Cron;
 use rand::Rng;
 
-use crate::config::Schedule;
+/// When a source runs, as configured (`every` or `cron`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    Every(Duration),
+    /// A cron expression, checked by [`parse_cron`] when the configuration is read.
+    Cron(String),
+}
 
 pub fn parse_cron(expression: &str) -> Result<Cron, String> {
     Cron::from_str(expression).map_err(|e| format!("expected a cron expression such as \"0 2 * * *\" (minute hour day month weekday), got {expression:?}: {e}"))

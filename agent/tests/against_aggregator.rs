@@ -39,7 +39,7 @@ async fn agent(
     );
     let config = AgentConfig::parse(&text, &dir.join("agent.toml")).unwrap();
     let clock = Arc::new(ManualClock::new(now_ms));
-    let agent = Agent::open_with_clock(config, clock.clone() as Arc<dyn Clock>)
+    let agent = Agent::open(config, clock.clone() as Arc<dyn Clock>)
         .await
         .unwrap();
     (agent, clock)
@@ -97,12 +97,12 @@ async fn refusals_that_mean_not_yet_stay_in_the_outbox_until_they_pass() {
         .unwrap();
     let mut deliverer = ahead.deliverer().await.unwrap();
     assert!(matches!(deliverer.step().await.unwrap(), Step::Wait(_)));
-    let stats = ahead.outbox.stats().await.unwrap();
+    let stats = ahead.outbox().stats().await.unwrap();
     assert_eq!((stats.reports, stats.dead_letters), (1, 0));
     assert_eq!(deliverer.held(), None, "not yet is not a hold");
     assert_eq!(
         ahead
-            .metrics
+            .metrics()
             .failed
             .with_label_values(&["rejected_retryable"])
             .get(),
@@ -127,10 +127,10 @@ async fn refusals_that_mean_not_yet_stay_in_the_outbox_until_they_pass() {
         .unwrap();
     let mut deliverer = early.deliverer().await.unwrap();
     assert!(matches!(deliverer.step().await.unwrap(), Step::Wait(_)));
-    let stats = early.outbox.stats().await.unwrap();
+    let stats = early.outbox().stats().await.unwrap();
     assert_eq!((stats.reports, stats.dead_letters), (1, 0));
     server.clock.set_ms(NOW_MS + 2 * 3_600_000);
-    early.outbox.close().await;
+    early.outbox().close().await;
     let (early, _) = agent(dir.path(), &later, &[endpoint(&server)], 200, NOW_MS).await;
     let mut deliverer = early.deliverer().await.unwrap();
     let mut acked = 0;
@@ -140,7 +140,7 @@ async fn refusals_that_mean_not_yet_stay_in_the_outbox_until_they_pass() {
         }
     }
     assert_eq!(acked, 1);
-    assert_eq!(early.outbox.stats().await.unwrap().reports, 0);
+    assert_eq!(early.outbox().stats().await.unwrap().reports, 0);
     assert_eq!(stored(&server).await, 2);
     server.stop().await;
 }
@@ -250,7 +250,7 @@ async fn a_batch_over_the_message_limit_is_halved_until_it_passes() {
     }
     let mut deliverer = agent.deliverer().await.unwrap();
     assert_eq!(deliverer.step().await.unwrap(), Step::Wait(Duration::ZERO));
-    assert_eq!(agent.outbox.stats().await.unwrap().reports, 1000);
+    assert_eq!(agent.outbox().stats().await.unwrap().reports, 1000);
     assert_eq!(stored(&server).await, 0);
     assert_eq!(
         deliverer.step().await.unwrap(),
@@ -268,7 +268,7 @@ async fn a_batch_over_the_message_limit_is_halved_until_it_passes() {
             .await
             .unwrap()
     );
-    let stats = agent.outbox.stats().await.unwrap();
+    let stats = agent.outbox().stats().await.unwrap();
     assert_eq!((stats.reports, stats.dead_letters), (0, 0));
     assert_eq!(stored(&server).await, 1000);
     server.stop().await;
@@ -331,13 +331,13 @@ async fn at_the_concurrency_limit_the_agent_waits_the_servers_pushback() {
     );
     assert_eq!(
         agent
-            .metrics
+            .metrics()
             .failed
             .with_label_values(&["resource_exhausted"])
             .get(),
         1
     );
-    assert_eq!(agent.outbox.stats().await.unwrap().reports, 1);
+    assert_eq!(agent.outbox().stats().await.unwrap().reports, 1);
 
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
     busy.await.unwrap().unwrap();

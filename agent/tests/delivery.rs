@@ -124,14 +124,18 @@ async fn agent(dir: &Path, endpoint: &str) -> Agent {
     );
     let config = AgentConfig::parse(&text, &dir.join("agent.toml")).unwrap();
     // As if the centre had already told this new outbox where its key's seqs stand.
-    let agent = Agent::open(config.clone()).await.unwrap();
-    agent
-        .outbox
-        .apply_centre_state(0, &[], agent.identity.signer())
+    let agent = Agent::open(config.clone(), Arc::new(duban_host::clock::SystemClock))
         .await
         .unwrap();
-    agent.outbox.close().await;
-    let agent = Agent::open(config).await.unwrap();
+    agent
+        .outbox()
+        .apply_centre_state(0, &[], agent.identity().signer())
+        .await
+        .unwrap();
+    agent.outbox().close().await;
+    let agent = Agent::open(config, Arc::new(duban_host::clock::SystemClock))
+        .await
+        .unwrap();
     let item = Item::Value {
         indicator: "pct-applications".into(),
         period: "2018Q1".parse().unwrap(),
@@ -163,13 +167,13 @@ async fn resource_exhausted_waits_the_pushback_the_server_asks_for() {
     );
     assert_eq!(
         agent
-            .metrics
+            .metrics()
             .failed
             .with_label_values(&["resource_exhausted"])
             .get(),
         1
     );
-    assert_eq!(agent.outbox.stats().await.unwrap().reports, 0);
+    assert_eq!(agent.outbox().stats().await.unwrap().reports, 0);
 
     // The step itself asks for exactly the server's delay, not a backoff of its own.
     let (endpoint, _) = start_peer(Script::BusyOnce(2500)).await;
@@ -189,8 +193,8 @@ async fn identity_refusals_hold_the_outbox_and_say_so() {
         let agent = agent(dir.path(), &endpoint).await;
         let mut deliverer = agent.deliverer().await.unwrap();
         assert!(matches!(deliverer.step().await.unwrap(), Step::Wait(_)));
-        assert_eq!(agent.metrics.auth_held.get(), 1, "{code:?}");
-        let stats = agent.outbox.stats().await.unwrap();
+        assert_eq!(agent.metrics().auth_held.get(), 1, "{code:?}");
+        let stats = agent.outbox().stats().await.unwrap();
         assert_eq!(
             (stats.reports, stats.dead_letters),
             (1, 0),
@@ -214,7 +218,7 @@ async fn reports_refused_for_the_agents_identity_are_held_not_dead_lettered() {
         let agent = agent(dir.path(), &endpoint).await;
         let mut deliverer = agent.deliverer().await.unwrap();
         assert!(matches!(deliverer.step().await.unwrap(), Step::Wait(_)));
-        assert_eq!(agent.metrics.auth_held.get(), 1, "{reason:?}");
+        assert_eq!(agent.metrics().auth_held.get(), 1, "{reason:?}");
         assert!(
             deliverer
                 .held()
@@ -222,7 +226,7 @@ async fn reports_refused_for_the_agents_identity_are_held_not_dead_lettered() {
             "{reason:?}: {:?}",
             deliverer.held()
         );
-        let stats = agent.outbox.stats().await.unwrap();
+        let stats = agent.outbox().stats().await.unwrap();
         assert_eq!(
             (stats.reports, stats.dead_letters),
             (1, 0),
@@ -238,8 +242,8 @@ async fn reports_refused_for_the_agents_identity_are_held_not_dead_lettered() {
         deliverer.step().await.unwrap(),
         Step::Progress { acked: 0, dead: 1 }
     ));
-    assert_eq!(agent.metrics.auth_held.get(), 0);
-    assert_eq!(agent.outbox.stats().await.unwrap().dead_letters, 1);
+    assert_eq!(agent.metrics().auth_held.get(), 0);
+    assert_eq!(agent.outbox().stats().await.unwrap().dead_letters, 1);
 }
 
 #[tokio::test]
@@ -254,10 +258,10 @@ async fn an_unreachable_aggregator_backs_off_and_keeps_the_report() {
         wait <= duban_agent::deliver::BACKOFF_INITIAL,
         "first backoff {wait:?} is within the initial second"
     );
-    assert_eq!(agent.outbox.stats().await.unwrap().reports, 1);
+    assert_eq!(agent.outbox().stats().await.unwrap().reports, 1);
     assert_eq!(
         agent
-            .metrics
+            .metrics()
             .failed
             .with_label_values(&["unavailable"])
             .get(),

@@ -31,7 +31,7 @@ use jiff::ToSpan;
 use jiff::civil::Date;
 use prost::Message;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::scenario::{Row, Scenario, noon_ms};
 use crate::setup::{self, Layout};
@@ -229,7 +229,7 @@ struct DemoAgent {
 impl DemoAgent {
     fn source(&self, items: Items) -> &SourceConfig {
         self.agent
-            .config
+            .config()
             .sources
             .iter()
             .find(|s| s.items == items)
@@ -272,25 +272,21 @@ fn evaluator(
     }
 }
 
-/// One delivery loop per agent, until the returned sender says stop.
+/// One delivery loop per agent (each agent's own, as `duban-agent run` starts it).
 async fn spawn_deliveries(
     agents: &BTreeMap<String, DemoAgent>,
-) -> anyhow::Result<(watch::Sender<bool>, tokio::task::JoinSet<()>)> {
-    let (stop, stopped) = watch::channel(false);
-    let mut deliveries = tokio::task::JoinSet::new();
+) -> anyhow::Result<Vec<duban_agent::daemon::Delivery>> {
+    let mut deliveries = Vec::new();
     for demo in agents.values() {
-        deliveries.spawn(duban_agent::daemon::deliver_loop(
-            demo.agent.clone(),
-            demo.agent.deliverer().await?,
-            stopped.clone(),
-        ));
+        deliveries.push(demo.agent.start_delivery().await?);
     }
-    Ok((stop, deliveries))
+    Ok(deliveries)
 }
 
-async fn stop_deliveries((stop, mut deliveries): (watch::Sender<bool>, tokio::task::JoinSet<()>)) {
-    let _ = stop.send(true);
-    while deliveries.join_next().await.is_some() {}
+async fn stop_deliveries(deliveries: Vec<duban_agent::daemon::Delivery>) {
+    for delivery in deliveries {
+        delivery.stop().await;
+    }
 }
 
 /// Waits until every outbox is empty (every report acknowledged), or `DRAIN_LIMIT` passes.
@@ -531,7 +527,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     for unit in &scenario.units {
         let path = setup::write_agent_config(&layout, &plan, unit, grpc)?;
         let config = AgentConfig::read(&path)?;
-        let agent = Agent::open_with_clock(config, clock.clone()).await?;
+        let agent = Agent::open(config, clock.clone()).await?;
         agents.insert(
             unit.clone(),
             DemoAgent {
@@ -761,7 +757,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     let mut left = 0;
     let mut dead = 0;
     for demo in agents.values() {
-        let stats = demo.agent.outbox.stats().await?;
+        let stats = demo.agent.outbox().stats().await?;
         left += stats.reports;
         dead += stats.dead_letters;
     }
@@ -876,7 +872,7 @@ fn reqwest_client() -> reqwest::Client {
 async fn outbox_reports(agents: &BTreeMap<String, DemoAgent>) -> anyhow::Result<u64> {
     let mut total = 0;
     for demo in agents.values() {
-        total += demo.agent.outbox.stats().await?.reports.max(0) as u64;
+        total += demo.agent.outbox().stats().await?.reports.max(0) as u64;
     }
     Ok(total)
 }

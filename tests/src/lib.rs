@@ -78,10 +78,12 @@ impl AggregatorProcess {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Into the log first: whoever is told the server is up may read the log.
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
                 if line.contains("aggregator serving") {
-                    let _ = tx.send(line.clone());
+                    let _ = tx.send(line);
                 }
-                sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
         let line = match rx.recv_timeout(Duration::from_secs(60)) {
@@ -365,10 +367,11 @@ impl Background {
             let (log, tx, ready) = (log.clone(), tx.clone(), ready.to_owned());
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.contains(&ready) {
+                    let is_ready = line.contains(&ready);
+                    log.lock().unwrap().push_str(&(line + "\n"));
+                    if is_ready {
                         let _ = tx.send(());
                     }
-                    log.lock().unwrap().push_str(&(line + "\n"));
                 }
             });
         }

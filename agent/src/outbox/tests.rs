@@ -1,5 +1,10 @@
 use super::*;
 
+/// A clock standing still at 2026-12-01T00:00:00Z, so that nothing ages past `max_age`.
+fn clock() -> Arc<dyn Clock> {
+    Arc::new(duban_host::clock::ManualClock::new(1_796_083_200_000))
+}
+
 fn config(dir: &Path, max_bytes: u64, when_full: WhenFull) -> OutboxConfig {
     OutboxConfig {
         path: dir.join("outbox.db"),
@@ -28,7 +33,11 @@ fn signer(key: &SigningKey) -> Signer<'_> {
 
 /// A new outbox, told by "the centre" that it holds nothing for this key yet.
 async fn open_synced(config: &OutboxConfig) -> Outbox {
-    let (outbox, opened) = Outbox::open(config).await.unwrap();
+    open_synced_with(config, clock()).await
+}
+
+async fn open_synced_with(config: &OutboxConfig, clock: Arc<dyn Clock>) -> Outbox {
+    let (outbox, opened) = Outbox::open(config, clock).await.unwrap();
     assert_eq!(opened, Opened::default());
     let key = SigningKey::generate();
     outbox
@@ -53,7 +62,6 @@ async fn seq_rises_across_reopening_and_unchanged_items_build_nothing() {
             signer(&key),
             &[value("2018Q1", 1.0), value("2018Q2", 2.0)],
             false,
-            1,
         )
         .await
         .unwrap();
@@ -62,18 +70,18 @@ async fn seq_rises_across_reopening_and_unchanged_items_build_nothing() {
         [(1, "2018Q1".to_owned()), (2, "2018Q2".to_owned())]
     );
     let same = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 1.0)], false, 2)
+        .enqueue(signer(&key), &[value("2018Q1", 1.0)], false)
         .await
         .unwrap();
     assert_eq!((same.reports.len(), same.unchanged), (0, 1));
     drop(outbox);
-    let (outbox, _) = Outbox::open(&config).await.unwrap();
+    let (outbox, _) = Outbox::open(&config, clock()).await.unwrap();
     assert!(
         outbox.is_synced().await.unwrap(),
         "synced survives reopening"
     );
     let changed = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 1.5)], false, 3)
+        .enqueue(signer(&key), &[value("2018Q1", 1.5)], false)
         .await
         .unwrap();
     assert_eq!(changed.reports, [(3, "2018Q1".to_owned())]);
@@ -94,7 +102,8 @@ async fn seq_rises_across_reopening_and_unchanged_items_build_nothing() {
 async fn a_new_outbox_keeps_provisional_reports_until_the_centre_state_is_applied() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate();
-    let (outbox, _) = Outbox::open(&config(dir.path(), 1 << 20, WhenFull::Refuse))
+    let time = Arc::new(duban_host::clock::ManualClock::new(7));
+    let (outbox, _) = Outbox::open(&config(dir.path(), 1 << 20, WhenFull::Refuse), time.clone())
         .await
         .unwrap();
     assert!(!outbox.is_synced().await.unwrap());
@@ -103,7 +112,6 @@ async fn a_new_outbox_keeps_provisional_reports_until_the_centre_state_is_applie
             signer(&key),
             &[value("2018Q1", 1.0), value("2018Q2", 1.0)],
             false,
-            7,
         )
         .await
         .unwrap();
@@ -112,8 +120,9 @@ async fn a_new_outbox_keeps_provisional_reports_until_the_centre_state_is_applie
         [(-1, "2018Q1".to_owned()), (-2, "2018Q2".to_owned())],
         "provisional: negative seqs in the order they were built"
     );
+    time.set_ms(8);
     let later = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false, 8)
+        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
         .await
         .unwrap();
     assert_eq!(later.reports, [(-3, "2018Q1".to_owned())]);
@@ -155,7 +164,7 @@ async fn a_new_outbox_keeps_provisional_reports_until_the_centre_state_is_applie
     assert_eq!(outbox.stats().await.unwrap().provisional, 0);
     // While waiting, the newest value is what change detection compares with.
     let same = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false, 9)
+        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
         .await
         .unwrap();
     assert_eq!((same.reports.len(), same.unchanged), (0, 1));
@@ -175,15 +184,9 @@ async fn change_detection_remembers_only_what_the_centre_accepted() {
     let key = SigningKey::generate();
     let outbox = open_synced(&config(dir.path(), 1 << 20, WhenFull::Refuse)).await;
     let items = [value("2018Q1", 1.0)];
-    outbox
-        .enqueue(signer(&key), &items, false, 1)
-        .await
-        .unwrap();
+    outbox.enqueue(signer(&key), &items, false).await.unwrap();
     // While it waits, the same value builds nothing new.
-    let again = outbox
-        .enqueue(signer(&key), &items, false, 2)
-        .await
-        .unwrap();
+    let again = outbox.enqueue(signer(&key), &items, false).await.unwrap();
     assert_eq!((again.reports.len(), again.unchanged), (0, 1));
     // Refused for good: not taken for sent, but not built again while unchanged either (the
     // centre would refuse it again)...
@@ -201,10 +204,7 @@ async fn change_detection_remembers_only_what_the_centre_accepted() {
         )
         .await
         .unwrap();
-    let same = outbox
-        .enqueue(signer(&key), &items, false, 3)
-        .await
-        .unwrap();
+    let same = outbox.enqueue(signer(&key), &items, false).await.unwrap();
     assert_eq!((same.reports.len(), same.refused_before), (0, 1));
     assert_eq!(
         outbox.refusals().await.unwrap()[0].code,
@@ -212,10 +212,7 @@ async fn change_detection_remembers_only_what_the_centre_accepted() {
     );
     // ...until the refusals are discarded (the centre's plan was fixed): then it is.
     assert_eq!(outbox.discard_dead().await.unwrap(), 1);
-    let rebuilt = outbox
-        .enqueue(signer(&key), &items, false, 3)
-        .await
-        .unwrap();
+    let rebuilt = outbox.enqueue(signer(&key), &items, false).await.unwrap();
     assert_eq!(
         rebuilt.reports.len(),
         1,
@@ -229,10 +226,7 @@ async fn change_detection_remembers_only_what_the_centre_accepted() {
         }])
         .await
         .unwrap();
-    let after = outbox
-        .enqueue(signer(&key), &items, false, 4)
-        .await
-        .unwrap();
+    let after = outbox.enqueue(signer(&key), &items, false).await.unwrap();
     assert_eq!((after.reports.len(), after.unchanged), (0, 1));
     // Stored with this item refused (PARTIAL).
     let two = [
@@ -244,7 +238,7 @@ async fn change_detection_remembers_only_what_the_centre_accepted() {
             note: String::new(),
         },
     ];
-    let partial = outbox.enqueue(signer(&key), &two, false, 5).await.unwrap();
+    let partial = outbox.enqueue(signer(&key), &two, false).await.unwrap();
     let seq = partial.reports[0].0;
     outbox
         .ack(&[Ack {
@@ -253,7 +247,7 @@ async fn change_detection_remembers_only_what_the_centre_accepted() {
         }])
         .await
         .unwrap();
-    let next = outbox.enqueue(signer(&key), &two, false, 6).await.unwrap();
+    let next = outbox.enqueue(signer(&key), &two, false).await.unwrap();
     assert_eq!(
         (next.reports.len(), next.unchanged, next.refused_before),
         (0, 1, 1),
@@ -268,7 +262,7 @@ async fn change_detection_remembers_only_what_the_centre_accepted() {
     }];
     assert_eq!(
         outbox
-            .enqueue(signer(&key), &fixed, false, 7)
+            .enqueue(signer(&key), &fixed, false)
             .await
             .unwrap()
             .reports
@@ -293,7 +287,7 @@ async fn when_full_refuse_keeps_everything_and_drop_oldest_makes_room() {
     let mut refused = false;
     for (i, q) in quarters.iter().enumerate() {
         match outbox
-            .enqueue(signer(&key), &[value(q, i as f64)], false, 1)
+            .enqueue(signer(&key), &[value(q, i as f64)], false)
             .await
         {
             Ok(done) => stored += done.reports.len(),
@@ -311,7 +305,7 @@ async fn when_full_refuse_keeps_everything_and_drop_oldest_makes_room() {
     let mut dropped = 0;
     for (i, q) in quarters.iter().enumerate() {
         dropped += outbox
-            .enqueue(signer(&key), &[value(q, i as f64)], false, 1)
+            .enqueue(signer(&key), &[value(q, i as f64)], false)
             .await
             .unwrap()
             .dropped;
@@ -331,14 +325,14 @@ async fn drop_oldest_drops_the_oldest_provisional_reports_of_a_new_outbox() {
     // Before the centre answers, reports are provisional (-1, -2, …): the oldest is -1.
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate();
-    let (outbox, _) = Outbox::open(&config(dir.path(), 1500, WhenFull::DropOldest))
+    let (outbox, _) = Outbox::open(&config(dir.path(), 1500, WhenFull::DropOldest), clock())
         .await
         .unwrap();
     let quarters = ["2018Q1", "2018Q2", "2018Q3", "2018Q4", "2019Q1", "2019Q2"];
     let mut dropped = 0;
     for (i, q) in quarters.iter().enumerate() {
         dropped += outbox
-            .enqueue(signer(&key), &[value(q, i as f64)], false, 1)
+            .enqueue(signer(&key), &[value(q, i as f64)], false)
             .await
             .unwrap()
             .dropped;
@@ -376,7 +370,6 @@ async fn dead_letters_are_kept_and_retried_only_for_the_same_identity() {
             signer(&key),
             &[value("2018Q1", 1.0), value("2018Q2", 2.0)],
             false,
-            1,
         )
         .await
         .unwrap();
@@ -430,9 +423,13 @@ async fn dead_letters_are_kept_and_retried_only_for_the_same_identity() {
 async fn rebuild_re_signs_the_same_items_under_a_new_seq_and_identity() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate();
-    let outbox = open_synced(&config(dir.path(), 1 << 20, WhenFull::Refuse)).await;
+    let outbox = open_synced_with(
+        &config(dir.path(), 1 << 20, WhenFull::Refuse),
+        Arc::new(duban_host::clock::ManualClock::new(1)),
+    )
+    .await;
     outbox
-        .enqueue(signer(&key), &[value("2018Q1", 7.0)], false, 1)
+        .enqueue(signer(&key), &[value("2018Q1", 7.0)], false)
         .await
         .unwrap();
     let shinan = Signer {
@@ -474,7 +471,6 @@ async fn a_corrupt_outbox_is_moved_aside_and_its_counters_and_reports_carried_ov
             signer(&key),
             &[value("2018Q1", 1.0), value("2018Q2", 2.0)],
             false,
-            1,
         )
         .await
         .unwrap();
@@ -497,7 +493,7 @@ async fn a_corrupt_outbox_is_moved_aside_and_its_counters_and_reports_carried_ov
         .unwrap();
     conn.close().await.unwrap();
 
-    let (outbox, opened) = Outbox::open(&config).await.unwrap();
+    let (outbox, opened) = Outbox::open(&config, clock()).await.unwrap();
     let moved = opened.moved_to.expect("moved aside");
     assert!(moved.exists(), "the old file is kept");
     assert_eq!(
@@ -514,7 +510,7 @@ async fn a_corrupt_outbox_is_moved_aside_and_its_counters_and_reports_carried_ov
     assert_eq!(carried.len(), 1);
     assert_eq!(carried[0].envelope, waiting[0].envelope, "byte for byte");
     let next = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 3.0)], false, 2)
+        .enqueue(signer(&key), &[value("2018Q1", 3.0)], false)
         .await
         .unwrap();
     assert_eq!(next.reports, [(102, "2018Q1".to_owned())]);
@@ -531,7 +527,7 @@ async fn a_corrupt_outbox_is_moved_aside_and_its_counters_and_reports_carried_ov
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", config.path.display()));
     }
-    let (outbox, opened) = Outbox::open(&config).await.unwrap();
+    let (outbox, opened) = Outbox::open(&config, clock()).await.unwrap();
     assert_eq!(opened.salvaged.unwrap().next_seq, None);
     assert!(!outbox.is_synced().await.unwrap());
 }
