@@ -326,7 +326,7 @@ async fn at_the_concurrency_limit_the_agent_waits_the_servers_pushback() {
     assert_eq!(
         deliverer.step().await.unwrap(),
         Step::Wait(Duration::from_millis(
-            duban_aggregator::server::RETRY_PUSHBACK_MS
+            duban_aggregator::grpc::RETRY_PUSHBACK_MS
         ))
     );
     assert_eq!(

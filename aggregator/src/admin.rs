@@ -301,12 +301,12 @@ pub async fn status(
     store: &AnyStore,
     plan: &Plan,
     now_ms: i64,
-    policy: &crate::alerts::AlertPolicy,
+    policy: &crate::alerting::rules::AlertPolicy,
     json: bool,
 ) -> anyhow::Result<String> {
     use crate::progress::{IndicatorStatus, MilestoneStatus};
-    let progress = crate::evaluate::progress_at(store, plan, now_ms).await?;
-    let evaluated = crate::alerts::evaluate(plan, &progress, policy);
+    let progress = crate::alerting::progress_at(store, plan, now_ms).await?;
+    let evaluated = crate::alerting::rules::derive(plan, &progress, policy);
     let agents = store.agents().await?;
     let outages = store.outages(now_ms).await?;
     if json {
@@ -538,7 +538,7 @@ pub async fn status(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut worst: Vec<&crate::alerts::Alert> = alerts
+    let mut worst: Vec<&crate::alerting::rules::Alert> = alerts
         .iter()
         .filter(|a| a.name() != "ReportDueSoon")
         .collect();

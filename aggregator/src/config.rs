@@ -263,13 +263,13 @@ impl AlertsFile {
                 ));
             }
             if let Some(name) = &mute.alertname
-                && !crate::alerts::ALERT_NAMES.contains(&name.as_str())
+                && !crate::alerting::rules::ALERT_NAMES.contains(&name.as_str())
             {
                 return Err(invalid(
                     &format!("{key}.alertname"),
                     &format!(
                         "expected one of {}, got {name:?}",
-                        crate::alerts::ALERT_NAMES.join(", ")
+                        crate::alerting::rules::ALERT_NAMES.join(", ")
                     ),
                 ));
             }
@@ -279,7 +279,7 @@ impl AlertsFile {
                 .map(crate::clock::parse_time_ms)
                 .transpose()
                 .map_err(|m| invalid(&format!("{key}.until"), &m))?;
-            mutes.push(crate::alerts::Mute {
+            mutes.push(crate::alerting::rules::Mute {
                 alertname: mute.alertname.clone(),
                 unit: mute.unit.clone(),
                 plan: mute.plan.clone(),
@@ -288,7 +288,7 @@ impl AlertsFile {
             });
         }
         Ok(crate::serve::AlertSettings {
-            policy: crate::alerts::AlertPolicy {
+            policy: crate::alerting::rules::AlertPolicy {
                 due_soon_days: self.due_soon_days.unwrap_or(defaults.policy.due_soon_days),
                 critical_after_days: self
                     .critical_after_days
@@ -296,7 +296,7 @@ impl AlertsFile {
                 go_live_ms,
                 mutes,
             },
-            sinks: crate::notify::Sinks {
+            sinks: crate::alerting::notify::Sinks {
                 alertmanagers: self.alertmanagers,
                 webhooks: self.webhooks,
             },

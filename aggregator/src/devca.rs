@@ -8,7 +8,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use crate::server::identity::SPIFFE_UNIT_PREFIX;
+use crate::grpc::identity::SPIFFE_UNIT_PREFIX;
 
 /// A certificate and its private key, both PEM.
 #[derive(Clone)]
@@ -128,7 +128,7 @@ mod tests {
             .1
             .contents;
         assert_eq!(
-            crate::server::identity::unit_of_certificate(&der).unwrap(),
+            crate::grpc::identity::unit_of_certificate(&der).unwrap(),
             "laoshan"
         );
         let server = ca.issue_server(&["localhost"]).unwrap();
@@ -136,7 +136,7 @@ mod tests {
             .unwrap()
             .1
             .contents;
-        assert!(crate::server::identity::unit_of_certificate(&der).is_err());
+        assert!(crate::grpc::identity::unit_of_certificate(&der).is_err());
         let again = DevCa::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
         again.issue_unit("shinan").unwrap();
     }

@@ -26,13 +26,13 @@ async fn metrics(State(ingestor): State<Ingestor>) -> impl IntoResponse {
     let plan = ingestor.plan();
     let now = ingestor.clock().now_ms();
     match (
-        crate::evaluate::progress_at(ingestor.store(), plan, now).await,
+        crate::alerting::progress_at(ingestor.store(), plan, now).await,
         ingestor.store().alerts(&plan.id, now).await,
         ingestor.store().agents().await,
     ) {
-        (Ok(progress), Ok(alerts), Ok(agents)) => body.push_str(&crate::evaluate::plan_metrics(
-            plan, &progress, &alerts, &agents,
-        )),
+        (Ok(progress), Ok(alerts), Ok(agents)) => body.push_str(
+            &crate::metrics::plan_state::plan_metrics(plan, &progress, &alerts, &agents),
+        ),
         (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
             tracing::warn!(%error, "plan metrics unavailable for this scrape")
         }
@@ -68,7 +68,7 @@ async fn progress(State(ingestor): State<Ingestor>, Query(query): Query<AsOf>) -
                 .into_response();
         }
     };
-    match crate::evaluate::progress_at(ingestor.store(), ingestor.plan(), now).await {
+    match crate::alerting::progress_at(ingestor.store(), ingestor.plan(), now).await {
         Ok(progress) => Json(progress).into_response(),
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,

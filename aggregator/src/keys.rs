@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use duban_proto::{KeyId, PublicKey};
 
-use crate::ingest::Reason;
+use crate::codes::Reason;
 use crate::store::{AnyStore, Store, StoreError};
 
 /// How often the registry is reloaded from the store.

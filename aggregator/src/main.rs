@@ -205,7 +205,7 @@ enum PlanCommand {
         /// Plan file [default: the embedded Qingdao 2017 plan].
         file: Option<PathBuf>,
         /// Placeholder base URL for receivers not in --receivers (<base>/<unit>, <base>/ops).
-        #[arg(long, value_name = "URL", default_value = duban_aggregator::amconfig::DEFAULT_WEBHOOK_BASE)]
+        #[arg(long, value_name = "URL", default_value = duban_aggregator::alerting::amconfig::DEFAULT_WEBHOOK_BASE)]
         webhook_base: String,
         /// Hand-written receivers (YAML: `receivers:` in Alertmanager's syntax, named duban-ops
         /// and unit-<unit>); each replaces its generated placeholder.
@@ -356,12 +356,12 @@ fn alertmanager_config(
 ) -> anyhow::Result<String> {
     let plan = load_plan(file)?;
     let hand = match receivers {
-        Some(path) => {
-            duban_aggregator::amconfig::HandWritten::read(path).map_err(|e| anyhow::anyhow!(e))?
-        }
+        Some(path) => duban_aggregator::alerting::amconfig::HandWritten::read(path)
+            .map_err(|e| anyhow::anyhow!(e))?,
         None => Default::default(),
     };
-    duban_aggregator::amconfig::render(&plan, webhook_base, &hand).map_err(|e| anyhow::anyhow!(e))
+    duban_aggregator::alerting::amconfig::render(&plan, webhook_base, &hand)
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

@@ -15,11 +15,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::clock::Clock;
+use crate::grpc::{MAX_MESSAGE_BYTES, ReportServer};
 use crate::ingest::Ingestor;
 use crate::keys::KeyRegistry;
 use crate::metrics::Metrics;
 use crate::plan::Plan;
-use crate::server::{MAX_MESSAGE_BYTES, ReportServer};
 use crate::store::{AnyStore, Store};
 
 /// The settings key under which the go-live time in force is kept (Unix ms), for `status`.
@@ -54,12 +54,12 @@ pub struct Serve {
 /// How plan alerts are evaluated and where they go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertSettings {
-    pub policy: crate::alerts::AlertPolicy,
-    pub sinks: crate::notify::Sinks,
+    pub policy: crate::alerting::rules::AlertPolicy,
+    pub sinks: crate::alerting::notify::Sinks,
     pub evaluate_every: Duration,
     pub resend_every: Duration,
     /// Whether this process evaluates alerts on its own, every `evaluate_every`. False when
-    /// whoever embeds it drives [`crate::evaluate::Evaluator::once`] itself (the demo, on its
+    /// whoever embeds it drives [`crate::alerting::Evaluator::once`] itself (the demo, on its
     /// simulated calendar, one evaluation per simulated day).
     pub evaluate: bool,
 }
@@ -86,7 +86,7 @@ pub async fn run(
     let metrics = Metrics::new(serve.store.backend());
     let tls_config = match &serve.tls {
         Some(tls) => Some(
-            crate::tls::server_config(&tls.cert_pem, &tls.key_pem, &tls.client_ca_pem)
+            crate::grpc::tls::server_config(&tls.cert_pem, &tls.key_pem, &tls.client_ca_pem)
                 .context("invalid TLS configuration")?,
         ),
         None => None,
@@ -133,12 +133,12 @@ pub async fn run(
         }
     };
     tokio::spawn(keys.clone().refresh_until(serve.store.clone(), stopped()));
-    let evaluator = crate::evaluate::Evaluator {
+    let evaluator = crate::alerting::Evaluator {
         plan: serve.plan.clone(),
         store: serve.store.clone(),
         clock: serve.clock.clone(),
         policy,
-        notifier: crate::notify::Notifier::new(
+        notifier: crate::alerting::notify::Notifier::new(
             serve.alerts.sinks.clone(),
             ingestor.metrics().alert_notifications.clone(),
             format!("http://{}", http.local_addr()?),
@@ -177,7 +177,8 @@ pub async fn run(
     let mut accept_task = None;
     let mut grpc_task = match tls_config {
         Some(config) => {
-            let (incoming, task) = crate::tls::incoming(grpc, config, ingestor.metrics().clone());
+            let (incoming, task) =
+                crate::grpc::tls::incoming(grpc, config, ingestor.metrics().clone());
             accept_task = Some(task);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped()))
         }

@@ -6,7 +6,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use duban_aggregator::notify::Sinks;
+use duban_aggregator::alerting::notify::Sinks;
 use duban_aggregator::serve::AlertSettings;
 use serde_json::Value;
 use support::*;
@@ -225,8 +225,8 @@ async fn an_overdue_report_alerts_its_lead_unit_and_resolves_when_the_report_arr
 /// every unit has an agent, and every alert of the plan's last day is open.
 #[test]
 fn plan_state_metrics_stay_within_the_documented_series_budget() {
-    use duban_aggregator::alerts::{AlertPolicy, evaluate};
-    use duban_aggregator::evaluate::{PLAN_SERIES_BUDGET, plan_metrics};
+    use duban_aggregator::alerting::rules::{AlertPolicy, derive};
+    use duban_aggregator::metrics::plan_state::{PLAN_SERIES_BUDGET, plan_metrics};
     use duban_aggregator::progress::{Snapshot, compute};
     use duban_aggregator::store::{AgentRow, AlertRow, TaskRow, ValueRow};
     let plan = duban_aggregator::plan::embedded().plan;
@@ -312,7 +312,7 @@ fn plan_state_metrics_stay_within_the_documented_series_budget() {
         })
         .collect();
     // Every alert the plan can have open on its last day with nothing received.
-    let alerts: Vec<AlertRow> = evaluate(&plan, &empty, &AlertPolicy::default())
+    let alerts: Vec<AlertRow> = derive(&plan, &empty, &AlertPolicy::default())
         .alerts
         .into_iter()
         .map(|a| AlertRow {
@@ -351,8 +351,8 @@ fn at(text: &str) -> i64 {
 /// centre's (its uptime is what they record), so what happens is decided by the clock alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_of_the_centre_across_a_deadline_neither_makes_units_late_nor_alerts_them() {
+    use duban_aggregator::alerting::Evaluator;
     use duban_aggregator::clock::Clock;
-    use duban_aggregator::evaluate::Evaluator;
     use duban_aggregator::progress::ObligationStatus;
     let (hook, received) = webhook_receiver().await;
     let server = TestServer::start(Options {
@@ -369,11 +369,11 @@ async fn an_outage_of_the_centre_across_a_deadline_neither_makes_units_late_nor_
         plan: plan.clone(),
         store: server.store.clone(),
         clock: server.clock.clone(),
-        policy: duban_aggregator::alerts::AlertPolicy {
+        policy: duban_aggregator::alerting::rules::AlertPolicy {
             go_live_ms: Some(0),
             ..Default::default()
         },
-        notifier: duban_aggregator::notify::Notifier::new(
+        notifier: duban_aggregator::alerting::notify::Notifier::new(
             Sinks {
                 alertmanagers: vec![],
                 webhooks: vec![hook],
@@ -422,7 +422,7 @@ async fn an_outage_of_the_centre_across_a_deadline_neither_makes_units_late_nor_
         );
     }
     let progress =
-        duban_aggregator::evaluate::progress_at(&server.store, &plan, server.clock.now_ms())
+        duban_aggregator::alerting::progress_at(&server.store, &plan, server.clock.now_ms())
             .await
             .unwrap();
     let status = |unit: &str| {
@@ -467,17 +467,17 @@ fn evaluator(
     clock: Arc<duban_aggregator::clock::ManualClock>,
     sinks: Sinks,
     run_id: &str,
-) -> duban_aggregator::evaluate::Evaluator {
+) -> duban_aggregator::alerting::Evaluator {
     let metrics = duban_aggregator::metrics::Metrics::new("test");
-    duban_aggregator::evaluate::Evaluator {
+    duban_aggregator::alerting::Evaluator {
         plan: Arc::new(duban_aggregator::plan::embedded().plan),
         store,
         clock,
-        policy: duban_aggregator::alerts::AlertPolicy {
+        policy: duban_aggregator::alerting::rules::AlertPolicy {
             go_live_ms: Some(0),
             ..Default::default()
         },
-        notifier: duban_aggregator::notify::Notifier::new(
+        notifier: duban_aggregator::alerting::notify::Notifier::new(
             sinks,
             metrics.alert_notifications.clone(),
             "http://127.0.0.1:1".into(),
@@ -495,7 +495,7 @@ fn evaluator(
 /// `resend_every` of the evaluator's clock, not at each evaluation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alertmanager_gets_changes_at_once_and_the_active_alerts_every_resend_every() {
-    use duban_aggregator::evaluate::Resend;
+    use duban_aggregator::alerting::Resend;
     let (base, received) = receiver("/api/v2/alerts").await;
     let base = base.trim_end_matches("/api/v2/alerts").to_owned();
     let server = TestServer::start(Options {

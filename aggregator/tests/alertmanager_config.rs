@@ -87,7 +87,7 @@ fn amtool_accepts_it_and_routes_every_recipient_and_the_health_alerts() {
         String::from_utf8_lossy(&check.stderr)
     );
     let plan = duban_aggregator::plan::embedded().plan;
-    let recipients = duban_aggregator::amconfig::alert_recipients(&plan);
+    let recipients = duban_aggregator::alerting::amconfig::alert_recipients(&plan);
     // Lead units, a responsible unit of a task without a lead, and districts that report.
     for unit in [
         "science-tech",

@@ -736,7 +736,7 @@ async fn reflection_lists_the_report_service() {
 /// with the `grpc-retry-pushback-ms` trailer; once the slot is free, calls are served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_in_flight_a_real_call_is_told_to_wait() {
-    use duban_aggregator::server::RETRY_PUSHBACK_MS;
+    use duban_aggregator::grpc::RETRY_PUSHBACK_MS;
     use sqlx::Connection;
     let server = TestServer::start(Options {
         max_in_flight: Some(1),

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use duban_agent::config::{AgentConfig, Items, SourceConfig};
 use duban_agent::daemon::Agent;
+use duban_aggregator::alerting::Evaluator;
 use duban_aggregator::clock::{Clock, ManualClock};
-use duban_aggregator::evaluate::Evaluator;
 use duban_aggregator::plan::{Period, Plan};
 use duban_aggregator::serve::{AlertSettings, Serve, TlsMaterial};
 use duban_aggregator::store::{AnyStore, ReportFilter, Store};
@@ -257,8 +257,8 @@ fn evaluator(
         store,
         clock: shared.clock.clone(),
         policy: Default::default(),
-        notifier: duban_aggregator::notify::Notifier::new(
-            duban_aggregator::notify::Sinks {
+        notifier: duban_aggregator::alerting::notify::Notifier::new(
+            duban_aggregator::alerting::notify::Sinks {
                 alertmanagers: Vec::new(),
                 webhooks,
             },
@@ -724,7 +724,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             });
             let progress = match &aggregator {
                 Some(agg) => {
-                    duban_aggregator::evaluate::progress_at(&agg.store, &plan, clock.now_ms())
+                    duban_aggregator::alerting::progress_at(&agg.store, &plan, clock.now_ms())
                         .await
                         .ok()
                 }
@@ -817,7 +817,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         }
     };
     let progress =
-        duban_aggregator::evaluate::progress_at(&agg.store, &plan, clock.now_ms()).await?;
+        duban_aggregator::alerting::progress_at(&agg.store, &plan, clock.now_ms()).await?;
     let summary = view::summarize(view::SummaryInput {
         plan: &plan,
         options: &options,
@@ -862,7 +862,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
 }
 
 fn reqwest_client() -> reqwest::Client {
-    duban_aggregator::tls::install_crypto_provider();
+    duban_aggregator::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use duban_aggregator::alerts::ALERT_NAMES;
+use duban_aggregator::alerting::rules::ALERT_NAMES;
 use duban_aggregator::plan::Plan;
 use duban_aggregator::plan::show::table;
 use duban_aggregator::progress::Progress;

@@ -148,11 +148,12 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
     // Alertmanager with the configuration generated from the plan, pointed at the capture, with
     // short timings so that a test sees groups flush.
     let plan = duban_aggregator::plan::embedded().plan;
-    let config = duban_aggregator::amconfig::render(&plan, &hook_base, &Default::default())
-        .unwrap()
-        .replace("group_wait: 30s", "group_wait: 1s")
-        .replace("group_interval: 5m", "group_interval: 1s")
-        .replace("repeat_interval: 12h", "repeat_interval: 1h");
+    let config =
+        duban_aggregator::alerting::amconfig::render(&plan, &hook_base, &Default::default())
+            .unwrap()
+            .replace("group_wait: 30s", "group_wait: 1s")
+            .replace("group_interval: 5m", "group_interval: 1s")
+            .replace("repeat_interval: 12h", "repeat_interval: 1h");
     std::fs::write(dir.path().join("alertmanager.yml"), config).unwrap();
     let am_args: Vec<String> = vec![
         format!(
@@ -186,7 +187,7 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
     let mut alerts = AlertSettings {
-        sinks: duban_aggregator::notify::Sinks {
+        sinks: duban_aggregator::alerting::notify::Sinks {
             alertmanagers: vec![format!("http://{am_addr}")],
             webhooks: vec![],
         },

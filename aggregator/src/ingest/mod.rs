@@ -7,7 +7,6 @@
 //! conflicts and replays. Only a store failure fails the whole call (gRPC `UNAVAILABLE`);
 //! everything else is a per-report result.
 
-mod codes;
 mod hello;
 pub mod validate;
 
@@ -18,7 +17,7 @@ use duban_proto::envelope::{self, VerifyError};
 use duban_proto::{KeyId, pb};
 use sha2::{Digest, Sha256};
 
-pub use codes::*;
+pub use crate::codes::*;
 pub use hello::HelloAnswer;
 
 use crate::clock::Clock;

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use duban_proto::pb;
 
-use super::codes::{ItemKind, Reason, Refusal, RefusalCode};
+use crate::codes::{ItemKind, Reason, Refusal, RefusalCode};
 use crate::plan::{Period, Plan};
 use crate::store::{NewTaskUpdate, NewValue};
 

@@ -23,11 +23,6 @@ use crate::metrics::Metrics;
 /// How long a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Installs ring as the process-wide rustls provider; a second call is harmless.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
     #[error("{what}: {message}")]

@@ -7,6 +7,7 @@
 
 pub mod convert;
 pub mod identity;
+pub mod tls;
 
 use std::sync::Arc;
 

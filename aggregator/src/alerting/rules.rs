@@ -184,7 +184,7 @@ fn overdue_text(days: i64) -> String {
 }
 
 /// Every alert that should be active at `progress.now_ms`, after go-live and mutes.
-pub fn evaluate(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluated {
+pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluated {
     let now = progress.now_ms;
     let go_live = policy.go_live_ms.unwrap_or(i64::MIN);
     let mut before_go_live = 0;
@@ -428,7 +428,7 @@ mod tests {
     fn alerts_at(now: &str, policy: &AlertPolicy) -> Evaluated {
         let plan = crate::plan::embedded().plan;
         let progress = crate::progress::compute(&plan, &Default::default(), at(now));
-        evaluate(&plan, &progress, policy)
+        derive(&plan, &progress, policy)
     }
 
     #[test]
@@ -533,10 +533,7 @@ mod tests {
             })
             .expect("laoshan reports pct-applications for 2018Q1")
             .overdue_after_ms();
-        (
-            evaluate(&plan, &progress, &AlertPolicy::default()),
-            deadline,
-        )
+        (derive(&plan, &progress, &AlertPolicy::default()), deadline)
     }
 
     /// (alertname, severity) of laoshan's own alerts about its 2018Q1 PCT report.
@@ -612,7 +609,7 @@ mod tests {
             .expect("a milestone ahead");
         let severity_at = |now: i64| {
             let progress = crate::progress::compute(&plan, &Default::default(), now);
-            evaluate(&plan, &progress, &AlertPolicy::default())
+            derive(&plan, &progress, &AlertPolicy::default())
                 .alerts
                 .iter()
                 .filter(|a| {
@@ -645,7 +642,7 @@ mod tests {
             .expect("the plan has tasks 按职责分工负责");
         let now = at("2020-12-31T00:00:00Z");
         let progress = crate::progress::compute(&plan, &Default::default(), now);
-        let evaluated = evaluate(&plan, &progress, &AlertPolicy::default());
+        let evaluated = derive(&plan, &progress, &AlertPolicy::default());
         let about: Vec<&Alert> = evaluated
             .alerts
             .iter()

@@ -2,7 +2,7 @@
 //! all active alerts re-sent every `resend_every`, resolved ones once with `endsAt`; identical
 //! label sets deduplicate there); and to webhooks in Alertmanager's webhook format, grouped per
 //! recipient, with retries. Only the replica that [`crate::store::Store::is_notifier`] names
-//! evaluates the alert state and calls this (see [`crate::evaluate::Evaluator::once`]).
+//! evaluates the alert state and calls this (see [`crate::alerting::Evaluator::once`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -53,7 +53,7 @@ fn am_alert(alert: &AlertRow, external_url: &str) -> Value {
 
 impl Notifier {
     pub fn new(sinks: Sinks, counter: IntCounterVec, external_url: String) -> Self {
-        crate::tls::install_crypto_provider();
+        crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -155,7 +155,7 @@ impl Notifier {
             "groupKey": format!("{{}}:{{recipient=\"{recipient}\"}}"),
             "truncatedAlerts": 0,
             "status": status,
-            "receiver": crate::amconfig::unit_receiver(recipient),
+            "receiver": crate::alerting::amconfig::unit_receiver(recipient),
             "groupLabels": { "recipient": recipient },
             "commonLabels": { "recipient": recipient },
             "commonAnnotations": {},

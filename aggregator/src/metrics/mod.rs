@@ -1,12 +1,14 @@
 //! Every ingest metric, defined in one place with its fixed label values, all pre-set to zero
 //! so that dashboards and alert rules see every series from the first scrape.
 
+pub mod plan_state;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
-use crate::ingest::{Reason, RefusalCode};
+use crate::codes::{Reason, RefusalCode};
 
 #[derive(Clone)]
 pub struct Metrics {
