@@ -305,7 +305,7 @@ pub async fn status(
     json: bool,
 ) -> anyhow::Result<String> {
     use crate::progress::{IndicatorStatus, MilestoneStatus};
-    let progress = crate::alerting::progress_at(store, plan, now_ms).await?;
+    let progress = crate::store::progress_at(store, plan, now_ms).await?;
     let evaluated = crate::alerting::rules::derive(plan, &progress, policy);
     let agents = store.agents().await?;
     let outages = store.outages(now_ms).await?;

@@ -92,7 +92,7 @@ pub struct ServeConfig {
     pub tls: Option<TlsFiles>,
     pub max_in_flight: usize,
     pub shutdown_grace: Duration,
-    pub alerts: crate::serve::AlertSettings,
+    pub alerts: crate::alerting::AlertSettings,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -222,7 +222,7 @@ impl ServeFile {
 
 impl AlertsFile {
     /// The alert settings, with defaults filled in; errors name `source_name` and the key.
-    pub fn settle(self, source_name: &str) -> Result<crate::serve::AlertSettings, ConfigError> {
+    pub fn settle(self, source_name: &str) -> Result<crate::alerting::AlertSettings, ConfigError> {
         let invalid = |key: &str, message: &str| ConfigError::Invalid {
             source_name: source_name.to_owned(),
             key: key.to_owned(),
@@ -236,7 +236,7 @@ impl AlertsFile {
                 ));
             }
         }
-        let defaults = crate::serve::AlertSettings::default();
+        let defaults = crate::alerting::AlertSettings::default();
         let evaluate_every = self
             .evaluate_every_seconds
             .map(Duration::from_secs)
@@ -287,7 +287,7 @@ impl AlertsFile {
                 reason: mute.reason.clone(),
             });
         }
-        Ok(crate::serve::AlertSettings {
+        Ok(crate::alerting::AlertSettings {
             policy: crate::alerting::rules::AlertPolicy {
                 due_soon_days: self.due_soon_days.unwrap_or(defaults.policy.due_soon_days),
                 critical_after_days: self

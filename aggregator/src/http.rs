@@ -8,27 +8,27 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::ingest::Ingestor;
+use crate::app::App;
 use crate::store::Store;
 
-pub fn router(ingestor: Ingestor) -> Router {
+pub fn router(app: App) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/progress", get(progress))
         .route("/api/v1/alerts", get(alerts))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(ingestor)
+        .with_state(app)
 }
 
-async fn metrics(State(ingestor): State<Ingestor>) -> impl IntoResponse {
-    let mut body = ingestor.metrics().render();
-    let plan = ingestor.plan();
-    let now = ingestor.clock().now_ms();
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    let mut body = app.metrics.render();
+    let plan = &app.plan;
+    let now = app.now_ms();
     match (
-        crate::alerting::progress_at(ingestor.store(), plan, now).await,
-        ingestor.store().alerts(&plan.id, now).await,
-        ingestor.store().agents().await,
+        app.progress_at(now).await,
+        app.store.alerts(&plan.id, now).await,
+        app.store.agents().await,
     ) {
         (Ok(progress), Ok(alerts), Ok(agents)) => body.push_str(
             &crate::metrics::plan_state::plan_metrics(plan, &progress, &alerts, &agents),
@@ -52,14 +52,14 @@ struct AsOf {
     as_of: Option<String>,
 }
 
-async fn progress(State(ingestor): State<Ingestor>, Query(query): Query<AsOf>) -> Response {
+async fn progress(State(app): State<App>, Query(query): Query<AsOf>) -> Response {
     let now = match query
         .as_of
         .as_deref()
         .map(crate::clock::parse_time_ms)
         .transpose()
     {
-        Ok(at) => at.unwrap_or_else(|| ingestor.clock().now_ms()),
+        Ok(at) => at.unwrap_or_else(|| app.now_ms()),
         Err(error) => {
             return (
                 StatusCode::BAD_REQUEST,
@@ -68,7 +68,7 @@ async fn progress(State(ingestor): State<Ingestor>, Query(query): Query<AsOf>) -
                 .into_response();
         }
     };
-    match crate::alerting::progress_at(ingestor.store(), ingestor.plan(), now).await {
+    match app.progress_at(now).await {
         Ok(progress) => Json(progress).into_response(),
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -78,14 +78,11 @@ async fn progress(State(ingestor): State<Ingestor>, Query(query): Query<AsOf>) -
     }
 }
 
-async fn alerts(State(ingestor): State<Ingestor>) -> Response {
-    match ingestor
-        .store()
-        .alerts(&ingestor.plan().id, ingestor.clock().now_ms())
-        .await
-    {
-        Ok(alerts) => Json(serde_json::json!({ "plan": ingestor.plan().id, "alerts": alerts }))
-            .into_response(),
+async fn alerts(State(app): State<App>) -> Response {
+    match app.store.alerts(&app.plan.id, app.now_ms()).await {
+        Ok(alerts) => {
+            Json(serde_json::json!({ "plan": app.plan.id, "alerts": alerts })).into_response()
+        }
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "error": error.to_string() })),
@@ -94,15 +91,11 @@ async fn alerts(State(ingestor): State<Ingestor>) -> Response {
     }
 }
 
-async fn ready(State(ingestor): State<Ingestor>) -> impl IntoResponse {
-    match ingestor.store().ping().await {
+async fn ready(State(app): State<App>) -> impl IntoResponse {
+    match app.store.ping().await {
         Ok(()) => (
             StatusCode::OK,
-            format!(
-                "ready: plan {}, {} keys\n",
-                ingestor.plan().id,
-                ingestor.keys().len()
-            ),
+            format!("ready: plan {}, {} keys\n", &app.plan.id, app.keys.len()),
         ),
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -3,6 +3,7 @@
 //! alerts. docs/ARCHITECTURE.md maps the modules along the path a report takes.
 pub mod admin;
 pub mod alerting;
+pub mod app;
 pub mod clock;
 pub mod codes;
 pub mod config;

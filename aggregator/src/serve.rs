@@ -7,20 +7,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use duban_proto::pb::report_service_server::ReportServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::alerting::AlertSettings;
+use crate::app::App;
 use crate::clock::Clock;
 use crate::grpc::{MAX_MESSAGE_BYTES, ReportServer};
-use crate::ingest::Ingestor;
 use crate::keys::KeyRegistry;
 use crate::metrics::Metrics;
 use crate::plan::Plan;
-use crate::store::{AnyStore, Store};
+use crate::store::{AnyStore, Store, StoreError};
 
 /// The settings key under which the go-live time in force is kept (Unix ms), for `status`.
 pub const GO_LIVE_SETTING: &str = "go_live_ms";
@@ -51,29 +51,26 @@ pub struct Serve {
     pub alerts: AlertSettings,
 }
 
-/// How plan alerts are evaluated and where they go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlertSettings {
-    pub policy: crate::alerting::rules::AlertPolicy,
-    pub sinks: crate::alerting::notify::Sinks,
-    pub evaluate_every: Duration,
-    pub resend_every: Duration,
-    /// Whether this process evaluates alerts on its own, every `evaluate_every`. False when
-    /// whoever embeds it drives [`crate::alerting::Evaluator::once`] itself (the demo, on its
-    /// simulated calendar, one evaluation per simulated day).
-    pub evaluate: bool,
+/// Why the aggregator could not serve, or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid TLS configuration: {0}")]
+    Tls(#[from] crate::grpc::tls::TlsSetupError),
+    #[error("{what}: {source}")]
+    Store {
+        what: &'static str,
+        source: StoreError,
+    },
+    #[error("failed to build the reflection service: {0}")]
+    Reflection(String),
+    #[error("the listeners: {0}")]
+    Listen(#[from] std::io::Error),
+    #[error("the {0} server stopped: {1}")]
+    Stopped(&'static str, String),
 }
 
-impl Default for AlertSettings {
-    fn default() -> Self {
-        AlertSettings {
-            policy: Default::default(),
-            sinks: Default::default(),
-            evaluate_every: Duration::from_secs(30),
-            resend_every: Duration::from_secs(60),
-            evaluate: true,
-        }
-    }
+fn store_error(what: &'static str) -> impl FnOnce(StoreError) -> ServeError {
+    move |source| ServeError::Store { what, source }
 }
 
 /// Serves until `shutdown` resolves, then drains for at most `shutdown_grace`.
@@ -82,13 +79,14 @@ pub async fn run(
     grpc: TcpListener,
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     let metrics = Metrics::new(serve.store.backend());
     let tls_config = match &serve.tls {
-        Some(tls) => Some(
-            crate::grpc::tls::server_config(&tls.cert_pem, &tls.key_pem, &tls.client_ca_pem)
-                .context("invalid TLS configuration")?,
-        ),
+        Some(tls) => Some(crate::grpc::tls::server_config(
+            &tls.cert_pem,
+            &tls.key_pem,
+            &tls.client_ca_pem,
+        )?),
         None => None,
     };
     warn_about_other_plans(&serve.store, &serve.plan).await?;
@@ -100,7 +98,7 @@ pub async fn run(
         .store
         .setting_or_insert("first_served_ms", &serve.clock.now_ms().to_string())
         .await
-        .context("failed to read the deployment's settings")?;
+        .map_err(store_error("failed to read the deployment's settings"))?;
     let go_live = policy.go_live_ms.or_else(|| first.parse().ok());
     policy.go_live_ms = go_live;
     if let Some(go_live) = go_live {
@@ -108,7 +106,7 @@ pub async fn run(
             .store
             .set_setting(GO_LIVE_SETTING, &go_live.to_string())
             .await
-            .context("failed to record the go-live time")?;
+            .map_err(store_error("failed to record the go-live time"))?;
         tracing::info!(
             go_live = %crate::progress::date_of_ms(go_live, &serve.plan.tz),
             "alerts are sent for deadlines from the go-live date on; earlier ones are shown, not alerted"
@@ -117,14 +115,14 @@ pub async fn run(
     let keys = Arc::new(KeyRegistry::default());
     keys.reload(&serve.store)
         .await
-        .context("failed to load the key registry")?;
-    let ingestor = Ingestor::new(
-        serve.plan.clone(),
-        keys.clone(),
-        serve.store.clone(),
-        serve.clock.clone(),
+        .map_err(store_error("failed to load the key registry"))?;
+    let app = App {
+        plan: serve.plan.clone(),
+        store: serve.store.clone(),
+        clock: serve.clock.clone(),
+        keys: keys.clone(),
         metrics,
-    );
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -140,10 +138,10 @@ pub async fn run(
         policy,
         notifier: crate::alerting::notify::Notifier::new(
             serve.alerts.sinks.clone(),
-            ingestor.metrics().alert_notifications.clone(),
+            app.metrics.alert_notifications.clone(),
             format!("http://{}", http.local_addr()?),
         ),
-        metrics: ingestor.metrics().clone(),
+        metrics: app.metrics.clone(),
         every: serve.alerts.evaluate_every,
         resend_every: serve.alerts.resend_every,
         run_id: hex::encode(rand::random::<[u8; 8]>()),
@@ -160,9 +158,9 @@ pub async fn run(
         .register_encoded_file_descriptor_set(duban_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .context("failed to build the reflection service")?;
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let reports = ReportServiceServer::new(ReportServer::new(
-        ingestor.clone(),
+        &app,
         serve.max_in_flight,
         serve.tls.is_some(),
     ))
@@ -177,8 +175,7 @@ pub async fn run(
     let mut accept_task = None;
     let mut grpc_task = match tls_config {
         Some(config) => {
-            let (incoming, task) =
-                crate::grpc::tls::incoming(grpc, config, ingestor.metrics().clone());
+            let (incoming, task) = crate::grpc::tls::incoming(grpc, config, app.metrics.clone());
             accept_task = Some(task);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped()))
         }
@@ -192,14 +189,14 @@ pub async fn run(
         }
     };
     let http_server =
-        axum::serve(http, crate::http::router(ingestor.clone())).with_graceful_shutdown(stopped());
+        axum::serve(http, crate::http::router(app.clone())).with_graceful_shutdown(stopped());
     let mut http_task = tokio::spawn(async move { http_server.await });
     tracing::info!(grpc = %grpc_addr, http = %http_addr, plan = %serve.plan.id, backend = serve.store.backend(), tls = serve.tls.is_some(), "aggregator serving");
 
     tokio::select! {
         _ = shutdown => tracing::info!(grace_seconds = serve.shutdown_grace.as_secs_f64(), "shutting down: draining in-flight calls"),
-        result = &mut grpc_task => return Err(anyhow::anyhow!("gRPC server stopped: {result:?}")),
-        result = &mut http_task => return Err(anyhow::anyhow!("HTTP server stopped: {result:?}")),
+        result = &mut grpc_task => return Err(ServeError::Stopped("gRPC", format!("{result:?}"))),
+        result = &mut http_task => return Err(ServeError::Stopped("HTTP", format!("{result:?}"))),
     }
     health
         .set_not_serving::<ReportServiceServer<ReportServer>>()
@@ -218,8 +215,9 @@ pub async fn run(
     }
     match drained {
         Ok((grpc, http)) => {
-            grpc.context("gRPC task")?.context("gRPC server")?;
-            http.context("HTTP task")?.context("HTTP server")?;
+            grpc.map_err(|e| ServeError::Stopped("gRPC", e.to_string()))?
+                .map_err(|e| ServeError::Stopped("gRPC", e.to_string()))?;
+            http.map_err(|e| ServeError::Stopped("HTTP", e.to_string()))??;
             tracing::info!("drained; exiting");
         }
         Err(_) => tracing::warn!("grace period over with calls still in flight; exiting anyway"),
@@ -229,11 +227,11 @@ pub async fn run(
 
 /// Warns when the database holds reports of another plan than the one served (a changed plan
 /// id, or the wrong database): those reports are kept but count for nothing here.
-async fn warn_about_other_plans(store: &AnyStore, plan: &Plan) -> anyhow::Result<()> {
+async fn warn_about_other_plans(store: &AnyStore, plan: &Plan) -> Result<(), ServeError> {
     let others: Vec<String> = store
         .stored_plan_ids()
         .await
-        .context("failed to read the database")?
+        .map_err(store_error("failed to read the database"))?
         .into_iter()
         .filter(|id| *id != plan.id)
         .collect();

@@ -6,8 +6,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use duban_aggregator::alerting::AlertSettings;
 use duban_aggregator::alerting::notify::Sinks;
-use duban_aggregator::serve::AlertSettings;
 use serde_json::Value;
 use support::*;
 
@@ -422,7 +422,7 @@ async fn an_outage_of_the_centre_across_a_deadline_neither_makes_units_late_nor_
         );
     }
     let progress =
-        duban_aggregator::alerting::progress_at(&server.store, &plan, server.clock.now_ms())
+        duban_aggregator::store::progress_at(&server.store, &plan, server.clock.now_ms())
             .await
             .unwrap();
     let status = |unit: &str| {

@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use duban_agent::config::{AgentConfig, Items, SourceConfig};
 use duban_agent::daemon::Agent;
+use duban_aggregator::alerting::AlertSettings;
 use duban_aggregator::alerting::Evaluator;
 use duban_aggregator::clock::{Clock, ManualClock};
 use duban_aggregator::plan::{Period, Plan};
-use duban_aggregator::serve::{AlertSettings, Serve, TlsMaterial};
+use duban_aggregator::serve::{Serve, TlsMaterial};
 use duban_aggregator::store::{AnyStore, ReportFilter, Store};
 use duban_proto::pb;
 use duban_proto::pb::report_service_client::ReportServiceClient;
@@ -117,7 +118,7 @@ async fn start_inbox(clock: Arc<ManualClock>, plan: Arc<Plan>) -> anyhow::Result
 /// The aggregator as a restartable piece of this process.
 struct Aggregator {
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), duban_aggregator::serve::ServeError>>,
     store: AnyStore,
 }
 
@@ -724,7 +725,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             });
             let progress = match &aggregator {
                 Some(agg) => {
-                    duban_aggregator::alerting::progress_at(&agg.store, &plan, clock.now_ms())
+                    duban_aggregator::store::progress_at(&agg.store, &plan, clock.now_ms())
                         .await
                         .ok()
                 }
@@ -816,8 +817,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             }
         }
     };
-    let progress =
-        duban_aggregator::alerting::progress_at(&agg.store, &plan, clock.now_ms()).await?;
+    let progress = duban_aggregator::store::progress_at(&agg.store, &plan, clock.now_ms()).await?;
     let summary = view::summarize(view::SummaryInput {
         plan: &plan,
         options: &options,

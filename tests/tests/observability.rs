@@ -6,8 +6,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use duban_aggregator::alerting::AlertSettings;
 use duban_aggregator::clock::{Clock, ManualClock};
-use duban_aggregator::serve::{AlertSettings, Serve};
+use duban_aggregator::serve::Serve;
 use duban_aggregator::store::{AnyStore, NewKey, Store};
 use duban_e2e::{AgentSetup, Background, require_program};
 use duban_proto::{SigningKey, pb};

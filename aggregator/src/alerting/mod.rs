@@ -13,29 +13,33 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::plan::Plan;
-use crate::progress::{self, Progress, Snapshot};
 use crate::store::{AlertChanges, AnyStore, Store, StoreError, WantedAlert};
 use notify::Notifier;
 use rules::AlertPolicy;
 
-pub async fn snapshot(store: &AnyStore, plan: &Plan, now_ms: i64) -> Result<Snapshot, StoreError> {
-    Ok(Snapshot {
-        values: store.current_values(&plan.id, None).await?,
-        tasks: store.current_tasks(&plan.id).await?,
-        outages: store.outages(now_ms).await?,
-    })
+/// How plan alerts are evaluated and where they go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertSettings {
+    pub policy: rules::AlertPolicy,
+    pub sinks: notify::Sinks,
+    pub evaluate_every: Duration,
+    pub resend_every: Duration,
+    /// Whether this process evaluates alerts on its own, every `evaluate_every`. False when
+    /// whoever embeds it drives [`Evaluator::once`] itself (the demo, on its
+    /// simulated calendar, one evaluation per simulated day).
+    pub evaluate: bool,
 }
 
-pub async fn progress_at(
-    store: &AnyStore,
-    plan: &Plan,
-    now_ms: i64,
-) -> Result<Progress, StoreError> {
-    Ok(progress::compute(
-        plan,
-        &snapshot(store, plan, now_ms).await?,
-        now_ms,
-    ))
+impl Default for AlertSettings {
+    fn default() -> Self {
+        AlertSettings {
+            policy: Default::default(),
+            sinks: Default::default(),
+            evaluate_every: Duration::from_secs(30),
+            resend_every: Duration::from_secs(60),
+            evaluate: true,
+        }
+    }
 }
 
 /// When the active alerts were last re-sent (see [`Evaluator::tick`]).
@@ -71,7 +75,7 @@ impl Evaluator {
         // Twice the interval: one late evaluation is not an outage.
         let slack_ms = i64::try_from(self.every.as_millis().saturating_mul(2)).unwrap_or(i64::MAX);
         self.store.beat(&self.run_id, now, slack_ms).await?;
-        let progress = progress_at(&self.store, &self.plan, now).await?;
+        let progress = crate::store::progress_at(&self.store, &self.plan, now).await?;
         let evaluated = rules::derive(&self.plan, &progress, &self.policy);
         self.metrics.alerts_muted.set(evaluated.muted as i64);
         self.metrics

@@ -16,7 +16,9 @@ use duban_proto::pb::report_service_server::ReportService;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
+use crate::app::App;
 use crate::ingest::Ingestor;
+use crate::metrics::Metrics;
 
 /// Most reports in one `SubmitBatch`.
 pub const MAX_BATCH: usize = 1000;
@@ -27,14 +29,16 @@ pub const RETRY_PUSHBACK_MS: u64 = 1000;
 
 pub struct ReportServer {
     ingestor: Ingestor,
+    metrics: Metrics,
     in_flight: Arc<Semaphore>,
     require_client_identity: bool,
 }
 
 impl ReportServer {
-    pub fn new(ingestor: Ingestor, max_in_flight: usize, require_client_identity: bool) -> Self {
+    pub fn new(app: &App, max_in_flight: usize, require_client_identity: bool) -> Self {
         ReportServer {
-            ingestor,
+            ingestor: Ingestor::new(app),
+            metrics: app.metrics.clone(),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             require_client_identity,
         }
@@ -61,7 +65,7 @@ impl ReportServer {
         unit: Option<String>,
     ) -> Result<Vec<pb::SubmitResult>, Status> {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            self.ingestor.metrics().overloaded.inc();
+            self.metrics.overloaded.inc();
             let mut status = Status::resource_exhausted(
                 "the aggregator is at its concurrency limit; retry after the pushback delay",
             );
@@ -71,7 +75,7 @@ impl ReportServer {
             );
             return Err(status);
         };
-        let _slot = Slot::taken(permit, &self.ingestor.metrics().in_flight);
+        let _slot = Slot::taken(permit, &self.metrics.in_flight);
         let results =
             self.ingestor.submit(reports, unit).await.map_err(|e| {
                 Status::unavailable(format!("the store is unavailable; retry: {e}"))

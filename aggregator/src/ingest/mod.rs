@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 pub use crate::codes::*;
 pub use hello::HelloAnswer;
 
+use crate::app::App;
 use crate::clock::Clock;
 use crate::keys::KeyRegistry;
 use crate::metrics::Metrics;
@@ -61,42 +62,16 @@ enum Prepared {
 }
 
 impl Ingestor {
-    pub fn new(
-        plan: Arc<Plan>,
-        keys: Arc<KeyRegistry>,
-        store: AnyStore,
-        clock: Arc<dyn Clock>,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(app: &App) -> Self {
         Ingestor {
             inner: Arc::new(Inner {
-                plan,
-                keys,
-                store,
-                clock,
-                metrics,
+                plan: app.plan.clone(),
+                keys: app.keys.clone(),
+                store: app.store.clone(),
+                clock: app.clock.clone(),
+                metrics: app.metrics.clone(),
             }),
         }
-    }
-
-    pub fn plan(&self) -> &Arc<Plan> {
-        &self.inner.plan
-    }
-
-    pub fn store(&self) -> &AnyStore {
-        &self.inner.store
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
-    }
-
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.inner.clock
-    }
-
-    pub fn keys(&self) -> &Arc<KeyRegistry> {
-        &self.inner.keys
     }
 
     /// Answers an agent's Hello (see [`hello`]): whether its reports would be accepted, and the

@@ -20,6 +20,7 @@
 //! - A milestone is lagging when its reported percent trails the elapsed fraction of its window
 //!   by more than its tolerance, overdue when its window has closed and it is not done.
 
+pub mod input;
 mod time;
 
 pub use time::{DAY_MS, date_of_ms, end_of_day_ms, start_of_day_ms};
@@ -30,7 +31,7 @@ use duban_proto::period::{Period, PeriodType};
 use serde::Serialize;
 
 use crate::plan::{Aggregation, Comparator, Indicator, Plan};
-use crate::store::{Outage, TaskRow, ValueRow};
+pub use input::{Outage, TaskRow, ValueRow};
 
 /// After an outage of the centre that covered a deadline, how long units have to deliver what
 /// they signed before the deadline.

@@ -20,9 +20,10 @@ mod reconcile;
 mod sqlite;
 mod types;
 
+pub use crate::progress::input::{Outage, TaskRow, ValueRow};
 pub use alerts::{AlertChanges, AlertRow, WantedAlert};
 pub use postgres::PgStore;
-pub use presence::{AgentRow, Heartbeat, Outage, gaps};
+pub use presence::{AgentRow, Heartbeat, gaps};
 pub use sqlite::SqliteStore;
 pub use types::*;
 
@@ -109,13 +110,11 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The operations the aggregator needs from storage. Implemented by [`SqliteStore`],
-/// [`PgStore`] and the run-time choice between them, [`AnyStore`].
+/// The operations the aggregator needs from storage, in the store's own terms. Implemented by
+/// [`SqliteStore`], [`PgStore`] and the run-time choice between them, [`AnyStore`], all through
+/// sqlx's `Any` driver (see [`backend`]); another backend implements this trait directly.
 #[allow(async_fn_in_trait)]
 pub trait Store {
-    /// The pool reads and key administration go through (SQLite: the readers; PostgreSQL: the
-    /// one pool). The read methods below default to it.
-    fn read_pool(&self) -> &AnyPool;
     /// Stores new reports atomically per call and classifies each; one outcome per report, in
     /// order. Returns only once committed and synced.
     async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError>;
@@ -130,6 +129,113 @@ pub trait Store {
     /// Whether this process is the one that may send to sinks that cannot deduplicate
     /// (webhooks). Always true on SQLite; on PostgreSQL, the holder of an advisory lock.
     async fn is_notifier(&self) -> Result<bool, StoreError>;
+
+    async fn add_key(&self, key: NewKey) -> Result<(), StoreError>;
+    /// Marks a key revoked from `at_ms` on. False when no such key exists.
+    async fn revoke_key(&self, key_id: KeyId, at_ms: i64) -> Result<bool, StoreError>;
+    async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError>;
+    async fn reports(&self, filter: &ReportFilter) -> Result<Vec<ReportRow>, StoreError>;
+    async fn current_values(
+        &self,
+        plan_id: &str,
+        indicator_id: Option<&str>,
+    ) -> Result<Vec<ValueRow>, StoreError>;
+    async fn current_tasks(&self, plan_id: &str) -> Result<Vec<TaskRow>, StoreError>;
+    async fn audit(&self, plan_id: &str) -> Result<Vec<AuditRow>, StoreError>;
+    /// Every value and task update stored, with the report that carried it, in report order.
+    async fn stored_items(&self, plan_id: &str) -> Result<Vec<StoredItem>, StoreError>;
+    async fn envelope(
+        &self,
+        unit_id: &str,
+        report_id: &[u8],
+    ) -> Result<Option<StoredEnvelope>, StoreError>;
+    async fn security_events(&self) -> Result<Vec<SecurityEvent>, StoreError>;
+    /// Open alerts, and those resolved at or after `resolved_since_ms`.
+    async fn alerts(
+        &self,
+        plan_id: &str,
+        resolved_since_ms: i64,
+    ) -> Result<Vec<AlertRow>, StoreError>;
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Records an agent's heartbeat (a verified Hello).
+    async fn record_heartbeat(&self, beat: &Heartbeat) -> Result<(), StoreError>;
+    /// Every agent that has said Hello, with its last heartbeat.
+    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError>;
+    /// The highest seq stored under a key (0 when none).
+    async fn key_max_seq(&self, key_id: &[u8]) -> Result<i64, StoreError>;
+    /// The highest revision stored per period for a unit.
+    async fn unit_revisions(
+        &self,
+        plan_id: &str,
+        unit_id: &str,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Marks the serving process `run_id` alive at `at_ms`; beats further apart than
+    /// `slack_ms` leave an outage between them.
+    async fn beat(&self, run_id: &str, at_ms: i64, slack_ms: i64) -> Result<(), StoreError>;
+    /// When the centre was not serving, between its first start and `now_ms`.
+    async fn outages(&self, now_ms: i64) -> Result<Vec<Outage>, StoreError>;
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Sets `key` unless it is set; returns the value that holds.
+    async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String, StoreError>;
+    async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// The plan ids that stored reports belong to.
+    async fn stored_plan_ids(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// The sqlx backends: a pool for reads and key administration, and the operations each does its
+/// own way; every other [`Store`] operation is the same SQL on both.
+mod backend {
+    use super::*;
+
+    #[allow(async_fn_in_trait)]
+    pub trait SqlBackend {
+        /// SQLite: the readers; PostgreSQL: the one pool.
+        fn read_pool(&self) -> &AnyPool;
+        /// Stores new reports atomically per call and classifies each; one outcome per report, in
+        /// order. Returns only once committed and synced.
+        async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError>;
+        /// Makes the open alerts equal `wanted`: new ones fire (starts_at = now), missing ones
+        /// resolve (ends_at = now), the rest keep their start.
+        async fn sync_alerts(
+            &self,
+            plan_id: &str,
+            wanted: Vec<WantedAlert>,
+            now_ms: i64,
+        ) -> Result<AlertChanges, StoreError>;
+        /// Whether this process is the one that may send to sinks that cannot deduplicate
+        /// (webhooks). Always true on SQLite; on PostgreSQL, the holder of an advisory lock.
+        async fn is_notifier(&self) -> Result<bool, StoreError>;
+        /// A cheap round trip, for readiness.
+        async fn ping(&self) -> Result<(), StoreError> {
+            queries::ping(self.read_pool()).await
+        }
+    }
+}
+
+pub(crate) use backend::SqlBackend;
+
+impl<B: SqlBackend> Store for B {
+    /// Stores new reports atomically per call and classifies each; one outcome per report, in
+    /// order. Returns only once committed and synced.
+    async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError> {
+        SqlBackend::ingest(self, reports).await
+    }
+    /// Makes the open alerts equal `wanted`: new ones fire (starts_at = now), missing ones
+    /// resolve (ends_at = now), the rest keep their start.
+    async fn sync_alerts(
+        &self,
+        plan_id: &str,
+        wanted: Vec<WantedAlert>,
+        now_ms: i64,
+    ) -> Result<AlertChanges, StoreError> {
+        SqlBackend::sync_alerts(self, plan_id, wanted, now_ms).await
+    }
+    /// Whether this process is the one that may send to sinks that cannot deduplicate
+    /// (webhooks). Always true on SQLite; on PostgreSQL, the holder of an advisory lock.
+    async fn is_notifier(&self) -> Result<bool, StoreError> {
+        SqlBackend::is_notifier(self).await
+    }
 
     async fn add_key(&self, key: NewKey) -> Result<(), StoreError> {
         queries::add_key(self.read_pool(), &key).await
@@ -181,7 +287,7 @@ pub trait Store {
     }
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError> {
-        queries::ping(self.read_pool()).await
+        SqlBackend::ping(self).await
     }
     /// Records an agent's heartbeat (a verified Hello).
     async fn record_heartbeat(&self, beat: &Heartbeat) -> Result<(), StoreError> {
@@ -226,6 +332,33 @@ pub trait Store {
     async fn stored_plan_ids(&self) -> Result<Vec<String>, StoreError> {
         presence::stored_plan_ids(self.read_pool()).await
     }
+}
+
+/// What the progress engine needs at `now_ms`: the current values and task updates, and
+/// the centre's outages.
+pub async fn snapshot(
+    store: &AnyStore,
+    plan: &crate::plan::Plan,
+    now_ms: i64,
+) -> Result<crate::progress::Snapshot, StoreError> {
+    Ok(crate::progress::Snapshot {
+        values: store.current_values(&plan.id, None).await?,
+        tasks: store.current_tasks(&plan.id).await?,
+        outages: store.outages(now_ms).await?,
+    })
+}
+
+/// Progress at `now_ms` from what `store` holds.
+pub async fn progress_at(
+    store: &AnyStore,
+    plan: &crate::plan::Plan,
+    now_ms: i64,
+) -> Result<crate::progress::Progress, StoreError> {
+    Ok(crate::progress::compute(
+        plan,
+        &snapshot(store, plan, now_ms).await?,
+        now_ms,
+    ))
 }
 
 /// The backend chosen at run time from the database URL.
@@ -279,13 +412,13 @@ impl AnyStore {
 macro_rules! delegate {
     ($self:ident, $method:ident ( $($arg:expr),* )) => {
         match $self {
-            AnyStore::Sqlite(s) => s.$method($($arg),*).await,
-            AnyStore::Postgres(s) => s.$method($($arg),*).await,
+            AnyStore::Sqlite(s) => SqlBackend::$method(s, $($arg),*).await,
+            AnyStore::Postgres(s) => SqlBackend::$method(s, $($arg),*).await,
         }
     };
 }
 
-impl Store for AnyStore {
+impl SqlBackend for AnyStore {
     fn read_pool(&self) -> &AnyPool {
         match self {
             AnyStore::Sqlite(s) => s.read_pool(),

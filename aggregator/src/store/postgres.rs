@@ -6,7 +6,7 @@ use sqlx::{AnyPool, Connection, Row};
 
 use super::reconcile::{POSTGRES, ingest_one};
 use super::types::*;
-use super::{AlertChanges, Store, StoreError, WantedAlert};
+use super::{AlertChanges, SqlBackend, StoreError, WantedAlert};
 
 /// Advisory lock keys are derived from the schema, so that deployments (and test schemas)
 /// sharing one database do not contend; replicas of one deployment share a schema.
@@ -96,7 +96,7 @@ impl PgStore {
     }
 }
 
-impl Store for PgStore {
+impl SqlBackend for PgStore {
     fn read_pool(&self) -> &AnyPool {
         &self.pool
     }

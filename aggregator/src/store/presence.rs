@@ -9,6 +9,7 @@
 //! start and now is an outage. Several replicas each keep their own, so one replica's restart
 //! is not an outage while another serves.
 
+use crate::progress::input::Outage;
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
 
@@ -35,13 +36,6 @@ pub struct Heartbeat {
     pub agent_version: String,
     pub outbox_reports: i64,
     pub dead_letters: i64,
-}
-
-/// An interval when the centre was not serving, `[from_ms, to_ms)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Outage {
-    pub from_ms: i64,
-    pub to_ms: i64,
 }
 
 pub(super) async fn record_heartbeat(pool: &AnyPool, beat: &Heartbeat) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@ use sqlx::{AnyPool, Row};
 
 use super::StoreError;
 use super::types::*;
+use crate::progress::input::{TaskRow, ValueRow};
 
 pub(super) async fn add_key(pool: &AnyPool, key: &NewKey) -> Result<(), StoreError> {
     let inserted = sqlx::query("INSERT INTO keys (key_id, unit_id, public_key, not_before_ms, not_after_ms, added_at_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")

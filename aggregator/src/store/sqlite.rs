@@ -13,9 +13,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
 use tokio::sync::{mpsc, oneshot};
 
+use super::SqlBackend;
 use super::reconcile::{SQLITE, ingest_one};
 use super::types::*;
-use super::{AlertChanges, Store, StoreError, WantedAlert, queries};
+use super::{AlertChanges, StoreError, WantedAlert, queries};
 
 /// The most ingest calls committed together.
 const MAX_GROUP: usize = 128;
@@ -172,7 +173,7 @@ async fn commit_group(
     Ok(outcomes)
 }
 
-impl Store for SqliteStore {
+impl SqlBackend for SqliteStore {
     fn read_pool(&self) -> &AnyPool {
         &self.readers
     }

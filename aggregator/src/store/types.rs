@@ -110,42 +110,6 @@ pub struct ReportRow {
     pub refused_count: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ValueRow {
-    pub plan_id: String,
-    pub indicator_id: String,
-    pub unit_id: String,
-    pub period: String,
-    pub value: f64,
-    pub note: String,
-    pub revision: i64,
-    pub issued_at_ms: i64,
-    pub seq: i64,
-    pub report_pk: i64,
-    pub updated_at_ms: i64,
-    pub first_received_at_ms: i64,
-    /// When the report that first delivered this value was signed (its `issued_at_ms`).
-    pub first_issued_at_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TaskRow {
-    pub plan_id: String,
-    pub task_id: String,
-    pub milestone_id: String,
-    pub unit_id: String,
-    pub period: String,
-    pub percent: f64,
-    pub status: String,
-    pub note: String,
-    pub revision: i64,
-    pub issued_at_ms: i64,
-    pub seq: i64,
-    pub report_pk: i64,
-    pub updated_at_ms: i64,
-    pub first_received_at_ms: i64,
-}
-
 /// One value or task update as stored with its report (current or not): the evidence of what
 /// each report carried.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -105,7 +105,7 @@ pub struct TestServer {
     /// The database URL the server uses.
     pub database_url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), duban_aggregator::serve::ServeError>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -115,7 +115,7 @@ pub struct Options {
     pub extra_keys: Vec<NewKey>,
     /// Another database than a fresh SQLite file (e.g. a PostgreSQL schema shared by replicas).
     pub database_url: Option<String>,
-    pub alerts: Option<duban_aggregator::serve::AlertSettings>,
+    pub alerts: Option<duban_aggregator::alerting::AlertSettings>,
     /// Keys revoked (a second before [`NOW_MS`]) before the server starts.
     pub revoked: Vec<duban_proto::KeyId>,
     /// The server's `--max-in-flight` (64 when `None`).
