@@ -28,6 +28,63 @@ pub struct ServeFile {
     pub alerts: Option<AlertsFile>,
 }
 
+/// What `serve`'s flags say; each one given replaces the one key of the file it names
+/// ([`ServeFile::merge`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ServeFlags {
+    pub grpc_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub plan: Option<PathBuf>,
+    pub insecure_plaintext: bool,
+    pub max_in_flight: Option<usize>,
+    pub shutdown_grace_seconds: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    /// Added to the file's `alertmanagers`.
+    pub alertmanagers: Vec<String>,
+    /// Added to the file's `webhooks`.
+    pub webhooks: Vec<String>,
+    pub evaluate_every_seconds: Option<u64>,
+    pub go_live: Option<String>,
+}
+
+impl ServeFile {
+    /// The file with the flags laid over it, key by key: a flag given replaces the one key it
+    /// names (a TLS file flag replaces that file only), sink flags add to the file's sinks, and
+    /// everything else in the file stands.
+    pub fn merge(mut self, flags: ServeFlags) -> ServeFile {
+        self.grpc_listen = flags.grpc_listen.or(self.grpc_listen);
+        self.http_listen = flags.http_listen.or(self.http_listen);
+        self.database_url = flags.database_url.or(self.database_url);
+        self.plan = flags.plan.or(self.plan);
+        self.max_in_flight = flags.max_in_flight.or(self.max_in_flight);
+        self.shutdown_grace_seconds = flags.shutdown_grace_seconds.or(self.shutdown_grace_seconds);
+        if flags.insecure_plaintext {
+            self.insecure_plaintext = Some(true);
+        }
+        let mut alerts = self.alerts.take().unwrap_or_default();
+        alerts.alertmanagers.extend(flags.alertmanagers);
+        alerts.webhooks.extend(flags.webhooks);
+        alerts.evaluate_every_seconds = flags
+            .evaluate_every_seconds
+            .or(alerts.evaluate_every_seconds);
+        alerts.go_live = flags.go_live.or(alerts.go_live);
+        self.alerts = Some(alerts);
+        let tls = self.tls.take().unwrap_or_default();
+        let tls = TlsFile {
+            cert: flags.tls_cert.or(tls.cert),
+            key: flags.tls_key.or(tls.key),
+            client_ca: flags.client_ca.or(tls.client_ca),
+        };
+        if tls != TlsFile::default() {
+            self.tls = Some(tls);
+        }
+        self
+    }
+}
+
 /// `[tls]` as written: each file may come from the file or from its flag.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -363,5 +420,66 @@ mod tests {
             err.to_string(),
             "a.toml: database_url: expected sqlite://PATH or postgres://USER@HOST/DB"
         );
+    }
+
+    #[test]
+    fn flags_replace_only_the_keys_they_name() {
+        let file = ServeFile {
+            grpc_listen: Some("127.0.0.1:7700".parse().unwrap()),
+            database_url: Some("sqlite://from-file.db".into()),
+            max_in_flight: Some(10),
+            tls: Some(TlsFile {
+                cert: Some("file.crt".into()),
+                key: Some("file.key".into()),
+                client_ca: Some("ca.crt".into()),
+            }),
+            alerts: Some(AlertsFile {
+                webhooks: vec!["http://file".into()],
+                evaluate_every_seconds: Some(60),
+                due_soon_days: Some(3),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let merged = file.clone().merge(ServeFlags {
+            max_in_flight: Some(20),
+            tls_cert: Some("renewed.crt".into()),
+            webhooks: vec!["http://flag".into()],
+            go_live: Some("2026-12-01".into()),
+            insecure_plaintext: false,
+            ..Default::default()
+        });
+        assert_eq!(merged.grpc_listen, file.grpc_listen, "no flag: the file's");
+        assert_eq!(
+            merged.database_url.as_deref(),
+            Some("sqlite://from-file.db")
+        );
+        assert_eq!(merged.max_in_flight, Some(20), "the flag's");
+        let tls = merged.tls.unwrap();
+        assert_eq!(tls.cert.as_deref(), Some(Path::new("renewed.crt")));
+        assert_eq!(
+            tls.key.as_deref(),
+            Some(Path::new("file.key")),
+            "the other TLS keys stand"
+        );
+        let alerts = merged.alerts.unwrap();
+        assert_eq!(
+            alerts.webhooks,
+            ["http://file", "http://flag"],
+            "sinks add up"
+        );
+        assert_eq!(alerts.evaluate_every_seconds, Some(60));
+        assert_eq!(alerts.due_soon_days, Some(3));
+        assert_eq!(alerts.go_live.as_deref(), Some("2026-12-01"));
+        assert_eq!(merged.insecure_plaintext, None);
+        // Nothing given: the file as it was (with an empty [alerts] made explicit).
+        let same = file.clone().merge(ServeFlags::default());
+        assert_eq!(same.tls, file.tls);
+        assert_eq!(same.alerts, file.alerts);
+        let plain = ServeFile::default().merge(ServeFlags {
+            insecure_plaintext: true,
+            ..Default::default()
+        });
+        assert_eq!((plain.insecure_plaintext, plain.tls), (Some(true), None));
     }
 }

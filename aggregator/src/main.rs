@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use duban_aggregator::clock::{Clock, SystemClock, parse_time_ms};
-use duban_aggregator::config::{DEFAULT_DATABASE_URL, ServeFile, TlsFile};
+use duban_aggregator::config::{DEFAULT_DATABASE_URL, ServeFile, ServeFlags};
 use duban_aggregator::serve::{Serve, TlsMaterial};
 use duban_aggregator::store::{AnyStore, ReportFilter, Store};
 use duban_aggregator::{admin, plan};
@@ -487,39 +487,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut file = args.db.file()?;
+    let file = args.db.file()?;
     let source = args
         .db
         .config
         .as_ref()
         .map_or("flags".to_owned(), |p| format!("{} and flags", p.display()));
-    // Each flag replaces the one key it names; everything else in the file stands.
-    file.grpc_listen = args.grpc_listen.or(file.grpc_listen);
-    file.http_listen = args.http_listen.or(file.http_listen);
-    file.database_url = args.db.database_url.clone().or(file.database_url);
-    file.plan = args.plan.plan.clone().or(file.plan);
-    file.max_in_flight = args.max_in_flight.or(file.max_in_flight);
-    file.shutdown_grace_seconds = args.shutdown_grace_seconds.or(file.shutdown_grace_seconds);
-    if args.insecure_plaintext {
-        file.insecure_plaintext = Some(true);
-    }
-    let mut alerts = file.alerts.take().unwrap_or_default();
-    alerts.alertmanagers.extend(args.alertmanager);
-    alerts.webhooks.extend(args.webhook);
-    alerts.evaluate_every_seconds = args
-        .evaluate_every_seconds
-        .or(alerts.evaluate_every_seconds);
-    alerts.go_live = args.go_live.or(alerts.go_live);
-    file.alerts = Some(alerts);
-    let tls = file.tls.take().unwrap_or_default();
-    let tls = TlsFile {
-        cert: args.tls_cert.or(tls.cert),
-        key: args.tls_key.or(tls.key),
-        client_ca: args.client_ca.or(tls.client_ca),
-    };
-    if tls != TlsFile::default() {
-        file.tls = Some(tls);
-    }
+    let file = file.merge(ServeFlags {
+        grpc_listen: args.grpc_listen,
+        http_listen: args.http_listen,
+        database_url: args.db.database_url.clone(),
+        plan: args.plan.plan.clone(),
+        insecure_plaintext: args.insecure_plaintext,
+        max_in_flight: args.max_in_flight,
+        shutdown_grace_seconds: args.shutdown_grace_seconds,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        client_ca: args.client_ca,
+        alertmanagers: args.alertmanager,
+        webhooks: args.webhook,
+        evaluate_every_seconds: args.evaluate_every_seconds,
+        go_live: args.go_live,
+    });
     let config = file.settle(&source)?;
     let plan = Arc::new(load_plan(config.plan.as_deref())?);
     let tls = match &config.tls {

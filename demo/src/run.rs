@@ -501,13 +501,18 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     {
         let store = AnyStore::open(&layout.database_url()).await?;
         for unit in &scenario.units {
-            duban_aggregator::admin::keys_add(
+            let public_key = duban_proto::PublicKey::read_spki_pem_file(
+                &layout.agent_dir(unit).join("signing.pub"),
+            )?;
+            duban_aggregator::admin::register_key(
                 &store,
                 &plan,
-                unit,
-                &layout.agent_dir(unit).join("signing.pub"),
-                None,
-                None,
+                duban_aggregator::admin::KeyRegistration {
+                    unit: unit.clone(),
+                    public_key,
+                    not_before_ms: None,
+                    not_after_ms: None,
+                },
                 clock.now_ms(),
             )
             .await?;

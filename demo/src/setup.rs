@@ -110,7 +110,7 @@ pub fn prepare(dir: &Path, fresh: bool, plan: &Plan, units: &[String]) -> anyhow
     }
     std::fs::create_dir_all(layout.root.join("aggregator"))?;
 
-    duban_aggregator::admin::dev_ca(
+    duban_aggregator::admin::write_dev_ca(
         &layout.tls,
         plan,
         units,

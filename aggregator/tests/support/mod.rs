@@ -303,6 +303,17 @@ impl TestServer {
     /// Waits (up to 10 s) until a sample in /metrics has `value`: for what the server counts
     /// after the client already saw the effect (a failed handshake, a finished drain).
     pub async fn wait_for_metric(&self, sample: &str, value: f64) {
+        self.wait_for_metric_where(sample, &format!("{value}"), |v| v == value)
+            .await
+    }
+
+    /// Waits (up to 10 s) until a sample in /metrics is at least `min`.
+    pub async fn wait_for_metric_at_least(&self, sample: &str, min: f64) {
+        self.wait_for_metric_where(sample, &format!("at least {min}"), |v| v >= min)
+            .await
+    }
+
+    async fn wait_for_metric_where(&self, sample: &str, what: &str, ok: impl Fn(f64) -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let (_, body) = self.http_get("/metrics").await;
@@ -311,12 +322,12 @@ impl TestServer {
                     .and_then(|rest| rest.strip_prefix(' '))
                     .and_then(|v| v.trim().parse::<f64>().ok())
             });
-            if now == Some(value) {
+            if now.is_some_and(&ok) {
                 return;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{sample} is {now:?} after 10 s, not {value}"
+                "{sample} is {now:?} after 10 s, not {what}"
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }

@@ -1,0 +1,134 @@
+//! Registering, listing and revoking agents' public keys. [`register_key`] is what `keys add`
+//! and the demo both call.
+
+use super::*;
+
+/// A public key to register for a unit, with its optional validity window.
+#[derive(Debug, Clone)]
+pub struct KeyRegistration {
+    pub unit: String,
+    pub public_key: PublicKey,
+    pub not_before_ms: Option<i64>,
+    pub not_after_ms: Option<i64>,
+}
+
+/// Registers a key for a unit of `plan`: the unit must be in the plan and the window make
+/// sense. Returns the key id.
+pub async fn register_key(
+    store: &AnyStore,
+    plan: &Plan,
+    key: KeyRegistration,
+    now_ms: i64,
+) -> Result<KeyId, AdminError> {
+    if plan.unit(&key.unit).is_none() {
+        return Err(AdminError::UnknownUnit {
+            unit: key.unit,
+            plan: plan.id.clone(),
+        });
+    }
+    if let (Some(a), Some(b)) = (key.not_before_ms, key.not_after_ms)
+        && b <= a
+    {
+        return Err(AdminError::Flag {
+            flag: "--not-after",
+            message: "must be later than --not-before".into(),
+        });
+    }
+    let key_id = key.public_key.key_id();
+    store
+        .add_key(NewKey {
+            key_id,
+            unit_id: key.unit,
+            public_key: *key.public_key.raw(),
+            not_before_ms: key.not_before_ms,
+            not_after_ms: key.not_after_ms,
+            added_at_ms: now_ms,
+        })
+        .await?;
+    Ok(key_id)
+}
+
+/// `keys add`: reads the public key file and the window's flags, registers the key, says so.
+pub async fn keys_add(
+    store: &AnyStore,
+    plan: &Plan,
+    unit: &str,
+    public_key_file: &Path,
+    not_before: Option<&str>,
+    not_after: Option<&str>,
+    now_ms: i64,
+) -> Result<String, AdminError> {
+    let time = |flag: &'static str, text: Option<&str>| {
+        text.map(parse_time_ms)
+            .transpose()
+            .map_err(|message| AdminError::Flag { flag, message })
+    };
+    let registration = KeyRegistration {
+        unit: unit.to_owned(),
+        public_key: PublicKey::read_spki_pem_file(public_key_file)?,
+        not_before_ms: time("--not-before", not_before)?,
+        not_after_ms: time("--not-after", not_after)?,
+    };
+    let key_id = register_key(store, plan, registration, now_ms).await?;
+    Ok(format!(
+        "added key {key_id} for unit {unit} ({})\n",
+        plan.party_name(unit)
+    ))
+}
+
+pub async fn keys_list(
+    store: &AnyStore,
+    unit: Option<&str>,
+    json: bool,
+) -> Result<String, AdminError> {
+    let keys = store.keys(unit).await?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&keys)? + "\n");
+    }
+    let mut rows = vec![
+        [
+            "key id",
+            "unit",
+            "added",
+            "not before",
+            "not after",
+            "revoked",
+            "max seq",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for k in &keys {
+        rows.push(vec![
+            k.key_id.to_string(),
+            k.unit_id.clone(),
+            time_text(Some(k.added_at_ms)),
+            time_text(k.not_before_ms),
+            time_text(k.not_after_ms),
+            time_text(k.revoked_at_ms),
+            k.max_seq.to_string(),
+        ]);
+    }
+    let mut out = table(&rows, 0);
+    let _ = writeln!(
+        out,
+        "{} key{}",
+        keys.len(),
+        if keys.len() == 1 { "" } else { "s" }
+    );
+    Ok(out)
+}
+
+pub async fn keys_revoke(
+    store: &AnyStore,
+    key_id: &str,
+    now_ms: i64,
+) -> Result<String, AdminError> {
+    let key_id = KeyId::from_hex(key_id)?;
+    if !store.revoke_key(key_id, now_ms).await? {
+        return Err(AdminError::NoSuchKey(key_id));
+    }
+    Ok(format!(
+        "revoked key {key_id}: reports signed with it are refused from now on (running servers within seconds)\n"
+    ))
+}
