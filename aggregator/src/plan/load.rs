@@ -7,6 +7,8 @@
 use std::fmt;
 
 use super::check::Checker;
+pub use super::diagnostic::Diagnostic;
+use super::diagnostic::LineIndex;
 use super::model::Plan;
 use super::raw::RawPlanFile;
 
@@ -14,24 +16,6 @@ use super::raw::RawPlanFile;
 pub const EMBEDDED_PLAN: &str = include_str!("../../../deploy/plans/qingdao-2017.toml");
 /// How the embedded plan is named in messages.
 pub const EMBEDDED_PLAN_NAME: &str = "<embedded deploy/plans/qingdao-2017.toml>";
-
-/// One problem in a plan file, located by line and key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub file: String,
-    pub line: Option<usize>,
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}: {}", self.file, line, self.key, self.message),
-            None => write!(f, "{}: {}: {}", self.file, self.key, self.message),
-        }
-    }
-}
 
 /// Why a plan did not load: every error found, in file order.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -126,21 +110,5 @@ fn parse_diagnostic(
         line,
         key,
         message: error.message().trim().to_owned(),
-    }
-}
-
-pub(super) struct LineIndex {
-    starts: Vec<usize>,
-}
-
-impl LineIndex {
-    pub(super) fn new(text: &str) -> Self {
-        let mut starts = vec![0];
-        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        LineIndex { starts }
-    }
-
-    pub(super) fn line_of(&self, offset: usize) -> usize {
-        self.starts.partition_point(|&start| start <= offset)
     }
 }

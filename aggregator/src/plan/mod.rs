@@ -3,6 +3,7 @@
 //! in the binary.
 
 mod check;
+mod diagnostic;
 mod load;
 mod model;
 mod raw;

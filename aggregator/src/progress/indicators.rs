@@ -1,0 +1,260 @@
+//! Indicators: the city value aggregated from the reporters' values (complete periods only),
+//! the path from baseline to target, and the status judged against it.
+
+use super::*;
+
+/// City value per period of one indicator: the authoritative figure, else the reporters' sum;
+/// and whether the period is complete (the authoritative figure, or every reporter, is in).
+pub(super) fn city_values_with_completeness(
+    indicator: &Indicator,
+    values: &HashMap<(&str, &str, &str), &ValueRow>,
+) -> BTreeMap<Period, (f64, bool)> {
+    let mut per_period: BTreeMap<Period, (Option<f64>, f64, usize)> = BTreeMap::new();
+    for ((id, unit, period), row) in values {
+        if *id != indicator.id {
+            continue;
+        }
+        let Ok(period) = period.parse::<Period>() else {
+            continue;
+        };
+        let entry = per_period.entry(period).or_insert((None, 0.0, 0));
+        if indicator.authoritative.as_deref() == Some(*unit) {
+            entry.0 = Some(row.value);
+        } else if indicator.reporter_units.iter().any(|u| u == unit) {
+            entry.1 += row.value;
+            entry.2 += 1;
+        }
+    }
+    let others = indicator
+        .reporter_units
+        .iter()
+        .filter(|u| indicator.authoritative.as_deref() != Some(u.as_str()))
+        .count();
+    per_period
+        .into_iter()
+        .filter_map(|(p, (auth, sum, n))| match auth {
+            Some(v) => Some((p, (v, true))),
+            None if n > 0 => Some((p, (sum, n >= others))),
+            None => None,
+        })
+        .collect()
+}
+
+/// The periods a value is computed from: the complete ones, or, until one is complete, all.
+/// A period that only some districts have reported yet would understate a sum.
+pub(super) fn settled(all: &BTreeMap<Period, (f64, bool)>) -> BTreeMap<Period, f64> {
+    let any_complete = all.values().any(|(_, complete)| *complete);
+    all.iter()
+        .filter(|(_, (_, complete))| *complete || !any_complete)
+        .map(|(p, (v, _))| (*p, *v))
+        .collect()
+}
+
+/// City value per period of one indicator: the authoritative figure, else the reporters' sum.
+pub(super) fn city_values(
+    indicator: &Indicator,
+    values: &HashMap<(&str, &str, &str), &ValueRow>,
+) -> BTreeMap<Period, f64> {
+    city_values_with_completeness(indicator, values)
+        .into_iter()
+        .map(|(p, (v, _))| (p, v))
+        .collect()
+}
+
+/// How many periods of `kind` make a year.
+pub fn periods_per_year(kind: PeriodType) -> f64 {
+    match kind {
+        PeriodType::Month => 12.0,
+        PeriodType::Quarter => 4.0,
+        PeriodType::HalfYear => 2.0,
+        PeriodType::Year => 1.0,
+    }
+}
+
+/// The aggregated city value of an indicator from the values received so far.
+pub fn aggregate(
+    plan: &Plan,
+    indicator: &Indicator,
+    values: &HashMap<(&str, &str, &str), &ValueRow>,
+) -> Option<f64> {
+    let per_period = city_values_with_completeness(indicator, values);
+    let settled = settled(&per_period);
+    match &indicator.aggregation {
+        Aggregation::Sum | Aggregation::Latest => settled.values().next_back().copied(),
+        Aggregation::Cumulative => (!per_period.is_empty()).then(|| {
+            per_period
+                .iter()
+                .filter(|(p, _)| plan.period_in_plan(p))
+                .map(|(_, (v, _))| v)
+                .sum()
+        }),
+        Aggregation::AnnualAverage => (!settled.is_empty()).then(|| {
+            settled.values().sum::<f64>() / settled.len() as f64
+                * periods_per_year(indicator.period)
+        }),
+        Aggregation::Ratio {
+            numerator,
+            denominator,
+            scale,
+        } => {
+            let part = |id: &str| plan.indicator(id).and_then(|i| aggregate(plan, i, values));
+            match (part(numerator), part(denominator)) {
+                (Some(n), Some(d)) if d != 0.0 && d.is_finite() => Some(n / d * scale),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// The end of the latest period the indicator's value is computed from (for a ratio, the
+/// older of its two inputs'), in ms.
+pub(super) fn data_as_of_ms(
+    plan: &Plan,
+    indicator: &Indicator,
+    values: &HashMap<(&str, &str, &str), &ValueRow>,
+) -> Option<i64> {
+    match &indicator.aggregation {
+        Aggregation::Ratio {
+            numerator,
+            denominator,
+            ..
+        } => {
+            let part = |id: &str| {
+                plan.indicator(id)
+                    .and_then(|i| data_as_of_ms(plan, i, values))
+            };
+            Some(part(numerator)?.min(part(denominator)?))
+        }
+        _ => settled(&city_values_with_completeness(indicator, values))
+            .keys()
+            .next_back()
+            .map(|p| end_of_day_ms(p.last_day(), &plan.tz)),
+    }
+}
+
+pub(super) fn baseline(
+    plan: &Plan,
+    indicator: &Indicator,
+    values: &HashMap<(&str, &str, &str), &ValueRow>,
+) -> Option<f64> {
+    if let Some(b) = indicator.baseline {
+        return Some(b);
+    }
+    match &indicator.aggregation {
+        Aggregation::Cumulative => Some(0.0),
+        Aggregation::Ratio { .. } => None,
+        _ => {
+            let first = Period::containing(indicator.period, plan.window.start);
+            city_values(indicator, values)
+                .get(&first)
+                .map(|v| match indicator.aggregation {
+                    Aggregation::AnnualAverage => v * periods_per_year(indicator.period),
+                    _ => *v,
+                })
+        }
+    }
+}
+
+pub(super) fn indicator_progress(
+    plan: &Plan,
+    indicator: &Indicator,
+    values: &HashMap<(&str, &str, &str), &ValueRow>,
+    now_ms: i64,
+    rates: Rates,
+) -> IndicatorProgress {
+    let value = aggregate(plan, indicator, values);
+    let baseline = baseline(plan, indicator, values);
+    let target = indicator.target.as_ref();
+    let start_ms = start_of_day_ms(plan.window.start, &plan.tz);
+    // The straight line from the baseline at the plan start to the target at its date.
+    let path_at = |at_ms: i64| match (target, baseline) {
+        (Some(t), Some(b)) => {
+            let end_ms = end_of_day_ms(t.date, &plan.tz);
+            let fraction =
+                ((at_ms - start_ms) as f64 / (end_ms - start_ms).max(1) as f64).clamp(0.0, 1.0);
+            Some(b + (t.value - b) * fraction)
+        }
+        _ => None,
+    };
+    let expected = path_at(now_ms);
+    let progress_ratio = match (target, value) {
+        (Some(t), Some(v)) => {
+            let b = baseline.unwrap_or(0.0);
+            let span = t.value - b;
+            Some(if span.abs() < f64::EPSILON {
+                if t.is_met_by(v, indicator.tolerance) {
+                    1.0
+                } else {
+                    0.0
+                }
+            } else {
+                ((v - b) / span).clamp(0.0, 1.0)
+            })
+        }
+        _ => None,
+    };
+    // The value describes the end of its latest reported period, not today: it is held
+    // against the path at that date, so that a report not yet due does not look like a lag.
+    let value_as_of_ms = data_as_of_ms(plan, indicator, values);
+    let judged = match value_as_of_ms {
+        Some(as_of) => path_at(as_of.min(now_ms)),
+        None => expected,
+    };
+    let status = match (target, value) {
+        (None, _) => IndicatorStatus::NoTarget,
+        (_, None) => IndicatorStatus::NoData,
+        (Some(t), Some(v)) => {
+            let deadline_ms = end_of_day_ms(t.date, &plan.tz);
+            let lower_is_better = matches!(t.comparator, Comparator::AtMost | Comparator::LessThan);
+            if t.is_met_by(v, indicator.tolerance) {
+                IndicatorStatus::Met
+            } else if now_ms >= deadline_ms {
+                IndicatorStatus::Late
+            } else {
+                match judged {
+                    Some(e) if !lower_is_better && v < e - e.abs() * indicator.tolerance => {
+                        IndicatorStatus::Lagging
+                    }
+                    Some(e) if lower_is_better && v > e + e.abs() * indicator.tolerance => {
+                        IndicatorStatus::Lagging
+                    }
+                    _ => IndicatorStatus::OnTrack,
+                }
+            }
+        }
+    };
+    let source_gap = indicator.authoritative.as_ref().and_then(|auth| {
+        let mut by_period: BTreeMap<Period, (Option<f64>, Option<f64>)> = BTreeMap::new();
+        for ((id, unit, period), row) in values {
+            if *id != indicator.id {
+                continue;
+            }
+            let Ok(period) = period.parse::<Period>() else {
+                continue;
+            };
+            let entry = by_period.entry(period).or_default();
+            if *unit == auth {
+                entry.0 = Some(row.value);
+            } else {
+                entry.1 = Some(entry.1.unwrap_or(0.0) + row.value);
+            }
+        }
+        by_period
+            .values()
+            .rev()
+            .find_map(|(a, s)| Some((*a)? - (*s)?))
+    });
+    IndicatorProgress {
+        indicator: indicator.id.clone(),
+        value,
+        target: target.map(|t| t.value),
+        baseline,
+        expected,
+        judged_expected: judged,
+        value_as_of_ms,
+        progress_ratio,
+        status,
+        source_gap,
+        rates,
+    }
+}
