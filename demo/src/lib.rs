@@ -1,9 +1,12 @@
 //! duban-demo: the whole system doing its job on the embedded Qingdao plan, replayed from its
 //! start on a simulated clock. See README.md ("What the demo shows").
 
+pub mod inbox;
+pub mod options;
 pub mod run;
 pub mod scenario;
 pub mod setup;
+pub mod summary;
 pub mod view;
 
 use std::path::Path;
