@@ -78,7 +78,7 @@ fn date(seconds: i64) -> String {
 }
 
 /// Runs every check on the file at `path`.
-pub async fn check(path: &Path, online: Online) -> anyhow::Result<Report> {
+pub async fn check(path: &Path, online: Online) -> Result<Report, crate::config::ConfigError> {
     let config = AgentConfig::read(path)?;
     let mut report = Report::default();
     report.lines.push(format!(

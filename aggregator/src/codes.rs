@@ -1,5 +1,17 @@
-//! Result, reason and refusal codes: the fixed names of docs/PROTOCOL.md. The wire enums in
-//! `duban_proto::pb` map to these one to one in `server::convert`.
+//! The fixed names the aggregator's logs, metrics and alerts carry: result, reason and refusal
+//! codes (docs/PROTOCOL.md; the wire enums in `duban_proto::pb` map to these one to one in
+//! `grpc::convert`), and alert names and severities (docs/PROGRESS.md).
+
+/// Every alert the rules ([`crate::alerting::rules`]) can raise.
+pub const ALERT_NAMES: [&str; 5] = [
+    "ReportDueSoon",
+    "ReportOverdue",
+    "IndicatorLagging",
+    "TaskLagging",
+    "TaskOverdue",
+];
+/// Alert severities, mildest first.
+pub const SEVERITIES: [&str; 3] = ["info", "warning", "critical"];
 
 /// Why a whole report was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

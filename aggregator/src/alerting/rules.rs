@@ -28,14 +28,7 @@ use serde::Serialize;
 use crate::plan::Plan;
 use crate::progress::{DAY_MS, IndicatorStatus, MilestoneStatus, ObligationStatus, Progress};
 
-pub const ALERT_NAMES: [&str; 5] = [
-    "ReportDueSoon",
-    "ReportOverdue",
-    "IndicatorLagging",
-    "TaskLagging",
-    "TaskOverdue",
-];
-pub const SEVERITIES: [&str; 3] = ["info", "warning", "critical"];
+pub use crate::codes::{ALERT_NAMES, SEVERITIES};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AlertPolicy {

@@ -4,7 +4,7 @@
 
 use prometheus::{Encoder, GaugeVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::alerting::rules::{ALERT_NAMES, SEVERITIES};
+use crate::codes::{ALERT_NAMES, SEVERITIES};
 use crate::plan::Plan;
 use crate::progress::{self, IndicatorStatus, MilestoneStatus, Progress};
 use crate::store::{AgentRow, AlertRow};
