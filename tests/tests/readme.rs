@@ -354,3 +354,40 @@ fn the_readme_names_the_two_commands_and_every_document_it_links_exists() {
         }
     }
 }
+
+/// docs/ARCHITECTURE.md matches the tree: every path it names exists, and every module at the
+/// top of each crate's `src/` is named in it.
+#[test]
+fn the_architecture_names_only_paths_that_exist() {
+    let root = repo();
+    let doc = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let tops = [
+        "proto/", "host/", "agent/", "aggregator/", "demo/", "tests/", "testkit/", "deploy/",
+        "docs/",
+    ];
+    let mut named = 0;
+    for quoted in doc.split('`').skip(1).step_by(2) {
+        if quoted.contains(' ') || !tops.iter().any(|t| quoted.starts_with(t)) {
+            continue;
+        }
+        named += 1;
+        assert!(
+            root.join(quoted).exists(),
+            "docs/ARCHITECTURE.md names {quoted}, which does not exist"
+        );
+    }
+    assert!(named > 40, "only {named} paths named");
+    for krate in ["proto", "host", "agent", "aggregator", "demo"] {
+        for entry in std::fs::read_dir(root.join(krate).join("src")).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name == "lib.rs" {
+                continue;
+            }
+            let path = format!("{krate}/src/{}", name.trim_end_matches(".rs"));
+            assert!(
+                doc.contains(&path),
+                "docs/ARCHITECTURE.md does not mention {path}"
+            );
+        }
+    }
+}
