@@ -496,7 +496,7 @@ async fn tls_identity_must_match_the_report_unit() {
     };
     assert!(!served, "a plaintext client was served by a TLS server");
     server
-        .wait_for_metric(
+        .wait_for_metric_at_least(
             "duban_tls_handshake_failures_total{reason=\"not_tls\"}",
             1.0,
         )

@@ -362,7 +362,14 @@ fn the_architecture_names_only_paths_that_exist() {
     let root = repo();
     let doc = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
     let tops = [
-        "proto/", "host/", "agent/", "aggregator/", "demo/", "tests/", "testkit/", "deploy/",
+        "proto/",
+        "host/",
+        "agent/",
+        "aggregator/",
+        "demo/",
+        "tests/",
+        "testkit/",
+        "deploy/",
         "docs/",
     ];
     let mut named = 0;
