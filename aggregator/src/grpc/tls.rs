@@ -172,11 +172,15 @@ pub fn incoming(
             };
             let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = acceptor.accept(tcp).into_fallible();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
-                    Ok(Err(error)) => handshake_failed(&metrics, peer, &error),
+                    Ok(Err((error, tcp))) => {
+                        handshake_failed(&metrics, peer, &error);
+                        linger_close(tcp).await;
+                    }
                     Err(_) => {
                         metrics
                             .tls_handshake_failures
@@ -189,6 +193,24 @@ pub fn incoming(
         }
     });
     (tokio_stream::wrappers::ReceiverStream::new(rx), task)
+}
+
+/// How long a refused connection is drained before it is closed: see [`linger_close`].
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Closes a connection whose handshake failed so that the client reads the TLS alert. In TLS 1.3
+/// a client whose certificate is refused has already sent its first request; closing a socket
+/// with unread bytes makes the kernel send a reset, and the client may then lose the alert and
+/// see only "connection closed". So: end our side (the alert is already written), and read and
+/// discard what the client still sends until it closes, for at most [`LINGER`].
+async fn linger_close(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 fn handshake_failed(metrics: &Metrics, peer: SocketAddr, error: &std::io::Error) {
