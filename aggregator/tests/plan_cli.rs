@@ -17,7 +17,7 @@ fn check_of_the_embedded_plan_exits_zero_and_prints_the_overlap_warning() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("plan qingdao-ip-2017 is valid"), "{stdout}");
     assert!(
-        stdout.contains("21 tasks") && stdout.contains("8 tracks"),
+        stdout.contains("27 tasks") && stdout.contains("8 tracks"),
         "{stdout}"
     );
     let warnings: Vec<&str> = stderr

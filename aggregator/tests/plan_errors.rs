@@ -308,3 +308,111 @@ proptest! {
         }
     }
 }
+
+const LADDER: &str = r#"
+[supervision]
+office = "sci"
+quiet_days = 3
+
+[[supervision.escalation]]
+level = 2
+after_days = 7
+to = ["sci"]
+
+[[supervision.escalation]]
+level = 3
+after_days = 30
+to = ["districts"]
+"#;
+
+#[test]
+fn a_supervision_ladder_is_read_with_its_defaults_where_it_says_nothing() {
+    let plan = plan::load_str(&format!("{BASE}{LADDER}"), "ok.toml")
+        .unwrap()
+        .plan;
+    assert_eq!(plan.supervision.office.as_deref(), Some("sci"));
+    assert_eq!(plan.supervision.quiet_days, 3);
+    let levels: Vec<(u32, i64)> = plan
+        .supervision
+        .ladder
+        .iter()
+        .map(|l| (l.level, l.after_days))
+        .collect();
+    assert_eq!(levels, [(2, 7), (3, 30)]);
+    // Level 1 before 7 days late, 2 from day 7, 3 from day 30.
+    assert_eq!(plan.supervision.level_after(6), 1);
+    assert_eq!(plan.supervision.level_after(7), 2);
+    assert_eq!(plan.supervision.level_after(45), 3);
+    // Without [supervision]: no office, no ladder, the default quiet period.
+    let plain = plan::load_str(BASE, "base.toml").unwrap().plan;
+    assert_eq!(plain.supervision.office, None);
+    assert!(plain.supervision.ladder.is_empty());
+    assert_eq!(plain.supervision.level_after(400), 1);
+    assert_eq!(
+        plain.supervision.quiet_days,
+        duban_aggregator::plan::DEFAULT_QUIET_DAYS
+    );
+}
+
+#[test]
+fn a_supervision_office_that_is_not_a_unit() {
+    let text = format!(
+        "{BASE}{}",
+        LADDER.replace(r#"office = "sci""#, r#"office = "mayor""#)
+    );
+    let error = only_error(&text);
+    assert_eq!(error.key, "supervision.office");
+    assert!(
+        error.message.contains(r#"unit "mayor" is not defined"#),
+        "{error}"
+    );
+    assert_eq!(error.line, Some(line_of(&text, r#"office = "mayor""#)));
+}
+
+#[test]
+fn an_escalation_ladder_must_climb() {
+    let text = format!(
+        "{BASE}{}",
+        LADDER.replace("after_days = 30", "after_days = 5")
+    );
+    let error = only_error(&text);
+    assert_eq!(error.key, "supervision.escalation[1].after_days");
+    assert!(
+        error
+            .message
+            .contains("more days than the rung below (7), got 5"),
+        "{error}"
+    );
+    assert_eq!(error.line, Some(line_of(&text, "after_days = 5")));
+
+    let text = format!("{BASE}{}", LADDER.replace("level = 3", "level = 4"));
+    let error = only_error(&text);
+    assert_eq!(error.key, "supervision.escalation[1].level");
+    assert!(error.message.contains("expected level 3"), "{error}");
+
+    let text = format!(
+        "{BASE}{}",
+        LADDER.replace(r#"to = ["districts"]"#, "to = []")
+    );
+    let error = only_error(&text);
+    assert_eq!(error.key, "supervision.escalation[1].to");
+
+    let text = format!(
+        "{BASE}{}",
+        LADDER.replace("quiet_days = 3", "quiet_days = -1")
+    );
+    let error = only_error(&text);
+    assert_eq!(error.key, "supervision.quiet_days");
+    assert!(error.message.contains("0 to 365 days, got -1"), "{error}");
+}
+
+#[test]
+fn a_milestone_from_a_phase_needs_a_track() {
+    let text = replace(
+        r#"end = "2018-12""#,
+        "end = \"2018-12\"\nfrom_phase = \"1\"",
+    );
+    let error = only_error(&text);
+    assert_eq!(error.key, r#"task "t1".milestone "m1".from_phase"#);
+    assert!(error.message.contains("the task has no track"), "{error}");
+}

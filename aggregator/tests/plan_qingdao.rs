@@ -138,14 +138,30 @@ fn tasks_keep_their_lead_and_responsible_units_as_written() {
             expected_sections.push(format!("二({part}){n}"));
         }
     }
-    assert_eq!(
-        sections, expected_sections,
-        "every numbered task of 二, in order"
-    );
-
     let lead = |section: &str| view.names_of(&view.find("tasks", "section", section)["lead_units"]);
     let responsible =
         |section: &str| view.names_of(&view.find("tasks", "section", section)["responsible_units"]);
+    // Then the plan's own supervision duties: 一(四)'s four stages and 四(一), 四(二).
+    for section in [
+        "一(四)1",
+        "一(四)2",
+        "一(四)3",
+        "一(四)4",
+        "四(一)",
+        "四(二)",
+    ] {
+        expected_sections.push(section.to_owned());
+    }
+    assert_eq!(
+        sections, expected_sections,
+        "every numbered task of 二, in order, then the duties of 一(四) and 四"
+    );
+    for section in ["一(四)1", "一(四)2", "一(四)3", "一(四)4"] {
+        assert_eq!(lead(section), ["市知识产权工作领导小组办公室"], "{section}");
+    }
+    assert_eq!(lead("四(一)"), ["市知识产权工作领导小组"]);
+    assert_eq!(responsible("四(二)"), ["各区、市政府"]);
+
     assert_eq!(lead("二(一)1"), ["市编委办", "市科技局", "市财政局"]);
     assert_eq!(
         responsible("二(一)1"),
@@ -350,5 +366,44 @@ fn every_quoted_text_occurs_verbatim_in_the_source_document() {
                 task.section
             );
         }
+    }
+}
+
+#[test]
+fn the_office_supervises_and_three_one_is_led_by_the_office_with_its_partners() {
+    let p = plan::embedded().plan;
+    // 市知识产权工作领导小组办公室 leads 三(一) and is the supervising office; the ladder climbs to
+    // the leading group (its days are assumptions: the document gives none).
+    assert_eq!(p.supervision.office.as_deref(), Some("ip-office"));
+    let ladder: Vec<(u32, Vec<String>)> = p
+        .supervision
+        .ladder
+        .iter()
+        .map(|l| (l.level, l.to.clone()))
+        .collect();
+    assert_eq!(
+        ladder,
+        [
+            (2, vec!["ip-office".to_owned()]),
+            (3, vec!["ip-leading-group".to_owned()])
+        ]
+    );
+    let track = p.tracks.iter().find(|t| t.id == "3-1").unwrap();
+    assert_eq!(track.lead_units, ["ip-office"]);
+    assert_eq!(track.partner_units, ["culture-press", "industry-commerce"]);
+    // 二(一)1 is implemented by 三(一): its milestones taken from the track go to the office,
+    // not to 二(一)1's own lead units.
+    let task = p.tasks.iter().find(|t| t.id == "2-1-1").unwrap();
+    assert_eq!(
+        task.lead_units,
+        ["organization-staffing", "science-tech", "finance"]
+    );
+    for m in &task.milestones {
+        assert_eq!(m.lead_units, ["ip-office"], "{}", m.id);
+    }
+    // Where the document names no lead for an indicator, none is invented.
+    for id in ["patent-navigation-zones", "lip-service-agencies"] {
+        let indicator = p.indicators.iter().find(|i| i.id == id).unwrap();
+        assert!(indicator.lead_units.is_empty(), "{id}");
     }
 }

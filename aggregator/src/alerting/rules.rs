@@ -7,9 +7,10 @@
 //! - report alerts (`ReportDueSoon`, `ReportOverdue`) go to the unit that owes the report
 //!   (`role="reporter"`, 催报) and, as a copy, to each lead unit of the indicator
 //!   (`role="lead"`);
-//! - indicator and task alerts go to each lead unit (`role="lead"`); where the plan names no
-//!   lead unit (按职责分工负责) to each responsible unit instead (`role="responsible"`,
-//!   `lead_unit="none"`); no lead unit is invented.
+//! - indicator and task alerts go to each lead unit (`role="lead"`; for a milestone taken from
+//!   a track phase, that phase's lead); where the plan names no lead unit (按职责分工负责) to
+//!   each responsible unit instead (`role="responsible"`, `lead_unit="none"`), and where it
+//!   names neither, to the supervising office (`role="office"`); no lead unit is invented.
 //!
 //! `lead_unit` names the lead unit concerned: the recipient itself for `role="lead"`, the
 //! subject's lead units (comma-separated where several) for `role="reporter"`.
@@ -147,8 +148,8 @@ fn severity(days_late: i64, policy: &AlertPolicy) -> &'static str {
     }
 }
 
-/// Who receives an alert about a subject: each lead unit, or where none is named, each
-/// responsible unit. `(recipient, role)`.
+/// Who receives an alert about a subject: each lead unit; where none is named, each
+/// responsible unit; where there is none either, the supervising office. `(recipient, role)`.
 fn owners(lead: &[String], responsible: &[String], plan: &Plan) -> Vec<(String, &'static str)> {
     if !lead.is_empty() {
         return plan
@@ -157,9 +158,17 @@ fn owners(lead: &[String], responsible: &[String], plan: &Plan) -> Vec<(String, 
             .map(|u| (u, "lead"))
             .collect();
     }
-    plan.expand_parties(responsible)
-        .into_iter()
-        .map(|u| (u, "responsible"))
+    if !responsible.is_empty() {
+        return plan
+            .expand_parties(responsible)
+            .into_iter()
+            .map(|u| (u, "responsible"))
+            .collect();
+    }
+    plan.supervision
+        .office
+        .iter()
+        .map(|o| (o.clone(), "office"))
         .collect()
 }
 
@@ -233,15 +242,25 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
         }
         let unit_name = plan.party_name(&o.unit);
         let due = date_text(deadline, plan);
-        let leads = plan.expand_parties(&indicator.lead_units);
+        // Copies go to the lead units; where the document names none, to the office.
+        let leads = if indicator.lead_units.is_empty() {
+            plan.supervision.office.iter().cloned().collect()
+        } else {
+            plan.expand_parties(&indicator.lead_units)
+        };
+        let copy_role = if indicator.lead_units.is_empty() {
+            "office"
+        } else {
+            "lead"
+        };
         let mut recipients = vec![(o.unit.clone(), "reporter")];
         recipients.extend(
             leads
                 .iter()
                 .filter(|lead| **lead != o.unit)
-                .map(|lead| (lead.clone(), "lead")),
+                .map(|lead| (lead.clone(), copy_role)),
         );
-        let all_leads = if leads.is_empty() {
+        let all_leads = if indicator.lead_units.is_empty() {
             "none".to_owned()
         } else {
             leads.join(",")
@@ -364,7 +383,14 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
             .map(|p| format!("{p:.0}%"))
             .unwrap_or_else(|| "no update".into());
         let deadline = date_text(m.deadline_ms, plan);
-        for recipient in owners(&task.lead_units, &task.responsible_units, plan) {
+        let milestone_leads = task
+            .milestones
+            .iter()
+            .find(|x| x.id == m.milestone)
+            .map(|x| x.lead_units.as_slice())
+            .filter(|l| !l.is_empty())
+            .unwrap_or(&task.lead_units);
+        for recipient in owners(milestone_leads, &task.responsible_units, plan) {
             let lead_unit = if recipient.1 == "lead" {
                 recipient.0.clone()
             } else {
@@ -411,250 +437,5 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(text: &str) -> i64 {
-        text.parse::<jiff::Timestamp>().unwrap().as_millisecond()
-    }
-
-    fn alerts_at(now: &str, policy: &AlertPolicy) -> Evaluated {
-        let plan = crate::plan::embedded().plan;
-        let progress = crate::progress::compute(&plan, &Default::default(), at(now));
-        derive(&plan, &progress, policy)
-    }
-
-    #[test]
-    fn deadlines_before_the_go_live_are_counted_not_alerted() {
-        let all = alerts_at("2018-08-01T00:00:00Z", &AlertPolicy::default());
-        assert_eq!(all.before_go_live, 0);
-        let live = alerts_at(
-            "2018-08-01T00:00:00Z",
-            &AlertPolicy {
-                go_live_ms: Some(at("2018-06-01T00:00:00Z")),
-                ..Default::default()
-            },
-        );
-        assert!(live.before_go_live > 0);
-        assert!(live.alerts.len() < all.alerts.len());
-        // Reports due before June are not alerted; one due after is (2018Q2, due 2018-07-30).
-        let period = |a: &Alert| a.labels.get("period").cloned().unwrap_or_default();
-        assert!(!live.alerts.iter().any(|a| period(a) == "2018Q1"));
-        assert!(live.alerts.iter().any(|a| period(a) == "2018Q2"));
-        // Lagging is about now, whatever the go-live.
-        assert!(live.alerts.iter().any(|a| a.name() == "TaskLagging"));
-    }
-
-    #[test]
-    fn a_report_alert_goes_to_the_unit_that_owes_it_and_to_its_lead_unit() {
-        let all = alerts_at("2018-08-01T00:00:00Z", &AlertPolicy::default());
-        let copies: Vec<(&str, &str)> = all
-            .alerts
-            .iter()
-            .filter(|a| {
-                a.name() == "ReportOverdue"
-                    && a.labels["unit"] == "laoshan"
-                    && a.labels["indicator"] == "pct-applications"
-                    && a.labels["period"] == "2018Q1"
-            })
-            .map(|a| (a.recipient(), a.labels["role"].as_str()))
-            .collect();
-        assert_eq!(copies, [("laoshan", "reporter"), ("science-tech", "lead")]);
-        // A unit that reports what it leads gets one alert, not two.
-        let own: Vec<&Alert> = all
-            .alerts
-            .iter()
-            .filter(|a| {
-                a.name() == "ReportOverdue"
-                    && a.labels["unit"] == "science-tech"
-                    && a.labels["period"] == "2018Q1"
-                    && a.labels["indicator"] == "pct-applications"
-            })
-            .collect();
-        assert_eq!(own.len(), 1);
-    }
-
-    #[test]
-    fn mutes_match_their_labels_until_they_end() {
-        let now = "2018-08-01T00:00:00Z";
-        let muted = |mute: Mute| {
-            alerts_at(
-                now,
-                &AlertPolicy {
-                    mutes: vec![mute],
-                    ..Default::default()
-                },
-            )
-        };
-        let all = alerts_at(now, &AlertPolicy::default());
-        let laoshan = muted(Mute {
-            unit: Some("laoshan".into()),
-            ..Default::default()
-        });
-        assert!(laoshan.muted > 0);
-        assert_eq!(laoshan.muted + laoshan.alerts.len(), all.alerts.len());
-        assert!(laoshan.alerts.iter().all(|a| a.recipient() != "laoshan"
-            && a.labels.get("unit").map(String::as_str) != Some("laoshan")));
-        let lagging = muted(Mute {
-            alertname: Some("TaskLagging".into()),
-            ..Default::default()
-        });
-        assert!(lagging.alerts.iter().all(|a| a.name() != "TaskLagging"));
-        let other_plan = muted(Mute {
-            plan: Some("another-plan".into()),
-            ..Default::default()
-        });
-        assert_eq!(other_plan.muted, 0);
-        let ended = muted(Mute {
-            unit: Some("laoshan".into()),
-            until_ms: Some(at("2018-07-01T00:00:00Z")),
-            ..Default::default()
-        });
-        assert_eq!(ended.muted, 0, "a mute that has ended mutes nothing");
-    }
-
-    /// Alerts at `now_ms` with nothing received, and the deadline of laoshan's 2018Q1 PCT
-    /// applications report.
-    fn evaluated_at_ms(now_ms: i64) -> (Evaluated, i64) {
-        let plan = crate::plan::embedded().plan;
-        let progress = crate::progress::compute(&plan, &Default::default(), now_ms);
-        let deadline = progress
-            .obligations
-            .iter()
-            .find(|o| {
-                o.unit == "laoshan" && o.indicator == "pct-applications" && o.period == "2018Q1"
-            })
-            .expect("laoshan reports pct-applications for 2018Q1")
-            .overdue_after_ms();
-        (derive(&plan, &progress, &AlertPolicy::default()), deadline)
-    }
-
-    /// (alertname, severity) of laoshan's own alerts about its 2018Q1 PCT report.
-    fn laoshan_q1(evaluated: &Evaluated) -> Vec<(String, String)> {
-        evaluated
-            .alerts
-            .iter()
-            .filter(|a| {
-                a.recipient() == "laoshan"
-                    && a.labels.get("indicator").map(String::as_str) == Some("pct-applications")
-                    && a.labels.get("period").map(String::as_str) == Some("2018Q1")
-            })
-            .map(|a| (a.name().to_owned(), a.labels["severity"].clone()))
-            .collect()
-    }
-
-    fn pair(name: &str, severity: &str) -> Vec<(String, String)> {
-        vec![(name.to_owned(), severity.to_owned())]
-    }
-
-    #[test]
-    fn due_soon_opens_due_soon_days_before_the_deadline_and_overdue_starts_at_it() {
-        let (_, deadline) = evaluated_at_ms(at("2018-04-01T00:00:00Z"));
-        let week = 7 * DAY_MS;
-        let cases = [
-            (deadline - week - 1, vec![]),
-            (deadline - week, pair("ReportDueSoon", "info")),
-            (deadline - 1, pair("ReportDueSoon", "info")),
-            (deadline, pair("ReportOverdue", "warning")),
-        ];
-        for (now, expected) in cases {
-            let (evaluated, _) = evaluated_at_ms(now);
-            assert_eq!(
-                laoshan_q1(&evaluated),
-                expected,
-                "at deadline {:+} ms",
-                now - deadline
-            );
-        }
-        let (evaluated, _) = evaluated_at_ms(deadline);
-        let summary = &evaluated
-            .alerts
-            .iter()
-            .find(|a| {
-                a.recipient() == "laoshan"
-                    && a.name() == "ReportOverdue"
-                    && a.labels.get("period").map(String::as_str) == Some("2018Q1")
-                    && a.labels.get("indicator").map(String::as_str) == Some("pct-applications")
-            })
-            .unwrap()
-            .annotations["summary"];
-        assert!(summary.contains("已逾期不足 1 天"), "{summary}");
-    }
-
-    #[test]
-    fn overdue_alerts_become_critical_after_critical_after_days() {
-        let (_, deadline) = evaluated_at_ms(at("2018-04-01T00:00:00Z"));
-        let days = AlertPolicy::default().critical_after_days;
-        let (warning, _) = evaluated_at_ms(deadline + days * DAY_MS - 1);
-        assert_eq!(laoshan_q1(&warning), pair("ReportOverdue", "warning"));
-        let (critical, _) = evaluated_at_ms(deadline + days * DAY_MS);
-        assert_eq!(laoshan_q1(&critical), pair("ReportOverdue", "critical"));
-
-        // Milestones escalate the same way, counted from their own deadline.
-        let plan = crate::plan::embedded().plan;
-        let progress =
-            crate::progress::compute(&plan, &Default::default(), at("2018-04-01T00:00:00Z"));
-        let milestone = progress
-            .milestones
-            .iter()
-            .filter(|m| m.deadline_ms > at("2018-04-01T00:00:00Z"))
-            .min_by_key(|m| m.deadline_ms)
-            .expect("a milestone ahead");
-        let severity_at = |now: i64| {
-            let progress = crate::progress::compute(&plan, &Default::default(), now);
-            derive(&plan, &progress, &AlertPolicy::default())
-                .alerts
-                .iter()
-                .filter(|a| {
-                    a.name() == "TaskOverdue"
-                        && a.labels["task"] == milestone.task
-                        && a.labels["milestone"] == milestone.milestone
-                })
-                .map(|a| a.labels["severity"].clone())
-                .collect::<Vec<_>>()
-        };
-        let before = severity_at(milestone.deadline_ms + days * DAY_MS - DAY_MS);
-        assert!(
-            !before.is_empty() && before.iter().all(|s| s == "warning"),
-            "{before:?}"
-        );
-        let after = severity_at(milestone.deadline_ms + days * DAY_MS + DAY_MS);
-        assert!(
-            !after.is_empty() && after.iter().all(|s| s == "critical"),
-            "{after:?}"
-        );
-    }
-
-    #[test]
-    fn a_task_without_a_lead_unit_alerts_each_responsible_unit_and_invents_no_lead() {
-        let plan = crate::plan::embedded().plan;
-        let task = plan
-            .tasks
-            .iter()
-            .find(|t| t.lead_units.is_empty() && !t.milestones.is_empty())
-            .expect("the plan has tasks 按职责分工负责");
-        let now = at("2020-12-31T00:00:00Z");
-        let progress = crate::progress::compute(&plan, &Default::default(), now);
-        let evaluated = derive(&plan, &progress, &AlertPolicy::default());
-        let about: Vec<&Alert> = evaluated
-            .alerts
-            .iter()
-            .filter(|a| a.labels.get("task") == Some(&task.id))
-            .collect();
-        assert!(
-            !about.is_empty(),
-            "task {} is overdue by the end of 2020",
-            task.id
-        );
-        let mut recipients: Vec<&str> = about.iter().map(|a| a.recipient()).collect();
-        recipients.sort_unstable();
-        recipients.dedup();
-        let mut responsible = plan.expand_parties(&task.responsible_units);
-        responsible.sort_unstable();
-        assert_eq!(recipients, responsible);
-        for alert in about {
-            assert_eq!(alert.labels["role"], "responsible");
-            assert_eq!(alert.lead_unit(), "none");
-        }
-    }
-}
+#[path = "rules_tests.rs"]
+mod tests;

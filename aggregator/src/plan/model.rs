@@ -29,10 +29,49 @@ pub struct Plan {
     pub indicators: Vec<Indicator>,
     pub tasks: Vec<Task>,
     pub tracks: Vec<Track>,
+    pub supervision: Supervision,
     pub(super) unit_index: HashMap<String, usize>,
     pub(super) group_index: HashMap<String, usize>,
     pub(super) indicator_index: HashMap<String, usize>,
     pub(super) task_index: HashMap<String, usize>,
+}
+
+/// Who supervises the plan (`[supervision]`, docs/PLAN.md): the office that decides extensions
+/// and confirms completion, how long an acknowledgement quiets an alert, and the escalation
+/// ladder above the lead units (level 1).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Supervision {
+    /// The supervising office; `None`: nobody may decide, and no alert is routed to an office.
+    pub office: Option<String>,
+    /// Days an acknowledged alert is not re-notified.
+    pub quiet_days: i64,
+    /// Levels 2, 3, … in order: after how many days past the deadline without a resolution,
+    /// and to whom (units or groups) an alert escalates.
+    pub ladder: Vec<EscalationLevel>,
+}
+
+/// One rung of the escalation ladder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EscalationLevel {
+    pub level: u32,
+    pub after_days: i64,
+    pub to: Vec<String>,
+}
+
+/// Days an acknowledged alert stays quiet where the plan says nothing.
+pub const DEFAULT_QUIET_DAYS: i64 = 3;
+
+impl Supervision {
+    /// The escalation level of something `days_late` past its deadline: 1 (the lead units)
+    /// until the first rung's `after_days`, then the highest rung reached.
+    pub fn level_after(&self, days_late: i64) -> u32 {
+        self.ladder
+            .iter()
+            .filter(|l| days_late >= l.after_days)
+            .map(|l| l.level)
+            .max()
+            .unwrap_or(1)
+    }
 }
 
 /// A closed range of civil dates in the plan's time zone.
@@ -126,17 +165,26 @@ pub struct Target {
 }
 
 impl Target {
-    /// Whether `value` meets the target; `tolerance` is the fraction used by `about`.
+    /// Whether `value` meets the target; `tolerance` is the fraction used by `about`. Above
+    /// an `about` or `between` range is met too: building 170 service agencies where the plan
+    /// says "about 150" is not a failure ([`Target::above_range`] says so).
     pub fn is_met_by(&self, value: f64, tolerance: f64) -> bool {
         match self.comparator {
             Comparator::AtLeast => value >= self.value,
             Comparator::MoreThan => value > self.value,
             Comparator::AtMost => value <= self.value,
             Comparator::LessThan => value < self.value,
-            Comparator::About => (value - self.value).abs() <= self.value.abs() * tolerance,
-            Comparator::Between => {
-                value >= self.value && value <= self.value_max.unwrap_or(self.value)
-            }
+            Comparator::About => value >= self.value - self.value.abs() * tolerance,
+            Comparator::Between => value >= self.value,
+        }
+    }
+
+    /// Whether `value` lies above an `about` or `between` range (met, with a note).
+    pub fn above_range(&self, value: f64, tolerance: f64) -> bool {
+        match self.comparator {
+            Comparator::About => value > self.value + self.value.abs() * tolerance,
+            Comparator::Between => value > self.value_max.unwrap_or(self.value),
+            _ => false,
         }
     }
 }
@@ -206,6 +254,11 @@ pub struct Milestone {
     pub name: String,
     pub window: Window,
     pub tolerance: f64,
+    /// The phase of the task's track this milestone was taken from, if any.
+    pub from_phase: Option<String>,
+    /// Who leads this milestone where it is not the task's lead units: the lead units of the
+    /// track phase (or track) it was taken from. Empty: the task's.
+    pub lead_units: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -213,6 +266,10 @@ pub struct Track {
     pub id: String,
     pub section: String,
     pub title: String,
+    /// 牵头 as the track's text names it; empty where it names none.
+    pub lead_units: Vec<String>,
+    /// 会同: the units the lead works with.
+    pub partner_units: Vec<String>,
     pub phases: Vec<TrackPhase>,
 }
 
@@ -224,6 +281,9 @@ pub struct TrackPhase {
     pub start: Option<Date>,
     pub end: Date,
     pub text: Option<String>,
+    /// A phase's own lead and partner units, where it names them (else the track's).
+    pub lead_units: Vec<String>,
+    pub partner_units: Vec<String>,
     pub goals: Vec<Goal>,
 }
 

@@ -25,6 +25,26 @@ pub(super) struct RawPlanFile {
     pub(super) task: Vec<Spanned<RawTask>>,
     #[serde(default)]
     pub(super) track: Vec<Spanned<RawTrack>>,
+    pub(super) supervision: Option<Spanned<RawSupervision>>,
+}
+
+/// `[supervision]`: who decides, how long an acknowledgement quiets an alert, and the ladder.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSupervision {
+    pub(super) office: Option<Text>,
+    pub(super) quiet_days: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) escalation: Vec<Spanned<RawEscalation>>,
+}
+
+/// `[[supervision.escalation]]`: one rung of the ladder.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEscalation {
+    pub(super) level: Spanned<i64>,
+    pub(super) after_days: Spanned<i64>,
+    pub(super) to: Vec<Text>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +157,8 @@ pub(super) struct RawMilestone {
     pub(super) start: Text,
     pub(super) end: Text,
     pub(super) tolerance: Option<Spanned<f64>>,
+    /// The phase of the task's track this milestone was taken from: its leads then apply.
+    pub(super) from_phase: Option<Text>,
 }
 
 #[derive(Deserialize)]
@@ -145,6 +167,10 @@ pub(super) struct RawTrack {
     pub(super) id: Text,
     pub(super) section: String,
     pub(super) title: String,
+    #[serde(default)]
+    pub(super) lead_units: Vec<Text>,
+    #[serde(default)]
+    pub(super) partner_units: Vec<Text>,
     #[serde(default)]
     pub(super) phase: Vec<Spanned<RawTrackPhase>>,
 }
@@ -157,6 +183,10 @@ pub(super) struct RawTrackPhase {
     pub(super) start: Option<Text>,
     pub(super) end: Text,
     pub(super) text: Option<String>,
+    #[serde(default)]
+    pub(super) lead_units: Vec<Text>,
+    #[serde(default)]
+    pub(super) partner_units: Vec<Text>,
     #[serde(default)]
     pub(super) goals: Vec<Spanned<RawGoal>>,
 }

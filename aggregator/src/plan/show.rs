@@ -19,6 +19,7 @@ pub struct PlanJson<'a> {
     pub indicators: &'a [Indicator],
     pub tasks: &'a [Task],
     pub tracks: &'a [Track],
+    pub supervision: &'a Supervision,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +53,7 @@ pub fn to_json(plan: &Plan) -> PlanJson<'_> {
         indicators: &plan.indicators,
         tasks: &plan.tasks,
         tracks: &plan.tracks,
+        supervision: &plan.supervision,
     }
 }
 
@@ -328,6 +330,39 @@ pub fn render(plan: &Plan) -> String {
             })
             .collect();
         out.push_str(&table(&rows, 6));
+    }
+
+    let s = &plan.supervision;
+    let _ = writeln!(out, "\nSUPERVISION (督办)");
+    let _ = writeln!(
+        out,
+        "  office      {}",
+        s.office
+            .as_deref()
+            .map(|o| format!("{} [{o}]", plan.party_name(o)))
+            .unwrap_or_else(|| "none: nobody may decide".into())
+    );
+    let _ = writeln!(
+        out,
+        "  quiet       {} day(s) after an acknowledgement",
+        s.quiet_days
+    );
+    let _ = writeln!(
+        out,
+        "  level 1     the alert's own recipients, at the deadline"
+    );
+    for l in &s.ladder {
+        let to: Vec<String> =
+            l.to.iter()
+                .map(|p| format!("{} [{p}]", plan.party_name(p)))
+                .collect();
+        let _ = writeln!(
+            out,
+            "  level {}     {} day(s) past the deadline, unresolved: {}",
+            l.level,
+            l.after_days,
+            to.join(", ")
+        );
     }
     out
 }

@@ -142,7 +142,18 @@ pub(super) fn baseline(
     }
     match &indicator.aggregation {
         Aggregation::Cumulative => Some(0.0),
-        Aggregation::Ratio { .. } => None,
+        // A ratio starts where its inputs start: their baselines, divided.
+        Aggregation::Ratio {
+            numerator,
+            denominator,
+            scale,
+        } => {
+            let part = |id: &str| plan.indicator(id).and_then(|i| baseline(plan, i, values));
+            match (part(numerator), part(denominator)) {
+                (Some(n), Some(d)) if d != 0.0 && d.is_finite() => Some(n / d * scale),
+                _ => None,
+            }
+        }
         _ => {
             let first = Period::containing(indicator.period, plan.window.start);
             city_values(indicator, values)
@@ -200,6 +211,8 @@ pub(super) fn indicator_progress(
         Some(as_of) => path_at(as_of.min(now_ms)),
         None => expected,
     };
+    // Before the plan was issued nothing can be behind it.
+    let before_issue = now_ms < issued_end_ms(plan);
     let status = match (target, value) {
         (None, _) => IndicatorStatus::NoTarget,
         (_, None) => IndicatorStatus::NoData,
@@ -208,6 +221,8 @@ pub(super) fn indicator_progress(
             let lower_is_better = matches!(t.comparator, Comparator::AtMost | Comparator::LessThan);
             if t.is_met_by(v, indicator.tolerance) {
                 IndicatorStatus::Met
+            } else if before_issue {
+                IndicatorStatus::OnTrack
             } else if now_ms >= deadline_ms {
                 IndicatorStatus::Late
             } else {
@@ -244,8 +259,20 @@ pub(super) fn indicator_progress(
             .rev()
             .find_map(|(a, s)| Some((*a)? - (*s)?))
     });
+    let note = match (target, value) {
+        (Some(t), Some(v)) if t.above_range(v, indicator.tolerance) => Some(format!(
+            "{v} is above the plan's range ({} {}): met",
+            t.comparator.symbol(),
+            match t.value_max {
+                Some(max) => format!("{}..{max}", t.value),
+                None => t.value.to_string(),
+            }
+        )),
+        _ => None,
+    };
     IndicatorProgress {
         indicator: indicator.id.clone(),
+        note,
         value,
         target: target.map(|t| t.value),
         baseline,

@@ -19,6 +19,11 @@
 //!   start to the target at the target date.
 //! - A milestone is lagging when its reported percent trails the elapsed fraction of its window
 //!   by more than its tolerance, overdue when its window has closed and it is not done.
+//! - Nothing is behind a plan before it exists: deadlines before the end of the plan's issue
+//!   day move to it, milestone windows are measured from the issue day, and an indicator is
+//!   not lagging or late before it.
+//! - `about` and `between` targets are met by any value at or above their range (with a note
+//!   when above it); a ratio's baseline is its inputs' baselines divided.
 
 pub mod input;
 mod time;
@@ -133,6 +138,8 @@ pub struct IndicatorProgress {
     /// both exist.
     pub source_gap: Option<f64>,
     pub rates: Rates,
+    /// A remark on the status, e.g. a value above an `about` range, which counts as met.
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -223,7 +230,8 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
         let periods = plan_periods(plan, indicator.period);
         for period in &periods {
             let period_text = period.to_string();
-            let due = due_ms(plan, indicator, period);
+            // Nothing is overdue before the plan was issued.
+            let due = due_ms(plan, indicator, period).max(issued_end_ms(plan));
             let extended_to_ms = extended_deadline(&snapshot.outages, due);
             for unit in &indicator.reporter_units {
                 let received = values
@@ -256,8 +264,14 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
         .iter()
         .flat_map(|task| task.milestones.iter().map(move |m| (task, m)))
         .map(|(task, milestone)| {
-            let start_ms = start_of_day_ms(milestone.window.start, &plan.tz);
-            let deadline_ms = end_of_day_ms(milestone.window.end, &plan.tz);
+            // A window that began before the plan was issued is measured from the issue date:
+            // nothing lags or is overdue before the plan exists.
+            let issued_start = plan
+                .issued
+                .map_or(i64::MIN, |d| start_of_day_ms(d, &plan.tz));
+            let start_ms = start_of_day_ms(milestone.window.start, &plan.tz).max(issued_start);
+            let deadline_ms =
+                end_of_day_ms(milestone.window.end, &plan.tz).max(issued_end_ms(plan));
             let mut latest: HashMap<&str, &TaskRow> = HashMap::new();
             for row in snapshot
                 .tasks
@@ -300,6 +314,11 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
         by_lead_unit,
         last_report_ms,
     }
+}
+
+/// The end of the day the plan was issued (`i64::MIN` when the plan gives no date).
+pub fn issued_end_ms(plan: &Plan) -> i64 {
+    plan.issued.map_or(i64::MIN, |d| end_of_day_ms(d, &plan.tz))
 }
 
 #[cfg(test)]

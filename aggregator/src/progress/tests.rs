@@ -369,22 +369,100 @@ fn the_overlapping_phases_of_three_eight_are_evaluated_each_on_its_own_window() 
         .iter()
         .find(|t| t.track.as_deref() == Some("3-8"))
         .expect("the task implemented by 三(八)");
-    let progress = compute(&plan, &Snapshot::default(), ms("2017-07-15T00:00:00Z"));
-    let mine: Vec<&MilestoneProgress> = progress
-        .milestones
-        .iter()
-        .filter(|m| m.task == task.id)
-        .collect();
-    assert!(mine.len() >= 2);
-    // At 2017-07-15 both the first phase (…2017-07) and the overlapping second (2017-01..12)
-    // are running; neither is overdue yet.
-    let running = mine
-        .iter()
-        .filter(|m| m.start_ms <= progress.now_ms && progress.now_ms < m.deadline_ms)
-        .count();
-    assert!(running >= 2, "{mine:#?}");
+    let at = |t: &str| {
+        let progress = compute(&plan, &Snapshot::default(), ms(t));
+        progress
+            .milestones
+            .into_iter()
+            .filter(|m| m.task == task.id)
+            .collect::<Vec<MilestoneProgress>>()
+    };
+    let phase = |all: &[MilestoneProgress], id: &str| {
+        all.iter()
+            .find(|m| m.milestone == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("milestone {id}"))
+    };
+    // Before the plan was issued (2017-08-09) nothing is overdue or lagging, although m1's
+    // window (…2017-07) closed and m2's (2017-01..12) is half gone.
+    let before = at("2017-07-15T00:00:00Z");
+    assert!(before.len() >= 3);
     assert!(
-        mine.iter().all(|m| m.status != MilestoneStatus::Overdue),
-        "{mine:#?}"
+        before.iter().all(|m| matches!(
+            m.status,
+            MilestoneStatus::NotStarted | MilestoneStatus::OnTrack
+        )),
+        "{before:#?}"
+    );
+    // Both start at the issue date; m1 is due at its end, m2 at the end of 2017.
+    let issued = ms("2017-08-09T00:00:00+08:00");
+    assert_eq!(phase(&before, "m1").start_ms, issued);
+    assert_eq!(phase(&before, "m2").start_ms, issued);
+    assert_eq!(
+        phase(&before, "m1").deadline_ms,
+        ms("2017-08-10T00:00:00+08:00")
+    );
+    // On the day after the issue date m2 has barely begun: it does not lag without an update.
+    let first = at("2017-08-10T12:00:00+08:00");
+    assert_ne!(phase(&first, "m2").status, MilestoneStatus::Lagging);
+    // In October each phase is judged on its own window: m1 is overdue, m2 running.
+    let october = at("2017-10-15T00:00:00Z");
+    assert_eq!(phase(&october, "m1").status, MilestoneStatus::Overdue);
+    let m2 = phase(&october, "m2");
+    assert!(
+        m2.start_ms <= ms("2017-10-15T00:00:00Z") && ms("2017-10-15T00:00:00Z") < m2.deadline_ms
+    );
+    assert_ne!(m2.status, MilestoneStatus::Overdue, "{m2:#?}");
+}
+
+#[test]
+fn a_ratio_starts_from_the_baselines_of_its_inputs_and_can_lag() {
+    let plan = monthly_plan();
+    let values = vec![
+        value("num", "u", "2020", 100.0, ms("2020-03-01T00:00:00Z")),
+        value("den", "u", "2020", 100_000.0, ms("2020-03-01T00:00:00Z")),
+    ];
+    let progress = compute(
+        &plan,
+        &Snapshot {
+            values,
+            ..Default::default()
+        },
+        ms("2020-09-01T00:00:00Z"),
+    );
+    let ratio = progress
+        .indicators
+        .iter()
+        .find(|i| i.indicator == "per-10k")
+        .unwrap();
+    // 100 / 100 000 × 10 000 = 10 at the start; the line to 25 passes 17.5 mid-year.
+    assert_eq!(ratio.baseline, Some(10.0));
+    assert_eq!(ratio.value, Some(10.0));
+    assert!(ratio.expected.unwrap() > 17.0, "{:?}", ratio.expected);
+    assert_eq!(ratio.status, IndicatorStatus::Lagging);
+}
+
+#[test]
+fn no_report_is_overdue_before_the_plan_was_issued() {
+    // The monthly indicator's 2020-01 and 2020-02 are due at the end of their months; a plan
+    // issued on 2020-03-10 makes them due at the end of that day instead.
+    let mut plan = monthly_plan();
+    plan.issued = Some(jiff::civil::date(2020, 3, 10));
+    let overdue = |now: &str| -> Vec<(String, i64)> {
+        compute(&plan, &Snapshot::default(), ms(now))
+            .obligations
+            .into_iter()
+            .filter(|o| o.indicator == "m" && o.status == ObligationStatus::Overdue)
+            .map(|o| (o.period, o.due_ms))
+            .collect()
+    };
+    assert_eq!(overdue("2020-03-05T00:00:00Z"), []);
+    let issued_end = ms("2020-03-11T00:00:00+08:00");
+    assert_eq!(
+        overdue("2020-03-12T00:00:00Z"),
+        [
+            ("2020-01".to_owned(), issued_end),
+            ("2020-02".to_owned(), issued_end)
+        ]
     );
 }

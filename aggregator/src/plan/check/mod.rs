@@ -12,6 +12,7 @@ use super::model::*;
 use super::raw::*;
 
 mod indicators;
+mod supervision;
 mod tasks;
 
 pub(super) struct Checker<'a> {
@@ -214,8 +215,10 @@ impl Checker<'_> {
             .iter()
             .map(|t| t.get_ref().id.get_ref().clone())
             .collect();
-        let tasks = self.tasks(&raw.task, &party_ids, &track_ids, default_tolerance);
-        let tracks = self.tracks(&raw.track, &indicator_ids);
+        let mut tasks = self.tasks(&raw.task, &party_ids, &track_ids, default_tolerance);
+        let tracks = self.tracks(&raw.track, &indicator_ids, &party_ids);
+        self.milestone_leads(&mut tasks, &tracks, &raw.task);
+        let supervision = self.supervision(raw.supervision.as_ref(), &party_ids);
 
         let plan = Plan {
             id: meta.id.get_ref().clone(),
@@ -236,6 +239,7 @@ impl Checker<'_> {
             indicators,
             tasks,
             tracks,
+            supervision,
         };
         Some(plan)
     }

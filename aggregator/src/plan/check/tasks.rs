@@ -63,12 +63,21 @@ impl Checker<'_> {
                     &format!("{mkey}.tolerance"),
                     default_tolerance,
                 );
+                if m.from_phase.is_some() && t.track.is_none() {
+                    self.error(
+                        m.id.span(),
+                        format!("{mkey}.from_phase"),
+                        "from_phase names a phase of the task's track, and the task has no track",
+                    );
+                }
                 if let Some(window) = self.window(&m.start, &m.end, &mkey) {
                     milestones.push(Milestone {
                         id: m.id.get_ref().clone(),
                         name: m.name.clone(),
                         window,
                         tolerance,
+                        from_phase: m.from_phase.as_ref().map(|p| p.get_ref().clone()),
+                        lead_units: Vec::new(),
                     });
                 }
             }
@@ -91,6 +100,7 @@ impl Checker<'_> {
         &mut self,
         raw: &[Spanned<RawTrack>],
         indicator_ids: &HashSet<String>,
+        parties: &HashSet<String>,
     ) -> Vec<Track> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -135,6 +145,10 @@ impl Checker<'_> {
                         )
                     })
                     .collect();
+                let lead_units =
+                    self.references(&p.lead_units, &format!("{pkey}.lead_units"), parties);
+                let partner_units =
+                    self.references(&p.partner_units, &format!("{pkey}.partner_units"), parties);
                 phases.push((
                     TrackPhase {
                         id: p.id.get_ref().clone(),
@@ -142,6 +156,8 @@ impl Checker<'_> {
                         start,
                         end,
                         text: p.text.clone(),
+                        lead_units,
+                        partner_units,
                         goals,
                     },
                     span,
@@ -178,14 +194,68 @@ impl Checker<'_> {
                     }
                 }
             }
+            let lead_units = self.references(&t.lead_units, &format!("{key}.lead_units"), parties);
+            let partner_units =
+                self.references(&t.partner_units, &format!("{key}.partner_units"), parties);
             out.push(Track {
                 id: t.id.get_ref().clone(),
                 section: t.section.clone(),
                 title: t.title.clone(),
+                lead_units,
+                partner_units,
                 phases: phases.into_iter().map(|(p, _)| p).collect(),
             });
         }
         out
+    }
+
+    /// Gives each milestone taken from a track phase (`from_phase`) that phase's lead units,
+    /// or the track's where the phase names none; a phase that does not exist is an error.
+    pub(super) fn milestone_leads(
+        &mut self,
+        tasks: &mut [Task],
+        tracks: &[Track],
+        raw: &[Spanned<RawTask>],
+    ) {
+        for task in tasks {
+            let Some(track) = task
+                .track
+                .as_ref()
+                .and_then(|id| tracks.iter().find(|t| &t.id == id))
+            else {
+                continue;
+            };
+            for m in &mut task.milestones {
+                let Some(phase_id) = &m.from_phase else {
+                    continue;
+                };
+                match track.phases.iter().find(|p| &p.id == phase_id) {
+                    Some(phase) if !phase.lead_units.is_empty() => {
+                        m.lead_units = phase.lead_units.clone()
+                    }
+                    Some(_) => m.lead_units = track.lead_units.clone(),
+                    None => {
+                        // Point at the `from_phase` as written.
+                        let span = raw
+                            .iter()
+                            .map(|t| t.get_ref())
+                            .find(|t| t.id.get_ref() == &task.id)
+                            .and_then(|t| {
+                                t.milestone
+                                    .iter()
+                                    .find(|x| x.get_ref().id.get_ref() == &m.id)
+                            })
+                            .and_then(|x| x.get_ref().from_phase.as_ref())
+                            .map_or(0..0, |p| p.span());
+                        self.error(
+                            span,
+                            format!("task {:?}.milestone {:?}.from_phase", task.id, m.id),
+                            format!("track {:?} has no phase {phase_id:?}", track.id),
+                        )
+                    }
+                }
+            }
+        }
     }
 
     pub(super) fn goal(
