@@ -96,6 +96,80 @@ pub(super) async fn submit(
     })
 }
 
+/// Signs, stores and sends one statement; prints what became of it.
+async fn state(
+    config: &Path,
+    kind: duban_proto::pb::StatementKind,
+    case: String,
+    date: Option<String>,
+    note: String,
+    reference: String,
+) -> anyhow::Result<Outcome> {
+    use duban_agent::answer::{Said, say};
+    use duban_proto::pb::StatementKind as K;
+    let name = kind
+        .as_str_name()
+        .trim_start_matches("STATEMENT_KIND_")
+        .to_lowercase();
+    if let Some(date) = &date {
+        date.parse::<jiff::civil::Date>()
+            .map_err(|e| anyhow::anyhow!("--date {date:?} is not a date YYYY-MM-DD: {e}"))?;
+    }
+    match kind {
+        K::Explain | K::RequestExtension => {
+            anyhow::ensure!(date.is_some(), "{name} needs --date YYYY-MM-DD");
+            anyhow::ensure!(
+                !note.trim().is_empty(),
+                "{name} needs --note with the reason"
+            );
+        }
+        K::ClaimDone => anyhow::ensure!(
+            !reference.trim().is_empty(),
+            "done needs --reference: a document number, a URL or a note"
+        ),
+        _ => {}
+    }
+    anyhow::ensure!(
+        note.len() <= 1024,
+        "--note is {} bytes; at most 1024",
+        note.len()
+    );
+    anyhow::ensure!(
+        reference.len() <= 256,
+        "--reference is {} bytes; at most 256",
+        reference.len()
+    );
+    let agent = open(config).await?;
+    let draft = duban_agent::outbox::StatementDraft {
+        case_id: case.clone(),
+        kind,
+        date: date.unwrap_or_default(),
+        note,
+        reference,
+    };
+    let (stored, said) = say(&agent, draft).await?;
+    Ok(match said {
+        Said::Recorded(message) => {
+            cli::println(&format!(
+                "recorded: {name} on {case} (statement seq {}): {message}",
+                stored.seq
+            ));
+            Outcome::Done
+        }
+        Said::Refused(reason, message) => {
+            cli::println(&format!("REFUSED: {reason}: {message}"));
+            Outcome::Problems
+        }
+        Said::Waiting(why) => {
+            cli::println(&format!(
+                "stored statement seq {} in the outbox; the centre has not answered yet ({why}); `duban-agent run` sends it",
+                stored.seq
+            ));
+            Outcome::Done
+        }
+    })
+}
+
 pub(super) fn time_text(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
@@ -187,6 +261,99 @@ pub(super) async fn run(command: Command) -> anyhow::Result<Outcome> {
             } else {
                 Outcome::Done
             })
+        }
+        Command::Alerts { config, json } => {
+            let agent = open(&config.config).await?;
+            let list = duban_agent::answer::open_alerts(&agent).await?;
+            if json {
+                let cases: Vec<serde_json::Value> = list
+                    .cases
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "case": c.case_id,
+                            "alertname": c.alertname,
+                            "severity": c.severity,
+                            "summary": c.summary,
+                            "deadline": c.deadline,
+                            "original_deadline": c.original_deadline,
+                            "escalation_level": c.escalation_level,
+                            "recipients": c.recipients,
+                            "record": c.record,
+                        })
+                    })
+                    .collect();
+                cli::println(&serde_json::to_string_pretty(&serde_json::json!({
+                    "unit": list.unit_id,
+                    "office": list.office,
+                    "cases": cases,
+                }))?);
+                return Ok(Outcome::Done);
+            }
+            cli::println(&format!(
+                "{} open alert case(s) for {}{}",
+                list.cases.len(),
+                list.unit_id,
+                if list.office {
+                    " (the supervising office: every case)"
+                } else {
+                    ""
+                }
+            ));
+            for c in &list.cases {
+                let deadline =
+                    if c.original_deadline.is_empty() || c.original_deadline == c.deadline {
+                        c.deadline.clone()
+                    } else {
+                        format!("{} (extended from {})", c.deadline, c.original_deadline)
+                    };
+                cli::println(&format!(
+                    "\n{}\n  {} {} level {}, deadline {deadline}, to {}\n  {}",
+                    c.case_id,
+                    c.alertname,
+                    c.severity,
+                    c.escalation_level,
+                    c.recipients.join(", "),
+                    c.summary
+                ));
+                for line in &c.record {
+                    cli::println(&format!("  | {line}"));
+                }
+            }
+            Ok(Outcome::Done)
+        }
+        Command::Respond {
+            config,
+            what,
+            case,
+            date,
+            note,
+            reference,
+        } => {
+            use duban_proto::pb::StatementKind as K;
+            let kind = match what {
+                RespondKind::Ack => K::Acknowledge,
+                RespondKind::Explain => K::Explain,
+                RespondKind::Extend => K::RequestExtension,
+                RespondKind::Done => K::ClaimDone,
+            };
+            state(&config.config, kind, case, date, note, reference).await
+        }
+        Command::Decide {
+            config,
+            what,
+            case,
+            date,
+            note,
+        } => {
+            use duban_proto::pb::StatementKind as K;
+            let kind = match what {
+                DecideKind::Grant => K::GrantExtension,
+                DecideKind::Refuse => K::RefuseExtension,
+                DecideKind::Confirm => K::ConfirmDone,
+                DecideKind::Reject => K::RejectDone,
+            };
+            state(&config.config, kind, case, date, note, String::new()).await
         }
         Command::Submit {
             config,

@@ -2,6 +2,7 @@
 //! values and task progress from local sources, signs each report, keeps it in a durable outbox
 //! and delivers it to the aggregator until acknowledged. See docs/AGENT.md.
 
+pub mod answer;
 pub mod check;
 pub mod config;
 pub mod daemon;

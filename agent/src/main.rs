@@ -123,6 +123,52 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
         send_for: Duration,
     },
+    /// The open alert cases that concern this unit, each with its deadline (and the original
+    /// one when an extension was granted), escalation level, recipients and record; every open
+    /// case for the supervising office. The CASE ids are what `respond` and `decide` take.
+    Alerts {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer an alert case with a signed statement (督办 反馈): ack (acknowledge), explain
+    /// (--note with the reason and measures, --date when it will be finished), extend (ask for
+    /// a new deadline: --date and --note with the reason) or done (claim it done: --reference,
+    /// a document number, a URL or a note). Kept in the outbox until the centre answers; exit
+    /// status 1 when the centre refuses it (its reason is printed).
+    Respond {
+        #[command(flatten)]
+        config: ConfigArg,
+        what: RespondKind,
+        /// The case id from `duban-agent alerts`, e.g. report/pct-applications/2018Q1/laoshan.
+        case: String,
+        /// YYYY-MM-DD (explain: when it will be finished; extend: the deadline asked for).
+        #[arg(long)]
+        date: Option<String>,
+        /// The reason, and for explain the measures taken (at most 1024 bytes).
+        #[arg(long, default_value = "")]
+        note: String,
+        /// For done: a document number, a URL or a note (at most 256 bytes).
+        #[arg(long, default_value = "")]
+        reference: String,
+    },
+    /// The supervising office decides on an answer: grant or refuse the extension asked for,
+    /// confirm or reject the done claim (办结). Only the plan's supervising office may; exit
+    /// status 1 when the centre refuses the decision.
+    Decide {
+        #[command(flatten)]
+        config: ConfigArg,
+        what: DecideKind,
+        /// The case id from `duban-agent alerts`.
+        case: String,
+        /// grant: another deadline than the one asked for, YYYY-MM-DD.
+        #[arg(long)]
+        date: Option<String>,
+        /// The office's note (at most 1024 bytes).
+        #[arg(long, default_value = "")]
+        note: String,
+    },
     /// Inspect the outbox.
     #[command(subcommand)]
     Outbox(OutboxCommand),
@@ -136,6 +182,22 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RespondKind {
+    Ack,
+    Explain,
+    Extend,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DecideKind {
+    Grant,
+    Refuse,
+    Confirm,
+    Reject,
 }
 
 #[derive(Debug, Subcommand)]

@@ -39,6 +39,20 @@ impl ReportService for Peer {
         Err(Status::unimplemented("the agent uses SubmitBatch"))
     }
 
+    async fn respond(
+        &self,
+        _: Request<pb::SignedReport>,
+    ) -> Result<Response<pb::SubmitResult>, Status> {
+        Err(Status::unimplemented("these tests send no statements"))
+    }
+
+    async fn open_alerts(
+        &self,
+        _: Request<pb::SignedReport>,
+    ) -> Result<Response<pb::AlertList>, Status> {
+        Err(Status::unimplemented("these tests list no alerts"))
+    }
+
     async fn hello(
         &self,
         _: Request<pb::SignedReport>,

@@ -13,7 +13,7 @@ pub const ALERT_NAMES: [&str; 5] = [
 /// Alert severities, mildest first.
 pub const SEVERITIES: [&str; 3] = ["info", "warning", "critical"];
 
-/// Why a whole report was rejected.
+/// Why a whole report (or statement) was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     PayloadTooLarge,
@@ -35,10 +35,16 @@ pub enum Reason {
     SeqReplay,
     NothingValid,
     BadReportId,
+    UnknownAlert,
+    NotARecipient,
+    NotTheOffice,
+    NothingToDecide,
+    BadDate,
+    BadStatement,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 25] = [
         Reason::PayloadTooLarge,
         Reason::BadPayloadType,
         Reason::BadKeyId,
@@ -58,6 +64,12 @@ impl Reason {
         Reason::SeqReplay,
         Reason::NothingValid,
         Reason::BadReportId,
+        Reason::UnknownAlert,
+        Reason::NotARecipient,
+        Reason::NotTheOffice,
+        Reason::NothingToDecide,
+        Reason::BadDate,
+        Reason::BadStatement,
     ];
 
     /// The name used in docs, logs and the `reason` metric label.
@@ -82,6 +94,12 @@ impl Reason {
             Reason::SeqReplay => "SEQ_REPLAY",
             Reason::NothingValid => "NOTHING_VALID",
             Reason::BadReportId => "BAD_REPORT_ID",
+            Reason::UnknownAlert => "UNKNOWN_ALERT",
+            Reason::NotARecipient => "NOT_A_RECIPIENT",
+            Reason::NotTheOffice => "NOT_THE_OFFICE",
+            Reason::NothingToDecide => "NOTHING_TO_DECIDE",
+            Reason::BadDate => "BAD_DATE",
+            Reason::BadStatement => "BAD_STATEMENT",
         }
     }
 }

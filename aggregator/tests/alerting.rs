@@ -295,6 +295,7 @@ fn plan_state_metrics_stay_within_the_documented_series_budget() {
             values,
             tasks,
             outages: Vec::new(),
+            statements: Vec::new(),
         },
         end,
     );

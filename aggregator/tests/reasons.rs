@@ -74,6 +74,12 @@ async fn case(
     let key = laoshan_key();
     match code {
         R::ReasonUnspecified => unreachable!("not a rejection"),
+        R::ReasonUnknownAlert
+        | R::ReasonNotARecipient
+        | R::ReasonNotTheOffice
+        | R::ReasonNothingToDecide
+        | R::ReasonBadDate
+        | R::ReasonBadStatement => unreachable!("statements only: see statement_case"),
         R::ReasonPayloadTooLarge => {
             let mut big = laoshan(1);
             big.values[0].note = "x".repeat(envelope::MAX_PAYLOAD_LEN);
@@ -289,8 +295,266 @@ macro_rules! reason_tests {
                 refused_as(R::$code).await;
             }
         )*
-        const TESTED_REASONS: &[R] = &[$(R::$code),*];
+        const REPORT_REASONS: &[R] = &[$(R::$code),*];
     };
+}
+
+/// The statements (`Respond`) that must be refused with `code`, after what comes before them.
+async fn statement_case(
+    code: R,
+    client: &mut pb::report_service_client::ReportServiceClient<tonic::transport::Channel>,
+) -> Vec<pb::SignedReport> {
+    use pb::StatementKind as K;
+    let (laoshan, office) = (laoshan_key(), office_key());
+    let say =
+        |key: &SigningKey, unit: &str, seq: u64, case: &str, kind: K, date: &str, text: &str| {
+            statement(key, unit, seq, case, kind, date, text)
+        };
+    match code {
+        R::ReasonUnknownAlert => vec![
+            say(
+                &laoshan,
+                "laoshan",
+                1,
+                "report/pct-applications/2018Q2/laoshan",
+                K::Acknowledge,
+                "",
+                "",
+            ),
+            say(
+                &laoshan,
+                "laoshan",
+                2,
+                "no-such-case",
+                K::Acknowledge,
+                "",
+                "",
+            ),
+        ],
+        // shibei was not alerted about laoshan's report.
+        R::ReasonNotARecipient => vec![say(
+            &shibei_key(),
+            "shibei",
+            1,
+            REPORT_CASE,
+            K::RequestExtension,
+            "2018-06-30",
+            "原因",
+        )],
+        // laoshan (a recipient) may not decide, not even about its own request.
+        R::ReasonNotTheOffice => {
+            let asked = say(
+                &laoshan,
+                "laoshan",
+                1,
+                REPORT_CASE,
+                K::RequestExtension,
+                "2018-06-30",
+                "统计口径调整",
+            );
+            let result = client.respond(asked).await.unwrap().into_inner();
+            assert_eq!(
+                result.outcome(),
+                pb::Outcome::Accepted,
+                "{}",
+                result.message
+            );
+            vec![
+                say(
+                    &laoshan,
+                    "laoshan",
+                    2,
+                    REPORT_CASE,
+                    K::GrantExtension,
+                    "",
+                    "",
+                ),
+                say(
+                    &science_tech_key(),
+                    "science-tech",
+                    1,
+                    REPORT_CASE,
+                    K::ConfirmDone,
+                    "",
+                    "",
+                ),
+            ]
+        }
+        // Nothing asked, nothing claimed.
+        R::ReasonNothingToDecide => vec![
+            say(
+                &office,
+                "ip-office",
+                1,
+                REPORT_CASE,
+                K::GrantExtension,
+                "",
+                "",
+            ),
+            say(
+                &office,
+                "ip-office",
+                2,
+                REPORT_CASE,
+                K::RefuseExtension,
+                "",
+                "",
+            ),
+            say(
+                &office,
+                "ip-office",
+                3,
+                MILESTONE_CASE,
+                K::ConfirmDone,
+                "",
+                "",
+            ),
+            say(
+                &office,
+                "ip-office",
+                4,
+                MILESTONE_CASE,
+                K::RejectDone,
+                "",
+                "",
+            ),
+        ],
+        // NOW_MS is 2018-04-10.
+        R::ReasonBadDate => vec![
+            say(
+                &laoshan,
+                "laoshan",
+                1,
+                REPORT_CASE,
+                K::RequestExtension,
+                "2018-04-09",
+                "原因",
+            ),
+            say(
+                &laoshan,
+                "laoshan",
+                2,
+                REPORT_CASE,
+                K::RequestExtension,
+                "",
+                "原因",
+            ),
+            say(
+                &laoshan,
+                "laoshan",
+                3,
+                REPORT_CASE,
+                K::Explain,
+                "2018/05/01",
+                "原因",
+            ),
+        ],
+        R::ReasonBadStatement => {
+            let mut unspecified = pb::Statement {
+                statement_id: vec![7; 16],
+                unit_id: "laoshan".into(),
+                seq: 9,
+                issued_at_ms: NOW_MS,
+                audience: PLAN_ID.into(),
+                case_id: REPORT_CASE.into(),
+                ..Default::default()
+            };
+            unspecified.kind = K::Unspecified as i32;
+            vec![
+                envelope::sign_statement(&laoshan, unspecified),
+                // An extension needs its reason, a done claim its reference.
+                say(
+                    &laoshan,
+                    "laoshan",
+                    1,
+                    REPORT_CASE,
+                    K::RequestExtension,
+                    "2018-06-30",
+                    " ",
+                ),
+                say(&laoshan, "laoshan", 2, REPORT_CASE, K::ClaimDone, "", ""),
+                say(
+                    &laoshan,
+                    "laoshan",
+                    3,
+                    REPORT_CASE,
+                    K::Acknowledge,
+                    "",
+                    &"长".repeat(400),
+                ),
+            ]
+        }
+        other => unreachable!("{other:?} is tested with reports"),
+    }
+}
+
+/// Sends the case's statements through the real `Respond`: each is refused with `code` and a
+/// message, the record is as before, and the metric counts them.
+async fn statement_refused_as(code: R) {
+    let server = TestServer::start(Options {
+        extra_keys: vec![key_record(&office_key(), "ip-office")],
+        ..Default::default()
+    })
+    .await;
+    seed_alerts(&server).await;
+    let mut client = server.client().await;
+    let statements = statement_case(code, &mut client).await;
+    let record = || async { server.store.statements(PLAN_ID, i64::MAX).await.unwrap() };
+    let before = record().await;
+    for signed in &statements {
+        let result = client.respond(signed.clone()).await.unwrap().into_inner();
+        assert_eq!(
+            (result.outcome(), result.reason()),
+            (pb::Outcome::Rejected, code),
+            "{}",
+            result.message
+        );
+        assert!(!result.message.is_empty(), "{code:?} without a message");
+    }
+    assert_eq!(record().await, before, "a {code:?} changed the record");
+    let name = code.as_str_name().trim_start_matches("REASON_");
+    let mut counted = 0.0;
+    for kind in [
+        "unspecified",
+        "acknowledge",
+        "explain",
+        "request_extension",
+        "claim_done",
+        "grant_extension",
+        "refuse_extension",
+        "confirm_done",
+        "reject_done",
+    ] {
+        counted += server
+            .try_metric(&format!(
+                "duban_statements_total{{kind=\"{kind}\",result=\"{name}\"}}"
+            ))
+            .await
+            .unwrap_or(0.0);
+    }
+    assert_eq!(counted, statements.len() as f64);
+    server.stop().await;
+}
+
+macro_rules! statement_reason_tests {
+    ($($name:ident => $code:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                statement_refused_as(R::$code).await;
+            }
+        )*
+        const STATEMENT_REASONS: &[R] = &[$(R::$code),*];
+    };
+}
+
+statement_reason_tests! {
+    statement_unknown_alert => ReasonUnknownAlert,
+    statement_not_a_recipient => ReasonNotARecipient,
+    statement_not_the_office => ReasonNotTheOffice,
+    statement_nothing_to_decide => ReasonNothingToDecide,
+    statement_bad_date => ReasonBadDate,
+    statement_bad_statement => ReasonBadStatement,
 }
 
 reason_tests! {
@@ -497,7 +761,7 @@ fn every_reason_code_of_the_proto_and_the_protocol_has_a_test() {
     let in_proto: Vec<R> = (1..=255).filter_map(|n| R::try_from(n).ok()).collect();
     let missing: Vec<&R> = in_proto
         .iter()
-        .filter(|c| !TESTED_REASONS.contains(c))
+        .filter(|c| !REPORT_REASONS.contains(c) && !STATEMENT_REASONS.contains(c))
         .collect();
     assert!(
         missing.is_empty(),

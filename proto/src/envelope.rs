@@ -26,6 +26,8 @@ use crate::pb;
 pub const PAYLOAD_TYPE: &str = "application/vnd.duban.report.v1+protobuf";
 /// The payload type of an agent's `Hello` (the `Hello` RPC), signed the same way.
 pub const HELLO_PAYLOAD_TYPE: &str = "application/vnd.duban.hello.v1+protobuf";
+/// The payload type of a signed [`pb::Statement`] (an answer to an alert, or a decision).
+pub const RESPONSE_PAYLOAD_TYPE: &str = "application/vnd.duban.response.v1+protobuf";
 /// Largest accepted payload (an encoded `Report`).
 pub const MAX_PAYLOAD_LEN: usize = 64 * 1024;
 /// Largest accepted `payload_type` string, in bytes.
@@ -93,6 +95,12 @@ pub fn sign_payload_as(key: &SigningKey, payload_type: &str, payload: Vec<u8>) -
 pub fn sign_hello(key: &SigningKey, mut hello: pb::Hello) -> pb::SignedReport {
     hello.key_id = key.key_id().as_bytes().to_vec();
     sign_payload_as(key, HELLO_PAYLOAD_TYPE, hello.encode_to_vec())
+}
+
+/// Sets `statement.key_id` to the key's id, encodes it once and signs it as a statement.
+pub fn sign_statement(key: &SigningKey, mut statement: pb::Statement) -> pb::SignedReport {
+    statement.key_id = key.key_id().as_bytes().to_vec();
+    sign_payload_as(key, RESPONSE_PAYLOAD_TYPE, statement.encode_to_vec())
 }
 
 /// Encodes `report` once and signs the encoding. The caller sets `report.key_id`; use
@@ -179,6 +187,12 @@ pub fn decode_payload(envelope: &pb::SignedReport) -> Result<pb::Report, VerifyE
 /// Decodes the payload of a Hello envelope whose signature has been verified.
 pub fn decode_hello(envelope: &pb::SignedReport) -> Result<pb::Hello, VerifyError> {
     pb::Hello::decode(envelope.payload.as_slice())
+        .map_err(|e| VerifyError::MalformedPayload(e.to_string()))
+}
+
+/// Decodes the payload of a statement envelope whose signature has been verified.
+pub fn decode_statement(envelope: &pb::SignedReport) -> Result<pb::Statement, VerifyError> {
+    pb::Statement::decode(envelope.payload.as_slice())
         .map_err(|e| VerifyError::MalformedPayload(e.to_string()))
 }
 

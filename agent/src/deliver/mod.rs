@@ -320,10 +320,57 @@ impl Deliverer {
         }
     }
 
+    /// Sends the oldest waiting statement (see [`crate::answer`]) and files the answer; `None`
+    /// when none waits.
+    async fn statement_step(&mut self) -> Result<Option<Step>, DeliverError> {
+        let waiting = self.outbox.statements(Some("waiting")).await?;
+        let Some(first) = waiting.first() else {
+            return Ok(None);
+        };
+        let client = &mut self.clients[self.current];
+        let answer = tokio::time::timeout(
+            self.timeout + Duration::from_secs(1),
+            client.respond(first.envelope.clone()),
+        )
+        .await;
+        let status = match answer {
+            Ok(Ok(result)) => {
+                let said =
+                    crate::answer::file(&self.outbox, first.seq, &result.into_inner()).await?;
+                return Ok(Some(match said {
+                    crate::answer::Said::Waiting(why) => {
+                        tracing::warn!(seq = first.seq, case = %first.case_id, %why, "statement not recorded yet; retrying");
+                        Step::Wait(self.after_failure(
+                            &Failure {
+                                label: "other",
+                                hold: false,
+                                message: why,
+                                pushback: None,
+                            },
+                            1,
+                        ))
+                    }
+                    crate::answer::Said::Refused(reason, message) => {
+                        tracing::error!(seq = first.seq, case = %first.case_id, kind = %first.kind, %reason, %message, "statement refused by the centre");
+                        Step::Progress { acked: 0, dead: 1 }
+                    }
+                    crate::answer::Said::Recorded(_) => Step::Progress { acked: 1, dead: 0 },
+                }));
+            }
+            Ok(Err(status)) => status,
+            Err(_) => tonic::Status::deadline_exceeded("no answer within the timeout"),
+        };
+        let failure = classify(&status);
+        Ok(Some(Step::Wait(self.after_failure(&failure, 1))))
+    }
+
     /// Sends the oldest batch once and files the answers.
     pub async fn step(&mut self) -> Result<Step, DeliverError> {
         if let Some(wait) = self.hello_if_due().await? {
             return Ok(Step::Wait(wait));
+        }
+        if let Some(step) = self.statement_step().await? {
+            return Ok(step);
         }
         let pending = self.outbox.pending(self.batch).await?;
         if pending.is_empty() {

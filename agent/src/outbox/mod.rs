@@ -48,11 +48,13 @@ use std::sync::Arc;
 mod build;
 mod open;
 mod sent;
+mod statements;
 
 pub use build::items_of;
 use build::*;
 pub use open::peek_counts;
 use open::*;
+pub use statements::{StatementDraft, StoredStatement};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {

@@ -27,7 +27,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::plan::Plan;
-use crate::progress::{DAY_MS, IndicatorStatus, MilestoneStatus, ObligationStatus, Progress};
+use crate::progress::{
+    DAY_MS, IndicatorStatus, MilestoneStatus, ObligationStatus, Progress, cases,
+};
 
 pub use crate::codes::{ALERT_NAMES, SEVERITIES};
 
@@ -107,11 +109,12 @@ pub struct Alert {
 }
 
 impl Alert {
-    /// The identity of an alert: its label set minus `severity`, which may escalate.
+    /// The identity of an alert: its label set minus `severity` and `escalation_level`, which
+    /// rise with time.
     pub fn key(&self) -> String {
         self.labels
             .iter()
-            .filter(|(k, _)| k.as_str() != "severity")
+            .filter(|(k, _)| k.as_str() != "severity" && k.as_str() != "escalation_level")
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",")
@@ -197,7 +200,8 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
                     lead_unit: &str,
                     subject: &[(&str, &str)],
                     summary: String,
-                    description: String| {
+                    description: String,
+                    days_late: Option<i64>| {
         let mut labels: BTreeMap<String, String> = [
             ("alertname", name),
             ("severity", severity),
@@ -212,6 +216,9 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
         for (k, v) in subject {
             labels.insert((*k).to_owned(), (*v).to_owned());
         }
+        // Past the deadline the case climbs the plan's escalation ladder.
+        let level = days_late.map_or(1, |d| plan.supervision.level_after(d));
+        labels.insert("escalation_level".to_owned(), level.to_string());
         let annotations = [
             ("summary".to_owned(), summary),
             ("description".to_owned(), description),
@@ -291,6 +298,7 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
                         "{} of {} for {} is due by {due} (end of day, {}).",
                         indicator.id, o.unit, o.period, plan.time_zone
                     ),
+                    None,
                 );
             } else {
                 let days = (now - deadline) / DAY_MS;
@@ -310,6 +318,7 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
                         "{} of {} for {} was due by {due}; nothing has been received.",
                         indicator.id, o.unit, o.period
                     ),
+                    Some(days),
                 );
             }
         }
@@ -337,6 +346,15 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
             "warning"
         };
         let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
+        // A target date passed unmet escalates like an overdue report.
+        let late_days = (p.status == IndicatorStatus::Late)
+            .then(|| {
+                indicator
+                    .target
+                    .as_ref()
+                    .map(|t| (now - crate::progress::end_of_day_ms(t.date, &plan.tz)) / DAY_MS)
+            })
+            .flatten();
         for recipient in owners(&indicator.lead_units, &[], plan) {
             let lead_unit = recipient.0.clone();
             push(
@@ -361,6 +379,7 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
                     fmt(p.target),
                     indicator.measure
                 ),
+                late_days,
             );
         }
     }
@@ -422,9 +441,11 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
                     m.milestone,
                     m.status.name()
                 ),
+                (name == "TaskOverdue").then_some(m.days_overdue),
             );
         }
     }
+    let mut out = supervise(plan, progress, out);
     out.sort_by_key(|a| a.key());
     out.dedup_by(|a, b| a.key() == b.key());
     let before = out.len();
@@ -434,6 +455,79 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
         alerts: out,
         before_go_live,
     }
+}
+
+/// The case an alert is about (see [`crate::progress::cases`]): the same for each recipient.
+pub fn case_of(labels: &BTreeMap<String, String>) -> String {
+    let label = |k: &str| labels.get(k).map(String::as_str).unwrap_or_default();
+    match label("alertname") {
+        "ReportDueSoon" | "ReportOverdue" => {
+            cases::report_case(label("indicator"), label("period"), label("unit"))
+        }
+        "TaskLagging" | "TaskOverdue" => cases::milestone_case(label("task"), label("milestone")),
+        _ => cases::indicator_case(label("indicator")),
+    }
+}
+
+/// The 督办 layer over the derived alerts: each names its case (annotation `case`); an
+/// acknowledged one says by whom and when, and is quiet until `quiet_until` (re-sends pause);
+/// at escalation level 2 and above each rung's units up to that level receive it too
+/// (`role="escalation"`).
+fn supervise(plan: &Plan, progress: &Progress, alerts: Vec<Alert>) -> Vec<Alert> {
+    let quiet_ms = plan.supervision.quiet_days * DAY_MS;
+    let mut told: std::collections::HashSet<(String, String)> = alerts
+        .iter()
+        .map(|a| (case_of(&a.labels), a.recipient().to_owned()))
+        .collect();
+    let mut out = Vec::with_capacity(alerts.len());
+    for mut alert in alerts {
+        let case = case_of(&alert.labels);
+        if let Some((unit, at_ms)) = progress.cases.get(&case).and_then(|c| c.last_ack()) {
+            let at = jiff::Timestamp::from_millisecond(*at_ms)
+                .map(|t| {
+                    t.to_zoned(plan.tz.clone())
+                        .strftime("%Y-%m-%d %H:%M")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            alert
+                .annotations
+                .insert("acknowledged".to_owned(), format!("{unit} {at}"));
+            if let Ok(until) = jiff::Timestamp::from_millisecond(at_ms + quiet_ms) {
+                alert
+                    .annotations
+                    .insert("quiet_until".to_owned(), until.to_string());
+            }
+        }
+        alert.annotations.insert("case".to_owned(), case.clone());
+        let level: u32 = alert
+            .labels
+            .get("escalation_level")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(1);
+        for rung in plan.supervision.ladder.iter().filter(|r| r.level <= level) {
+            for unit in plan.expand_parties(&rung.to) {
+                if !told.insert((case.clone(), unit.clone())) {
+                    continue;
+                }
+                let mut copy = alert.clone();
+                copy.labels.insert("recipient".to_owned(), unit);
+                copy.labels
+                    .insert("role".to_owned(), "escalation".to_owned());
+                out.push(copy);
+            }
+        }
+        out.push(alert);
+    }
+    out
+}
+
+/// Whether an alert is in the quiet period of an acknowledgement at `now_ms`.
+pub fn is_quiet(annotations: &BTreeMap<String, String>, now_ms: i64) -> bool {
+    annotations
+        .get("quiet_until")
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .is_some_and(|until| now_ms < until.as_millisecond())
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ fn a_report_alert_goes_to_the_unit_that_owes_it_and_to_its_lead_unit() {
                 && a.labels["unit"] == "laoshan"
                 && a.labels["indicator"] == "pct-applications"
                 && a.labels["period"] == "2018Q1"
+                && a.labels["role"] != "escalation"
         })
         .map(|a| (a.recipient(), a.labels["role"].as_str()))
         .collect();
@@ -56,6 +57,7 @@ fn a_report_alert_goes_to_the_unit_that_owes_it_and_to_its_lead_unit() {
                 && a.labels["unit"] == "science-tech"
                 && a.labels["period"] == "2018Q1"
                 && a.labels["indicator"] == "pct-applications"
+                && a.labels["role"] != "escalation"
         })
         .collect();
     assert_eq!(own.len(), 1);
@@ -223,7 +225,7 @@ fn a_task_without_a_lead_unit_alerts_each_responsible_unit_and_invents_no_lead()
     let about: Vec<&Alert> = evaluated
         .alerts
         .iter()
-        .filter(|a| a.labels.get("task") == Some(&task.id))
+        .filter(|a| a.labels.get("task") == Some(&task.id) && a.labels["role"] != "escalation")
         .collect();
     assert!(
         !about.is_empty(),
@@ -301,6 +303,7 @@ fn overshooting_an_about_target_is_met_with_a_note_and_not_alerted() {
         .filter(|a| {
             a.labels.get("indicator").map(String::as_str) == Some("lip-service-agencies")
                 && a.name() == "IndicatorLagging"
+                && a.labels["role"] != "escalation"
         })
         .map(|a| (a.recipient(), a.labels["role"].as_str()))
         .collect();
@@ -317,6 +320,7 @@ fn a_report_of_an_indicator_without_a_lead_is_copied_to_the_office() {
             a.name() == "ReportOverdue"
                 && a.labels["indicator"] == "lip-service-agencies"
                 && a.labels["period"] == "2018Q1"
+                && a.labels["role"] != "escalation"
         })
         .map(|a| (a.recipient(), a.labels["role"].as_str(), a.lead_unit()))
         .collect();
@@ -337,12 +341,178 @@ fn a_milestone_taken_from_a_track_phase_alerts_that_phases_lead() {
     let recipients: Vec<(&str, &str)> = all
         .alerts
         .iter()
-        .filter(|a| a.labels.get("task").map(String::as_str) == Some("2-1-1"))
+        .filter(|a| {
+            a.labels.get("task").map(String::as_str) == Some("2-1-1")
+                && a.labels["role"] != "escalation"
+        })
         .map(|a| (a.recipient(), a.labels["role"].as_str()))
         .collect();
     assert!(!recipients.is_empty(), "2-1-1 m1 (…2017-12) is overdue");
     assert!(
         recipients.iter().all(|r| *r == ("ip-office", "lead")),
         "{recipients:?}"
+    );
+}
+
+fn said(unit: &str, kind: &str, case: &str, at: &str, date: &str) -> crate::progress::StatementRow {
+    crate::progress::StatementRow {
+        unit_id: unit.into(),
+        seq: 1,
+        issued_at_ms: self::at(at),
+        received_at_ms: self::at(at),
+        case_id: case.into(),
+        kind: kind.into(),
+        date: date.into(),
+        note: "原因".into(),
+        reference: String::new(),
+        about_unit: String::new(),
+    }
+}
+
+/// The alerts about laoshan's 2018Q1 PCT report at `now`, given the record.
+fn laoshan_q1_case(now: &str, statements: Vec<crate::progress::StatementRow>) -> Vec<Alert> {
+    let plan = crate::plan::embedded().plan;
+    let snapshot = crate::progress::Snapshot {
+        statements,
+        ..Default::default()
+    };
+    let progress = crate::progress::compute(&plan, &snapshot, at(now));
+    derive(&plan, &progress, &AlertPolicy::default())
+        .alerts
+        .into_iter()
+        .filter(|a| {
+            a.annotations.get("case").map(String::as_str)
+                == Some("report/pct-applications/2018Q1/laoshan")
+        })
+        .collect()
+}
+
+fn level_and_recipients(alerts: &[Alert]) -> (String, Vec<(String, String)>) {
+    let mut recipients: Vec<(String, String)> = alerts
+        .iter()
+        .map(|a| (a.recipient().to_owned(), a.labels["role"].clone()))
+        .collect();
+    recipients.sort();
+    let levels: std::collections::BTreeSet<&str> = alerts
+        .iter()
+        .map(|a| a.labels["escalation_level"].as_str())
+        .collect();
+    assert_eq!(levels.len(), 1, "one level per case: {levels:?}");
+    (levels.into_iter().next().unwrap().to_owned(), recipients)
+}
+
+#[test]
+fn an_unanswered_case_climbs_the_ladder_and_each_level_adds_its_receivers() {
+    // 2018Q1 was due at the end of 2018-04-30 (30 days after the quarter), Qingdao time.
+    let (level, who) = level_and_recipients(&laoshan_q1_case("2018-05-03T00:00:00Z", vec![]));
+    assert_eq!(level, "1");
+    assert_eq!(
+        who,
+        [
+            ("laoshan".into(), "reporter".into()),
+            ("science-tech".into(), "lead".into())
+        ]
+    );
+    // 7 days late: level 2 adds the office.
+    let (level, who) = level_and_recipients(&laoshan_q1_case("2018-05-08T00:00:00Z", vec![]));
+    assert_eq!(level, "2");
+    assert!(
+        who.contains(&("ip-office".into(), "escalation".into())),
+        "{who:?}"
+    );
+    assert!(!who.iter().any(|(u, _)| u == "ip-leading-group"), "{who:?}");
+    // 30 days late: level 3 adds the leading group, and the office stays.
+    let (level, who) = level_and_recipients(&laoshan_q1_case("2018-06-01T00:00:00Z", vec![]));
+    assert_eq!(level, "3");
+    assert!(
+        who.contains(&("ip-office".into(), "escalation".into())),
+        "{who:?}"
+    );
+    assert!(
+        who.contains(&("ip-leading-group".into(), "escalation".into())),
+        "{who:?}"
+    );
+    // The level does not make it another alert: keys stay as the case climbs.
+    let keys = |now: &str| -> Vec<String> {
+        laoshan_q1_case(now, vec![])
+            .iter()
+            .filter(|a| a.labels["role"] != "escalation")
+            .map(Alert::key)
+            .collect()
+    };
+    assert_eq!(keys("2018-05-03T00:00:00Z"), keys("2018-06-01T00:00:00Z"));
+}
+
+#[test]
+fn a_granted_extension_resolves_the_overdue_alert_and_resets_the_ladder() {
+    let case = "report/pct-applications/2018Q1/laoshan";
+    let asked = said(
+        "laoshan",
+        "request_extension",
+        case,
+        "2018-05-20T00:00:00Z",
+        "2018-06-30",
+    );
+    // Asked but not granted: still overdue, at level 2.
+    let (level, _) = level_and_recipients(&laoshan_q1_case(
+        "2018-05-25T00:00:00Z",
+        vec![asked.clone()],
+    ));
+    assert_eq!(level, "2");
+    // Refused: nothing changes.
+    let refused = said(
+        "ip-office",
+        "refuse_extension",
+        case,
+        "2018-05-21T00:00:00Z",
+        "",
+    );
+    let alerts = laoshan_q1_case("2018-05-25T00:00:00Z", vec![asked.clone(), refused]);
+    assert!(alerts.iter().any(|a| a.name() == "ReportOverdue"));
+    // Granted: due 2018-06-30, so on 2018-06-01 nothing is overdue; the due-soon notice comes
+    // a week before the new date, at level 1.
+    let granted = said(
+        "ip-office",
+        "grant_extension",
+        case,
+        "2018-05-21T00:00:00Z",
+        "",
+    );
+    let alerts = laoshan_q1_case("2018-06-01T00:00:00Z", vec![asked.clone(), granted.clone()]);
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    let alerts = laoshan_q1_case("2018-06-26T00:00:00Z", vec![asked.clone(), granted.clone()]);
+    assert!(
+        alerts.iter().all(|a| a.name() == "ReportDueSoon"),
+        "{alerts:#?}"
+    );
+    // Past the granted date it is overdue again, counted from the new date: level 1.
+    let (level, _) = level_and_recipients(&laoshan_q1_case(
+        "2018-07-02T00:00:00Z",
+        vec![asked, granted],
+    ));
+    assert_eq!(level, "1");
+}
+
+#[test]
+fn an_acknowledged_alert_says_who_and_is_quiet_for_the_quiet_period() {
+    let case = "report/pct-applications/2018Q1/laoshan";
+    let ack = said("laoshan", "acknowledge", case, "2018-05-02T02:00:00Z", "");
+    let alerts = laoshan_q1_case("2018-05-03T00:00:00Z", vec![ack]);
+    assert!(!alerts.is_empty());
+    for alert in &alerts {
+        assert_eq!(
+            alert.annotations["acknowledged"],
+            "laoshan 2018-05-02 10:00"
+        );
+        // Quiet for the plan's 3 days.
+        assert!(is_quiet(&alert.annotations, at("2018-05-05T01:59:00Z")));
+        assert!(!is_quiet(&alert.annotations, at("2018-05-05T02:00:00Z")));
+    }
+    // Without an acknowledgement nothing is quiet.
+    let plain = laoshan_q1_case("2018-05-03T00:00:00Z", vec![]);
+    assert!(
+        plain
+            .iter()
+            .all(|a| !is_quiet(&a.annotations, at("2018-05-03T00:00:00Z")))
     );
 }

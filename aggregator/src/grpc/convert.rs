@@ -26,6 +26,12 @@ pub fn reason(reason: Reason) -> pb::ReasonCode {
         Reason::SeqReplay => R::ReasonSeqReplay,
         Reason::NothingValid => R::ReasonNothingValid,
         Reason::BadReportId => R::ReasonBadReportId,
+        Reason::UnknownAlert => R::ReasonUnknownAlert,
+        Reason::NotARecipient => R::ReasonNotARecipient,
+        Reason::NotTheOffice => R::ReasonNotTheOffice,
+        Reason::NothingToDecide => R::ReasonNothingToDecide,
+        Reason::BadDate => R::ReasonBadDate,
+        Reason::BadStatement => R::ReasonBadStatement,
     }
 }
 
@@ -89,6 +95,7 @@ pub fn hello(answer: HelloAnswer) -> pb::HelloResult {
         certificate_unit: answer.certificate_unit,
         key_unit: answer.key_unit,
         max_seq: answer.max_seq,
+        max_statement_seq: answer.max_statement_seq,
         revisions: answer
             .revisions
             .into_iter()
@@ -96,6 +103,29 @@ pub fn hello(answer: HelloAnswer) -> pb::HelloResult {
             .collect(),
         server_time_ms: answer.server_time_ms,
         known: answer.known,
+    }
+}
+
+pub fn alert_list(list: crate::ingest::respond::CaseList) -> pb::AlertList {
+    pb::AlertList {
+        unit_id: list.unit_id,
+        office: list.office,
+        cases: list
+            .cases
+            .into_iter()
+            .map(|c| pb::AlertCase {
+                case_id: c.case_id,
+                alertname: c.alertname,
+                severity: c.severity,
+                summary: c.summary,
+                deadline: c.deadline,
+                original_deadline: c.original_deadline,
+                escalation_level: c.escalation_level,
+                recipients: c.recipients,
+                record: c.record,
+                open: c.open,
+            })
+            .collect(),
     }
 }
 

@@ -123,6 +123,35 @@ impl ReportService for ReportServer {
             .map_err(|e| Status::unavailable(format!("the store is unavailable; retry: {e}")))?;
         Ok(Response::new(convert::hello(answer)))
     }
+
+    async fn respond(
+        &self,
+        request: Request<pb::SignedReport>,
+    ) -> Result<Response<pb::SubmitResult>, Status> {
+        let unit = self.client_unit(&request)?;
+        let result = self
+            .ingestor
+            .respond(request.into_inner(), unit)
+            .await
+            .map_err(|e| Status::unavailable(format!("the store is unavailable; retry: {e}")))?;
+        Ok(Response::new(convert::result(result)))
+    }
+
+    async fn open_alerts(
+        &self,
+        request: Request<pb::SignedReport>,
+    ) -> Result<Response<pb::AlertList>, Status> {
+        let unit = self.client_unit(&request)?;
+        let list = self
+            .ingestor
+            .open_alerts(request.into_inner(), unit)
+            .await
+            .map_err(|e| Status::unavailable(format!("the store is unavailable; retry: {e}")))?;
+        if !list.problems.is_empty() {
+            return Err(Status::permission_denied(list.problems.join("; ")));
+        }
+        Ok(Response::new(convert::alert_list(list)))
+    }
 }
 
 /// One of the `--max-in-flight` slots, counted in `duban_requests_in_flight` while held (also

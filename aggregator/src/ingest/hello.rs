@@ -22,6 +22,7 @@ pub struct HelloAnswer {
     pub certificate_unit: String,
     pub key_unit: String,
     pub max_seq: u64,
+    pub max_statement_seq: u64,
     pub revisions: Vec<(String, u32)>,
     pub server_time_ms: i64,
     pub known: bool,
@@ -151,6 +152,9 @@ impl Inner {
         answer.known = true;
         answer.max_seq =
             u64::try_from(self.store.key_max_seq(key_id.as_bytes()).await?).unwrap_or_default();
+        answer.max_statement_seq =
+            u64::try_from(self.store.statement_max_seq(key_id.as_bytes()).await?)
+                .unwrap_or_default();
         answer.revisions = self
             .store
             .unit_revisions(&self.plan.id, &hello.unit_id)

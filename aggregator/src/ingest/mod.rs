@@ -8,6 +8,7 @@
 //! everything else is a per-report result.
 
 mod hello;
+pub mod respond;
 pub mod validate;
 
 use std::sync::Arc;
@@ -98,6 +99,39 @@ impl Ingestor {
             tracing::warn!(key_unit = %answer.key_unit, certificate_unit = tls_unit.as_deref().unwrap_or("-"), key_id = %hex::encode(&signed.key_id), ?problems, "an agent's Hello found problems: its reports would be refused");
         }
         Ok(answer)
+    }
+
+    /// Records one signed statement about an alert case (see [`respond`]). Only a store
+    /// failure is an error.
+    pub async fn respond(
+        &self,
+        signed: pb::SignedReport,
+        tls_unit: Option<String>,
+    ) -> Result<ReportResult, StoreError> {
+        let (result, kind) = self.inner.respond(&signed, tls_unit.as_deref()).await?;
+        let label = match result.outcome {
+            Outcome::Accepted | Outcome::Partial => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Rejected(reason) => reason.name(),
+        };
+        self.inner
+            .metrics
+            .statements
+            .with_label_values(&[kind, label])
+            .inc();
+        if let Outcome::Rejected(reason) = result.outcome {
+            tracing::warn!(reason = reason.name(), kind, key_id = %hex::encode(&signed.key_id), message = %result.message, "statement refused");
+        }
+        Ok(result)
+    }
+
+    /// The open alert cases that concern the caller of `OpenAlerts`.
+    pub async fn open_alerts(
+        &self,
+        signed: pb::SignedReport,
+        tls_unit: Option<String>,
+    ) -> Result<respond::CaseList, StoreError> {
+        self.inner.open_alerts(&signed, tls_unit.as_deref()).await
     }
 
     /// Handles one call's envelopes. `tls_unit` is the unit named by the client certificate

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub alerts_muted: IntGauge,
     pub alerts_before_go_live: IntGauge,
     pub hellos: IntCounterVec,
+    /// 督办 statements received, by kind and result (`accepted`, `duplicate`, or the reason).
+    pub statements: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
 }
 
@@ -196,6 +198,12 @@ impl Metrics {
                 "Agents' Hello calls, by result: ok (heartbeat recorded) or problem.",
                 &["result"],
             ),
+            statements: counter_vec(
+                &registry,
+                "duban_statements_total",
+                "督办 statements (answers to alerts, the office's decisions) received, by kind and result: accepted, duplicate or the reason code.",
+                &["kind", "result"],
+            ),
             tls_handshake_failures: counter_vec(
                 &registry,
                 "duban_tls_handshake_failures_total",
@@ -206,6 +214,11 @@ impl Metrics {
         };
         for result in ["ok", "problem"] {
             m.hellos.with_label_values(&[result]);
+        }
+        for kind in crate::progress::cases::KINDS {
+            for result in ["accepted", "duplicate"] {
+                m.statements.with_label_values(&[kind, result]);
+            }
         }
         for reason in TLS_FAILURE_REASONS {
             m.tls_handshake_failures.with_label_values(&[reason]);

@@ -1,5 +1,5 @@
-//! What the progress engine computes from: the current values and task updates, and the
-//! centre's outages, as the store hands them over. The store produces these; the engine
+//! What the progress engine computes from: the current values and task updates, the 督办
+//! statements, and the centre's outages, as the store hands them over. The store produces these; the engine
 //! depends on nothing below it but the plan.
 
 use serde::Serialize;
@@ -45,4 +45,19 @@ pub struct TaskRow {
 pub struct Outage {
     pub from_ms: i64,
     pub to_ms: i64,
+}
+
+/// A stored statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatementRow {
+    pub unit_id: String,
+    pub seq: i64,
+    pub issued_at_ms: i64,
+    pub received_at_ms: i64,
+    pub case_id: String,
+    pub kind: String,
+    pub date: String,
+    pub note: String,
+    pub reference: String,
+    pub about_unit: String,
 }

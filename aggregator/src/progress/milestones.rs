@@ -40,5 +40,7 @@ pub fn milestone_progress(
         elapsed,
         status,
         days_overdue,
+        original_deadline_ms: None,
+        claimed: false,
     }
 }

@@ -25,6 +25,7 @@
 //! - `about` and `between` targets are met by any value at or above their range (with a note
 //!   when above it); a ratio's baseline is its inputs' baselines divided.
 
+pub mod cases;
 pub mod input;
 mod time;
 
@@ -36,7 +37,7 @@ use duban_proto::period::{Period, PeriodType};
 use serde::Serialize;
 
 use crate::plan::{Aggregation, Comparator, Indicator, Plan};
-pub use input::{Outage, TaskRow, ValueRow};
+pub use input::{Outage, StatementRow, TaskRow, ValueRow};
 
 mod indicators;
 mod milestones;
@@ -53,6 +54,8 @@ pub struct Snapshot {
     pub tasks: Vec<TaskRow>,
     /// When the centre was not serving (see `store::Outage`), oldest first.
     pub outages: Vec<Outage>,
+    /// The 督办 statements, in the order received.
+    pub statements: Vec<StatementRow>,
 }
 
 /// Received and on-time counts against what was expected by now.
@@ -183,6 +186,10 @@ pub struct MilestoneProgress {
     pub status: MilestoneStatus,
     /// Days since the window closed (0 when it has not).
     pub days_overdue: i64,
+    /// The plan's deadline, when the office granted another (`deadline_ms`).
+    pub original_deadline_ms: Option<i64>,
+    /// A unit claims it done and the office has not decided yet.
+    pub claimed: bool,
 }
 
 /// Everything the engine computes for one instant.
@@ -195,9 +202,19 @@ pub struct Progress {
     pub by_unit: BTreeMap<String, Rates>,
     pub by_lead_unit: BTreeMap<String, Rates>,
     pub last_report_ms: BTreeMap<String, i64>,
+    /// The 督办 record per case id (see [`cases`]).
+    pub cases: BTreeMap<String, cases::Case>,
 }
 
 pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
+    let cases = cases::cases(&snapshot.statements);
+    // The deadline granted for a case, at the end of that day.
+    let granted = |case: &str| {
+        cases
+            .get(case)
+            .and_then(|c| c.extended_to)
+            .map(|d| end_of_day_ms(d, &plan.tz))
+    };
     let mut values: HashMap<(&str, &str, &str), &ValueRow> = HashMap::new();
     let mut last_report_ms: BTreeMap<String, i64> = BTreeMap::new();
     for v in &snapshot.values {
@@ -231,9 +248,12 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
         for period in &periods {
             let period_text = period.to_string();
             // Nothing is overdue before the plan was issued.
-            let due = due_ms(plan, indicator, period).max(issued_end_ms(plan));
-            let extended_to_ms = extended_deadline(&snapshot.outages, due);
+            let original_due = due_ms(plan, indicator, period).max(issued_end_ms(plan));
             for unit in &indicator.reporter_units {
+                // A deadline the office extended for this unit is the granted date.
+                let granted_due = granted(&cases::report_case(&indicator.id, &period_text, unit));
+                let due = granted_due.unwrap_or(original_due);
+                let extended_to_ms = extended_deadline(&snapshot.outages, due);
                 let received = values
                     .get(&(indicator.id.as_str(), unit.as_str(), period_text.as_str()))
                     .map(|v| (v.first_received_at_ms, v.first_issued_at_ms));
@@ -242,6 +262,7 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
                     indicator: indicator.id.clone(),
                     period: period_text.clone(),
                     due_ms: due,
+                    original_due_ms: granted_due.map(|_| original_due),
                     extended_to_ms,
                     status: obligation_status(due, extended_to_ms, received, now_ms),
                     received_ms: received.map(|(at, _)| at),
@@ -270,8 +291,12 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
                 .issued
                 .map_or(i64::MIN, |d| start_of_day_ms(d, &plan.tz));
             let start_ms = start_of_day_ms(milestone.window.start, &plan.tz).max(issued_start);
-            let deadline_ms =
+            let original_deadline =
                 end_of_day_ms(milestone.window.end, &plan.tz).max(issued_end_ms(plan));
+            let case_id = cases::milestone_case(&task.id, &milestone.id);
+            let case = cases.get(&case_id);
+            let granted_deadline = granted(&case_id);
+            let deadline_ms = granted_deadline.unwrap_or(original_deadline);
             let mut latest: HashMap<&str, &TaskRow> = HashMap::new();
             for row in snapshot
                 .tasks
@@ -294,15 +319,22 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
                     .sum::<f64>()
                     / latest.len() as f64
             });
-            milestone_progress(
-                task.id.clone(),
-                milestone.id.clone(),
-                start_ms,
-                deadline_ms,
-                percent,
-                milestone.tolerance,
-                now_ms,
-            )
+            // A done claim the office confirmed makes the milestone done (from the claim).
+            let confirmed = case.and_then(|c| c.done_confirmed_ms).is_some();
+            let percent = if confirmed { Some(100.0) } else { percent };
+            MilestoneProgress {
+                original_deadline_ms: granted_deadline.map(|_| original_deadline),
+                claimed: case.is_some_and(|c| c.done_claimed.is_some()),
+                ..milestone_progress(
+                    task.id.clone(),
+                    milestone.id.clone(),
+                    start_ms,
+                    deadline_ms,
+                    percent,
+                    milestone.tolerance,
+                    now_ms,
+                )
+            }
         })
         .collect();
     Progress {
@@ -313,6 +345,7 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
         by_unit,
         by_lead_unit,
         last_report_ms,
+        cases,
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Obligation {
     pub indicator: String,
     pub period: String,
     pub due_ms: i64,
+    /// The plan's deadline, when the office granted this unit another (`due_ms`).
+    pub original_due_ms: Option<i64>,
     /// When the centre was down at `due_ms`: the end of that outage plus the grace period.
     /// Reports signed before `due_ms` and received by then are on time, and a missing report
     /// is not overdue before it.

@@ -18,13 +18,15 @@ mod presence;
 mod queries;
 mod reconcile;
 mod sqlite;
+mod statements;
 mod types;
 
-pub use crate::progress::input::{Outage, TaskRow, ValueRow};
+pub use crate::progress::input::{Outage, StatementRow, TaskRow, ValueRow};
 pub use alerts::{AlertChanges, AlertRow, WantedAlert};
 pub use postgres::PgStore;
 pub use presence::{AgentRow, Heartbeat, gaps};
 pub use sqlite::SqliteStore;
+pub use statements::{NewStatement, StatementOutcome};
 pub use types::*;
 
 use duban_proto::KeyId;
@@ -181,6 +183,17 @@ pub trait Store {
     async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
     /// The plan ids that stored reports belong to.
     async fn stored_plan_ids(&self) -> Result<Vec<String>, StoreError>;
+    /// Stores a verified, authorised statement; says whether it was new, a resend or a replay.
+    async fn add_statement(&self, statement: &NewStatement)
+    -> Result<StatementOutcome, StoreError>;
+    /// The statements of a plan received at or before `until_ms`, oldest first.
+    async fn statements(
+        &self,
+        plan_id: &str,
+        until_ms: i64,
+    ) -> Result<Vec<StatementRow>, StoreError>;
+    /// The highest statement seq stored under a key (0 when none).
+    async fn statement_max_seq(&self, key_id: &[u8]) -> Result<i64, StoreError>;
 }
 
 /// The sqlx backends: a pool for reads and key administration, and the operations each does its
@@ -332,6 +345,22 @@ impl<B: SqlBackend> Store for B {
     async fn stored_plan_ids(&self) -> Result<Vec<String>, StoreError> {
         presence::stored_plan_ids(self.read_pool()).await
     }
+    async fn add_statement(
+        &self,
+        statement: &NewStatement,
+    ) -> Result<StatementOutcome, StoreError> {
+        statements::add_statement(self.read_pool(), statement).await
+    }
+    async fn statements(
+        &self,
+        plan_id: &str,
+        until_ms: i64,
+    ) -> Result<Vec<StatementRow>, StoreError> {
+        statements::statements(self.read_pool(), plan_id, until_ms).await
+    }
+    async fn statement_max_seq(&self, key_id: &[u8]) -> Result<i64, StoreError> {
+        statements::statement_max_seq(self.read_pool(), key_id).await
+    }
 }
 
 /// What the progress engine needs at `now_ms`: the current values and task updates, and
@@ -345,6 +374,7 @@ pub async fn snapshot(
         values: store.current_values(&plan.id, None).await?,
         tasks: store.current_tasks(&plan.id).await?,
         outages: store.outages(now_ms).await?,
+        statements: store.statements(&plan.id, now_ms).await?,
     })
 }
 

@@ -300,6 +300,17 @@ impl TestServer {
             .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{body}"))
     }
 
+    /// The value of a sample in /metrics, `None` when it is not there.
+    #[allow(dead_code)]
+    pub async fn try_metric(&self, sample: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics").await;
+        body.lines().find_map(|line| {
+            line.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+
     /// Waits (up to 10 s) until a sample in /metrics has `value`: for what the server counts
     /// after the client already saw the effect (a failed handshake, a finished drain).
     pub async fn wait_for_metric(&self, sample: &str, value: f64) {
@@ -372,4 +383,99 @@ pub fn report(unit: &str, seq: u64, period: &str, values: &[(&str, f64)]) -> pb:
 
 pub fn sign(key: &SigningKey, report: pb::Report) -> pb::SignedReport {
     duban_proto::envelope::bind_and_sign(key, report)
+}
+
+/// The supervising office of the Qingdao plan.
+#[allow(dead_code)]
+pub fn office_key() -> SigningKey {
+    SigningKey::from_seed(&[40; 32])
+}
+
+/// The case of laoshan's overdue 2018Q1 PCT report, which [`seed_alerts`] puts on record.
+#[allow(dead_code)]
+pub const REPORT_CASE: &str = "report/pct-applications/2018Q1/laoshan";
+/// The case of 二(一)1's first milestone (…2017-12), led by the office through 三(一).
+#[allow(dead_code)]
+pub const MILESTONE_CASE: &str = "milestone/2-1-1/m1";
+
+/// Puts two alert cases on record, as the evaluator would: laoshan's overdue report (to
+/// laoshan and, as a copy, science-tech) and 2-1-1 m1 overdue (to the office and shinan).
+#[allow(dead_code)]
+pub async fn seed_alerts(server: &TestServer) {
+    use duban_aggregator::store::{Store, WantedAlert};
+    let alert = |name: &str, recipient: &str, subject: &[(&str, &str)]| {
+        let mut labels: std::collections::BTreeMap<String, String> = [
+            ("alertname", name),
+            ("severity", "warning"),
+            ("plan", PLAN_ID),
+            ("recipient", recipient),
+            ("role", "lead"),
+            ("lead_unit", recipient),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        for (k, v) in subject {
+            labels.insert((*k).to_owned(), (*v).to_owned());
+        }
+        WantedAlert {
+            key: format!("{labels:?}"),
+            labels,
+            annotations: Default::default(),
+        }
+    };
+    let report = [
+        ("unit", "laoshan"),
+        ("indicator", "pct-applications"),
+        ("period", "2018Q1"),
+    ];
+    let milestone = [("task", "2-1-1"), ("milestone", "m1")];
+    server
+        .store
+        .sync_alerts(
+            PLAN_ID,
+            vec![
+                alert("ReportOverdue", "laoshan", &report),
+                alert("ReportOverdue", "science-tech", &report),
+                alert("TaskOverdue", "ip-office", &milestone),
+                alert("TaskOverdue", "shinan", &milestone),
+            ],
+            NOW_MS,
+        )
+        .await
+        .unwrap();
+}
+
+/// A signed statement of `kind` about `case` from `unit`, numbered `seq`.
+#[allow(dead_code)]
+pub fn statement(
+    key: &SigningKey,
+    unit: &str,
+    seq: u64,
+    case: &str,
+    kind: pb::StatementKind,
+    date: &str,
+    text: &str,
+) -> pb::SignedReport {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&seq.to_be_bytes());
+    id[8] = unit.as_bytes()[0];
+    let claim = kind == pb::StatementKind::ClaimDone;
+    duban_proto::envelope::sign_statement(
+        key,
+        pb::Statement {
+            statement_id: id.to_vec(),
+            unit_id: unit.into(),
+            key_id: Vec::new(),
+            seq,
+            issued_at_ms: NOW_MS,
+            audience: PLAN_ID.into(),
+            case_id: case.into(),
+            kind: kind as i32,
+            date: date.into(),
+            note: if claim { String::new() } else { text.into() },
+            reference: if claim { text.into() } else { String::new() },
+            about_unit: String::new(),
+        },
+    )
 }

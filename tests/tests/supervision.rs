@@ -1,0 +1,241 @@
+//! The 督办 loop across real processes: a running aggregator raises alerts on the Qingdao plan
+//! (real time, long past its deadlines); units answer with `duban-agent respond`, the
+//! supervising office (市知识产权工作领导小组办公室, ip-office) decides with `duban-agent
+//! decide`, and each kind of statement has its effect, each refusal its reason.
+
+use std::time::Duration;
+
+use duban_e2e::{AgentSetup, AggregatorProcess, World, http_get, ok, wait_until};
+
+const LAOSHAN_Q1: &str = "report/pct-applications/2018Q1/laoshan";
+const SHIBEI_Q1: &str = "report/pct-applications/2018Q1/shibei";
+const MILESTONE_M1: &str = "milestone/2-1-1/m1";
+const MILESTONE_M2: &str = "milestone/2-1-1/m2";
+
+fn alerts(aggregator: &AggregatorProcess) -> Vec<serde_json::Value> {
+    let api: serde_json::Value =
+        serde_json::from_str(&http_get(&aggregator.http.to_string(), "/api/v1/alerts"))
+            .unwrap_or_default();
+    api["alerts"].as_array().cloned().unwrap_or_default()
+}
+
+/// The open alerts of `case`, by the `case` annotation the rules give every alert.
+fn of_case(aggregator: &AggregatorProcess, case: &str) -> Vec<serde_json::Value> {
+    alerts(aggregator)
+        .into_iter()
+        .filter(|a| a["annotations"]["case"] == case && a["ends_at_ms"].is_null())
+        .collect()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a statement command that the centre must refuse with `reason`.
+fn refused(agent: &AgentSetup, args: &[&str], reason: &str) -> String {
+    let out = agent.run(args);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(&format!("REFUSED: {reason}: ")), "{said}");
+    said
+}
+
+#[test]
+fn units_answer_alerts_and_the_office_decides_with_every_effect_and_every_refusal() {
+    let w = World::new();
+    let aggregator = AggregatorProcess::start(&[
+        "--database-url",
+        &w.url,
+        "--insecure-plaintext",
+        "--evaluate-every-seconds",
+        "1",
+        "--go-live",
+        "2017-07-01",
+    ]);
+    let endpoint = format!("http://{}", aggregator.grpc);
+    let agent = |unit: &str| AgentSetup::new(w.root.path(), &w.url, unit, &endpoint, "");
+    let (laoshan, shibei, office) = (agent("laoshan"), agent("shibei"), agent("ip-office"));
+
+    wait_until(
+        Duration::from_secs(30),
+        "laoshan's 2018Q1 overdue alert",
+        || {
+            !of_case(&aggregator, LAOSHAN_Q1).is_empty()
+                && !of_case(&aggregator, MILESTONE_M1).is_empty()
+        },
+    );
+    // Years past the deadline: level 3, told to the office and the leading group too.
+    let first = of_case(&aggregator, LAOSHAN_Q1);
+    assert!(
+        first.iter().all(|a| a["labels"]["escalation_level"] == "3"),
+        "{first:#?}"
+    );
+    let told: Vec<&str> = first
+        .iter()
+        .map(|a| a["labels"]["recipient"].as_str().unwrap())
+        .collect();
+    for unit in ["laoshan", "science-tech", "ip-office", "ip-leading-group"] {
+        assert!(told.contains(&unit), "{unit} not told: {told:?}");
+    }
+
+    // The unit sees its cases; the office sees every case.
+    let listed = ok(laoshan.run(&["alerts"]));
+    assert!(listed.contains(LAOSHAN_Q1), "{listed}");
+    assert!(!listed.contains(SHIBEI_Q1), "{listed}");
+    let all: serde_json::Value =
+        serde_json::from_str(&ok(office.run(&["alerts", "--json"]))).unwrap();
+    assert_eq!(all["office"], true);
+    let cases: Vec<&str> = all["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["case"].as_str().unwrap())
+        .collect();
+    for case in [LAOSHAN_Q1, SHIBEI_Q1, MILESTONE_M1] {
+        assert!(cases.contains(&case), "{case}: {cases:?}");
+    }
+
+    // Acknowledge: recorded, shown on the alert and in the record.
+    let said = ok(laoshan.run(&["respond", "ack", LAOSHAN_Q1]));
+    assert!(said.contains("recorded: acknowledge"), "{said}");
+    wait_until(
+        Duration::from_secs(30),
+        "the acknowledgement on the alert",
+        || {
+            of_case(&aggregator, LAOSHAN_Q1).iter().all(|a| {
+                a["annotations"]["acknowledged"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("laoshan "))
+            })
+        },
+    );
+    // Explain, then ask for an extension.
+    ok(laoshan.run(&[
+        "respond",
+        "explain",
+        LAOSHAN_Q1,
+        "--date",
+        "2099-01-15",
+        "--note",
+        "统计口径调整, 正在重新核对",
+    ]));
+    ok(laoshan.run(&[
+        "respond",
+        "extend",
+        LAOSHAN_Q1,
+        "--date",
+        "2099-01-31",
+        "--note",
+        "数据需重新核对",
+    ]));
+
+    // Refusals, each with its reason; none changes the record.
+    refused(&shibei, &["respond", "ack", LAOSHAN_Q1], "NOT_A_RECIPIENT");
+    refused(&laoshan, &["decide", "grant", LAOSHAN_Q1], "NOT_THE_OFFICE");
+    refused(
+        &laoshan,
+        &["respond", "ack", "report/pct-applications/2018Q1/atlantis"],
+        "UNKNOWN_ALERT",
+    );
+    refused(
+        &laoshan,
+        &[
+            "respond",
+            "extend",
+            LAOSHAN_Q1,
+            "--date",
+            "2018-01-01",
+            "--note",
+            "太晚了",
+        ],
+        "BAD_DATE",
+    );
+    refused(
+        &office,
+        &["decide", "confirm", LAOSHAN_Q1],
+        "NOTHING_TO_DECIDE",
+    );
+    // A mistake the agent catches itself, before anything is signed.
+    let out = laoshan.run(&["respond", "extend", LAOSHAN_Q1, "--note", "原因"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("needs --date"), "{}", text(&out));
+
+    // The office grants: the deadline becomes 2099-01-31 and the overdue alert resolves.
+    let said = ok(office.run(&["decide", "grant", LAOSHAN_Q1, "--note", "同意"]));
+    assert!(said.contains("recorded: grant_extension"), "{said}");
+    wait_until(
+        Duration::from_secs(30),
+        "the granted case no longer overdue",
+        || of_case(&aggregator, LAOSHAN_Q1).is_empty(),
+    );
+    let record = ok(laoshan.run(&["alerts", "--json"]));
+    assert!(!record.contains(LAOSHAN_Q1), "no longer open: {record}");
+
+    // A refused extension changes nothing but the record: shibei stays overdue, at level 3.
+    ok(shibei.run(&[
+        "respond",
+        "extend",
+        SHIBEI_Q1,
+        "--date",
+        "2099-03-31",
+        "--note",
+        "人手不足",
+    ]));
+    let said = ok(office.run(&["decide", "refuse", SHIBEI_Q1, "--note", "理由不充分"]));
+    assert!(said.contains("recorded: refuse_extension"), "{said}");
+    let listed = ok(shibei.run(&["alerts"]));
+    assert!(
+        listed.contains(SHIBEI_Q1) && listed.contains("level 3"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("refuse_extension"),
+        "the record shows the refusal: {listed}"
+    );
+
+    // Done claims, to the office that leads 三(一): one confirmed (the milestone is done and its
+    // alert resolves), one rejected (back to overdue).
+    ok(office.run(&[
+        "respond",
+        "done",
+        MILESTONE_M1,
+        "--reference",
+        "青知办〔2017〕12号",
+    ]));
+    ok(office.run(&["decide", "confirm", MILESTONE_M1]));
+    ok(office.run(&[
+        "respond",
+        "done",
+        MILESTONE_M2,
+        "--reference",
+        "https://example.gov/m2",
+    ]));
+    ok(office.run(&["decide", "reject", MILESTONE_M2, "--note", "材料不全"]));
+    wait_until(
+        Duration::from_secs(30),
+        "the confirmed milestone resolved",
+        || of_case(&aggregator, MILESTONE_M1).is_empty(),
+    );
+    assert!(
+        !of_case(&aggregator, MILESTONE_M2).is_empty(),
+        "a rejected claim stays overdue"
+    );
+
+    // Each accepted statement and each refusal is counted.
+    let metrics = http_get(&aggregator.http.to_string(), "/metrics");
+    for sample in [
+        "duban_statements_total{kind=\"acknowledge\",result=\"accepted\"} 1",
+        "duban_statements_total{kind=\"grant_extension\",result=\"accepted\"} 1",
+        "duban_statements_total{kind=\"refuse_extension\",result=\"accepted\"} 1",
+        "duban_statements_total{kind=\"confirm_done\",result=\"accepted\"} 1",
+        "duban_statements_total{kind=\"reject_done\",result=\"accepted\"} 1",
+        "duban_statements_total{kind=\"acknowledge\",result=\"NOT_A_RECIPIENT\"} 1",
+        "duban_statements_total{kind=\"grant_extension\",result=\"NOT_THE_OFFICE\"} 1",
+    ] {
+        assert!(metrics.contains(sample), "{sample} not in /metrics");
+    }
+}
