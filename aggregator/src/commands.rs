@@ -164,6 +164,27 @@ pub(super) async fn run(command: Command) -> anyhow::Result<()> {
             };
             admin::dev_ca(&out, &plan, &units, &server_names)?
         }
+        Command::Supervision(SupervisionCommand::Report {
+            as_of,
+            json,
+            db,
+            plan,
+        }) => {
+            let plan = db.plan(&plan)?;
+            let at = as_of
+                .as_deref()
+                .map(parse_time_ms)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--as-of: {e}"))?
+                .unwrap_or(now);
+            let store = db.open_read_only().await?;
+            let record = duban_aggregator::supervision::record_at(&store, &plan, at).await?;
+            if json {
+                serde_json::to_string_pretty(&record)? + "\n"
+            } else {
+                duban_aggregator::supervision::report_text(&plan, &record)
+            }
+        }
         Command::Values(ValuesCommand::Show {
             indicator,
             json,

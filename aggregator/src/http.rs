@@ -16,6 +16,7 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/progress", get(progress))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/supervision", get(supervision))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(app)
@@ -30,9 +31,19 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
         app.store.alerts(&plan.id, now).await,
         app.store.agents().await,
     ) {
-        (Ok(progress), Ok(alerts), Ok(agents)) => body.push_str(
-            &crate::metrics::plan_state::plan_metrics(plan, &progress, &alerts, &agents),
-        ),
+        (Ok(progress), Ok(alerts), Ok(agents)) => {
+            body.push_str(&crate::metrics::plan_state::plan_metrics(
+                plan, &progress, &alerts, &agents,
+            ));
+            match crate::supervision::record_at(&app.store, plan, now).await {
+                Ok(record) => body.push_str(&crate::metrics::plan_state::supervision_metrics(
+                    plan, &record,
+                )),
+                Err(error) => {
+                    tracing::warn!(%error, "督办 metrics unavailable for this scrape")
+                }
+            }
+        }
         (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
             tracing::warn!(%error, "plan metrics unavailable for this scrape")
         }
@@ -52,23 +63,53 @@ struct AsOf {
     as_of: Option<String>,
 }
 
-async fn progress(State(app): State<App>, Query(query): Query<AsOf>) -> Response {
-    let now = match query
+/// The `as_of` of a query, or now; a bad one is the error response.
+fn as_of(app: &App, query: &AsOf) -> Result<i64, Box<Response>> {
+    match query
         .as_of
         .as_deref()
         .map(crate::clock::parse_time_ms)
         .transpose()
     {
-        Ok(at) => at.unwrap_or_else(|| app.now_ms()),
-        Err(error) => {
-            return (
+        Ok(at) => Ok(at.unwrap_or_else(|| app.now_ms())),
+        Err(error) => Err(Box::new(
+            (
                 StatusCode::BAD_REQUEST,
                 Json(serde_json::json!({ "error": format!("as_of: {error}") })),
             )
-                .into_response();
-        }
+                .into_response(),
+        )),
+    }
+}
+
+/// Each unit's 督办 record (docs/PROGRESS.md, "督办 statistics") at `as_of`.
+async fn supervision(State(app): State<App>, Query(query): Query<AsOf>) -> Response {
+    let now = match as_of(&app, &query) {
+        Ok(now) => now,
+        Err(response) => return *response,
     };
-    match app.progress_at(now).await {
+    match crate::supervision::record_at(&app.store, &app.plan, now).await {
+        Ok(record) => Json(record).into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": error.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn progress(State(app): State<App>, Query(query): Query<AsOf>) -> Response {
+    let now = match as_of(&app, &query) {
+        Ok(now) => now,
+        Err(response) => return *response,
+    };
+    // A past `as_of` is a true history: only what had been received by then.
+    let progress = if query.as_of.is_some() {
+        crate::store::progress_as_of(&app.store, &app.plan, now).await
+    } else {
+        app.progress_at(now).await
+    };
+    match progress {
         Ok(progress) => Json(progress).into_response(),
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -59,15 +59,23 @@ impl KeyRegistry {
             .cloned()
     }
 
-    /// [`Self::lookup`], reloading first when the key is unknown and no early reload happened
-    /// in the last [`EARLY_RELOAD_INTERVAL`]: a key registered a moment ago is found at once.
+    /// [`Self::lookup`], reloading first when the key is unknown: a key registered a moment
+    /// ago is found. Early reloads happen at most once per [`EARLY_RELOAD_INTERVAL`]: a lookup
+    /// that comes sooner waits for the next one (and shares it with the lookups waiting with
+    /// it), rather than being told "unknown" because another key was looked up just before.
     pub async fn lookup_fresh(&self, key_id: &KeyId, store: &AnyStore) -> Option<RegisteredKey> {
         if let Some(key) = self.lookup(key_id) {
             return Some(key);
         }
         let mut last = self.early_reload.lock().await;
-        if last.is_some_and(|at| at.elapsed() < EARLY_RELOAD_INTERVAL) {
-            return None;
+        // Another lookup may have reloaded while this one waited for the lock.
+        if let Some(key) = self.lookup(key_id) {
+            return Some(key);
+        }
+        if let Some(since) = last.map(|at| at.elapsed())
+            && since < EARLY_RELOAD_INTERVAL
+        {
+            tokio::time::sleep(EARLY_RELOAD_INTERVAL - since).await;
         }
         *last = Some(std::time::Instant::now());
         if let Err(error) = self.reload(store).await {
@@ -129,5 +137,50 @@ impl KeyRegistry {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewKey, Store};
+
+    fn record(seed: u8, unit: &str) -> (KeyId, NewKey) {
+        let key = duban_proto::SigningKey::from_seed(&[seed; 32]);
+        (
+            key.key_id(),
+            NewKey {
+                key_id: key.key_id(),
+                unit_id: unit.into(),
+                public_key: *key.public_key().raw(),
+                not_before_ms: None,
+                not_after_ms: None,
+                added_at_ms: 0,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_key_registered_right_after_another_lookup_is_still_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("k.db").display());
+        let store = AnyStore::open(&url).await.unwrap();
+        let registry = KeyRegistry::default();
+        let (first, first_key) = record(1, "laoshan");
+        store.add_key(first_key).await.unwrap();
+        assert!(registry.lookup_fresh(&first, &store).await.is_some());
+        // Registered within the reload interval of the lookup above: the lookup waits for the
+        // next reload instead of answering "unknown".
+        let (second, second_key) = record(2, "shibei");
+        store.add_key(second_key).await.unwrap();
+        let started = std::time::Instant::now();
+        let found = registry.lookup_fresh(&second, &store).await;
+        assert_eq!(found.map(|k| k.unit_id), Some("shibei".to_owned()));
+        // And a key nobody registered stays unknown.
+        let (stranger, _) = record(3, "laoshan");
+        assert!(registry.lookup_fresh(&stranger, &store).await.is_none());
+        // Two early reloads in a row: the second waited for the interval (a bound on how often
+        // garbage key ids make the registry query the store).
+        assert!(started.elapsed() >= EARLY_RELOAD_INTERVAL);
     }
 }

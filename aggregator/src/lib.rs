@@ -17,6 +17,7 @@ pub mod plan;
 pub mod progress;
 pub mod serve;
 pub mod store;
+pub mod supervision;
 
 /// Installs ring as the process-wide rustls provider (for the gRPC listener and the HTTP
 /// clients of the alert sinks); a second call is harmless.

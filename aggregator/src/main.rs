@@ -41,6 +41,9 @@ enum Command {
     /// Show current indicator values (the winning value per unit and period).
     #[command(subcommand)]
     Values(ValuesCommand),
+    /// 督办 (supervision): each unit's record of answering alerts.
+    #[command(subcommand)]
+    Supervision(SupervisionCommand),
     /// Create the database schema, or bring it up to date (`serve` does this at start too).
     /// The commands that only read (status, keys list, reports list, values show) never
     /// create or migrate a database.
@@ -49,10 +52,10 @@ enum Command {
         db: DbArgs,
     },
     /// The plan's state: indicators against target and expected, tasks lagging or overdue,
-    /// completeness and timeliness per unit, active alerts.
+    /// completeness and timeliness per unit, active alerts, each alerted unit's 督办 record.
     Status {
-        /// Evaluate at another time (RFC 3339, or YYYY-MM-DD for midnight UTC): history and
-        /// what-if.
+        /// Evaluate at another time (RFC 3339, or YYYY-MM-DD for midnight UTC): a true
+        /// history, counting only the reports and statements received by then.
         #[arg(long, value_name = "TIME")]
         as_of: Option<String>,
         /// Alert only deadlines from this time on [default: [alerts] go_live of --config, else
@@ -257,6 +260,25 @@ enum ValuesCommand {
     Show {
         #[arg(long)]
         indicator: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        plan: PlanArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SupervisionCommand {
+    /// The 督办通报: for each unit alerts were sent to, its alert cases, answers, median time to
+    /// the first answer, extensions asked for, granted and refused, done claims confirmed and
+    /// rejected, cases overdue and the highest escalation, counting only what had been
+    /// received by --as-of.
+    Report {
+        /// The date of the report (RFC 3339, or YYYY-MM-DD for midnight UTC) [default: now].
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]

@@ -325,7 +325,19 @@ fn plan_state_metrics_stay_within_the_documented_series_budget() {
         })
         .collect();
     assert!(alerts.len() > 100, "{} alerts", alerts.len());
-    let text = plan_metrics(&plan, &full, &alerts, &agents);
+    // And every alerted unit's 督办 record, with answers and decisions of every kind.
+    let record = duban_aggregator::supervision::record(&plan, &alerts, &[], end);
+    let mut record_full = record.clone();
+    for u in &mut record_full.units {
+        u.median_first_answer_ms = Some(1);
+    }
+    assert!(
+        record.units.len() > 10,
+        "{} alerted units",
+        record.units.len()
+    );
+    let text = plan_metrics(&plan, &full, &alerts, &agents)
+        + &duban_aggregator::metrics::plan_state::supervision_metrics(&plan, &record_full);
     let worst = series(&text);
     assert!(
         worst > at_rest,

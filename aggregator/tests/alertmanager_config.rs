@@ -131,4 +131,57 @@ fn amtool_accepts_it_and_routes_every_recipient_and_the_health_alerts() {
             "{alertname}"
         );
     }
+    // The escalation ladder: each level's receiver also gets the case's alerts at that level
+    // (not the copies to the rungs' units, which reach those units' own receivers).
+    assert!(
+        !plan.supervision.ladder.is_empty(),
+        "the Qingdao plan has a ladder"
+    );
+    for rung in &plan.supervision.ladder {
+        for role in ["reporter", "lead", "responsible", "office"] {
+            assert_eq!(
+                route(
+                    file,
+                    &[
+                        "recipient=laoshan".into(),
+                        "alertname=ReportOverdue".into(),
+                        format!("role={role}"),
+                        format!("escalation_level={}", rung.level)
+                    ]
+                ),
+                format!("escalation-level-{},unit-laoshan", rung.level),
+                "level {} {role}",
+                rung.level
+            );
+        }
+        for unit in plan.expand_parties(&rung.to) {
+            assert!(recipients.contains(&unit), "{unit} of level {}", rung.level);
+            assert_eq!(
+                route(
+                    file,
+                    &[
+                        format!("recipient={unit}"),
+                        "alertname=TaskOverdue".into(),
+                        "role=escalation".into(),
+                        format!("escalation_level={}", rung.level)
+                    ]
+                ),
+                format!("unit-{unit}"),
+                "the copy to {unit}"
+            );
+        }
+    }
+    // Level 1 is the lead units' own: no escalation receiver.
+    assert_eq!(
+        route(
+            file,
+            &[
+                "recipient=laoshan".into(),
+                "alertname=ReportOverdue".into(),
+                "role=reporter".into(),
+                "escalation_level=1".into()
+            ]
+        ),
+        "unit-laoshan"
+    );
 }

@@ -506,6 +506,70 @@ async fn racing_corrections_of_one_value<S: Store + Clone + Send + Sync + 'stati
     assert_eq!((current[0].value, current[0].revision), (59.0, 59));
 }
 
+fn statement(id: u8, seq: i64, received_at_ms: i64, kind: &str, note: &str) -> NewStatement {
+    NewStatement {
+        plan_id: PLAN.into(),
+        unit_id: "laoshan".into(),
+        statement_id: vec![id; 16],
+        key_id: key().key_id().as_bytes().to_vec(),
+        seq,
+        issued_at_ms: received_at_ms,
+        received_at_ms,
+        case_id: "report/pct-applications/2018Q1/laoshan".into(),
+        kind: kind.into(),
+        date: "2018-06-30".into(),
+        note: note.into(),
+        reference: String::new(),
+        about_unit: String::new(),
+        payload: format!("statement {id} {seq} {note}").into_bytes(),
+        signature: vec![0; 64],
+    }
+}
+
+async fn statements_are_new_resent_conflicting_or_replayed<S: Store>(store: &S) {
+    let first = statement(1, 1, 1_000, "acknowledge", "");
+    assert_eq!(
+        store.add_statement(&first).await.unwrap(),
+        StatementOutcome::Stored
+    );
+    // The same bytes again: a resend, nothing new.
+    assert_eq!(
+        store.add_statement(&first).await.unwrap(),
+        StatementOutcome::Duplicate
+    );
+    // The same id with other bytes: a conflict.
+    let changed = statement(1, 2, 2_000, "acknowledge", "changed");
+    assert_eq!(
+        store.add_statement(&changed).await.unwrap(),
+        StatementOutcome::IdConflict
+    );
+    // Another statement under a seq already used: a replay.
+    let replay = statement(2, 1, 3_000, "request_extension", "原因");
+    assert_eq!(
+        store.add_statement(&replay).await.unwrap(),
+        StatementOutcome::SeqReplay
+    );
+    let second = statement(3, 2, 4_000, "request_extension", "原因");
+    assert_eq!(
+        store.add_statement(&second).await.unwrap(),
+        StatementOutcome::Stored
+    );
+    // Read back in the order received, up to a time; the counter is the key's highest seq.
+    let all = store.statements(PLAN, i64::MAX).await.unwrap();
+    let kinds: Vec<(&str, i64)> = all.iter().map(|s| (s.kind.as_str(), s.seq)).collect();
+    assert_eq!(kinds, [("acknowledge", 1), ("request_extension", 2)]);
+    assert_eq!(all[1].note, "原因");
+    assert_eq!(store.statements(PLAN, 3_999).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .statement_max_seq(key().key_id().as_bytes())
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.statement_max_seq(&[7; 32]).await.unwrap(), 0);
+}
+
 macro_rules! sqlite_cases {
     ($($case:ident),*) => {
         mod sqlite {
@@ -550,7 +614,8 @@ sqlite_cases!(
     seq_gaps_are_counted,
     keys_are_added_listed_and_revoked,
     a_batch_is_classified_in_order,
-    alerts_fire_once_escalate_and_resolve
+    alerts_fire_once_escalate_and_resolve,
+    statements_are_new_resent_conflicting_or_replayed
 );
 
 postgres_cases!(
@@ -563,7 +628,8 @@ postgres_cases!(
     seq_gaps_are_counted,
     keys_are_added_listed_and_revoked,
     a_batch_is_classified_in_order,
-    alerts_fire_once_escalate_and_resolve
+    alerts_fire_once_escalate_and_resolve,
+    statements_are_new_resent_conflicting_or_replayed
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

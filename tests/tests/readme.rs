@@ -55,6 +55,17 @@ const COVERED: &[(&str, &str, &str)] = &[
         "tests/tests/agent_process.rs",
         "fn sigterm_drains_the_outbox_and_exits",
     ),
+    // Answering needs an alert on record and the office's own agent: the loop runs there.
+    (
+        "duban-agent respond extend",
+        "tests/tests/supervision.rs",
+        "\"respond\", \"extend\"",
+    ),
+    (
+        "duban-agent decide grant",
+        "tests/tests/supervision.rs",
+        "\"decide\", \"grant\"",
+    ),
 ];
 
 const PLACEHOLDER_DB: &str = "postgres://duban@db.city.example/duban";

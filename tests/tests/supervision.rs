@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use duban_e2e::{AgentSetup, AggregatorProcess, World, http_get, ok, wait_until};
+use duban_e2e::{
+    AgentSetup, AggregatorProcess, Background, World, binary, http_get, ok, require_program, run,
+    wait_until,
+};
 
 const LAOSHAN_Q1: &str = "report/pct-applications/2018Q1/laoshan";
 const SHIBEI_Q1: &str = "report/pct-applications/2018Q1/shibei";
@@ -44,9 +47,31 @@ fn refused(agent: &AgentSetup, args: &[&str], reason: &str) -> String {
     said
 }
 
+/// A real Alertmanager that receives duban's alerts and silences (routed to nobody).
+fn alertmanager(dir: &std::path::Path) -> Background {
+    let config = dir.join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        "route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n",
+    )
+    .unwrap();
+    let args: Vec<String> = vec![
+        format!("--config.file={}", config.display()),
+        format!("--storage.path={}", dir.join("am").display()),
+        "--web.listen-address=127.0.0.1:0".into(),
+        "--cluster.listen-address=".into(),
+    ];
+    Background::start("prometheus-alertmanager", &args, "Listening on")
+}
+
 #[test]
 fn units_answer_alerts_and_the_office_decides_with_every_effect_and_every_refusal() {
+    if !require_program("prometheus-alertmanager", "prometheus-alertmanager") {
+        return;
+    }
     let w = World::new();
+    let am = alertmanager(w.root.path());
+    let am_url = format!("http://{}", am.listening_on());
     let aggregator = AggregatorProcess::start(&[
         "--database-url",
         &w.url,
@@ -55,6 +80,8 @@ fn units_answer_alerts_and_the_office_decides_with_every_effect_and_every_refusa
         "1",
         "--go-live",
         "2017-07-01",
+        "--alertmanager",
+        &am_url,
     ]);
     let endpoint = format!("http://{}", aggregator.grpc);
     let agent = |unit: &str| AgentSetup::new(w.root.path(), &w.url, unit, &endpoint, "");
@@ -110,6 +137,54 @@ fn units_answer_alerts_and_the_office_decides_with_every_effect_and_every_refusa
                 a["annotations"]["acknowledged"]
                     .as_str()
                     .is_some_and(|s| s.starts_with("laoshan "))
+            })
+        },
+    );
+    // Alertmanager stops re-notifying the case for the quiet period (3 days in the Qingdao
+    // plan): a silence of the case's alerts, escalation copies apart, which suppresses them.
+    let am_get = |path: &str| -> serde_json::Value {
+        serde_json::from_str(&http_get(&am.listening_on(), path)).unwrap_or_default()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "duban's silence in Alertmanager",
+        || {
+            am_get("/api/v2/silences").as_array().is_some_and(|all| {
+                all.iter().any(|s| {
+                    s["createdBy"] == "duban"
+                        && s["comment"]
+                            .as_str()
+                            .is_some_and(|c| c.contains(LAOSHAN_Q1))
+                        && s["status"]["state"] == "active"
+                })
+            })
+        },
+    );
+    let silence = am_get("/api/v2/silences")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["createdBy"] == "duban")
+        .cloned()
+        .unwrap();
+    let ends: jiff::Timestamp = silence["endsAt"].as_str().unwrap().parse().unwrap();
+    let days =
+        (ends.as_millisecond() - jiff::Timestamp::now().as_millisecond()) as f64 / 86_400_000.0;
+    assert!(days > 2.9 && days <= 3.0, "quiet for {days} days");
+    wait_until(
+        Duration::from_secs(30),
+        "laoshan's alert suppressed",
+        || {
+            am_get("/api/v2/alerts?filter=unit%3D%22laoshan%22&filter=period%3D%222018Q1%22&filter=indicator%3D%22pct-applications%22")
+            .as_array()
+            .is_some_and(|all| {
+                let state = |role: &str| {
+                    all.iter()
+                        .filter(|a| a["labels"]["role"] == role)
+                        .map(|a| a["status"]["state"].as_str().unwrap_or_default().to_owned())
+                        .collect::<Vec<_>>()
+                };
+                state("reporter") == ["suppressed"] && state("escalation").iter().all(|s| s == "active")
             })
         },
     );
@@ -225,6 +300,85 @@ fn units_answer_alerts_and_the_office_decides_with_every_effect_and_every_refusa
         "a rejected claim stays overdue"
     );
 
+    // The 督办 record, in the report, the API, status and the metrics.
+    let report: serde_json::Value = serde_json::from_str(&ok(run(
+        &binary("duban-aggregator"),
+        &["supervision", "report", "--json", "--database-url", &w.url],
+    )))
+    .unwrap();
+    let unit = |id: &str| {
+        report["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["unit"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in {report:#}"))
+    };
+    let l = unit("laoshan");
+    assert!(l["alerted"].as_u64().unwrap() >= 1, "{l}");
+    assert_eq!(l["answered"], 1, "{l}");
+    assert!(l["median_first_answer_ms"].as_i64().is_some(), "{l}");
+    assert_eq!(
+        (
+            l["extensions_requested"].as_u64(),
+            l["extensions_granted"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(l["max_escalation_level"], 3, "{l}");
+    let s = unit("shibei");
+    assert_eq!(
+        (
+            s["extensions_requested"].as_u64(),
+            s["extensions_refused"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let o = unit("ip-office");
+    assert_eq!(
+        (
+            o["claims_confirmed"].as_u64(),
+            o["claims_rejected"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let text = ok(run(
+        &binary("duban-aggregator"),
+        &["supervision", "report", "--database-url", &w.url],
+    ));
+    assert!(
+        text.contains("督办通报") && text.contains("崂山区") && text.contains("市北区"),
+        "{text}"
+    );
+    // Before anything happened: nothing alerted, nothing answered.
+    let before = ok(run(
+        &binary("duban-aggregator"),
+        &[
+            "supervision",
+            "report",
+            "--as-of",
+            "2017-01-01",
+            "--database-url",
+            &w.url,
+        ],
+    ));
+    assert!(before.contains("截至该日未发出督办提醒"), "{before}");
+    let api: serde_json::Value = serde_json::from_str(&http_get(
+        &aggregator.http.to_string(),
+        "/api/v1/supervision",
+    ))
+    .unwrap();
+    assert_eq!(
+        api["units"], report["units"],
+        "the API says what the report says"
+    );
+    let status = ok(run(
+        &binary("duban-aggregator"),
+        &["status", "--database-url", &w.url],
+    ));
+    assert!(status.contains("督办 (alert cases per unit"), "{status}");
+
     // Each accepted statement and each refusal is counted.
     let metrics = http_get(&aggregator.http.to_string(), "/metrics");
     for sample in [
@@ -235,7 +389,56 @@ fn units_answer_alerts_and_the_office_decides_with_every_effect_and_every_refusa
         "duban_statements_total{kind=\"reject_done\",result=\"accepted\"} 1",
         "duban_statements_total{kind=\"acknowledge\",result=\"NOT_A_RECIPIENT\"} 1",
         "duban_statements_total{kind=\"grant_extension\",result=\"NOT_THE_OFFICE\"} 1",
+        "duban_supervision_cases{plan=\"qingdao-ip-2017\",state=\"answered\",unit=\"laoshan\"} 1",
+        "duban_supervision_extensions{decision=\"refused\",plan=\"qingdao-ip-2017\",unit=\"shibei\"} 1",
     ] {
         assert!(metrics.contains(sample), "{sample} not in /metrics");
     }
+}
+
+#[test]
+fn status_as_of_a_past_date_counts_only_what_had_been_received_by_then() {
+    let w = World::new();
+    let aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
+    let laoshan = AgentSetup::new(
+        w.root.path(),
+        &w.url,
+        "laoshan",
+        &format!("http://{}", aggregator.grpc),
+        "",
+    );
+    ok(laoshan.run(&[
+        "submit",
+        "--indicator",
+        "pct-applications",
+        "--period",
+        "2018Q1",
+        "--value",
+        "7",
+        "--send-for",
+        "10s",
+    ]));
+    let status = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["status", "--json", "--database-url", &w.url];
+        args.extend(extra);
+        serde_json::from_str(&ok(run(&binary("duban-aggregator"), &args))).unwrap()
+    };
+    let received = |s: &serde_json::Value| {
+        s["progress"]["obligations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| {
+                o["unit"] == "laoshan"
+                    && o["indicator"] == "pct-applications"
+                    && o["period"] == "2018Q1"
+            })
+            .map(|o| o["received_ms"].clone())
+            .unwrap()
+    };
+    // Now the value is there; at the end of 2020 (before it was received, today) it was not,
+    // although the deadline had long passed: then it was overdue.
+    assert!(received(&status(&[])).is_number());
+    let then = status(&["--as-of", "2020-12-31"]);
+    assert!(received(&then).is_null(), "{}", received(&then));
 }

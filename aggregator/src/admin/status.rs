@@ -11,7 +11,9 @@ pub async fn status(
     json: bool,
 ) -> Result<String, AdminError> {
     use crate::progress::{IndicatorStatus, MilestoneStatus};
-    let progress = crate::store::progress_at(store, plan, now_ms).await?;
+    // Only what had been received by then: a true history at any --as-of.
+    let progress = crate::store::progress_as_of(store, plan, now_ms).await?;
+    let supervision = crate::supervision::record_at(store, plan, now_ms).await?;
     let evaluated = crate::alerting::rules::derive(plan, &progress, policy);
     let agents = store.agents().await?;
     let outages = store.outages(now_ms).await?;
@@ -26,6 +28,7 @@ pub async fn status(
             "deadlines_before_go_live": evaluated.before_go_live,
             "agents": agents,
             "centre_outages": outages,
+            "supervision": supervision,
         }))? + "\n");
     }
     let alerts = evaluated.alerts;
@@ -285,5 +288,43 @@ pub async fn status(
         .filter(|i| i.status == IndicatorStatus::Lagging)
         .count();
     let _ = writeln!(out, "\n{lagging} indicator(s) lagging");
+    let _ = writeln!(
+        out,
+        "\n督办 (alert cases per unit; `duban-aggregator supervision report` prints the 督办通报)"
+    );
+    let mut units: Vec<&crate::supervision::UnitRecord> = supervision.units.iter().collect();
+    units.sort_by_key(|u| (std::cmp::Reverse(u.overdue_now), u.unit.clone()));
+    let mut rows = vec![
+        [
+            "unit",
+            "alerted",
+            "answered",
+            "first answer",
+            "extensions",
+            "overdue",
+            "level",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for u in units.iter().take(20) {
+        rows.push(vec![
+            u.name.clone(),
+            u.alerted.to_string(),
+            u.answered.to_string(),
+            crate::supervision::days_text(u.median_first_answer_ms),
+            format!(
+                "{} asked, {} granted, {} refused",
+                u.extensions_requested, u.extensions_granted, u.extensions_refused
+            ),
+            u.overdue_now.to_string(),
+            u.max_escalation_level.to_string(),
+        ]);
+    }
+    if units.is_empty() {
+        let _ = writeln!(out, "  no alert sent by then");
+    } else {
+        out.push_str(&table(&rows, 2));
+    }
     Ok(out)
 }

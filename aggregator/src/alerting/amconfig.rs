@@ -2,7 +2,10 @@
 //! the plan. Plan alerts are routed on their `recipient` label to a receiver `unit-<unit>` for
 //! every unit that can receive one (reporting units, lead units, and the responsible units of
 //! tasks whose document names no lead unit); duban's own health alerts (`Duban*`) go to the
-//! receiver `duban-ops`.
+//! receiver `duban-ops`. Each rung of the plan's escalation ladder has a receiver of its own,
+//! `escalation-level-<n>`, that also gets (`continue: true`) every alert at that level, for the
+//! supervising body's own channel; the units the rung names are recipients as well, through
+//! their `unit-<unit>` routes.
 //!
 //! Receivers written by hand (real webhook URLs, e-mail, WeChat) live in a file of their own
 //! (`--receivers`, e.g. deploy/alertmanager/receivers.yml): a YAML document with a `receivers`
@@ -22,6 +25,11 @@ pub const OPS_RECEIVER: &str = "duban-ops";
 /// The receiver a unit's plan alerts are routed to.
 pub fn unit_receiver(unit: &str) -> String {
     format!("unit-{unit}")
+}
+
+/// The receiver of the alerts at escalation level `level` (2 and above).
+pub fn level_receiver(level: u32) -> String {
+    format!("escalation-level-{level}")
 }
 
 /// Every unit id an alert's `recipient` label can name, in plan order.
@@ -44,6 +52,14 @@ pub fn alert_recipients(plan: &Plan) -> Vec<String> {
         } else {
             add(plan.expand_parties(&task.lead_units));
         }
+        for milestone in &task.milestones {
+            add(plan.expand_parties(&milestone.lead_units));
+        }
+    }
+    // Where the plan names no one, and up the ladder.
+    add(plan.supervision.office.iter().cloned().collect());
+    for rung in &plan.supervision.ladder {
+        add(plan.expand_parties(&rung.to));
     }
     let order = |id: &String| {
         plan.units
@@ -96,12 +112,19 @@ impl HandWritten {
 pub fn render(plan: &Plan, webhook_base: &str, hand: &HandWritten) -> Result<String, String> {
     let base = webhook_base.trim_end_matches('/');
     let recipients = alert_recipients(plan);
+    let levels: Vec<u32> = plan.supervision.ladder.iter().map(|r| r.level).collect();
     let routed: Vec<String> = std::iter::once(OPS_RECEIVER.to_owned())
+        .chain(levels.iter().map(|l| level_receiver(*l)))
         .chain(recipients.iter().map(|u| unit_receiver(u)))
         .collect();
     if let Some(unknown) = hand.receivers.keys().find(|n| !routed.contains(n)) {
         return Err(format!(
-            "the hand-written receiver {unknown:?} is not routed to: receivers are {OPS_RECEIVER} and unit-<unit> for the units of plan {} ({})",
+            "the hand-written receiver {unknown:?} is not routed to: receivers are {OPS_RECEIVER}, escalation-level-<n> for the plan's escalation levels ({}) and unit-<unit> for the units of plan {} ({})",
+            levels
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             plan.id,
             recipients
                 .iter()
@@ -141,6 +164,13 @@ pub fn render(plan: &Plan, webhook_base: &str, hand: &HandWritten) -> Result<Str
         out,
         "    - receiver: {OPS_RECEIVER}\n      group_by: [alertname, instance]\n      matchers:\n        - alertname=~\"Duban.*\""
     );
+    for level in &levels {
+        let _ = writeln!(
+            out,
+            "    - receiver: {}\n      group_by: [alertname, escalation_level]\n      continue: true\n      matchers:\n        - escalation_level=\"{level}\"\n        - role!=\"escalation\"",
+            level_receiver(*level)
+        );
+    }
     for unit in &recipients {
         let _ = writeln!(
             out,
@@ -178,6 +208,13 @@ pub fn render(plan: &Plan, webhook_base: &str, hand: &HandWritten) -> Result<Str
         }
     };
     receiver(OPS_RECEIVER, "duban's operators", &format!("{base}/ops"));
+    for level in &levels {
+        receiver(
+            &level_receiver(*level),
+            &format!("督办 escalation level {level}"),
+            &format!("{base}/escalation-level-{level}"),
+        );
+    }
     for unit in &recipients {
         receiver(
             &unit_receiver(unit),

@@ -103,7 +103,33 @@ impl Evaluator {
         }
         let changes = self.store.sync_alerts(&self.plan.id, wanted, now).await?;
         self.notifier.deliver(&changes, resend).await;
+        self.quiet_acknowledged(&changes, now).await?;
         Ok(changes)
+    }
+
+    /// Pauses Alertmanager's re-notification of acknowledged cases for their quiet period: a
+    /// silence per case and acknowledgement, created once (remembered in the store's settings,
+    /// so that a restart or another replica does not create it again).
+    async fn quiet_acknowledged(&self, changes: &AlertChanges, now: i64) -> Result<(), StoreError> {
+        if !self.notifier.has_alertmanagers() {
+            return Ok(());
+        }
+        for alert in changes.fired.iter().chain(&changes.active) {
+            let Some((key, silence)) = notify::quiet_silence(alert, now) else {
+                continue;
+            };
+            if self.store.setting(&key).await?.is_some() {
+                continue;
+            }
+            if self.notifier.silence(&silence).await {
+                self.store.set_setting(&key, &now.to_string()).await?;
+                tracing::info!(
+                    key,
+                    "acknowledged case silenced in Alertmanager for its quiet period"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// [`Self::once`], re-sending the active alerts when `resend_every` has passed on the

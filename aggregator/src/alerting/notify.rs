@@ -170,3 +170,64 @@ impl Notifier {
         })
     }
 }
+
+/// The Alertmanager silence that keeps an acknowledged case quiet: every alert of the case
+/// (its subject labels), except the escalation copies, until `quiet_until`.
+pub fn quiet_silence(alert: &AlertRow, now_ms: i64) -> Option<(String, Value)> {
+    let until = alert.annotations.get("quiet_until")?;
+    let until_ms = until.parse::<jiff::Timestamp>().ok()?.as_millisecond();
+    if until_ms <= now_ms {
+        return None;
+    }
+    let acknowledged = alert.annotations.get("acknowledged")?;
+    let case = alert.annotations.get("case")?;
+    let mut matchers: Vec<Value> = ["alertname", "plan", "unit", "indicator", "period", "task", "milestone"]
+        .iter()
+        .filter_map(|name| {
+            alert.labels.get(*name).map(|value| {
+                serde_json::json!({ "name": name, "value": value, "isRegex": false, "isEqual": true })
+            })
+        })
+        .collect();
+    matchers.push(serde_json::json!({ "name": "role", "value": "escalation", "isRegex": false, "isEqual": false }));
+    let silence = serde_json::json!({
+        "matchers": matchers,
+        "startsAt": rfc3339(now_ms),
+        "endsAt": until,
+        "createdBy": "duban",
+        "comment": format!("督办: {case} acknowledged by {acknowledged}; quiet until {until}"),
+    });
+    // One silence per case, alert name and acknowledgement.
+    let key = format!(
+        "silence/{case}/{}/{acknowledged}",
+        alert
+            .labels
+            .get("alertname")
+            .map(String::as_str)
+            .unwrap_or_default()
+    );
+    Some((key, silence))
+}
+
+impl Notifier {
+    /// Whether this notifier sends to Alertmanager.
+    pub fn has_alertmanagers(&self) -> bool {
+        !self.sinks.alertmanagers.is_empty()
+    }
+
+    /// Creates `silence` in every Alertmanager; true when all took it.
+    pub async fn silence(&self, silence: &Value) -> bool {
+        let mut all = true;
+        for base in &self.sinks.alertmanagers {
+            all &= self
+                .post(
+                    "alertmanager",
+                    &format!("{}/api/v2/silences", base.trim_end_matches('/')),
+                    silence,
+                    3,
+                )
+                .await;
+        }
+        all
+    }
+}

@@ -278,3 +278,80 @@ pub fn plan_metrics(
         .expect("text encoding");
     String::from_utf8(buffer).expect("prometheus text is UTF-8")
 }
+
+/// Each alerted unit's 督办 record (see [`crate::supervision`]) as gauges: one series per unit
+/// and figure, only for units alerts were sent to.
+pub fn supervision_metrics(plan: &Plan, record: &crate::supervision::Record) -> String {
+    let registry = Registry::new();
+    let p = plan.id.as_str();
+    let cases = gauge(
+        &registry,
+        "duban_supervision_cases",
+        "督办: alert cases sent to a unit, by state: alerted (all), answered, overdue (an overdue alert open now).",
+        &["plan", "unit", "state"],
+    );
+    let first_answer = gauge(
+        &registry,
+        "duban_supervision_first_answer_median_seconds",
+        "督办: median time from a case's first alert to the unit's first answer (absent before any answer).",
+        &["plan", "unit"],
+    );
+    let extensions = gauge(
+        &registry,
+        "duban_supervision_extensions",
+        "督办: extensions a unit asked for, and the office's decisions on them: requested, granted, refused.",
+        &["plan", "unit", "decision"],
+    );
+    let claims = gauge(
+        &registry,
+        "duban_supervision_done_claims",
+        "督办: a unit's done claims the office decided: confirmed, rejected.",
+        &["plan", "unit", "decision"],
+    );
+    let level = gauge(
+        &registry,
+        "duban_supervision_escalation_level_max",
+        "督办: the highest escalation level a unit's cases reached (1: none escalated).",
+        &["plan", "unit"],
+    );
+    for u in &record.units {
+        let unit = u.unit.as_str();
+        for (state, n) in [
+            ("alerted", u.alerted),
+            ("answered", u.answered),
+            ("overdue", u.overdue_now),
+        ] {
+            cases.with_label_values(&[p, unit, state]).set(f64::from(n));
+        }
+        if let Some(ms) = u.median_first_answer_ms {
+            first_answer
+                .with_label_values(&[p, unit])
+                .set(ms as f64 / 1000.0);
+        }
+        for (decision, n) in [
+            ("requested", u.extensions_requested),
+            ("granted", u.extensions_granted),
+            ("refused", u.extensions_refused),
+        ] {
+            extensions
+                .with_label_values(&[p, unit, decision])
+                .set(f64::from(n));
+        }
+        for (decision, n) in [
+            ("confirmed", u.claims_confirmed),
+            ("rejected", u.claims_rejected),
+        ] {
+            claims
+                .with_label_values(&[p, unit, decision])
+                .set(f64::from(n));
+        }
+        level
+            .with_label_values(&[p, unit])
+            .set(f64::from(u.max_escalation_level));
+    }
+    let mut buffer = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buffer)
+        .expect("text encoding");
+    String::from_utf8(buffer).expect("prometheus text is UTF-8")
+}

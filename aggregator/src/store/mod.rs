@@ -194,6 +194,13 @@ pub trait Store {
     ) -> Result<Vec<StatementRow>, StoreError>;
     /// The highest statement seq stored under a key (0 when none).
     async fn statement_max_seq(&self, key_id: &[u8]) -> Result<i64, StoreError>;
+    /// The current values and task updates as they stood at `as_of_ms`: only what had been
+    /// received by then, reconciled as ingest reconciles.
+    async fn received_by(
+        &self,
+        plan_id: &str,
+        as_of_ms: i64,
+    ) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError>;
 }
 
 /// The sqlx backends: a pool for reads and key administration, and the operations each does its
@@ -361,6 +368,13 @@ impl<B: SqlBackend> Store for B {
     async fn statement_max_seq(&self, key_id: &[u8]) -> Result<i64, StoreError> {
         statements::statement_max_seq(self.read_pool(), key_id).await
     }
+    async fn received_by(
+        &self,
+        plan_id: &str,
+        as_of_ms: i64,
+    ) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError> {
+        queries::received_by(self.read_pool(), plan_id, as_of_ms).await
+    }
 }
 
 /// What the progress engine needs at `now_ms`: the current values and task updates, and
@@ -376,6 +390,35 @@ pub async fn snapshot(
         outages: store.outages(now_ms).await?,
         statements: store.statements(&plan.id, now_ms).await?,
     })
+}
+
+/// The state as it stood at `as_of_ms`: only the values, task updates and statements received
+/// by then (a true history, where [`snapshot`] reads what is stored now).
+pub async fn snapshot_as_of(
+    store: &AnyStore,
+    plan: &crate::plan::Plan,
+    as_of_ms: i64,
+) -> Result<crate::progress::Snapshot, StoreError> {
+    let (values, tasks) = store.received_by(&plan.id, as_of_ms).await?;
+    Ok(crate::progress::Snapshot {
+        values,
+        tasks,
+        outages: store.outages(as_of_ms).await?,
+        statements: store.statements(&plan.id, as_of_ms).await?,
+    })
+}
+
+/// Progress as it stood at `as_of_ms` (see [`snapshot_as_of`]).
+pub async fn progress_as_of(
+    store: &AnyStore,
+    plan: &crate::plan::Plan,
+    as_of_ms: i64,
+) -> Result<crate::progress::Progress, StoreError> {
+    Ok(crate::progress::compute(
+        plan,
+        &snapshot_as_of(store, plan, as_of_ms).await?,
+        as_of_ms,
+    ))
 }
 
 /// Progress at `now_ms` from what `store` holds.

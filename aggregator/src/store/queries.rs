@@ -263,3 +263,108 @@ pub(super) async fn ping(pool: &AnyPool) -> Result<(), StoreError> {
     sqlx::query("SELECT 1").fetch_one(pool).await?;
     Ok(())
 }
+
+/// Every value and task update received at or before `as_of_ms`, reconciled as the store
+/// reconciles (the greatest `(revision, issued_at_ms, seq)` wins; first received is the
+/// earliest receipt): the current values and tasks as they stood at that time.
+pub(super) async fn received_by(
+    pool: &AnyPool,
+    plan_id: &str,
+    as_of_ms: i64,
+) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError> {
+    use std::collections::BTreeMap;
+    let rows = sqlx::query("SELECT h.plan_id, h.indicator_id, h.unit_id, h.period, h.value, h.note, r.revision, r.issued_at_ms, r.seq, r.report_pk, r.received_at_ms FROM value_history h JOIN reports r ON r.report_pk = h.report_pk WHERE h.plan_id = $1 AND r.received_at_ms <= $2 ORDER BY r.received_at_ms, r.report_pk")
+        .bind(plan_id.to_owned())
+        .bind(as_of_ms)
+        .fetch_all(pool)
+        .await?;
+    let mut values: BTreeMap<(String, String, String), ValueRow> = BTreeMap::new();
+    for row in &rows {
+        let received: i64 = row.try_get("received_at_ms")?;
+        let issued: i64 = row.try_get("issued_at_ms")?;
+        let candidate = ValueRow {
+            plan_id: row.try_get("plan_id")?,
+            indicator_id: row.try_get("indicator_id")?,
+            unit_id: row.try_get("unit_id")?,
+            period: row.try_get("period")?,
+            value: row.try_get("value")?,
+            note: row.try_get("note")?,
+            revision: row.try_get("revision")?,
+            issued_at_ms: issued,
+            seq: row.try_get("seq")?,
+            report_pk: row.try_get("report_pk")?,
+            updated_at_ms: received,
+            first_received_at_ms: received,
+            first_issued_at_ms: issued,
+        };
+        let key = (
+            candidate.indicator_id.clone(),
+            candidate.unit_id.clone(),
+            candidate.period.clone(),
+        );
+        match values.get_mut(&key) {
+            None => {
+                values.insert(key, candidate);
+            }
+            Some(current) => {
+                let rank = |v: &ValueRow| (v.revision, v.issued_at_ms, v.seq);
+                if rank(&candidate) > rank(current) {
+                    *current = ValueRow {
+                        first_received_at_ms: current.first_received_at_ms,
+                        first_issued_at_ms: current.first_issued_at_ms,
+                        ..candidate
+                    };
+                }
+            }
+        }
+    }
+    let rows = sqlx::query("SELECT h.plan_id, h.task_id, h.milestone_id, h.unit_id, h.period, h.percent, h.status, h.note, r.revision, r.issued_at_ms, r.seq, r.report_pk, r.received_at_ms FROM task_history h JOIN reports r ON r.report_pk = h.report_pk WHERE h.plan_id = $1 AND r.received_at_ms <= $2 ORDER BY r.received_at_ms, r.report_pk")
+        .bind(plan_id.to_owned())
+        .bind(as_of_ms)
+        .fetch_all(pool)
+        .await?;
+    let mut tasks: BTreeMap<(String, String, String, String), TaskRow> = BTreeMap::new();
+    for row in &rows {
+        let received: i64 = row.try_get("received_at_ms")?;
+        let candidate = TaskRow {
+            plan_id: row.try_get("plan_id")?,
+            task_id: row.try_get("task_id")?,
+            milestone_id: row.try_get("milestone_id")?,
+            unit_id: row.try_get("unit_id")?,
+            period: row.try_get("period")?,
+            percent: row.try_get("percent")?,
+            status: row.try_get("status")?,
+            note: row.try_get("note")?,
+            revision: row.try_get("revision")?,
+            issued_at_ms: row.try_get("issued_at_ms")?,
+            seq: row.try_get("seq")?,
+            report_pk: row.try_get("report_pk")?,
+            updated_at_ms: received,
+            first_received_at_ms: received,
+        };
+        let key = (
+            candidate.task_id.clone(),
+            candidate.milestone_id.clone(),
+            candidate.unit_id.clone(),
+            candidate.period.clone(),
+        );
+        match tasks.get_mut(&key) {
+            None => {
+                tasks.insert(key, candidate);
+            }
+            Some(current) => {
+                let rank = |t: &TaskRow| (t.revision, t.issued_at_ms, t.seq);
+                if rank(&candidate) > rank(current) {
+                    *current = TaskRow {
+                        first_received_at_ms: current.first_received_at_ms,
+                        ..candidate
+                    };
+                }
+            }
+        }
+    }
+    Ok((
+        values.into_values().collect(),
+        tasks.into_values().collect(),
+    ))
+}
