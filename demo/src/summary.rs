@@ -118,6 +118,8 @@ pub struct Summary {
     pub alerts_resolved: BTreeMap<String, u64>,
     pub indicators: Vec<IndicatorLine>,
     pub checks: BTreeMap<String, Check>,
+    /// Each alerted unit's 督办 record at the end (as `duban-aggregator supervision report`).
+    pub supervision: duban_aggregator::supervision::Record,
     pub ok: bool,
 }
 
@@ -132,6 +134,7 @@ pub struct SummaryInput<'a> {
     pub progress: &'a Progress,
     pub inbox: &'a Inbox,
     pub checks: Vec<(&'static str, Check)>,
+    pub supervision: duban_aggregator::supervision::Record,
     pub total_days: i64,
 }
 
@@ -219,6 +222,7 @@ pub fn summarize(input: SummaryInput<'_>) -> Summary {
         alerts_resolved: resolved,
         indicators: indicator_lines(input.plan, input.progress),
         checks,
+        supervision: input.supervision,
         ok,
     }
 }

@@ -237,6 +237,8 @@ impl View {
         let role = match a.role.as_str() {
             "reporter" => "owes the report",
             "lead" => "lead unit",
+            "office" => "supervising office",
+            "escalation" => "escalated to it",
             _ => "responsible",
         };
         format!(
@@ -405,6 +407,41 @@ impl View {
                     .map(|(k, v)| format!("{k} {v}"))
                     .collect::<Vec<_>>()
                     .join(", ")
+            ));
+        }
+        let answered: Vec<_> = summary
+            .supervision
+            .units
+            .iter()
+            .filter(|u| {
+                u.answered > 0
+                    || u.extensions_granted
+                        + u.extensions_refused
+                        + u.claims_confirmed
+                        + u.claims_rejected
+                        > 0
+            })
+            .collect();
+        lines.push(format!(
+            "督办: {} units alerted, {} answered; the units that answered (duban-aggregator supervision report prints all):",
+            summary.supervision.units.len(),
+            answered.len()
+        ));
+        for u in answered {
+            lines.push(format!(
+                "  {} ({}): {} cases, {} answered, first answer {}, extensions {} asked / {} granted / {} refused, done claims {} confirmed / {} rejected, {} overdue, level {}",
+                u.name,
+                u.unit,
+                u.alerted,
+                u.answered,
+                duban_aggregator::supervision::days_text(u.median_first_answer_ms),
+                u.extensions_requested,
+                u.extensions_granted,
+                u.extensions_refused,
+                u.claims_confirmed,
+                u.claims_rejected,
+                u.overdue_now,
+                u.max_escalation_level
             ));
         }
         lines.push("indicators at the end:".into());

@@ -43,6 +43,8 @@ fn assert_all_checks_passed(dir: &std::path::Path, stdout: &str) {
         "nothing lost across the restart",
         "duplicates reconciled",
         "the correction won",
+        "the 督办 loop",
+        "a refused case climbs the ladder",
     ] {
         assert_eq!(
             checks[name]["status"], "passed",
@@ -86,6 +88,31 @@ fn figures_agree_with_the_database_and_the_webhook(
         &["status", "--database-url", &url, "--as-of", as_of, "--json"],
     ));
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    // The 督办 record the summary prints is the one the report gives from the database.
+    let report: serde_json::Value = serde_json::from_str(&duban_e2e::ok(duban_e2e::run(
+        &binary("duban-aggregator"),
+        &[
+            "supervision",
+            "report",
+            "--json",
+            "--database-url",
+            &url,
+            "--as-of",
+            as_of,
+        ],
+    )))
+    .unwrap();
+    assert_eq!(
+        summary["supervision"]["units"], report["units"],
+        "the 督办 record"
+    );
+    let answered = report["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["answered"].as_u64() > Some(0))
+        .count();
+    assert!(answered >= 3, "{report:#}");
     let in_database: BTreeMap<String, serde_json::Value> = status["progress"]["indicators"]
         .as_array()
         .unwrap()

@@ -40,6 +40,7 @@ use crate::view::{self, Check, Counts, Summary, View};
 
 mod harness;
 mod incidents;
+mod supervise;
 
 use crate::inbox::start_inbox;
 pub use crate::options::Options;
@@ -72,7 +73,23 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     }
     let total_days = (until - start).get_days() as i64 + 1;
     let scenario = Scenario::generate(&plan, options.seed);
-    let layout = setup::prepare(&options.dir, options.fresh, &plan, &scenario.units)?;
+    // Every unit that can receive an alert answers it from an agent of its own, the
+    // supervising office decides from its own: those that report nothing only answer.
+    let office = plan
+        .supervision
+        .office
+        .clone()
+        .context("the plan names no supervising office")?;
+    let mut parties = scenario.units.clone();
+    for unit in duban_aggregator::alerting::amconfig::alert_recipients(&plan)
+        .into_iter()
+        .chain(std::iter::once(office.clone()))
+    {
+        if !parties.contains(&unit) {
+            parties.push(unit);
+        }
+    }
+    let layout = setup::prepare(&options.dir, options.fresh, &plan, &parties)?;
     crate::init_log(&layout.log)?;
     tracing::info!(seed = options.seed, %until, "demo starting");
 
@@ -100,7 +117,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     let http = http_listener.local_addr()?;
     {
         let store = AnyStore::open(&layout.database_url()).await?;
-        for unit in &scenario.units {
+        for unit in &parties {
             let public_key = duban_proto::PublicKey::read_spki_pem_file(
                 &layout.agent_dir(unit).join("signing.pub"),
             )?;
@@ -144,6 +161,12 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         );
     }
 
+    let mut responders: BTreeMap<String, Agent> = BTreeMap::new();
+    for unit in parties.iter().filter(|u| !agents.contains_key(*u)) {
+        let config = AgentConfig::read(&setup::write_agent_config(&layout, &plan, unit, grpc)?)?;
+        responders.insert(unit.clone(), Agent::open(config, clock.clone()).await?);
+    }
+
     let mut deliveries = Some(spawn_deliveries(&agents).await?);
 
     let mut view = View::new(
@@ -164,6 +187,12 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     let restart_day = day_at(start, total_days, 0.50);
     let back_day = restart_day.saturating_add((total_days / 12).clamp(2, 31).days());
     let correction_day = day_at(start, total_days, 0.65);
+    // The 督办 loop runs on the first day from 30 % of the run on with a case open for each
+    // statement, or at 85 % with what is open then.
+    let supervision_day = day_at(start, total_days, 0.30);
+    let supervision_last_day = day_at(start, total_days, 0.85);
+    let mut answers: Option<supervise::Answers> = None;
+    let mut supervision_check: Option<Check> = None;
 
     let mut counts_before_restart = Counts::default();
     let mut enqueued = 0usize;
@@ -309,11 +338,39 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             }
         }
 
+        // The 督办 loop: units answer their alerts, the office decides (once the aggregator
+        // is up on or after the day).
+        let can_answer = |unit: &str| agents.contains_key(unit) || responders.contains_key(unit);
+        if day >= supervision_day
+            && answers.is_none()
+            && let Some(agg) = &aggregator
+            && (day >= supervision_last_day
+                || supervise::enough_cases(&plan, &agg.store, &can_answer, clock.now_ms()).await?)
+        {
+            let said = supervise::answer_and_decide(
+                &plan,
+                &agg.store,
+                &agents,
+                &responders,
+                day,
+                clock.now_ms(),
+            )
+            .await?;
+            for line in &said.lines {
+                view.event(day, &format!("督办: {line}"));
+            }
+            answers = Some(said);
+        }
+
         // The day ends: what was collected is acknowledged, then the alerts are evaluated at
         // this day's noon. Nothing here depends on how fast the machine is.
         if aggregator.is_some() {
             drain(&agents).await?;
             evaluator.once(false).await?;
+        }
+        if let (Some(said), None, Some(agg)) = (&answers, &supervision_check, &aggregator) {
+            supervision_check =
+                Some(supervise::check_effects(&plan, &agg.store, said, clock.now_ms()).await?);
         }
 
         // The figures behind the view are read a few times a second (and on the first of each
@@ -422,6 +479,10 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             }
         }
     };
+    let climb = match &answers {
+        Some(said) => supervise::check_climb(&plan, &agg.store, said).await?,
+        None => Check::not_reached("no extension was refused"),
+    };
     let progress = duban_aggregator::store::progress_at(&agg.store, &plan, clock.now_ms()).await?;
     let summary = view::summarize(view::SummaryInput {
         plan: &plan,
@@ -448,7 +509,22 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             ),
             ("nothing lost across the restart", restart),
             ("the correction won", correction_check),
+            (
+                "the 督办 loop",
+                supervision_check.unwrap_or_else(|| {
+                    Check::not_reached(format!(
+                        "units answer their alerts between {supervision_day} and {supervision_last_day}"
+                    ))
+                }),
+            ),
+            ("a refused case climbs the ladder", climb),
         ],
+        supervision: duban_aggregator::supervision::record_at(
+            &agg.store,
+            &plan,
+            clock.now_ms(),
+        )
+        .await?,
         total_days,
     });
     view.summary(&summary);
