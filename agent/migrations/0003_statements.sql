@@ -11,3 +11,6 @@ CREATE TABLE statements (
     answer        TEXT NOT NULL DEFAULT ''
 );
 INSERT INTO meta (key, value) VALUES ('next_statement_seq', 1);
+-- 1 once a Hello has given the centre's statement counter: from then on the local counter is
+-- ahead of the centre's, and a statement can be numbered while the centre is unreachable.
+INSERT INTO meta (key, value) VALUES ('statements_synced', 0);

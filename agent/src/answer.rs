@@ -96,18 +96,32 @@ pub async fn open_alerts(agent: &Agent) -> Result<pb::AlertList, AnswerError> {
     Err(AnswerError::Unreachable(last))
 }
 
-/// Numbers, signs and stores `draft`, then sends it once.
+/// Numbers, signs and stores `draft`, then sends it once. When the centre cannot be reached,
+/// a synced outbox numbers it on its own and keeps it for the daemon; a new outbox cannot
+/// (it would risk a seq the centre holds) and says so.
 pub async fn say(
     agent: &Agent,
     draft: StatementDraft,
 ) -> Result<(StoredStatement, Said), AnswerError> {
-    let (answer, endpoint) = hello(agent).await?;
-    let stored = agent
-        .outbox()
-        .add_statement(&draft, answer.max_statement_seq, agent.identity().signer())
-        .await?;
-    let said = send(agent, &stored, endpoint).await?;
-    Ok((stored, said))
+    let signer = agent.identity().signer();
+    match hello(agent).await {
+        Ok((answer, endpoint)) => {
+            let stored = agent
+                .outbox()
+                .add_statement(&draft, Some(answer.max_statement_seq), signer)
+                .await?;
+            let said = send(agent, &stored, endpoint).await?;
+            Ok((stored, said))
+        }
+        Err(AnswerError::Unreachable(why)) if agent.outbox().statements_synced().await? => {
+            let stored = agent.outbox().add_statement(&draft, None, signer).await?;
+            Ok((stored, Said::Waiting(why)))
+        }
+        Err(AnswerError::Unreachable(why)) => Err(AnswerError::Unreachable(format!(
+            "{why}; this outbox has not yet learnt its statement counter from the centre, so nothing was stored: try again when the centre can be reached"
+        ))),
+        Err(other) => Err(other),
+    }
 }
 
 /// Sends one stored statement and files the answer.

@@ -442,3 +442,60 @@ fn status_as_of_a_past_date_counts_only_what_had_been_received_by_then() {
     let then = status(&["--as-of", "2020-12-31"]);
     assert!(received(&then).is_null(), "{}", received(&then));
 }
+
+#[test]
+fn a_statement_made_while_the_centre_is_unreachable_waits_in_the_outbox_and_the_daemon_sends_it() {
+    let w = World::new();
+    let aggregator = AggregatorProcess::start(&[
+        "--database-url",
+        &w.url,
+        "--insecure-plaintext",
+        "--evaluate-every-seconds",
+        "1",
+        "--go-live",
+        "2017-07-01",
+    ]);
+    let endpoint = format!("http://{}", aggregator.grpc);
+    let laoshan = AgentSetup::new(w.root.path(), &w.url, "laoshan", &endpoint, "");
+    wait_until(
+        Duration::from_secs(30),
+        "laoshan's 2018Q1 overdue alert",
+        || !of_case(&aggregator, LAOSHAN_Q1).is_empty(),
+    );
+    let online = std::fs::read_to_string(&laoshan.config).unwrap();
+    // Nothing listens on port 9 here: the centre cannot be reached.
+    let offline = online.replace(&endpoint, "http://127.0.0.1:9");
+    std::fs::write(&laoshan.config, &offline).unwrap();
+    // A new outbox does not know the centre's statement counter: it stores nothing.
+    let out = laoshan.run(&["respond", "ack", LAOSHAN_Q1]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("has not yet learnt its statement counter"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&laoshan.config, &online).unwrap();
+    assert!(ok(laoshan.run(&["respond", "ack", LAOSHAN_Q1])).contains("recorded: acknowledge"));
+    // Now it does: a statement made offline is numbered, kept, and reported as waiting.
+    std::fs::write(&laoshan.config, &offline).unwrap();
+    let said = ok(laoshan.run(&[
+        "respond",
+        "explain",
+        LAOSHAN_Q1,
+        "--date",
+        "2099-02-01",
+        "--note",
+        "网络中断, 恢复后补报",
+    ]));
+    assert!(
+        said.contains("stored statement seq 2 in the outbox"),
+        "{said}"
+    );
+    // The daemon, with the centre reachable again, sends it.
+    std::fs::write(&laoshan.config, &online).unwrap();
+    let _daemon = laoshan.spawn_daemon(&[]);
+    wait_until(Duration::from_secs(30), "the explanation on record", || {
+        let listed = laoshan.run(&["alerts"]);
+        String::from_utf8_lossy(&listed.stdout).contains("laoshan explain 2099-02-01")
+    });
+}

@@ -26,16 +26,33 @@ pub struct StoredStatement {
 }
 
 impl Outbox {
+    /// Whether a Hello has given this outbox the centre's statement counter (then statements
+    /// can be numbered without the centre).
+    pub async fn statements_synced(&self) -> Result<bool, OutboxError> {
+        let synced: i64 =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'statements_synced'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(synced == 1)
+    }
+
     /// Numbers `draft` above both the local counter and `centre_max` (the highest statement
-    /// seq the centre holds for this key), signs it and stores it, in one transaction.
+    /// seq the centre holds for this key: `Some` from a Hello, `None` when the centre cannot be
+    /// reached and the outbox is synced), signs it and stores it, in one transaction.
     pub async fn add_statement(
         &self,
         draft: &StatementDraft,
-        centre_max: u64,
+        centre_max: Option<u64>,
         signer: Signer<'_>,
     ) -> Result<StoredStatement, OutboxError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        if centre_max.is_some() {
+            sqlx::query("UPDATE meta SET value = 1 WHERE key = 'statements_synced'")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let centre_max = centre_max.unwrap_or(0);
         let local: i64 =
             sqlx::query_scalar("SELECT value FROM meta WHERE key = 'next_statement_seq'")
                 .fetch_one(&mut *tx)
