@@ -26,23 +26,22 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
     let mut body = app.metrics.render();
     let plan = &app.plan;
     let now = app.now_ms();
+    // One read of each: the snapshot feeds progress and the 督办 record (its statements), every
+    // alert (open and resolved) feeds the open-alert counts and the record.
     match (
-        app.progress_at(now).await,
-        app.store.alerts(&plan.id, now).await,
+        crate::store::snapshot(&app.store, plan, now).await,
+        app.store.alerts(&plan.id, 0).await,
         app.store.agents().await,
     ) {
-        (Ok(progress), Ok(alerts), Ok(agents)) => {
+        (Ok(snapshot), Ok(alerts), Ok(agents)) => {
+            let progress = crate::progress::compute(plan, &snapshot, now);
             body.push_str(&crate::metrics::plan_state::plan_metrics(
                 plan, &progress, &alerts, &agents,
             ));
-            match crate::supervision::record_at(&app.store, plan, now).await {
-                Ok(record) => body.push_str(&crate::metrics::plan_state::supervision_metrics(
-                    plan, &record,
-                )),
-                Err(error) => {
-                    tracing::warn!(%error, "督办 metrics unavailable for this scrape")
-                }
-            }
+            let record = crate::supervision::record(plan, &alerts, &snapshot.statements, now);
+            body.push_str(&crate::metrics::plan_state::supervision_metrics(
+                plan, &record,
+            ));
         }
         (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
             tracing::warn!(%error, "plan metrics unavailable for this scrape")

@@ -226,7 +226,81 @@ pub(crate) fn verify_reason(error: &VerifyError) -> Reason {
     }
 }
 
+/// What a signed payload (a report, a statement) says about who signed it, for whom and when.
+pub(crate) struct Binding<'a> {
+    /// "report" or "statement", for the messages.
+    pub what: &'static str,
+    pub key_id: &'a [u8],
+    pub unit_id: &'a str,
+    pub audience: &'a str,
+    pub issued_at_ms: i64,
+    pub seq: u64,
+}
+
 impl Inner {
+    /// The binding checks of docs/PROTOCOL.md, in order: the payload names the envelope's key,
+    /// the key's unit and the client certificate's unit, this plan, a time not ahead of the
+    /// centre's clock, and a seq in range.
+    pub(crate) fn check_binding(
+        &self,
+        b: &Binding<'_>,
+        key_id: &KeyId,
+        key_unit: &str,
+        tls_unit: Option<&str>,
+        now: i64,
+    ) -> Result<(), (Reason, String)> {
+        let what = b.what;
+        if b.key_id != key_id.as_bytes() {
+            return Err((
+                Reason::KeyMismatch,
+                format!("the signed {what} names another key than the envelope"),
+            ));
+        }
+        if b.unit_id != key_unit {
+            return Err((
+                Reason::UnitMismatch,
+                format!(
+                    "{what} is from unit {:?} but key {key_id} belongs to {key_unit:?}",
+                    b.unit_id
+                ),
+            ));
+        }
+        if let Some(tls_unit) = tls_unit.filter(|u| *u != b.unit_id) {
+            return Err((
+                Reason::UnitMismatch,
+                format!(
+                    "{what} is from unit {:?} but the client certificate names {tls_unit:?}",
+                    b.unit_id
+                ),
+            ));
+        }
+        if b.audience != self.plan.id {
+            return Err((
+                Reason::WrongAudience,
+                format!(
+                    "audience {:?} is not this deployment's plan {:?}",
+                    b.audience, self.plan.id
+                ),
+            ));
+        }
+        if b.issued_at_ms > now.saturating_add(MAX_FUTURE_MS) {
+            return Err((
+                Reason::IssuedInFuture,
+                format!(
+                    "issued_at_ms {} is more than 5 minutes ahead of the server clock ({now})",
+                    b.issued_at_ms
+                ),
+            ));
+        }
+        if b.seq == 0 || b.seq > i64::MAX as u64 {
+            return Err((
+                Reason::MalformedPayload,
+                format!("seq {} is outside 1 .. 2^63-1", b.seq),
+            ));
+        }
+        Ok(())
+    }
+
     fn prepare(&self, signed: &pb::SignedReport, tls_unit: Option<&str>) -> Prepared {
         match self.check(signed, tls_unit) {
             Ok(ready) => ready,
@@ -275,54 +349,21 @@ impl Inner {
                 ),
             )
         })?;
-        if report.key_id != key_id.as_bytes() {
-            return Err(fail(
-                Reason::KeyMismatch,
-                "the signed report names another key than the envelope".into(),
-            ));
-        }
-        if report.unit_id != key.unit_id {
-            return Err(fail(
-                Reason::UnitMismatch,
-                format!(
-                    "report is from unit {:?} but key {key_id} belongs to {:?}",
-                    report.unit_id, key.unit_id
-                ),
-            ));
-        }
-        if let Some(tls_unit) = tls_unit.filter(|u| *u != report.unit_id) {
-            return Err(fail(
-                Reason::UnitMismatch,
-                format!(
-                    "report is from unit {:?} but the client certificate names {tls_unit:?}",
-                    report.unit_id
-                ),
-            ));
-        }
-        if report.audience != self.plan.id {
-            return Err(fail(
-                Reason::WrongAudience,
-                format!(
-                    "audience {:?} is not this deployment's plan {:?}",
-                    report.audience, self.plan.id
-                ),
-            ));
-        }
-        if report.issued_at_ms > now.saturating_add(MAX_FUTURE_MS) {
-            return Err(fail(
-                Reason::IssuedInFuture,
-                format!(
-                    "issued_at_ms {} is more than 5 minutes ahead of the server clock ({now})",
-                    report.issued_at_ms
-                ),
-            ));
-        }
-        if report.seq == 0 || report.seq > i64::MAX as u64 {
-            return Err(fail(
-                Reason::MalformedPayload,
-                format!("seq {} is outside 1 .. 2^63-1", report.seq),
-            ));
-        }
+        self.check_binding(
+            &Binding {
+                what: "report",
+                key_id: &report.key_id,
+                unit_id: &report.unit_id,
+                audience: &report.audience,
+                issued_at_ms: report.issued_at_ms,
+                seq: report.seq,
+            },
+            &key_id,
+            &key.unit_id,
+            tls_unit,
+            now,
+        )
+        .map_err(|(reason, message)| fail(reason, message))?;
         let period = validate::check_report_fields(&self.plan, &report)
             .map_err(|(reason, message)| fail(reason, message))?;
         let validated = validate::validate_items(&self.plan, &report.unit_id, &period, &report);

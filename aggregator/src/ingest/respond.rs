@@ -1,8 +1,8 @@
 //! A statement about an alert case (`Respond`): checked like a report, then against the record.
 //!
 //! Order: size caps and payload type, the key known and usable, `verify_strict`, decode; the
-//! binding checks of reports (statement id, key, unit of the key and of the certificate,
-//! audience, clock, seq); the statement's own fields (kind, dates, texts); then who may say it:
+//! binding checks of reports (statement id, then `Inner::check_binding`: key, unit of the key
+//! and of the certificate, audience, clock, seq), the unit in the plan; the statement's own fields (kind, dates, texts); then who may say it:
 //! the case must have been alerted (`UNKNOWN_ALERT`), an answer must come from a unit the alert
 //! was sent to (`NOT_A_RECIPIENT`), a decision from the supervising office
 //! (`NOT_THE_OFFICE`) about an open request or claim (`NOTHING_TO_DECIDE`). Only then is it
@@ -12,7 +12,7 @@ use duban_proto::envelope::{self, RESPONSE_PAYLOAD_TYPE};
 use duban_proto::pb;
 use pb::StatementKind as K;
 
-use super::{Inner, MAX_FUTURE_MS, Outcome, Reason, ReportResult, verify_reason};
+use super::{Binding, Inner, Outcome, Reason, ReportResult, verify_reason};
 use crate::alerting::rules::case_of;
 use crate::progress::cases::{self, Case};
 use crate::store::{NewStatement, StatementOutcome, Store, StoreError};
@@ -146,58 +146,25 @@ impl Inner {
                 ),
             ));
         }
-        if s.key_id != key_id.as_bytes() {
-            return Err(fail(
-                Reason::KeyMismatch,
-                "the signed statement names another key than the envelope".into(),
-            ));
-        }
-        if s.unit_id != key.unit_id {
-            return Err(fail(
-                Reason::UnitMismatch,
-                format!(
-                    "statement is from unit {:?} but key {key_id} belongs to {:?}",
-                    s.unit_id, key.unit_id
-                ),
-            ));
-        }
-        if let Some(tls_unit) = tls_unit.filter(|u| *u != s.unit_id) {
-            return Err(fail(
-                Reason::UnitMismatch,
-                format!(
-                    "statement is from unit {:?} but the client certificate names {tls_unit:?}",
-                    s.unit_id
-                ),
-            ));
-        }
+        self.check_binding(
+            &Binding {
+                what: "statement",
+                key_id: &s.key_id,
+                unit_id: &s.unit_id,
+                audience: &s.audience,
+                issued_at_ms: s.issued_at_ms,
+                seq: s.seq,
+            },
+            &key_id,
+            &key.unit_id,
+            tls_unit,
+            now,
+        )
+        .map_err(|(reason, message)| fail(reason, message))?;
         if self.plan.unit(&s.unit_id).is_none() {
             return Err(fail(
                 Reason::UnknownUnit,
                 format!("unit {:?} is not in plan {}", s.unit_id, self.plan.id),
-            ));
-        }
-        if s.audience != self.plan.id {
-            return Err(fail(
-                Reason::WrongAudience,
-                format!(
-                    "audience {:?} is not this deployment's plan {:?}",
-                    s.audience, self.plan.id
-                ),
-            ));
-        }
-        if s.issued_at_ms > now.saturating_add(MAX_FUTURE_MS) {
-            return Err(fail(
-                Reason::IssuedInFuture,
-                format!(
-                    "issued_at_ms {} is more than 5 minutes ahead of the server clock ({now})",
-                    s.issued_at_ms
-                ),
-            ));
-        }
-        if s.seq == 0 || s.seq > i64::MAX as u64 {
-            return Err(fail(
-                Reason::MalformedPayload,
-                format!("seq {} is outside 1 .. 2^63-1", s.seq),
             ));
         }
         self.check_fields(&s, now)

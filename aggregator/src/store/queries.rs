@@ -272,17 +272,16 @@ pub(super) async fn received_by(
     plan_id: &str,
     as_of_ms: i64,
 ) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError> {
-    use std::collections::BTreeMap;
     let rows = sqlx::query("SELECT h.plan_id, h.indicator_id, h.unit_id, h.period, h.value, h.note, r.revision, r.issued_at_ms, r.seq, r.report_pk, r.received_at_ms FROM value_history h JOIN reports r ON r.report_pk = h.report_pk WHERE h.plan_id = $1 AND r.received_at_ms <= $2 ORDER BY r.received_at_ms, r.report_pk")
         .bind(plan_id.to_owned())
         .bind(as_of_ms)
         .fetch_all(pool)
         .await?;
-    let mut values: BTreeMap<(String, String, String), ValueRow> = BTreeMap::new();
+    let mut values = Vec::with_capacity(rows.len());
     for row in &rows {
         let received: i64 = row.try_get("received_at_ms")?;
         let issued: i64 = row.try_get("issued_at_ms")?;
-        let candidate = ValueRow {
+        let v = ValueRow {
             plan_id: row.try_get("plan_id")?,
             indicator_id: row.try_get("indicator_id")?,
             unit_id: row.try_get("unit_id")?,
@@ -297,36 +296,27 @@ pub(super) async fn received_by(
             first_received_at_ms: received,
             first_issued_at_ms: issued,
         };
-        let key = (
-            candidate.indicator_id.clone(),
-            candidate.unit_id.clone(),
-            candidate.period.clone(),
-        );
-        match values.get_mut(&key) {
-            None => {
-                values.insert(key, candidate);
-            }
-            Some(current) => {
-                let rank = |v: &ValueRow| (v.revision, v.issued_at_ms, v.seq);
-                if rank(&candidate) > rank(current) {
-                    *current = ValueRow {
-                        first_received_at_ms: current.first_received_at_ms,
-                        first_issued_at_ms: current.first_issued_at_ms,
-                        ..candidate
-                    };
-                }
-            }
-        }
+        let key = (v.indicator_id.clone(), v.unit_id.clone(), v.period.clone());
+        values.push((key, v));
     }
+    let values = latest_wins(
+        values,
+        |v| (v.revision, v.issued_at_ms, v.seq),
+        |first, winner| ValueRow {
+            first_received_at_ms: first.first_received_at_ms,
+            first_issued_at_ms: first.first_issued_at_ms,
+            ..winner
+        },
+    );
     let rows = sqlx::query("SELECT h.plan_id, h.task_id, h.milestone_id, h.unit_id, h.period, h.percent, h.status, h.note, r.revision, r.issued_at_ms, r.seq, r.report_pk, r.received_at_ms FROM task_history h JOIN reports r ON r.report_pk = h.report_pk WHERE h.plan_id = $1 AND r.received_at_ms <= $2 ORDER BY r.received_at_ms, r.report_pk")
         .bind(plan_id.to_owned())
         .bind(as_of_ms)
         .fetch_all(pool)
         .await?;
-    let mut tasks: BTreeMap<(String, String, String, String), TaskRow> = BTreeMap::new();
+    let mut tasks = Vec::with_capacity(rows.len());
     for row in &rows {
         let received: i64 = row.try_get("received_at_ms")?;
-        let candidate = TaskRow {
+        let t = TaskRow {
             plan_id: row.try_get("plan_id")?,
             task_id: row.try_get("task_id")?,
             milestone_id: row.try_get("milestone_id")?,
@@ -343,28 +333,42 @@ pub(super) async fn received_by(
             first_received_at_ms: received,
         };
         let key = (
-            candidate.task_id.clone(),
-            candidate.milestone_id.clone(),
-            candidate.unit_id.clone(),
-            candidate.period.clone(),
+            t.task_id.clone(),
+            t.milestone_id.clone(),
+            t.unit_id.clone(),
+            t.period.clone(),
         );
-        match tasks.get_mut(&key) {
+        tasks.push((key, t));
+    }
+    let tasks = latest_wins(
+        tasks,
+        |t| (t.revision, t.issued_at_ms, t.seq),
+        |first, winner| TaskRow {
+            first_received_at_ms: first.first_received_at_ms,
+            ..winner
+        },
+    );
+    Ok((values, tasks))
+}
+
+/// Per key, the row of greatest `rank` among `rows` (taken in the order received); `merge`
+/// carries what the first row received knew (its receipt) over to a later winner.
+fn latest_wins<K: Ord, T>(
+    rows: Vec<(K, T)>,
+    rank: impl Fn(&T) -> (i64, i64, i64),
+    merge: impl Fn(&T, T) -> T,
+) -> Vec<T> {
+    let mut current: std::collections::BTreeMap<K, T> = std::collections::BTreeMap::new();
+    for (key, candidate) in rows {
+        match current.get_mut(&key) {
             None => {
-                tasks.insert(key, candidate);
+                current.insert(key, candidate);
             }
-            Some(current) => {
-                let rank = |t: &TaskRow| (t.revision, t.issued_at_ms, t.seq);
-                if rank(&candidate) > rank(current) {
-                    *current = TaskRow {
-                        first_received_at_ms: current.first_received_at_ms,
-                        ..candidate
-                    };
-                }
+            Some(held) if rank(&candidate) > rank(held) => {
+                *held = merge(held, candidate);
             }
+            Some(_) => {}
         }
     }
-    Ok((
-        values.into_values().collect(),
-        tasks.into_values().collect(),
-    ))
+    current.into_values().collect()
 }

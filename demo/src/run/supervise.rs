@@ -31,9 +31,8 @@ fn label<'a>(a: &'a AlertRow, k: &str) -> &'a str {
     a.labels.get(k).map(String::as_str).unwrap_or_default()
 }
 
-/// Open cases of `alertname` whose alerts went to a unit that can answer (an agent of the demo
-/// or the office), with that unit, in case order; the highest escalation level first when
-/// `by_level`.
+/// Open cases of `alertname` whose alerts went to a unit that can answer (a unit with an agent
+/// in the demo), in `roles`, each with that unit and its escalation level, in case order.
 fn answerable(
     open: &[AlertRow],
     alertname: &str,
@@ -55,6 +54,19 @@ fn answerable(
     out.into_iter().map(|(c, (u, l))| (c, u, l)).collect()
 }
 
+/// The alerts open at `now_ms`.
+async fn open_alerts(plan: &Plan, store: &AnyStore, now_ms: i64) -> anyhow::Result<Vec<AlertRow>> {
+    Ok(store
+        .alerts(&plan.id, now_ms)
+        .await?
+        .into_iter()
+        .filter(|a| a.ends_at_ms.is_none())
+        .collect())
+}
+
+/// The roles of a unit an alert is about (not an escalation copy).
+const OWN: [&str; 4] = ["reporter", "lead", "responsible", "office"];
+
 /// Whether the open alerts offer a case for every statement: two overdue reports (a refusal,
 /// a grant), two milestones behind, one of them overdue (a confirmed and a rejected claim),
 /// answerable by units with an agent.
@@ -64,16 +76,10 @@ pub(super) async fn enough_cases(
     can_answer: &dyn Fn(&str) -> bool,
     now_ms: i64,
 ) -> anyhow::Result<bool> {
-    let open: Vec<AlertRow> = store
-        .alerts(&plan.id, now_ms)
-        .await?
-        .into_iter()
-        .filter(|a| a.ends_at_ms.is_none())
-        .collect();
-    let any = ["reporter", "lead", "responsible", "office"];
+    let open = open_alerts(plan, store, now_ms).await?;
     let reports = answerable(&open, "ReportOverdue", &["reporter"], can_answer).len();
-    let overdue = answerable(&open, "TaskOverdue", &any, can_answer).len();
-    let lagging = answerable(&open, "TaskLagging", &any, can_answer).len();
+    let overdue = answerable(&open, "TaskOverdue", &OWN, can_answer).len();
+    let lagging = answerable(&open, "TaskLagging", &OWN, can_answer).len();
     // A milestone already overdue is the one claimed and confirmed: confirming one that has
     // not yet fallen due would keep TaskOverdue from ever firing in a short run.
     Ok(reports >= 2 && overdue >= 1 && overdue + lagging >= 2)
@@ -88,12 +94,7 @@ pub(super) async fn answer_and_decide(
     today: Date,
     now_ms: i64,
 ) -> anyhow::Result<Answers> {
-    let open: Vec<AlertRow> = store
-        .alerts(&plan.id, now_ms)
-        .await?
-        .into_iter()
-        .filter(|a| a.ends_at_ms.is_none())
-        .collect();
+    let open = open_alerts(plan, store, now_ms).await?;
     let office = plan
         .supervision
         .office
@@ -111,16 +112,15 @@ pub(super) async fn answer_and_decide(
             .map(|d| &d.agent)
             .unwrap_or_else(|| &responders[unit])
     };
-    let any = ["reporter", "lead", "responsible", "office"];
     let mut reports = answerable(&open, "ReportOverdue", &["reporter"], &can_answer);
     // The refusal goes to the case longest overdue: it stays at the top of the ladder.
     reports.sort_by_key(|(case, _, level)| (std::cmp::Reverse(*level), case.clone()));
-    let overdue_milestones = answerable(&open, "TaskOverdue", &any, &can_answer);
+    let overdue_milestones = answerable(&open, "TaskOverdue", &OWN, &can_answer);
     let mut milestones = overdue_milestones.clone();
-    milestones.extend(answerable(&open, "TaskLagging", &any, &can_answer));
+    milestones.extend(answerable(&open, "TaskLagging", &OWN, &can_answer));
     let mut everything = Vec::new();
     for name in duban_aggregator::codes::ALERT_NAMES {
-        everything.extend(answerable(&open, name, &any, &can_answer));
+        everything.extend(answerable(&open, name, &OWN, &can_answer));
     }
     let later = |days: i64| today.saturating_add(days.days()).to_string();
     let mut out = Answers::default();
@@ -137,148 +137,108 @@ pub(super) async fn answer_and_decide(
     let reject = pick(&milestones);
     let ack = pick(&everything);
     let explain = pick(&everything);
-    if let Some((case, unit)) = refuse
-        && state(
-            &mut out,
-            agent_of(&unit),
-            &case,
-            K::RequestExtension,
-            later(60),
-            "人手不足, 申请延期",
-            "",
-        )
-        .await?
-        && state(
-            &mut out,
-            office,
-            &case,
-            K::RefuseExtension,
-            String::new(),
-            "理由不充分, 不予延期",
-            "",
-        )
-        .await?
-    {
-        out.refused = Some(case);
-    }
-    if let Some((case, unit)) = grant
-        && state(
-            &mut out,
-            agent_of(&unit),
-            &case,
-            K::RequestExtension,
-            later(90),
-            "数据需重新核对",
-            "",
-        )
-        .await?
-        && state(
-            &mut out,
-            office,
-            &case,
-            K::GrantExtension,
-            String::new(),
-            "同意延期",
-            "",
-        )
-        .await?
-    {
-        out.granted = Some(case);
-    }
-    if let Some((case, unit)) = confirm
-        && state(
-            &mut out,
-            agent_of(&unit),
-            &case,
-            K::ClaimDone,
-            String::new(),
-            "",
-            "青知办〔2018〕7号",
-        )
-        .await?
-        && state(
-            &mut out,
-            office,
-            &case,
-            K::ConfirmDone,
-            String::new(),
-            "已核实",
-            "",
-        )
-        .await?
-    {
-        out.confirmed = Some(case);
-    }
-    if let Some((case, unit)) = reject
-        && state(
-            &mut out,
-            agent_of(&unit),
-            &case,
-            K::ClaimDone,
-            String::new(),
-            "",
-            "工作总结",
-        )
-        .await?
-        && state(
-            &mut out,
-            office,
-            &case,
-            K::RejectDone,
-            String::new(),
-            "材料不全, 退回",
-            "",
-        )
-        .await?
-    {
-        out.rejected = Some(case);
-    }
-    if let Some((case, unit)) = ack {
-        state(
-            &mut out,
-            agent_of(&unit),
-            &case,
-            K::Acknowledge,
-            String::new(),
-            "",
-            "",
-        )
-        .await?;
-        out.acknowledged = Some(case);
-    }
-    if let Some((case, unit)) = explain {
-        state(
-            &mut out,
-            agent_of(&unit),
-            &case,
-            K::Explain,
-            later(30),
-            "统计口径调整, 正在重新核对, 三十日内补报",
-            "",
-        )
-        .await?;
-        out.explained = Some(case);
-    }
-    Ok(out)
-}
-
-/// Signs, stores and sends one statement as `agent`; counts it and its outcome in `out`.
-async fn state(
-    out: &mut Answers,
-    agent: &Agent,
-    case: &str,
-    kind: K,
-    date: String,
-    note: &str,
-    reference: &str,
-) -> anyhow::Result<bool> {
-    let draft = StatementDraft {
+    let draft = |case: &str, kind, date: String, note: &str, reference: &str| StatementDraft {
         case_id: case.to_owned(),
         kind,
         date,
         note: note.to_owned(),
         reference: reference.to_owned(),
     };
+    // A unit asks (an extension, or to have its claim of done accepted), the office decides.
+    let asked_and_decided = [
+        (
+            refuse,
+            K::RequestExtension,
+            later(60),
+            "人手不足, 申请延期",
+            "",
+            K::RefuseExtension,
+            "理由不充分, 不予延期",
+        ),
+        (
+            grant,
+            K::RequestExtension,
+            later(90),
+            "数据需重新核对",
+            "",
+            K::GrantExtension,
+            "同意延期",
+        ),
+        (
+            confirm,
+            K::ClaimDone,
+            String::new(),
+            "",
+            "青知办〔2018〕7号",
+            K::ConfirmDone,
+            "已核实",
+        ),
+        (
+            reject,
+            K::ClaimDone,
+            String::new(),
+            "",
+            "工作总结",
+            K::RejectDone,
+            "材料不全, 退回",
+        ),
+    ];
+    for (picked, ask, date, note, reference, decision, why) in asked_and_decided {
+        let Some((case, unit)) = picked else {
+            continue;
+        };
+        if state(
+            &mut out,
+            agent_of(&unit),
+            draft(&case, ask, date, note, reference),
+        )
+        .await?
+            && state(
+                &mut out,
+                office,
+                draft(&case, decision, String::new(), why, ""),
+            )
+            .await?
+        {
+            *match decision {
+                K::RefuseExtension => &mut out.refused,
+                K::GrantExtension => &mut out.granted,
+                K::ConfirmDone => &mut out.confirmed,
+                _ => &mut out.rejected,
+            } = Some(case);
+        }
+    }
+    // Answers that need no decision.
+    let answered = [
+        (ack, K::Acknowledge, String::new(), ""),
+        (
+            explain,
+            K::Explain,
+            later(30),
+            "统计口径调整, 正在重新核对, 三十日内补报",
+        ),
+    ];
+    for (picked, kind, date, note) in answered {
+        let Some((case, unit)) = picked else {
+            continue;
+        };
+        state(
+            &mut out,
+            agent_of(&unit),
+            draft(&case, kind, date, note, ""),
+        )
+        .await?;
+        *match kind {
+            K::Acknowledge => &mut out.acknowledged,
+            _ => &mut out.explained,
+        } = Some(case);
+    }
+    Ok(out)
+}
+
+/// Signs, stores and sends one statement as `agent`; counts it and its outcome in `out`.
+async fn state(out: &mut Answers, agent: &Agent, draft: StatementDraft) -> anyhow::Result<bool> {
+    let (case, kind) = (draft.case_id.clone(), draft.kind);
     let (_, said) = say(agent, draft).await?;
     out.said += 1;
     let unit = &agent.config().unit;
@@ -306,12 +266,7 @@ pub(super) async fn check_effects(
     said: &Answers,
     now_ms: i64,
 ) -> anyhow::Result<Check> {
-    let open: Vec<AlertRow> = store
-        .alerts(&plan.id, now_ms)
-        .await?
-        .into_iter()
-        .filter(|a| a.ends_at_ms.is_none())
-        .collect();
+    let open = open_alerts(plan, store, now_ms).await?;
     let of = |case: &Option<String>| -> Vec<&AlertRow> {
         case.as_ref().map_or(Vec::new(), |c| {
             open.iter().filter(|a| &case_of(&a.labels) == c).collect()
