@@ -147,6 +147,46 @@ pub(super) async fn run(command: Command) -> anyhow::Result<()> {
             }
             admin::status(&store, &plan, at, &policy, json).await?
         }
+        Command::Export {
+            table,
+            format,
+            as_of,
+            output,
+            db,
+            plan,
+        } => {
+            use duban_aggregator::web::export;
+            if format == export::Format::Xlsx && output.is_none() {
+                anyhow::bail!("--format xlsx writes a binary file: give --output FILE");
+            }
+            let plan = db.plan(&plan)?;
+            let at = as_of
+                .as_deref()
+                .map(parse_time_ms)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--as-of: {e}"))?;
+            let store = db.open_read_only().await?;
+            let data =
+                duban_aggregator::web::data::load(&store, &plan, at.unwrap_or(now), at.is_some())
+                    .await?;
+            let table = export::table(&plan, &data, &table)
+                .ok_or_else(|| anyhow::anyhow!("no table {table:?}"))?;
+            let bytes = export::render(&table, format, &plan.tz)?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &bytes)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    cli::eprintln(&format!(
+                        "wrote {} ({} rows) to {}",
+                        table.name,
+                        table.rows.len(),
+                        path.display()
+                    ));
+                    return Ok(());
+                }
+                None => String::from_utf8(bytes)?,
+            }
+        }
         Command::DevCa {
             out,
             units,

@@ -1,5 +1,6 @@
-//! The HTTP side: `/metrics` (Prometheus text), `/healthz` (the process is up) and `/readyz`
-//! (the store answers and the plan is loaded).
+//! The HTTP side: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz`
+//! (the store answers and the plan is loaded), the JSON under `/api/v1/`, and the plan
+//! office's web view (`crate::web`).
 
 use axum::Json;
 use axum::Router;
@@ -17,8 +18,11 @@ pub fn router(app: App) -> Router {
         .route("/api/v1/progress", get(progress))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/supervision", get(supervision))
+        .route("/api/v1/cases", get(cases))
+        .route("/api/v1/reporting", get(reporting))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .merge(crate::web::routes())
         .with_state(app)
 }
 
@@ -118,16 +122,65 @@ async fn progress(State(app): State<App>, Query(query): Query<AsOf>) -> Response
     }
 }
 
-async fn alerts(State(app): State<App>) -> Response {
-    match app.store.alerts(&app.plan.id, app.now_ms()).await {
-        Ok(alerts) => {
-            Json(serde_json::json!({ "plan": app.plan.id, "alerts": alerts })).into_response()
+/// The alerts open at `as_of` (default now).
+async fn alerts(State(app): State<App>, Query(query): Query<AsOf>) -> Response {
+    let now = match as_of(&app, &query) {
+        Ok(now) => now,
+        Err(response) => return *response,
+    };
+    match app.store.alerts(&app.plan.id, now).await {
+        Ok(mut alerts) => {
+            alerts.retain(|a| a.starts_at_ms <= now && a.ends_at_ms.is_none_or(|end| end > now));
+            Json(serde_json::json!({ "plan": app.plan.id, "as_of_ms": now, "alerts": alerts }))
+                .into_response()
         }
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "error": error.to_string() })),
         )
             .into_response(),
+    }
+}
+
+/// The web view's state at `as_of`, or the error response.
+async fn view_data(app: &App, query: &AsOf) -> Result<crate::web::data::Data, Response> {
+    let now = as_of(app, query).map_err(|r| *r)?;
+    crate::web::data::load(&app.store, &app.plan, now, query.as_of.is_some())
+        .await
+        .map_err(|error| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "error": error.to_string() })),
+            )
+                .into_response()
+        })
+}
+
+/// Every alert case fired by `as_of`, with its history (fired, notified, escalated, the
+/// statements, resolved): what the web view's 督办记录 shows.
+async fn cases(State(app): State<App>, Query(query): Query<AsOf>) -> Response {
+    match view_data(&app, &query).await {
+        Ok(data) => Json(serde_json::json!({
+            "plan": app.plan.id,
+            "as_of_ms": data.as_of_ms,
+            "cases": crate::web::data::histories(&data),
+        }))
+        .into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Each reporting unit's record at `as_of`: last report, completeness, timeliness, overdue
+/// obligations, seq gaps, refused items (the web view's 报送情况).
+async fn reporting(State(app): State<App>, Query(query): Query<AsOf>) -> Response {
+    match view_data(&app, &query).await {
+        Ok(data) => Json(serde_json::json!({
+            "plan": app.plan.id,
+            "as_of_ms": data.as_of_ms,
+            "units": crate::web::data::reporting(&app.plan, &data),
+        }))
+        .into_response(),
+        Err(response) => response,
     }
 }
 

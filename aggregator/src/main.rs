@@ -69,6 +69,28 @@ enum Command {
         #[command(flatten)]
         plan: PlanArg,
     },
+    /// Export a table for a spreadsheet, as the web view's export links give it: indicators
+    /// (each reporter's value per period, with due date and status), tasks (every milestone),
+    /// alerts (every case with its history), report (the 督办通报: each unit's record), units
+    /// (who has reported). Chinese headers with the column id beside them; numbers as numbers,
+    /// dates as dates. Writes to --output, or to standard output (CSV only).
+    Export {
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(duban_aggregator::web::export::TABLES))]
+        table: String,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: duban_aggregator::web::export::Format,
+        /// The state at this time (RFC 3339, or YYYY-MM-DD for midnight UTC), counting only
+        /// what had been received by then [default: now, from everything stored].
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
+        /// File to write [default: standard output; required for xlsx].
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        plan: PlanArg,
+    },
     /// Make a development CA with a server certificate and per-unit client certificates
     /// (SAN URI spiffe://duban/unit/<unit>), for tests and trials. Production uses its own CA.
     DevCa {

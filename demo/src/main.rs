@@ -41,7 +41,8 @@ struct Args {
     /// Where the aggregator serves /metrics and its HTTP API (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:9464")]
     http_listen: SocketAddr,
-    /// After the summary, keep the aggregator serving (for Prometheus and Grafana) until Ctrl-C.
+    /// After the summary, keep the aggregator serving (the web view at http://HTTP_LISTEN/, the
+    /// metrics for Prometheus and Grafana) until Ctrl-C.
     #[arg(long)]
     keep_serving: bool,
     /// Plain progress lines even on a terminal (they are the default when output is not one).

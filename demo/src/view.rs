@@ -194,6 +194,10 @@ impl View {
                 self.grpc, self.http, self.agents
             ),
             format!(
+                "web view (the plan office's pages, in Chinese): http://{}/ — open it while the demo runs, or after it with --keep-serving",
+                self.http
+            ),
+            format!(
                 "directory: {} (keys, certificates, agent.toml and outbox per agent, demo.log)",
                 self.dir
             ),
@@ -466,7 +470,7 @@ impl View {
 
     pub fn keep_serving(&self, grpc: SocketAddr, http: SocketAddr) {
         self.print(&format!(
-            "still serving (--keep-serving): gRPC {grpc}, metrics http://{http}/metrics, progress http://{http}/api/v1/progress; Ctrl-C to stop"
+            "still serving (--keep-serving): web view http://{http}/, gRPC {grpc}, metrics http://{http}/metrics, progress http://{http}/api/v1/progress; Ctrl-C to stop"
         ));
     }
 }

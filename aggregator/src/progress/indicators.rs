@@ -61,6 +61,64 @@ pub(super) fn city_values(
         .collect()
 }
 
+/// The city value of each period in the terms of the target: a cumulative indicator's running
+/// total, an annual average's annualised figure, a ratio of its inputs' values for the same
+/// period (see below), else the period's own value.
+pub(super) fn series(
+    plan: &Plan,
+    indicator: &Indicator,
+    values: &HashMap<(&str, &str, &str), &ValueRow>,
+) -> BTreeMap<Period, f64> {
+    match &indicator.aggregation {
+        Aggregation::Sum | Aggregation::Latest => city_values(indicator, values),
+        Aggregation::Cumulative => {
+            let mut total = 0.0;
+            city_values(indicator, values)
+                .into_iter()
+                .filter(|(p, _)| plan.period_in_plan(p))
+                .map(|(p, v)| {
+                    total += v;
+                    (p, total)
+                })
+                .collect()
+        }
+        Aggregation::AnnualAverage => city_values(indicator, values)
+            .into_iter()
+            .map(|(p, v)| (p, v * periods_per_year(indicator.period)))
+            .collect(),
+        Aggregation::Ratio {
+            numerator,
+            denominator,
+            scale,
+        } => {
+            let part = |id: &str| {
+                plan.indicator(id)
+                    .map(|i| series(plan, i, values))
+                    .unwrap_or_default()
+            };
+            // Inputs may be reported per different periods (patents per quarter, population
+            // per year): each numerator period takes the latest denominator that ended by then,
+            // else the earliest there is.
+            let denominators: Vec<(jiff::civil::Date, f64)> = part(denominator)
+                .into_iter()
+                .map(|(p, d)| (p.last_day(), d))
+                .collect();
+            part(numerator)
+                .into_iter()
+                .filter_map(|(p, n)| {
+                    let d = denominators
+                        .iter()
+                        .rev()
+                        .find(|(end, _)| *end <= p.last_day())
+                        .or(denominators.first())?
+                        .1;
+                    (d != 0.0 && d.is_finite()).then_some((p, n / d * scale))
+                })
+                .collect()
+        }
+    }
+}
+
 /// How many periods of `kind` make a year.
 pub fn periods_per_year(kind: PeriodType) -> f64 {
     match kind {
@@ -270,8 +328,21 @@ pub(super) fn indicator_progress(
         )),
         _ => None,
     };
+    let series = series(plan, indicator, values)
+        .into_iter()
+        .map(|(period, value)| {
+            let end_ms = end_of_day_ms(period.last_day(), &plan.tz);
+            SeriesPoint {
+                period: period.to_string(),
+                end_ms,
+                value,
+                expected: path_at(end_ms),
+            }
+        })
+        .collect();
     IndicatorProgress {
         indicator: indicator.id.clone(),
+        series,
         note,
         value,
         target: target.map(|t| t.value),

@@ -143,6 +143,18 @@ pub struct IndicatorProgress {
     pub rates: Rates,
     /// A remark on the status, e.g. a value above an `about` range, which counts as met.
     pub note: Option<String>,
+    /// The city value of every period received (see [`series`]), oldest first: what the
+    /// charts draw.
+    pub series: Vec<SeriesPoint>,
+}
+
+/// One period's city value, with the straight path's value at the period's end.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesPoint {
+    pub period: String,
+    pub end_ms: i64,
+    pub value: f64,
+    pub expected: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

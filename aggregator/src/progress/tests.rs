@@ -466,3 +466,57 @@ fn no_report_is_overdue_before_the_plan_was_issued() {
         ]
     );
 }
+
+#[test]
+fn a_ratio_of_quarterly_and_yearly_inputs_has_a_point_per_quarter() {
+    let plan = qingdao();
+    let at = ms("2018-06-01T00:00:00Z");
+    let values = vec![
+        value(
+            "valid-invention-patents",
+            "science-tech",
+            "2017Q3",
+            16_000.0,
+            at,
+        ),
+        value(
+            "valid-invention-patents",
+            "science-tech",
+            "2017Q4",
+            17_000.0,
+            at,
+        ),
+        value(
+            "valid-invention-patents",
+            "science-tech",
+            "2018Q1",
+            18_000.0,
+            at,
+        ),
+        value("resident-population", "statistics", "2017", 9_000_000.0, at),
+    ];
+    let progress = compute(
+        &plan,
+        &Snapshot {
+            values,
+            ..Default::default()
+        },
+        at,
+    );
+    let ratio = progress
+        .indicators
+        .iter()
+        .find(|i| i.indicator == "invention-patents-per-10k")
+        .unwrap();
+    let series: Vec<(&str, f64)> = ratio
+        .series
+        .iter()
+        .map(|p| (p.period.as_str(), (p.value * 100.0).round() / 100.0))
+        .collect();
+    // 2017's population serves the quarters before it ended (the earliest there is) and after.
+    assert_eq!(
+        series,
+        [("2017Q3", 17.78), ("2017Q4", 18.89), ("2018Q1", 20.0)]
+    );
+    assert!(ratio.series.iter().all(|p| p.expected.is_some()));
+}
