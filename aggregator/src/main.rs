@@ -26,8 +26,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the aggregator: gRPC ReportService (with health and reflection) and HTTP /metrics,
-    /// /healthz, /readyz. SIGTERM or SIGINT drains in-flight calls, then exits.
+    /// Run the aggregator: gRPC ReportService (with health and reflection), and on HTTP the web
+    /// view (/), the JSON under /api/v1/, /metrics, /healthz, /readyz. SIGTERM or SIGINT drains
+    /// in-flight calls, then exits.
     Serve(ServeArgs),
     /// Check and show plan files (targets, tasks, units, deadlines).
     #[command(subcommand)]
@@ -114,7 +115,9 @@ struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:7700].
     #[arg(long, value_name = "ADDR")]
     grpc_listen: Option<SocketAddr>,
-    /// HTTP listen address for /metrics, /healthz, /readyz [default: 127.0.0.1:9464].
+    /// HTTP listen address for the web view, /api/v1/, /metrics, /healthz, /readyz; read-only,
+    /// protected by the address it binds (docs/OPERATIONS.md, "The web view") [default:
+    /// 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<SocketAddr>,
     #[command(flatten)]

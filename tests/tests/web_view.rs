@@ -342,6 +342,29 @@ async fn figures_equal_the_api(http: &reqwest::Client, client: &Client, base: &s
         .await,
         json!(open.len())
     );
+    // A lead unit's page: its record, and its open cases (as recipient or as the unit that owes
+    // the report).
+    let lead = units.iter().max_by_key(|u| u["alerted"].as_u64()).unwrap();
+    let unit = lead["unit"].as_str().unwrap();
+    client
+        .goto(&format!("{base}/units/{unit}?as_of={AS_OF}"))
+        .await
+        .unwrap();
+    let shown = js(
+        client,
+        "return [Array.from(document.querySelectorAll('#unit-record tbody tr td')).map(c => c.dataset.value ?? null), document.querySelectorAll('#unit-cases tbody tr').length]",
+    )
+    .await;
+    assert_eq!(f(&shown[0][0]), f(&lead["alerted"]), "{unit} alerted");
+    assert_eq!(f(&shown[0][1]), f(&lead["answered"]), "{unit} answered");
+    let theirs = open
+        .iter()
+        .filter(|c| {
+            c["recipients"].as_array().unwrap().contains(&json!(unit))
+                || c["case"].as_str().unwrap().ends_with(&format!("/{unit}"))
+        })
+        .count();
+    assert_eq!(shown[1], json!(theirs), "{unit}'s open cases");
     // Who has reported.
     let reporting = get_json(http, base, &format!("/api/v1/reporting?as_of={AS_OF}")).await;
     client

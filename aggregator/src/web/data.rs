@@ -92,8 +92,37 @@ pub struct Event {
     pub kind: String,
     /// Who was notified, who said it, or who the escalation went to.
     pub unit: String,
-    /// The alert name and severity, the escalation level, a statement's date and note.
+    /// The unit an office decision is about.
+    pub about: String,
+    /// `alertname severity` (fired, notified), the level (escalated), or a statement's date,
+    /// note and reference joined by ` · `.
     pub detail: String,
+}
+
+impl Event {
+    /// The detail in words: alert names, severities and units named in `lang`.
+    pub fn detail_text(&self, plan: &Plan, lang: super::lang::Lang) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        match self.kind.as_str() {
+            "fired" | "notified" => {
+                parts.extend(self.detail.split(' ').map(|w| lang.word(w)));
+                return parts.join(" ");
+            }
+            "escalated" => return format!("{} {}", lang.t("级别", "level"), self.detail),
+            _ => {}
+        }
+        if !self.about.is_empty() {
+            parts.push(format!(
+                "{} {}",
+                lang.t("关于", "about"),
+                plan.party_name(&self.about)
+            ));
+        }
+        if !self.detail.is_empty() {
+            parts.push(self.detail.clone());
+        }
+        parts.join(" · ")
+    }
 }
 
 /// One alert case (see `progress::cases`) with everything that happened to it.
@@ -149,6 +178,7 @@ pub fn histories(data: &Data) -> Vec<CaseHistory> {
                 at_ms: a.starts_at_ms,
                 kind: "escalated".into(),
                 unit: recipient,
+                about: String::new(),
                 detail: label("escalation_level"),
             });
         } else {
@@ -162,6 +192,7 @@ pub fn histories(data: &Data) -> Vec<CaseHistory> {
                     at_ms: a.starts_at_ms,
                     kind: "fired".into(),
                     unit: String::new(),
+                    about: String::new(),
                     detail: detail.clone(),
                 });
             }
@@ -172,6 +203,7 @@ pub fn histories(data: &Data) -> Vec<CaseHistory> {
                 at_ms: a.starts_at_ms,
                 kind: "notified".into(),
                 unit: recipient,
+                about: String::new(),
                 detail,
             });
         }
@@ -192,6 +224,7 @@ pub fn histories(data: &Data) -> Vec<CaseHistory> {
                 at_ms,
                 kind: "resolved".into(),
                 unit: String::new(),
+                about: String::new(),
                 detail: String::new(),
             });
         }
@@ -200,19 +233,20 @@ pub fn histories(data: &Data) -> Vec<CaseHistory> {
         let Some(case) = by_case.get_mut(&s.case_id) else {
             continue;
         };
-        let mut detail: Vec<&str> = Vec::new();
-        if DECISIONS.contains(&s.kind.as_str()) && !s.about_unit.is_empty() {
-            detail.push(&s.about_unit);
-        }
-        for part in [&s.date, &s.note, &s.reference] {
-            if !part.is_empty() {
-                detail.push(part);
-            }
-        }
+        let detail: Vec<&str> = [&s.date, &s.note, &s.reference]
+            .into_iter()
+            .filter(|part| !part.is_empty())
+            .map(String::as_str)
+            .collect();
         case.events.push(Event {
             at_ms: s.received_at_ms,
             kind: s.kind.clone(),
             unit: s.unit_id.clone(),
+            about: if DECISIONS.contains(&s.kind.as_str()) {
+                s.about_unit.clone()
+            } else {
+                String::new()
+            },
             detail: detail.join(" · "),
         });
     }
@@ -326,5 +360,143 @@ pub fn case_subject(plan: &Plan, case: &str) -> String {
         },
         ["indicator", ind] => indicator(ind),
         _ => case.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::DAY_MS;
+    use crate::progress::cases::{ACKNOWLEDGE, REFUSE_EXTENSION, REQUEST_EXTENSION};
+    use crate::store::StatementRow;
+
+    const CASE: &str = "report/pct-applications/2018Q1/laoshan";
+
+    fn alert(recipient: &str, role: &str, start: i64, end: Option<i64>, level: &str) -> AlertRow {
+        let labels: BTreeMap<String, String> = [
+            ("alertname", "ReportOverdue"),
+            ("severity", "critical"),
+            ("recipient", recipient),
+            ("role", role),
+            ("unit", "laoshan"),
+            ("indicator", "pct-applications"),
+            ("period", "2018Q1"),
+            ("escalation_level", level),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        AlertRow {
+            key: format!("{recipient}{role}"),
+            labels,
+            annotations: Default::default(),
+            starts_at_ms: start,
+            ends_at_ms: end,
+        }
+    }
+
+    fn said(unit: &str, kind: &str, at: i64, about: &str, note: &str) -> StatementRow {
+        StatementRow {
+            unit_id: unit.into(),
+            seq: at,
+            issued_at_ms: at,
+            received_at_ms: at,
+            case_id: CASE.into(),
+            kind: kind.into(),
+            date: String::new(),
+            note: note.into(),
+            reference: String::new(),
+            about_unit: about.into(),
+        }
+    }
+
+    fn data(alerts: Vec<AlertRow>, statements: Vec<StatementRow>, as_of_ms: i64) -> Data {
+        let plan = crate::plan::embedded().plan;
+        let snapshot = Snapshot {
+            statements,
+            ..Default::default()
+        };
+        Data {
+            as_of_ms,
+            progress: crate::progress::compute(&plan, &snapshot, as_of_ms),
+            record: crate::supervision::record(&plan, &alerts, &snapshot.statements, as_of_ms),
+            snapshot,
+            alerts,
+            audit: Vec::new(),
+            reports: Vec::new(),
+            agents: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_case_history_runs_from_the_alert_through_the_answers_to_its_resolution() {
+        let plan = crate::plan::embedded().plan;
+        let alerts = vec![
+            alert("laoshan", "reporter", DAY_MS, Some(9 * DAY_MS), "3"),
+            alert("science-tech", "lead", DAY_MS, Some(9 * DAY_MS), "3"),
+            alert("ip-office", "escalation", 8 * DAY_MS, Some(9 * DAY_MS), "3"),
+        ];
+        let statements = vec![
+            said("laoshan", ACKNOWLEDGE, 2 * DAY_MS, "", ""),
+            said("laoshan", REQUEST_EXTENSION, 3 * DAY_MS, "", "人手不足"),
+            said(
+                "ip-office",
+                REFUSE_EXTENSION,
+                4 * DAY_MS,
+                "laoshan",
+                "理由不充分",
+            ),
+        ];
+        let cases = histories(&data(alerts.clone(), statements.clone(), 10 * DAY_MS));
+        assert_eq!(cases.len(), 1);
+        let case = &cases[0];
+        assert_eq!(case.case, CASE);
+        assert!(!case.open);
+        assert_eq!(case.escalation_level, 3);
+        let kinds: Vec<(&str, &str)> = case
+            .events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.unit.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("fired", ""),
+                ("notified", "laoshan"),
+                ("notified", "science-tech"),
+                ("acknowledge", "laoshan"),
+                ("request_extension", "laoshan"),
+                ("refuse_extension", "ip-office"),
+                ("escalated", "ip-office"),
+                ("resolved", ""),
+            ]
+        );
+        let refusal = &case.events[5];
+        let zh = super::super::lang::Lang::Zh;
+        assert_eq!(refusal.detail_text(&plan, zh), "关于 崂山区 · 理由不充分");
+        assert_eq!(case.events[1].detail_text(&plan, zh), "报送逾期 严重");
+        assert_eq!(
+            case_units(case).into_iter().collect::<Vec<_>>(),
+            ["laoshan", "science-tech"]
+        );
+        // Earlier, the case is open and only what had been said by then is in it.
+        let early = data(
+            alerts
+                .into_iter()
+                .filter(|a| a.starts_at_ms <= 3 * DAY_MS)
+                .collect(),
+            statements
+                .into_iter()
+                .filter(|s| s.received_at_ms <= 3 * DAY_MS)
+                .collect(),
+            3 * DAY_MS,
+        );
+        let cases = histories(&early);
+        assert!(cases[0].open);
+        assert_eq!(cases[0].events.len(), 5, "{:?}", cases[0].events);
+        // The 督办通报 of a later period has none of it.
+        let later = early.since(&plan, 5 * DAY_MS);
+        assert!(histories(&later).is_empty());
+        assert!(later.record.units.is_empty());
     }
 }

@@ -233,7 +233,7 @@ fn alerts(plan: &Plan, data: &Data) -> Table {
                 } else {
                     plan.party_name(&event.unit)
                 }),
-                Cell::text(&event.detail),
+                Cell::text(event.detail_text(plan, zh)),
                 Cell::Number(f64::from(case.escalation_level)),
                 Cell::text(if case.open { "未解除" } else { "已解除" }),
             ]);

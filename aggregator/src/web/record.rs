@@ -15,18 +15,16 @@ fn history(ctx: &Ctx, case: &CaseHistory) -> Markup {
                     time { (ctx.minute(e.at_ms)) } " "
                     strong { (ctx.lang.word(&e.kind)) }
                     @if !e.unit.is_empty() { " " (ctx.unit_link(&e.unit)) }
-                    @if !e.detail.is_empty() {
-                        " — "
-                        @if e.kind == "escalated" { (ctx.t("级别", "level")) " " }
-                        (e.detail)
-                    }
+                    @let detail = e.detail_text(ctx.plan, ctx.lang);
+                    @if !detail.is_empty() { " — " (detail) }
                 }
             }
         }
     }
 }
 
-fn cases_table(ctx: &Ctx, cases: &[&CaseHistory], id: &str) -> Markup {
+/// The cases with their histories, folded (`open_history`: unfolded).
+fn cases_table(ctx: &Ctx, cases: &[&CaseHistory], id: &str, open_history: bool) -> Markup {
     html! {
         table.sortable.cases #(id) {
             thead { tr {
@@ -46,7 +44,7 @@ fn cases_table(ctx: &Ctx, cases: &[&CaseHistory], id: &str) -> Markup {
                         (num_cell(Some(f64::from(c.escalation_level))))
                         td { @if c.open { (ctx.t("未解除", "open")) } @else { (ctx.t("已解除", "resolved")) } }
                         td {
-                            details {
+                            details open[open_history] {
                                 summary { (c.events.len()) " " (ctx.t("项", "events")) }
                                 (history(ctx, c))
                             }
@@ -138,31 +136,9 @@ pub fn unit(ctx: &Ctx, data: &Data, id: &str) -> Option<Markup> {
         "/api/v1/supervision",
         html! {
             h1 { (name) }
-            section aria-labelledby="h-leads" {
-                h2 #h-leads { (ctx.t("牵头与负责", "What it leads and is responsible for")) }
-                @if !indicators.is_empty() {
-                    h3 { (ctx.t("牵头指标", "Indicators it leads")) }
-                    ul { @for i in &indicators { li { a href=(ctx.href(&format!("/indicators/{}", i.id))) { (i.name) } } } }
-                }
-                @if !reports.is_empty() {
-                    h3 { (ctx.t("报送指标", "Indicators it reports")) }
-                    ul { @for i in &reports { li { a href=(ctx.href(&format!("/indicators/{}", i.id))) { (i.name) } } } }
-                }
-                @if !led.is_empty() {
-                    h3 { (ctx.t("牵头任务", "Tasks it leads")) }
-                    ul { @for t in &led { li { a href={ (ctx.href("/tasks")) "#task-" (t.id) } { (t.section) " " (t.title) } } } }
-                }
-                @if !responsible.is_empty() {
-                    h3 { (ctx.t("负责任务", "Tasks it is responsible for")) }
-                    ul { @for t in &responsible { li { a href={ (ctx.href("/tasks")) "#task-" (t.id) } { (t.section) " " (t.title) } } } }
-                }
-                @if indicators.is_empty() && reports.is_empty() && led.is_empty() && responsible.is_empty() {
-                    p { (ctx.t("规划中未列明。", "Nothing in the plan.")) }
-                }
-            }
             section aria-labelledby="h-open" {
                 h2 #h-open { (ctx.t("未解除的督办提醒", "Open alerts")) }
-                @if mine.is_empty() { p { (ctx.t("无。", "None.")) } } @else { (cases_table(ctx, &mine, "unit-cases")) }
+                @if mine.is_empty() { p { (ctx.t("无。", "None.")) } } @else { (cases_table(ctx, &mine, "unit-cases", true)) }
             }
             section aria-labelledby="h-record" {
                 h2 #h-record { (ctx.t("督办记录", "督办 record")) }
@@ -195,6 +171,28 @@ pub fn unit(ctx: &Ctx, data: &Data, id: &str) -> Option<Markup> {
                     }
                 }
             }
+            section aria-labelledby="h-leads" {
+                h2 #h-leads { (ctx.t("牵头与负责", "What it leads and is responsible for")) }
+                @if !indicators.is_empty() {
+                    h3 { (ctx.t("牵头指标", "Indicators it leads")) }
+                    ul.two { @for i in &indicators { li { a href=(ctx.href(&format!("/indicators/{}", i.id))) { (i.name) } } } }
+                }
+                @if !reports.is_empty() {
+                    h3 { (ctx.t("报送指标", "Indicators it reports")) }
+                    ul.two { @for i in &reports { li { a href=(ctx.href(&format!("/indicators/{}", i.id))) { (i.name) } } } }
+                }
+                @if !led.is_empty() {
+                    h3 { (ctx.t("牵头任务", "Tasks it leads")) }
+                    ul.two { @for t in &led { li { a href={ (ctx.href("/tasks")) "#task-" (t.id) } { (t.section) " " (t.title) } } } }
+                }
+                @if !responsible.is_empty() {
+                    h3 { (ctx.t("负责任务", "Tasks it is responsible for")) }
+                    ul.two { @for t in &responsible { li { a href={ (ctx.href("/tasks")) "#task-" (t.id) } { (t.section) " " (t.title) } } } }
+                }
+                @if indicators.is_empty() && reports.is_empty() && led.is_empty() && responsible.is_empty() {
+                    p { (ctx.t("规划中未列明。", "Nothing in the plan.")) }
+                }
+            }
         },
     ))
 }
@@ -221,11 +219,11 @@ pub fn alerts(ctx: &Ctx, data: &Data) -> Markup {
             }
             section aria-labelledby="h-open" {
                 h2 #h-open { (ctx.t("未解除", "Open")) " (" (open.len()) ")" }
-                (cases_table(ctx, &open, "open-cases"))
+                (cases_table(ctx, &open, "open-cases", false))
             }
             section aria-labelledby="h-closed" {
                 h2 #h-closed { (ctx.t("已解除", "Resolved")) " (" (closed.len()) ")" }
-                (cases_table(ctx, &closed, "resolved-cases"))
+                (cases_table(ctx, &closed, "resolved-cases", false))
             }
         },
     )
