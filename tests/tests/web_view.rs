@@ -690,6 +690,23 @@ async fn exports_hold_the_same_figures(http: &reqwest::Client, base: &str, dir: 
             assert_eq!(number(&row[column(&rows, field)]), f(&u[field]), "{field}");
         }
     }
+    // The 督办通报 of a period counts only the alerts fired in it.
+    let alerted = |rows: &[Vec<CellData>]| -> f64 {
+        let col = column(rows, "alerted");
+        rows[1..].iter().filter_map(|r| number(&r[col])).sum()
+    };
+    let whole = alerted(&rows);
+    let june = sheet(
+        download(&format!(
+            "/export/report.xlsx?as_of={AS_OF}&since=2018-06-01"
+        ))
+        .await,
+    );
+    assert!(
+        alerted(&june) < whole,
+        "since 2018-06-01: {} of {whole}",
+        alerted(&june)
+    );
     // Indicators by period and reporter: every obligation due or received, values as numbers,
     // due dates as dates; the same rows as the CLI's CSV.
     let api = get_json(http, base, &format!("/api/v1/progress?as_of={AS_OF}")).await;

@@ -111,12 +111,17 @@ impl Ctx<'_> {
     }
 
     pub fn export_links(&self, table: &str) -> Markup {
+        self.export_links_with(table, &[])
+    }
+
+    /// Export links with more query parameters (the 督办通报's `since`).
+    pub fn export_links_with(&self, table: &str, extra: &[(&str, &str)]) -> Markup {
         html! {
             span.exports {
                 (self.t("导出", "Export")) ": "
-                a href=(self.href_with(&format!("/export/{table}.csv"), &[])) download { "CSV" }
+                a href=(self.href_with(&format!("/export/{table}.csv"), extra)) download { "CSV" }
                 " · "
-                a href=(self.href_with(&format!("/export/{table}.xlsx"), &[])) download { "Excel" }
+                a href=(self.href_with(&format!("/export/{table}.xlsx"), extra)) download { "Excel" }
             }
         }
     }

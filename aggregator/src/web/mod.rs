@@ -198,19 +198,27 @@ async fn alerts(State(app): State<App>, Query(query): Query<ViewQuery>) -> Respo
     ))
 }
 
-async fn report(State(app): State<App>, Query(query): Query<ViewQuery>) -> Response {
-    let lang = Lang::parse(query.lang.as_deref());
-    let since = match query
+/// The query's `since`, or the error page.
+fn since(query: &ViewQuery) -> Result<Option<i64>, Response> {
+    query
         .since
         .as_deref()
         .filter(|s| !s.is_empty())
         .map(crate::clock::parse_time_ms)
         .transpose()
-    {
+        .map_err(|error| {
+            error_page(
+                StatusCode::BAD_REQUEST,
+                Lang::parse(query.lang.as_deref()),
+                &format!("since: {error}"),
+            )
+        })
+}
+
+async fn report(State(app): State<App>, Query(query): Query<ViewQuery>) -> Response {
+    let since = match since(&query) {
         Ok(since) => since,
-        Err(error) => {
-            return error_page(StatusCode::BAD_REQUEST, lang, &format!("since: {error}"));
-        }
+        Err(response) => return response,
     };
     let (at, mut data) = loaded!(app, query);
     if let Some(since) = since {
@@ -244,7 +252,14 @@ async fn export_file(
             ),
         );
     };
-    let (at, data) = loaded!(app, query);
+    let since = match since(&query) {
+        Ok(since) => since,
+        Err(response) => return response,
+    };
+    let (at, mut data) = loaded!(app, query);
+    if let Some(since) = since {
+        data = data.since(&app.plan, since);
+    }
     let Some(table) = export::table(&app.plan, &data, name) else {
         return error_page(StatusCode::NOT_FOUND, lang, name);
     };

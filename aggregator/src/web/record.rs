@@ -264,7 +264,19 @@ pub fn report(ctx: &Ctx, data: &Data, since_ms: Option<i64>) -> Markup {
                         @if let Some(since) = since_ms { (ctx.date(since)) " — " }
                         (ctx.t("截至", "as of")) " " (ctx.date(data.as_of_ms))
                     }
-                    p.noprint { (ctx.export_links("report")) " · " (ctx.t("用浏览器打印本页 (A4)。", "Print this page from the browser (A4).")) }
+                    form.noprint method="get" action="/alerts/report" {
+                        @if ctx.lang == super::lang::Lang::En { input type="hidden" name="lang" value="en"; }
+                        label for="since" { (ctx.t("起始日期", "From")) } " "
+                        input #since type="date" name="since" value=[since_ms.map(|ms| ctx.date(ms))];
+                        " "
+                        label for="report_as_of" { (ctx.t("截至", "to")) } " "
+                        input #report_as_of type="date" name="as_of" value=(ctx.date(data.as_of_ms));
+                        " "
+                        button type="submit" { (ctx.t("生成通报", "Make the report")) }
+                    }
+                    @let since_text = since_ms.map(|ms| ctx.date(ms)).unwrap_or_default();
+                    @let extra: Vec<(&str, &str)> = if since_ms.is_some() { vec![("since", since_text.as_str())] } else { Vec::new() };
+                    p.noprint { (ctx.export_links_with("report", &extra)) " · " (ctx.t("用浏览器打印本页 (A4)。", "Print this page from the browser (A4).")) }
                 }
                 @if units.is_empty() {
                     p { (ctx.t("截至该日未发出督办提醒。", "No alerts by then.")) }
