@@ -199,7 +199,7 @@ async fn alerts(State(app): State<App>, Query(query): Query<ViewQuery>) -> Respo
 }
 
 /// The query's `since`, or the error page.
-fn since(query: &ViewQuery) -> Result<Option<i64>, Response> {
+fn since(query: &ViewQuery) -> Result<Option<i64>, Box<Response>> {
     query
         .since
         .as_deref()
@@ -207,18 +207,18 @@ fn since(query: &ViewQuery) -> Result<Option<i64>, Response> {
         .map(crate::clock::parse_time_ms)
         .transpose()
         .map_err(|error| {
-            error_page(
+            Box::new(error_page(
                 StatusCode::BAD_REQUEST,
                 Lang::parse(query.lang.as_deref()),
                 &format!("since: {error}"),
-            )
+            ))
         })
 }
 
 async fn report(State(app): State<App>, Query(query): Query<ViewQuery>) -> Response {
     let since = match since(&query) {
         Ok(since) => since,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let (at, mut data) = loaded!(app, query);
     if let Some(since) = since {
@@ -254,7 +254,7 @@ async fn export_file(
     };
     let since = match since(&query) {
         Ok(since) => since,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let (at, mut data) = loaded!(app, query);
     if let Some(since) = since {
