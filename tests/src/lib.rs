@@ -8,8 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The path of a workspace binary, building it first if this test run did not (each binary
-/// is in the package of its name).
+/// The path of a workspace binary, building it first if this test run did not. It builds
+/// every binary of the workspace at once: `-p <name>` alone would resolve the shared crates'
+/// features for that package only and rebuild half the tree beside the test build's.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
@@ -25,7 +26,7 @@ pub fn binary(name: &str) -> PathBuf {
             vec![]
         };
         let status = Command::new(cargo)
-            .args(["build", "-p", name, "--bin", name])
+            .args(["build", "--workspace", "--bins"])
             .args(profile)
             .status()
             .expect("run cargo build");

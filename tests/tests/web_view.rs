@@ -30,6 +30,19 @@ impl Drop for Killed {
     }
 }
 
+/// chromedriver and the browsers it started, in a process group of their own: all killed when
+/// dropped, so that a failing test leaves no Chromium behind.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 /// The demo, run to mid-2018 and left serving; its HTTP address and directory.
 fn demo(dir: &std::path::Path) -> (Killed, String) {
     let mut child = Command::new(binary("duban-demo"))
@@ -80,9 +93,11 @@ fn free_port() -> u16 {
 }
 
 /// chromedriver on a free port, answering.
-fn chromedriver() -> (Killed, String) {
+fn chromedriver() -> (Group, String) {
+    use std::os::unix::process::CommandExt;
     let port = free_port();
     let child = Command::new("chromedriver")
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -92,7 +107,7 @@ fn chromedriver() -> (Killed, String) {
     wait_until(Duration::from_secs(30), "chromedriver answers", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    (Killed(child), url)
+    (Group(child), url)
 }
 
 /// The flags a headless Chromium needs on a closed network, as root.
