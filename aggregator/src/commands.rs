@@ -147,6 +147,9 @@ pub(super) async fn run(command: Command) -> anyhow::Result<()> {
             }
             admin::status(&store, &plan, at, &policy, json).await?
         }
+        Command::AdminLog { json, db } => {
+            admin::admin_log(&db.open_read_only().await?, json).await?
+        }
         Command::Export {
             table,
             format,

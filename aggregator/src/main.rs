@@ -45,6 +45,15 @@ enum Command {
     /// 督办 (supervision): each unit's record of answering alerts.
     #[command(subcommand)]
     Supervision(SupervisionCommand),
+    /// Administrative changes as evidence: every `keys add` and `keys revoke`, when, by which
+    /// OS user on which host, on which key and unit. Recorded in the same transaction as the
+    /// change; only read here.
+    AdminLog {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Create the database schema, or bring it up to date (`serve` does this at start too).
     /// The commands that only read (status, keys list, reports list, values show) never
     /// create or migrate a database.

@@ -118,6 +118,8 @@ fn commands_that_only_read_never_create_or_migrate_a_database() {
         &["keys", "list"],
         &["reports", "list"],
         &["values", "show"],
+        &["admin-log"],
+        &["export", "units"],
     ] {
         let out = aggregator(d, args);
         assert!(!out.status.success(), "{args:?}");
@@ -502,4 +504,112 @@ fn help_texts_say_each_default_once() {
         &["reports", "list", "--help"],
     ));
     assert_eq!(out.matches("[default: 100]").count(), 1, "{out}");
+}
+
+/// `keys add` and `keys revoke` are recorded with who ran them (the OS user, and who called
+/// sudo) and shown by `admin-log`; a refused change records nothing. On SQLite and PostgreSQL.
+#[test]
+fn key_changes_are_recorded_with_who_made_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("duban.db").display());
+    let mut urls = vec![(sqlite, None)];
+    let schema = format!("duban_admin_{}", std::process::id());
+    let psql = |base: &str, sql: &str| {
+        let out = Command::new("psql")
+            .args([base, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "{sql}: {}", both(&out));
+    };
+    if let Some(base) = duban_e2e::postgres_url() {
+        psql(
+            &base,
+            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"),
+        );
+        urls.push((
+            format!("{base}?options=-c%20search_path%3D{schema}"),
+            Some(base),
+        ));
+    }
+    let key = duban_proto::SigningKey::generate();
+    let public = dir.path().join("laoshan.pub");
+    std::fs::write(&public, key.public_key().to_spki_pem()).unwrap();
+    let key_id = key.public_key().key_id().to_string();
+    for (url, base) in &urls {
+        let run = |args: &[&str], user: &str, sudo: Option<&str>| {
+            let mut command = Command::new(binary("duban-aggregator"));
+            command
+                .args(args)
+                .args(["--database-url", url])
+                .current_dir(dir.path())
+                .env("USER", user)
+                .env_remove("SUDO_USER");
+            if let Some(caller) = sudo {
+                command.env("SUDO_USER", caller);
+            }
+            command.output().unwrap()
+        };
+        let log = || -> Vec<serde_json::Value> {
+            serde_json::from_slice(&run(&["admin-log", "--json"], "x", None).stdout)
+                .expect("admin-log --json")
+        };
+        ok(run(
+            &[
+                "keys",
+                "add",
+                "--unit",
+                "laoshan",
+                "--public-key",
+                public.to_str().unwrap(),
+                "--not-after",
+                "2030-01-01",
+            ],
+            "root",
+            Some("alice"),
+        ));
+        // The same key again is refused, and not recorded.
+        let again = run(
+            &[
+                "keys",
+                "add",
+                "--unit",
+                "laoshan",
+                "--public-key",
+                public.to_str().unwrap(),
+            ],
+            "bob",
+            None,
+        );
+        assert!(!again.status.success(), "{}", both(&again));
+        assert_eq!(log().len(), 1, "{url}: a refused change is not recorded");
+        // So is the revocation of a key that does not exist.
+        let missing = run(&["keys", "revoke", &"ab".repeat(32)], "bob", None);
+        assert!(!missing.status.success(), "{}", both(&missing));
+        ok(run(&["keys", "revoke", &key_id], "bob", None));
+        let log = log();
+        assert_eq!(log.len(), 2, "{url}: {log:?}");
+        assert_eq!(log[0]["action"], "keys.add");
+        assert_eq!(log[0]["os_user"], "alice (sudo as root)");
+        assert_eq!(log[0]["subject"], key_id.as_str());
+        assert_eq!(log[0]["unit_id"], "laoshan");
+        assert!(
+            log[0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("until 2030-01-01"),
+            "{log:?}"
+        );
+        assert_eq!(log[1]["action"], "keys.revoke");
+        assert_eq!(log[1]["os_user"], "bob");
+        assert!(!log[1]["host"].as_str().unwrap().is_empty());
+        assert!(log[0]["at_ms"].as_i64() <= log[1]["at_ms"].as_i64());
+        let text = ok(run(&["admin-log"], "x", None));
+        assert!(
+            text.contains("alice (sudo as root)@") && text.contains("keys.revoke"),
+            "{text}"
+        );
+        if let Some(base) = base {
+            psql(base, &format!("DROP SCHEMA {schema} CASCADE"));
+        }
+    }
 }

@@ -12,6 +12,56 @@ pub struct KeyRegistration {
     pub not_after_ms: Option<i64>,
 }
 
+/// The OS user running this process (and, under sudo, who called sudo), and the host: who an
+/// administrative change is recorded as.
+pub fn actor() -> Actor {
+    use std::os::unix::fs::MetadataExt;
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let user = var("USER")
+        .or_else(|| var("LOGNAME"))
+        .or_else(|| uid.map(|u| format!("uid {u}")))
+        .unwrap_or_else(|| "unknown".into());
+    let os_user = match var("SUDO_USER") {
+        Some(caller) if caller != user => format!("{caller} (sudo as {user})"),
+        _ => user,
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    Actor { os_user, host }
+}
+
+/// Every recorded administrative change (`keys add`, `keys revoke`), oldest first: when, who
+/// (OS user and host), what, on which unit.
+pub async fn admin_log(store: &AnyStore, json: bool) -> Result<String, AdminError> {
+    let actions = store.admin_actions().await?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&actions)? + "\n");
+    }
+    if actions.is_empty() {
+        return Ok("no administrative changes recorded\n".into());
+    }
+    let mut rows = vec![
+        ["time (UTC)", "who", "action", "subject", "unit", "detail"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for a in &actions {
+        rows.push(vec![
+            time_text(Some(a.at_ms)),
+            format!("{}@{}", a.actor.os_user, a.actor.host),
+            a.action.clone(),
+            a.subject.clone(),
+            a.unit_id.clone(),
+            a.detail.clone(),
+        ]);
+    }
+    Ok(table(&rows, 0))
+}
+
 /// Registers a key for a unit of `plan`: the unit must be in the plan and the window make
 /// sense. Returns the key id.
 pub async fn register_key(
@@ -35,15 +85,30 @@ pub async fn register_key(
         });
     }
     let key_id = key.public_key.key_id();
+    let action = AdminAction {
+        at_ms: now_ms,
+        actor: actor(),
+        action: "keys.add".into(),
+        subject: key_id.to_string(),
+        unit_id: key.unit.clone(),
+        detail: format!(
+            "valid from {} until {}",
+            time_text(key.not_before_ms),
+            time_text(key.not_after_ms)
+        ),
+    };
     store
-        .add_key(NewKey {
-            key_id,
-            unit_id: key.unit,
-            public_key: *key.public_key.raw(),
-            not_before_ms: key.not_before_ms,
-            not_after_ms: key.not_after_ms,
-            added_at_ms: now_ms,
-        })
+        .add_key_recorded(
+            NewKey {
+                key_id,
+                unit_id: key.unit,
+                public_key: *key.public_key.raw(),
+                not_before_ms: key.not_before_ms,
+                not_after_ms: key.not_after_ms,
+                added_at_ms: now_ms,
+            },
+            &action,
+        )
         .await?;
     Ok(key_id)
 }
@@ -125,7 +190,22 @@ pub async fn keys_revoke(
     now_ms: i64,
 ) -> Result<String, AdminError> {
     let key_id = KeyId::from_hex(key_id)?;
-    if !store.revoke_key(key_id, now_ms).await? {
+    let unit = store
+        .keys(None)
+        .await?
+        .into_iter()
+        .find(|k| k.key_id == key_id)
+        .map(|k| k.unit_id)
+        .ok_or(AdminError::NoSuchKey(key_id))?;
+    let action = AdminAction {
+        at_ms: now_ms,
+        actor: actor(),
+        action: "keys.revoke".into(),
+        subject: key_id.to_string(),
+        unit_id: unit,
+        detail: format!("revoked from {}", time_text(Some(now_ms))),
+    };
+    if !store.revoke_key_recorded(key_id, now_ms, &action).await? {
         return Err(AdminError::NoSuchKey(key_id));
     }
     Ok(format!(

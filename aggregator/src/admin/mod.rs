@@ -11,7 +11,7 @@ use duban_proto::{KeyId, PublicKey};
 
 use crate::clock::parse_time_ms;
 use crate::plan::{Plan, show::table};
-use crate::store::{AnyStore, NewKey, ReportFilter, Store, StoreError};
+use crate::store::{Actor, AdminAction, AnyStore, NewKey, ReportFilter, Store, StoreError};
 
 mod devca;
 mod keys;
@@ -19,7 +19,7 @@ mod reports;
 mod status;
 
 pub use devca::{DevCaFiles, dev_ca, write_dev_ca};
-pub use keys::{KeyRegistration, keys_add, keys_list, keys_revoke, register_key};
+pub use keys::{KeyRegistration, actor, admin_log, keys_add, keys_list, keys_revoke, register_key};
 pub use reports::{reports_list, values_show};
 pub use status::status;
 

@@ -135,6 +135,17 @@ pub trait Store {
     async fn add_key(&self, key: NewKey) -> Result<(), StoreError>;
     /// Marks a key revoked from `at_ms` on. False when no such key exists.
     async fn revoke_key(&self, key_id: KeyId, at_ms: i64) -> Result<bool, StoreError>;
+    /// [`Store::add_key`] with its [`AdminAction`] recorded in the same transaction.
+    async fn add_key_recorded(&self, key: NewKey, action: &AdminAction) -> Result<(), StoreError>;
+    /// [`Store::revoke_key`] with its [`AdminAction`] recorded in the same transaction.
+    async fn revoke_key_recorded(
+        &self,
+        key_id: KeyId,
+        at_ms: i64,
+        action: &AdminAction,
+    ) -> Result<bool, StoreError>;
+    /// Every recorded administrative change, oldest first.
+    async fn admin_actions(&self) -> Result<Vec<AdminAction>, StoreError>;
     async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError>;
     async fn reports(&self, filter: &ReportFilter) -> Result<Vec<ReportRow>, StoreError>;
     async fn current_values(
@@ -263,6 +274,20 @@ impl<B: SqlBackend> Store for B {
     /// Marks a key revoked from `at_ms` on. False when no such key exists.
     async fn revoke_key(&self, key_id: KeyId, at_ms: i64) -> Result<bool, StoreError> {
         queries::revoke_key(self.read_pool(), key_id, at_ms).await
+    }
+    async fn add_key_recorded(&self, key: NewKey, action: &AdminAction) -> Result<(), StoreError> {
+        queries::add_key_recorded(self.read_pool(), &key, action).await
+    }
+    async fn revoke_key_recorded(
+        &self,
+        key_id: KeyId,
+        at_ms: i64,
+        action: &AdminAction,
+    ) -> Result<bool, StoreError> {
+        queries::revoke_key_recorded(self.read_pool(), key_id, at_ms, action).await
+    }
+    async fn admin_actions(&self) -> Result<Vec<AdminAction>, StoreError> {
+        queries::admin_actions(self.read_pool()).await
     }
     async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError> {
         queries::keys(self.read_pool(), unit_id).await

@@ -8,6 +8,93 @@ use super::StoreError;
 use super::types::*;
 use crate::progress::input::{TaskRow, ValueRow};
 
+/// Adds a key and records who did it, in one transaction.
+pub(super) async fn add_key_recorded(
+    pool: &AnyPool,
+    key: &NewKey,
+    action: &AdminAction,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query("INSERT INTO keys (key_id, unit_id, public_key, not_before_ms, not_after_ms, added_at_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
+        .bind(key.key_id.as_bytes().to_vec())
+        .bind(key.unit_id.clone())
+        .bind(key.public_key.to_vec())
+        .bind(key.not_before_ms)
+        .bind(key.not_after_ms)
+        .bind(key.added_at_ms)
+        .execute(&mut *tx)
+        .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(StoreError::KeyExists(key.key_id));
+    }
+    record_admin_action(&mut tx, action).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Revokes a key and records who did it, in one transaction. False (and nothing recorded)
+/// when no such key exists.
+pub(super) async fn revoke_key_recorded(
+    pool: &AnyPool,
+    key_id: KeyId,
+    at_ms: i64,
+    action: &AdminAction,
+) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE keys SET revoked_at_ms = COALESCE(revoked_at_ms, $1) WHERE key_id = $2",
+    )
+    .bind(at_ms)
+    .bind(key_id.as_bytes().to_vec())
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(false);
+    }
+    record_admin_action(&mut tx, action).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn record_admin_action(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    action: &AdminAction,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO admin_actions (at_ms, os_user, host, action, subject, unit_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(action.at_ms)
+        .bind(action.actor.os_user.clone())
+        .bind(action.actor.host.clone())
+        .bind(action.action.clone())
+        .bind(action.subject.clone())
+        .bind(action.unit_id.clone())
+        .bind(action.detail.clone())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Every recorded administrative change, oldest first.
+pub(super) async fn admin_actions(pool: &AnyPool) -> Result<Vec<AdminAction>, StoreError> {
+    let rows = sqlx::query("SELECT at_ms, os_user, host, action, subject, unit_id, detail FROM admin_actions ORDER BY pk")
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AdminAction {
+                at_ms: r.try_get("at_ms")?,
+                actor: Actor {
+                    os_user: r.try_get("os_user")?,
+                    host: r.try_get("host")?,
+                },
+                action: r.try_get("action")?,
+                subject: r.try_get("subject")?,
+                unit_id: r.try_get("unit_id")?,
+                detail: r.try_get("detail")?,
+            })
+        })
+        .collect()
+}
+
 pub(super) async fn add_key(pool: &AnyPool, key: &NewKey) -> Result<(), StoreError> {
     let inserted = sqlx::query("INSERT INTO keys (key_id, unit_id, public_key, not_before_ms, not_after_ms, added_at_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
         .bind(key.key_id.as_bytes().to_vec())

@@ -168,3 +168,25 @@ fn hex_bytes<S: serde::Serializer>(bytes: impl AsRef<[u8]>, s: S) -> Result<S::O
 fn hex_key_id<S: serde::Serializer>(key_id: &KeyId, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&key_id.to_string())
 }
+
+/// Who made an administrative change: the OS user, on which host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    pub os_user: String,
+    pub host: String,
+}
+
+/// An administrative change, recorded with the change in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdminAction {
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub actor: Actor,
+    /// `keys.add`, `keys.revoke`.
+    pub action: String,
+    /// What it changed: the key id.
+    pub subject: String,
+    pub unit_id: String,
+    /// The rest, in words: validity window, the revocation time.
+    pub detail: String,
+}
