@@ -41,10 +41,11 @@ pub enum Reason {
     NothingToDecide,
     BadDate,
     BadStatement,
+    TooManyItems,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::PayloadTooLarge,
         Reason::BadPayloadType,
         Reason::BadKeyId,
@@ -70,6 +71,7 @@ impl Reason {
         Reason::NothingToDecide,
         Reason::BadDate,
         Reason::BadStatement,
+        Reason::TooManyItems,
     ];
 
     /// The name used in docs, logs and the `reason` metric label.
@@ -100,6 +102,7 @@ impl Reason {
             Reason::NothingToDecide => "NOTHING_TO_DECIDE",
             Reason::BadDate => "BAD_DATE",
             Reason::BadStatement => "BAD_STATEMENT",
+            Reason::TooManyItems => "TOO_MANY_ITEMS",
         }
     }
 }
@@ -119,10 +122,11 @@ pub enum RefusalCode {
     PercentOutOfRange,
     NoteTooLong,
     DuplicateEntry,
+    IdTooLong,
 }
 
 impl RefusalCode {
-    pub const ALL: [RefusalCode; 12] = [
+    pub const ALL: [RefusalCode; 13] = [
         RefusalCode::UnknownIndicator,
         RefusalCode::NotAReporter,
         RefusalCode::PeriodTypeMismatch,
@@ -135,6 +139,7 @@ impl RefusalCode {
         RefusalCode::PercentOutOfRange,
         RefusalCode::NoteTooLong,
         RefusalCode::DuplicateEntry,
+        RefusalCode::IdTooLong,
     ];
 
     pub fn name(self) -> &'static str {
@@ -151,6 +156,7 @@ impl RefusalCode {
             RefusalCode::PercentOutOfRange => "PERCENT_OUT_OF_RANGE",
             RefusalCode::NoteTooLong => "NOTE_TOO_LONG",
             RefusalCode::DuplicateEntry => "DUPLICATE_ENTRY",
+            RefusalCode::IdTooLong => "ID_TOO_LONG",
         }
     }
 }

@@ -191,6 +191,22 @@ async fn case(
             sign(&key, report("laoshan", 1, "2018Q1", &[])),
             sign(&key, report("laoshan", 2, "2018Q1", &[("no-such", 1.0)])),
         ],
+        R::ReasonTooManyItems => {
+            // 1,001 values, or 1,001 task updates: refused whole, on a code of their own.
+            let mut values = laoshan(1);
+            values.values = (0..1001).map(|_| values.values[0].clone()).collect();
+            let mut tasks = laoshan(2);
+            tasks.task_updates = (0..1001)
+                .map(|_| pb::TaskUpdate {
+                    task_id: "2-3-2".into(),
+                    milestone_id: "m1".into(),
+                    percent_complete: 10.0,
+                    status: pb::TaskStatus::InProgress as i32,
+                    note: String::new(),
+                })
+                .collect();
+            vec![sign(&key, values), sign(&key, tasks)]
+        }
         R::ReasonBadReportId => {
             let mut short = laoshan(1);
             short.report_id.truncate(15);
@@ -577,6 +593,7 @@ reason_tests! {
     seq_replay => ReasonSeqReplay,
     nothing_valid => ReasonNothingValid,
     bad_report_id => ReasonBadReportId,
+    too_many_items => ReasonTooManyItems,
 }
 
 /// A refused item next to a good value: the report is stored without it (`PARTIAL`), with one
@@ -653,6 +670,11 @@ async fn item_refused_as(code: C) {
         C::RefusalDuplicateEntry => {
             r.values.push(value("pct-applications", 22.0));
             pb::ItemKind::Value
+        }
+        C::RefusalIdTooLong => {
+            // 129 bytes: refused on its own code, whatever the plan holds.
+            r.task_updates.push(task("2-3-2", &"m".repeat(129), 10.0));
+            pb::ItemKind::TaskUpdate
         }
     };
     let result = client
@@ -739,6 +761,7 @@ refusal_tests! {
     item_percent_out_of_range => RefusalPercentOutOfRange,
     item_note_too_long => RefusalNoteTooLong,
     item_duplicate_entry => RefusalDuplicateEntry,
+    item_id_too_long => RefusalIdTooLong,
 }
 
 /// The codes of one table of docs/PROTOCOL.md (the first column, between backticks).

@@ -32,6 +32,7 @@ pub fn reason(reason: Reason) -> pb::ReasonCode {
         Reason::NothingToDecide => R::ReasonNothingToDecide,
         Reason::BadDate => R::ReasonBadDate,
         Reason::BadStatement => R::ReasonBadStatement,
+        Reason::TooManyItems => R::ReasonTooManyItems,
     }
 }
 
@@ -50,6 +51,7 @@ pub fn refusal_code(code: RefusalCode) -> pb::RefusalCode {
         RefusalCode::PercentOutOfRange => C::RefusalPercentOutOfRange,
         RefusalCode::NoteTooLong => C::RefusalNoteTooLong,
         RefusalCode::DuplicateEntry => C::RefusalDuplicateEntry,
+        RefusalCode::IdTooLong => C::RefusalIdTooLong,
     }
 }
 

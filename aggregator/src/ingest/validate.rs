@@ -11,6 +11,9 @@ use crate::store::{NewTaskUpdate, NewValue};
 
 pub const MAX_NOTE_BYTES: usize = 1024;
 pub const MAX_ITEMS: usize = 1000;
+/// The longest indicator, task or milestone id read; a longer one is refused without being
+/// echoed back.
+pub const MAX_ID_BYTES: usize = 128;
 
 /// The items of a report that passed, and the refusals of those that did not.
 #[derive(Debug, Default)]
@@ -34,8 +37,12 @@ pub fn check_report_fields(plan: &Plan, report: &pb::Report) -> Result<Period, (
         .map_err(|e| (Reason::BadPeriod, format!("{e}")))?;
     if report.values.len() > MAX_ITEMS || report.task_updates.len() > MAX_ITEMS {
         return Err((
-            Reason::NothingValid,
-            format!("at most {MAX_ITEMS} values and {MAX_ITEMS} task updates per report"),
+            Reason::TooManyItems,
+            format!(
+                "{} values and {} task updates: at most {MAX_ITEMS} of each per report; split them over several reports",
+                report.values.len(),
+                report.task_updates.len()
+            ),
         ));
     }
     Ok(period)
@@ -87,6 +94,21 @@ pub fn validate_items(
     out
 }
 
+/// An id over [`MAX_ID_BYTES`] is refused on its own code, with only its start echoed.
+fn id_fits(what: &str, id: &str) -> Result<(), (RefusalCode, String)> {
+    if id.len() <= MAX_ID_BYTES {
+        return Ok(());
+    }
+    let start: String = id.chars().take(16).collect();
+    Err((
+        RefusalCode::IdTooLong,
+        format!(
+            "{what} id {start:?}… is {} bytes; at most {MAX_ID_BYTES}",
+            id.len()
+        ),
+    ))
+}
+
 fn check_value<'a>(
     plan: &Plan,
     unit_id: &str,
@@ -95,6 +117,7 @@ fn check_value<'a>(
     seen: &mut HashSet<&'a str>,
 ) -> Result<(), (RefusalCode, String)> {
     let id = item.indicator_id.as_str();
+    id_fits("indicator", id)?;
     let Some(indicator) = plan.indicator(id) else {
         return Err((
             RefusalCode::UnknownIndicator,
@@ -169,6 +192,8 @@ fn check_task_update<'a>(
     item: &'a pb::TaskUpdate,
     seen: &mut HashSet<(&'a str, &'a str)>,
 ) -> Result<(), (RefusalCode, String)> {
+    id_fits("task", &item.task_id)?;
+    id_fits("milestone", &item.milestone_id)?;
     let Some(task) = plan.task(&item.task_id) else {
         return Err((
             RefusalCode::UnknownTask,
