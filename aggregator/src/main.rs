@@ -55,8 +55,8 @@ enum Command {
         db: DbArgs,
     },
     /// Create the database schema, or bring it up to date (`serve` does this at start too).
-    /// The commands that only read (status, keys list, reports list, values show) never
-    /// create or migrate a database.
+    /// The commands that only read (status, keys list, reports list, values show, supervision
+    /// report, export, admin-log) never create or migrate a database.
     Migrate {
         #[command(flatten)]
         db: DbArgs,

@@ -177,6 +177,16 @@ fn same(a: Option<f64>, b: Option<f64>) -> bool {
     }
 }
 
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
 fn f(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
@@ -456,35 +466,17 @@ async fn the_language_switch_and_sorting_work(client: &Client, base: &str) {
         .await
     };
     assert_eq!(state(client).await, json!(["zh-CN", "总览", AS_OF]));
-    client
-        .find(Locator::Css("a.lang"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(client, "a.lang").await;
     assert_eq!(state(client).await, json!(["en", "Overview", AS_OF]));
     let url = client.current_url().await.unwrap();
     assert!(url.as_str().contains("lang=en"), "{url}");
     // English is kept from page to page, then switched back.
-    client
-        .find(Locator::Css("nav a[href^='/tasks']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(client, "nav a[href^='/tasks']").await;
     assert_eq!(
         js(client, "return [document.documentElement.lang, document.querySelector('h1').textContent.trim().startsWith('Tasks')]").await,
         json!(["en", true])
     );
-    client
-        .find(Locator::Css("a.lang"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(client, "a.lang").await;
     assert_eq!(
         js(client, "return document.documentElement.lang").await,
         json!("zh-CN")
@@ -507,13 +499,7 @@ async fn the_language_switch_and_sorting_work(client: &Client, base: &str) {
         .goto(&format!("{base}/?as_of={AS_OF}"))
         .await
         .unwrap();
-    client
-        .find(Locator::Css("#indicators thead th:nth-child(2)"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(client, "#indicators thead th:nth-child(2)").await;
     let values = js(
         client,
         "return Array.from(document.querySelectorAll('#indicators tbody tr')).map(r => r.cells[1].dataset.value).filter(v => v !== undefined).map(Number)",

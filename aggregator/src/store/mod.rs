@@ -269,14 +269,14 @@ impl<B: SqlBackend> Store for B {
     }
 
     async fn add_key(&self, key: NewKey) -> Result<(), StoreError> {
-        queries::add_key(self.read_pool(), &key).await
+        queries::add_key(self.read_pool(), &key, None).await
     }
     /// Marks a key revoked from `at_ms` on. False when no such key exists.
     async fn revoke_key(&self, key_id: KeyId, at_ms: i64) -> Result<bool, StoreError> {
-        queries::revoke_key(self.read_pool(), key_id, at_ms).await
+        queries::revoke_key(self.read_pool(), key_id, at_ms, None).await
     }
     async fn add_key_recorded(&self, key: NewKey, action: &AdminAction) -> Result<(), StoreError> {
-        queries::add_key_recorded(self.read_pool(), &key, action).await
+        queries::add_key(self.read_pool(), &key, Some(action)).await
     }
     async fn revoke_key_recorded(
         &self,
@@ -284,7 +284,7 @@ impl<B: SqlBackend> Store for B {
         at_ms: i64,
         action: &AdminAction,
     ) -> Result<bool, StoreError> {
-        queries::revoke_key_recorded(self.read_pool(), key_id, at_ms, action).await
+        queries::revoke_key(self.read_pool(), key_id, at_ms, Some(action)).await
     }
     async fn admin_actions(&self) -> Result<Vec<AdminAction>, StoreError> {
         queries::admin_actions(self.read_pool()).await

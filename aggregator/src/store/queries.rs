@@ -8,11 +8,11 @@ use super::StoreError;
 use super::types::*;
 use crate::progress::input::{TaskRow, ValueRow};
 
-/// Adds a key and records who did it, in one transaction.
-pub(super) async fn add_key_recorded(
+/// Adds a key, and records `action` (who did it) in the same transaction when given.
+pub(super) async fn add_key(
     pool: &AnyPool,
     key: &NewKey,
-    action: &AdminAction,
+    action: Option<&AdminAction>,
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query("INSERT INTO keys (key_id, unit_id, public_key, not_before_ms, not_after_ms, added_at_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
@@ -27,18 +27,20 @@ pub(super) async fn add_key_recorded(
     if inserted.rows_affected() == 0 {
         return Err(StoreError::KeyExists(key.key_id));
     }
-    record_admin_action(&mut tx, action).await?;
+    if let Some(action) = action {
+        record_admin_action(&mut tx, action).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
 
-/// Revokes a key and records who did it, in one transaction. False (and nothing recorded)
-/// when no such key exists.
-pub(super) async fn revoke_key_recorded(
+/// Revokes a key from `at_ms` on, and records `action` in the same transaction when given.
+/// False (and nothing recorded) when no such key exists.
+pub(super) async fn revoke_key(
     pool: &AnyPool,
     key_id: KeyId,
     at_ms: i64,
-    action: &AdminAction,
+    action: Option<&AdminAction>,
 ) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await?;
     let updated = sqlx::query(
@@ -51,7 +53,9 @@ pub(super) async fn revoke_key_recorded(
     if updated.rows_affected() == 0 {
         return Ok(false);
     }
-    record_admin_action(&mut tx, action).await?;
+    if let Some(action) = action {
+        record_admin_action(&mut tx, action).await?;
+    }
     tx.commit().await?;
     Ok(true)
 }
@@ -93,37 +97,6 @@ pub(super) async fn admin_actions(pool: &AnyPool) -> Result<Vec<AdminAction>, St
             })
         })
         .collect()
-}
-
-pub(super) async fn add_key(pool: &AnyPool, key: &NewKey) -> Result<(), StoreError> {
-    let inserted = sqlx::query("INSERT INTO keys (key_id, unit_id, public_key, not_before_ms, not_after_ms, added_at_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
-        .bind(key.key_id.as_bytes().to_vec())
-        .bind(key.unit_id.clone())
-        .bind(key.public_key.to_vec())
-        .bind(key.not_before_ms)
-        .bind(key.not_after_ms)
-        .bind(key.added_at_ms)
-        .execute(pool)
-        .await?;
-    if inserted.rows_affected() == 0 {
-        return Err(StoreError::KeyExists(key.key_id));
-    }
-    Ok(())
-}
-
-pub(super) async fn revoke_key(
-    pool: &AnyPool,
-    key_id: KeyId,
-    at_ms: i64,
-) -> Result<bool, StoreError> {
-    let updated = sqlx::query(
-        "UPDATE keys SET revoked_at_ms = COALESCE(revoked_at_ms, $1) WHERE key_id = $2",
-    )
-    .bind(at_ms)
-    .bind(key_id.as_bytes().to_vec())
-    .execute(pool)
-    .await?;
-    Ok(updated.rows_affected() > 0)
 }
 
 pub(super) async fn keys(pool: &AnyPool, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError> {

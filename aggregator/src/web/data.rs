@@ -2,13 +2,13 @@
 //! the engine's progress, the alerts and statements folded into each case's history, and each
 //! reporting unit's record of reports.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
 use crate::plan::Plan;
 use crate::progress::cases::DECISIONS;
-use crate::progress::{ObligationStatus, Progress, Rates, Snapshot};
+use crate::progress::{ObligationStatus, Progress, Rates, Snapshot, ValueRow};
 use crate::store::{
     AgentRow, AlertRow, AnyStore, AuditRow, ReportFilter, ReportRow, Store, StoreError,
 };
@@ -66,6 +66,24 @@ pub async fn load(
 }
 
 impl Data {
+    /// The value each unit gave for each indicator and period, to look up by that key.
+    pub fn values_by_key(&self) -> HashMap<(&str, &str, &str), &ValueRow> {
+        self.snapshot
+            .values
+            .iter()
+            .map(|v| {
+                (
+                    (
+                        v.indicator_id.as_str(),
+                        v.unit_id.as_str(),
+                        v.period.as_str(),
+                    ),
+                    v,
+                )
+            })
+            .collect()
+    }
+
     /// Only the alerts fired from `since_ms` on and the statements received since: the
     /// 督办通报 of a period rather than of the whole plan so far.
     pub fn since(mut self, plan: &Plan, since_ms: i64) -> Data {
@@ -146,6 +164,8 @@ pub struct CaseHistory {
 pub fn histories(data: &Data) -> Vec<CaseHistory> {
     let as_of = data.as_of_ms;
     let mut by_case: BTreeMap<String, CaseHistory> = BTreeMap::new();
+    // The last end of each case's alerts: when it resolved, if none is open.
+    let mut ended: BTreeMap<String, i64> = BTreeMap::new();
     for a in &data.alerts {
         let label = |k: &str| a.labels.get(k).cloned().unwrap_or_default();
         let case_id = crate::alerting::rules::case_of(&a.labels);
@@ -163,6 +183,10 @@ pub fn histories(data: &Data) -> Vec<CaseHistory> {
                 events: Vec::new(),
             });
         let open = a.ends_at_ms.is_none_or(|end| end > as_of);
+        if let Some(end) = a.ends_at_ms {
+            let last = ended.entry(case.case.clone()).or_insert(end);
+            *last = (*last).max(end);
+        }
         if a.starts_at_ms >= case.first_ms || open {
             case.alertname = label("alertname");
             case.severity = label("severity");
@@ -213,13 +237,7 @@ pub fn histories(data: &Data) -> Vec<CaseHistory> {
         if case.open {
             continue;
         }
-        let ended = data
-            .alerts
-            .iter()
-            .filter(|a| crate::alerting::rules::case_of(&a.labels) == case.case)
-            .filter_map(|a| a.ends_at_ms)
-            .max();
-        if let Some(at_ms) = ended {
+        if let Some(&at_ms) = ended.get(&case.case) {
             case.events.push(Event {
                 at_ms,
                 kind: "resolved".into(),

@@ -102,14 +102,15 @@ fn names(plan: &Plan, ids: &[String]) -> String {
 
 fn indicators(plan: &Plan, data: &Data) -> Table {
     let zh = Lang::Zh;
+    let values = data.values_by_key();
     let rows = data
         .progress
         .obligations
         .iter()
         .filter_map(|o| {
-            let value = data.snapshot.values.iter().find(|v| {
-                v.indicator_id == o.indicator && v.unit_id == o.unit && v.period == o.period
-            });
+            let value = values
+                .get(&(o.indicator.as_str(), o.unit.as_str(), o.period.as_str()))
+                .copied();
             if value.is_none() && o.status == ObligationStatus::NotDue {
                 return None;
             }

@@ -183,12 +183,8 @@ pub fn indicator(ctx: &Ctx, data: &Data, id: &str) -> Option<Markup> {
         .collect();
     let mut periods: Vec<&str> = obligations.iter().map(|o| o.period.as_str()).collect();
     periods.dedup();
-    let value_of = |unit: &str, period: &str| {
-        data.snapshot
-            .values
-            .iter()
-            .find(|v| v.indicator_id == id && v.unit_id == unit && v.period == period)
-    };
+    let values = data.values_by_key();
+    let value_of = |unit: &str, period: &str| values.get(&(id, unit, period)).copied();
     let corrections: Vec<_> = data
         .audit
         .iter()
