@@ -78,7 +78,7 @@ pub async fn open_alerts(agent: &Agent) -> Result<pb::AlertList, AnswerError> {
             outbox_reports: 0,
             dead_letters: 0,
         };
-        let signed = duban_proto::envelope::sign_hello(&agent.identity().key, hello);
+        let signed = duban_proto::envelope::sign_hello(&agent.identity().key.current(), hello);
         match tokio::time::timeout(
             aggregator.timeout + Duration::from_secs(1),
             client.open_alerts(signed),
@@ -103,7 +103,8 @@ pub async fn say(
     agent: &Agent,
     draft: StatementDraft,
 ) -> Result<(StoredStatement, Said), AnswerError> {
-    let signer = agent.identity().signer();
+    let key = agent.identity().key.current();
+    let signer = agent.identity().signer(&key);
     match hello(agent).await {
         Ok((answer, endpoint)) => {
             let stored = agent

@@ -10,7 +10,6 @@
 //! key for this unit, knows the unit and serves this plan, and whether the clocks agree.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use duban_host::clock::{Clock, SystemClock};
@@ -283,7 +282,7 @@ async fn ask_the_centre(
     report: &mut Report,
 ) {
     let identity = AgentIdentity {
-        key: Arc::new(key),
+        key: crate::rotate::KeyCell::new(key),
         unit: config.unit.clone(),
         plan: config.plan.clone(),
     };
@@ -302,7 +301,7 @@ async fn ask_the_centre(
             Ok(answer) if answer.known => {
                 report.ok(format!(
                     "centre {endpoint}: accepts this agent: key {} is unit {}'s, plan {}; the centre holds seq {} of this key",
-                    identity.key.key_id(),
+                    identity.key.current().key_id(),
                     answer.key_unit,
                     answer.plan_id,
                     answer.max_seq

@@ -518,7 +518,10 @@ pub(super) async fn run(command: Command) -> anyhow::Result<Outcome> {
         }
         Command::Outbox(OutboxCommand::RetryDead { config }) => {
             let agent = open(&config.config).await?;
-            let (moved, others) = agent.outbox().retry_dead(agent.identity().signer()).await?;
+            let (moved, others) = agent
+                .outbox()
+                .retry_dead(agent.identity().signer(&agent.identity().key.current()))
+                .await?;
             cli::println(&format!(
                 "{moved} dead letter(s) back in the outbox; the daemon sends them next"
             ));
@@ -531,6 +534,40 @@ pub(super) async fn run(command: Command) -> anyhow::Result<Outcome> {
                 ));
                 return Ok(Outcome::Problems);
             }
+            Ok(Outcome::Done)
+        }
+        Command::RotateKey { config } => {
+            let config = AgentConfig::read(&config.config)?;
+            let old = duban_proto::SigningKey::read_pkcs8_pem_file(&config.private_key)
+                .with_context(|| format!("{}: private_key", config.file.display()))?;
+            let started = duban_agent::rotate::start(&config.private_key)?;
+            let public_pem = std::fs::read_to_string(&started.public_key)
+                .with_context(|| format!("cannot read {}", started.public_key.display()))?;
+            cli::println(&started.key_id.to_string());
+            cli::eprintln(&format!(
+                "{} {} (private, mode 0600), public key {}\n\
+                 1. At the centre, register it for unit {unit} (copy the public key file there; it is printed below):\n   \
+                    duban-aggregator keys add --unit {unit} --public-key {}\n\
+                 2. The running agent offers the new key every 10 s and switches to it once the centre accepts it: its log says \"switched to the new signing key\", duban_agent_key_rotation_pending goes to 0, and the old key is kept as {}.\n\
+                 3. Once the agent's outbox has drained (duban-agent outbox stats shows 0 reports), revoke the old key at the centre:\n   \
+                    duban-aggregator keys revoke {}\n\
+                 {public_pem}",
+                if started.already_pending {
+                    "a rotation is already pending; its key is"
+                } else {
+                    "new signing key written to"
+                },
+                duban_agent::rotate::pending_path(&config.private_key).display(),
+                started.public_key.display(),
+                started
+                    .public_key
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                duban_agent::rotate::previous_path(&config.private_key).display(),
+                old.key_id(),
+                unit = config.unit,
+            ));
             Ok(Outcome::Done)
         }
         Command::Keygen { out } => {

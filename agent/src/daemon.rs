@@ -85,20 +85,21 @@ impl Agent {
             metrics.outbox_moved_aside.inc();
         }
         let identity = AgentIdentity {
-            key: Arc::new(key),
+            key: crate::rotate::KeyCell::new(key),
             unit: config.unit.clone(),
             plan: config.plan.clone(),
         };
-        let stale = outbox.signed_for_others(identity.signer()).await?;
+        let key = identity.key.current();
+        let stale = outbox.signed_for_others(identity.signer(&key)).await?;
         for seq in &stale {
-            outbox.rebuild(*seq, identity.signer()).await?;
+            outbox.rebuild(*seq, identity.signer(&key)).await?;
         }
         if !stale.is_empty() {
             tracing::warn!(
                 reports = stale.len(),
                 unit = %config.unit,
                 plan = %config.plan,
-                key_id = %identity.key.key_id(),
+                key_id = %key.key_id(),
                 "waiting reports were signed for another unit, plan or key than the configuration now names; re-signed them under the configured identity"
             );
         }
@@ -136,7 +137,11 @@ impl Agent {
     pub async fn enqueue(&self, items: &[Item], force: bool) -> Result<Enqueued, OutboxError> {
         match self
             .outbox
-            .enqueue(self.identity.signer(), items, force)
+            .enqueue(
+                self.identity.signer(&self.identity.key.current()),
+                items,
+                force,
+            )
             .await
         {
             Ok(done) => {
@@ -223,7 +228,8 @@ impl Agent {
             self.outbox.clock(),
             self.outbox.is_synced().await?,
             self.metrics.clone(),
-        )?)
+        )?
+        .rotating(self.config.private_key.clone()))
     }
 
     /// Starts delivering in the background: at once when a collection stored something, after
@@ -371,7 +377,7 @@ pub async fn run(
         });
     }
     let stats = agent.outbox.stats().await?;
-    tracing::info!(unit = %agent.config.unit, plan = %agent.config.plan, key_id = %agent.identity.key.key_id(), sources = agent.config.sources.len(), outbox_reports = stats.reports, dead_letters = stats.dead_letters, synced = stats.synced, endpoints = ?agent.config.aggregator.endpoints, "agent running");
+    tracing::info!(unit = %agent.config.unit, plan = %agent.config.plan, key_id = %agent.identity.key.current().key_id(), sources = agent.config.sources.len(), outbox_reports = stats.reports, dead_letters = stats.dead_letters, synced = stats.synced, endpoints = ?agent.config.aggregator.endpoints, "agent running");
     let mut running = start(agent).await?;
     tokio::pin!(shutdown);
     loop {

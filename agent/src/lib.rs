@@ -10,6 +10,7 @@ pub mod deliver;
 pub mod keygen;
 pub mod metrics;
 pub mod outbox;
+pub mod rotate;
 pub mod schedule;
 pub mod sources;
 pub mod tls;

@@ -182,6 +182,16 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Start a signing-key rotation: write a new key beside the configured one
+    /// (<private_key>.next, public key <private_key>.next.pub) and print the `keys add` line to
+    /// run at the centre. The running agent offers the new key every 10 s and switches to it
+    /// once the centre accepts it (the old key kept as <private_key>.previous); reports already
+    /// waiting keep the old key's signature, so nothing is refused across the switch. Run again
+    /// to see the pending key; it is never replaced.
+    RotateKey {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -19,6 +19,9 @@ pub struct AgentMetrics {
     pub dropped: IntCounter,
     pub auth_held: IntGauge,
     pub client_cert_expiry_timestamp_seconds: IntGauge,
+    pub tls_reload_errors: IntCounter,
+    pub tls_reloads: IntCounter,
+    pub key_rotation_pending: IntGauge,
     pub outbox_moved_aside: IntCounter,
     pub items_refused: IntCounterVec,
 }
@@ -124,6 +127,18 @@ impl AgentMetrics {
             client_cert_expiry_timestamp_seconds: gauge(
                 "duban_agent_client_cert_expiry_timestamp_seconds",
                 "When the client certificate expires (Unix seconds; 0 without TLS).",
+            ),
+            tls_reload_errors: counter(
+                "duban_agent_tls_reload_errors_total",
+                "Changed TLS files (CA, certificate, key) that could not be loaded; the material loaded before stays in use.",
+            ),
+            tls_reloads: counter(
+                "duban_agent_tls_reloads_total",
+                "Changed TLS files loaded while running (new connections use them).",
+            ),
+            key_rotation_pending: gauge(
+                "duban_agent_key_rotation_pending",
+                "1 while a key made by `duban-agent rotate-key` waits for the centre to register it.",
             ),
             outbox_moved_aside: counter(
                 "duban_agent_outbox_moved_aside_total",

@@ -104,3 +104,29 @@ pub fn key_matches_certificate(
         Err(error) => Err(format!("the key cannot be used with the certificate: {error}")),
     }
 }
+
+/// The contents of the CA, certificate and key files named by `config`, to tell whether they
+/// changed; `None` without TLS or when one cannot be read.
+pub fn read_files(config: &crate::config::AggregatorConfig) -> Option<Vec<Vec<u8>>> {
+    let files = config.tls.as_ref()?;
+    [&files.ca, &files.cert, &files.key]
+        .into_iter()
+        .map(|path| std::fs::read(path).ok())
+        .collect()
+}
+
+/// Whether the TLS files can be used together: a CA, a certificate and the key that goes with
+/// it. The error names the file at fault.
+pub fn check_files(files: &crate::config::TlsConfig) -> Result<(), String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+    };
+    let ca = read(&files.ca)?;
+    read_certificates(&ca).map_err(|e| format!("{}: {e}", files.ca.display()))?;
+    let certs = read_certificates(&read(&files.cert)?)
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    let key = read_private_key(&read(&files.key)?)
+        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let (leaf, _) = certs.into_iter().next().expect("at least one certificate");
+    key_matches_certificate(leaf, key).map_err(|e| format!("{}: {e}", files.key.display()))
+}

@@ -143,7 +143,11 @@ async fn agent(dir: &Path, endpoint: &str) -> Agent {
         .unwrap();
     agent
         .outbox()
-        .apply_centre_state(0, &[], agent.identity().signer())
+        .apply_centre_state(
+            0,
+            &[],
+            agent.identity().signer(&agent.identity().key.current()),
+        )
         .await
         .unwrap();
     agent.outbox().close().await;

@@ -65,7 +65,7 @@ pub(super) fn alertmanager_config(
 pub(super) async fn run(command: Command) -> anyhow::Result<()> {
     let now = SystemClock.now_ms();
     let output = match command {
-        Command::Serve(args) => return serve(args).await,
+        Command::Serve(args) => return serve(*args).await,
         Command::Plan(_) => unreachable!("handled without a runtime"),
         Command::Keys(KeysCommand::Add {
             unit,
@@ -191,11 +191,24 @@ pub(super) async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::DevCa {
+            action: Some(DevCaCommand::Revoke { out, unit, cert }),
+            ..
+        } => {
+            let cert = match (unit, cert) {
+                (_, Some(cert)) => cert,
+                (Some(unit), None) => out.join("units").join(format!("{unit}.crt")),
+                (None, None) => anyhow::bail!("give --unit or --cert"),
+            };
+            admin::revoke_dev_cert(&out, &cert)?
+        }
+        Command::DevCa {
+            action: None,
             out,
             units,
             server_names,
             plan,
         } => {
+            let out = out.context("--out DIR is required")?;
             let plan = plan.load()?;
             let units = if units.is_empty() {
                 plan.reporting_units()
@@ -266,6 +279,14 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         client_ca: args.client_ca,
+        client_crls: args.client_crl,
+        tls_reload_seconds: args.tls_reload_seconds,
+        http_tls_cert: args.http_tls_cert,
+        http_tls_key: args.http_tls_key,
+        http_client_ca: args.http_client_ca,
+        http_token_file: args.http_token_file,
+        rate_limit: args.rate_limit,
+        rate_limit_burst: args.rate_limit_burst,
         alertmanagers: args.alertmanager,
         webhooks: args.webhook,
         evaluate_every_seconds: args.evaluate_every_seconds,
@@ -273,14 +294,6 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let config = file.settle(&source)?;
     let plan = Arc::new(load_plan(config.plan.as_deref())?);
-    let tls = match &config.tls {
-        Some(files) => Some(TlsMaterial {
-            cert_pem: read(&files.cert, "TLS certificate")?,
-            key_pem: read(&files.key, "TLS key")?,
-            client_ca_pem: read(&files.client_ca, "client CA")?,
-        }),
-        None => None,
-    };
     let store = AnyStore::open(&config.database_url).await?;
     let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
@@ -292,7 +305,8 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         plan,
         store,
         clock: Arc::new(SystemClock),
-        tls,
+        tls: config.tls,
+        security: config.security,
         max_in_flight: config.max_in_flight,
         shutdown_grace: config.shutdown_grace,
         alerts: config.alerts,
@@ -305,10 +319,6 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
-}
-
-pub(super) fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
 }
 
 pub(super) fn load_plan(file: Option<&Path>) -> anyhow::Result<plan::Plan> {

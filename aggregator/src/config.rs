@@ -20,12 +20,44 @@ pub struct ServeFile {
     pub grpc_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     pub database_url: Option<String>,
+    /// A file holding the database URL (with its password), instead of `database_url`: a
+    /// mounted secret, kept out of this file.
+    pub database_url_file: Option<PathBuf>,
     pub plan: Option<PathBuf>,
     pub insecure_plaintext: Option<bool>,
     pub max_in_flight: Option<usize>,
     pub shutdown_grace_seconds: Option<u64>,
+    /// How often TLS files and the HTTP token file are checked for changes [default: 5].
+    pub tls_reload_seconds: Option<u64>,
     pub tls: Option<TlsFile>,
+    pub http: Option<HttpFile>,
+    pub rate_limit: Option<RateLimitFile>,
     pub alerts: Option<AlertsFile>,
+}
+
+/// `[http]`: what protects the HTTP listener.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// When given, HTTP clients must present a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub client_crls: Vec<PathBuf>,
+    /// A file holding the bearer token every path but /healthz and /readyz requires.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[rate_limit]`: each unit's token bucket (per replica).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Reports a second per unit; 0 turns the limit off [default: 1000].
+    pub reports_per_second: Option<u32>,
+    /// Reports a unit may send at once after a quiet spell; at least 1000, the largest batch
+    /// [default: 20000].
+    pub burst: Option<u32>,
 }
 
 /// What `serve`'s flags say; each one given replaces the one key of the file it names
@@ -42,6 +74,15 @@ pub struct ServeFlags {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
+    /// Added to the file's `[tls] client_crls`.
+    pub client_crls: Vec<PathBuf>,
+    pub tls_reload_seconds: Option<u64>,
+    pub http_tls_cert: Option<PathBuf>,
+    pub http_tls_key: Option<PathBuf>,
+    pub http_client_ca: Option<PathBuf>,
+    pub http_token_file: Option<PathBuf>,
+    pub rate_limit: Option<u32>,
+    pub rate_limit_burst: Option<u32>,
     /// Added to the file's `alertmanagers`.
     pub alertmanagers: Vec<String>,
     /// Added to the file's `webhooks`.
@@ -61,6 +102,25 @@ impl ServeFile {
         self.plan = flags.plan.or(self.plan);
         self.max_in_flight = flags.max_in_flight.or(self.max_in_flight);
         self.shutdown_grace_seconds = flags.shutdown_grace_seconds.or(self.shutdown_grace_seconds);
+        self.tls_reload_seconds = flags.tls_reload_seconds.or(self.tls_reload_seconds);
+        let http = self.http.take().unwrap_or_default();
+        let http = HttpFile {
+            tls_cert: flags.http_tls_cert.or(http.tls_cert),
+            tls_key: flags.http_tls_key.or(http.tls_key),
+            client_ca: flags.http_client_ca.or(http.client_ca),
+            client_crls: http.client_crls,
+            token_file: flags.http_token_file.or(http.token_file),
+        };
+        if http != HttpFile::default() {
+            self.http = Some(http);
+        }
+        if flags.rate_limit.is_some() || flags.rate_limit_burst.is_some() {
+            let limit = self.rate_limit.take().unwrap_or_default();
+            self.rate_limit = Some(RateLimitFile {
+                reports_per_second: flags.rate_limit.or(limit.reports_per_second),
+                burst: flags.rate_limit_burst.or(limit.burst),
+            });
+        }
         if flags.insecure_plaintext {
             self.insecure_plaintext = Some(true);
         }
@@ -73,10 +133,13 @@ impl ServeFile {
         alerts.go_live = flags.go_live.or(alerts.go_live);
         self.alerts = Some(alerts);
         let tls = self.tls.take().unwrap_or_default();
+        let mut client_crls = tls.client_crls;
+        client_crls.extend(flags.client_crls);
         let tls = TlsFile {
             cert: flags.tls_cert.or(tls.cert),
             key: flags.tls_key.or(tls.key),
             client_ca: flags.client_ca.or(tls.client_ca),
+            client_crls,
         };
         if tls != TlsFile::default() {
             self.tls = Some(tls);
@@ -92,6 +155,9 @@ pub struct TlsFile {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
+    /// CRLs of the client CA: a listed client certificate is refused at the handshake.
+    #[serde(default)]
+    pub client_crls: Vec<PathBuf>,
 }
 
 /// `[alerts]`: where plan alerts go and how often they are evaluated.
@@ -128,17 +194,6 @@ pub struct MuteFile {
     pub reason: String,
 }
 
-/// The three TLS files, all given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The server's certificate chain (PEM).
-    pub cert: PathBuf,
-    /// The server's private key (PEM).
-    pub key: PathBuf,
-    /// The CA that signs agents' client certificates (PEM).
-    pub client_ca: PathBuf,
-}
-
 /// The settled configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeConfig {
@@ -146,11 +201,15 @@ pub struct ServeConfig {
     pub http_listen: SocketAddr,
     pub database_url: String,
     pub plan: Option<PathBuf>,
+    /// The gRPC listener's TLS (a client CA is always given).
     pub tls: Option<TlsFiles>,
+    pub security: crate::serve::Security,
     pub max_in_flight: usize,
     pub shutdown_grace: Duration,
     pub alerts: crate::alerting::AlertSettings,
 }
+
+pub use crate::tls::TlsFiles;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -181,10 +240,38 @@ impl ServeFile {
             }
         };
         resolve(&mut parsed.plan);
+        resolve(&mut parsed.database_url_file);
         if let Some(tls) = parsed.tls.as_mut() {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
             resolve(&mut tls.client_ca);
+            for crl in &mut tls.client_crls {
+                *crl = base.join(&*crl);
+            }
+        }
+        if let Some(http) = parsed.http.as_mut() {
+            resolve(&mut http.tls_cert);
+            resolve(&mut http.tls_key);
+            resolve(&mut http.client_ca);
+            resolve(&mut http.token_file);
+            for crl in &mut http.client_crls {
+                *crl = base.join(&*crl);
+            }
+        }
+        if let Some(url_file) = parsed.database_url_file.take() {
+            if parsed.database_url.is_some() {
+                return Err(ConfigError::Invalid {
+                    source_name: file,
+                    key: "database_url_file".into(),
+                    message: "cannot be combined with database_url; choose one".into(),
+                });
+            }
+            let url = std::fs::read_to_string(&url_file).map_err(|e| ConfigError::Invalid {
+                source_name: file.clone(),
+                key: "database_url_file".into(),
+                message: format!("cannot read {}: {e}", url_file.display()),
+            })?;
+            parsed.database_url = Some(url.trim().to_owned());
         }
         Ok(parsed)
     }
@@ -210,12 +297,20 @@ impl ServeFile {
         }
         let insecure = self.insecure_plaintext.unwrap_or(false);
         let tls_file = self.tls.unwrap_or_default();
+        let client_crls = tls_file.client_crls;
         let tls = match (tls_file.cert, tls_file.key, tls_file.client_ca) {
-            (None, None, None) => None,
+            (None, None, None) if client_crls.is_empty() => None,
+            (None, None, None) => {
+                return Err(invalid(
+                    "tls.client_crls",
+                    "CRLs (--client-crl) need TLS: give --tls-cert, --tls-key and --client-ca",
+                ));
+            }
             (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
                 cert,
                 key,
-                client_ca,
+                client_ca: Some(client_ca),
+                crls: client_crls,
             }),
             (cert, key, client_ca) => {
                 let missing: Vec<&str> = [
@@ -260,6 +355,58 @@ impl ServeFile {
             ));
         }
         let alerts = self.alerts.unwrap_or_default().settle(source_name)?;
+        let http = self.http.unwrap_or_default();
+        let http_tls = match (http.tls_cert, http.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: http.client_ca,
+                crls: http.client_crls,
+            }),
+            (None, None) if http.client_ca.is_none() && http.client_crls.is_empty() => None,
+            _ => {
+                return Err(invalid(
+                    "http",
+                    "TLS on the HTTP listener needs tls_cert and tls_key (--http-tls-cert, --http-tls-key); client_ca and client_crls need both",
+                ));
+            }
+        };
+        let reload_every = Duration::from_secs(
+            self.tls_reload_seconds
+                .unwrap_or(crate::tls::DEFAULT_RELOAD_EVERY.as_secs()),
+        );
+        if reload_every.is_zero() {
+            return Err(invalid("tls_reload_seconds", "must be at least 1"));
+        }
+        let limit = self.rate_limit.unwrap_or_default();
+        let defaults = crate::grpc::limit::RateLimit::default();
+        let rate_limit = match limit.reports_per_second {
+            Some(0) => None,
+            per_second => {
+                let burst = limit.burst.unwrap_or(defaults.burst.get());
+                if (burst as usize) < crate::grpc::MAX_BATCH {
+                    return Err(invalid(
+                        "rate_limit.burst",
+                        &format!(
+                            "must be at least {}, the largest batch (a larger batch could never pass)",
+                            crate::grpc::MAX_BATCH
+                        ),
+                    ));
+                }
+                Some(crate::grpc::limit::RateLimit {
+                    per_second: per_second
+                        .and_then(std::num::NonZeroU32::new)
+                        .unwrap_or(defaults.per_second),
+                    burst: std::num::NonZeroU32::new(burst).expect("checked above"),
+                })
+            }
+        };
+        let security = crate::serve::Security {
+            http_tls,
+            http_token_file: http.token_file,
+            reload_every,
+            rate_limit,
+        };
         Ok(ServeConfig {
             grpc_listen: self
                 .grpc_listen
@@ -270,6 +417,7 @@ impl ServeFile {
             database_url,
             plan: self.plan,
             tls,
+            security,
             max_in_flight,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds.unwrap_or(10)),
             alerts,
@@ -386,6 +534,89 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_a_valid_configuration() {
+        let file = ServeFile::parse(
+            include_str!("../../deploy/examples/aggregator.toml"),
+            "deploy/examples/aggregator.toml",
+        )
+        .unwrap();
+        let config = file.settle("deploy/examples/aggregator.toml").unwrap();
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.crls, [PathBuf::from("/etc/duban/tls/agents-ca.crl")]);
+        assert_eq!(config.security.reload_every, Duration::from_secs(5));
+        assert_eq!(
+            config.security.rate_limit,
+            Some(crate::grpc::limit::RateLimit::default())
+        );
+        assert_eq!(config.security.http_tls, None);
+    }
+
+    #[test]
+    fn http_protections_and_rate_limits_are_checked() {
+        let settle = |text: &str| {
+            ServeFile::parse(&format!("insecure_plaintext = true\n{text}"), "a.toml")
+                .unwrap()
+                .settle("a.toml")
+        };
+        let err = settle("[http]\ntls_cert = \"h.crt\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("a.toml: http: TLS on the HTTP listener needs tls_cert and tls_key"),
+            "{err}"
+        );
+        let err = settle("[rate_limit]\nburst = 10\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("a.toml: rate_limit.burst: must be at least 1000"),
+            "{err}"
+        );
+        let off = settle("[rate_limit]\nreports_per_second = 0\n").unwrap();
+        assert_eq!(off.security.rate_limit, None);
+        let token = settle("[http]\ntoken_file = \"t\"\n").unwrap();
+        assert_eq!(token.security.http_token_file, Some(PathBuf::from("t")));
+        let err = settle("tls_reload_seconds = 0\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a.toml: tls_reload_seconds: must be at least 1"
+        );
+        let err = ServeFile::parse("[tls]\nclient_crls = [\"x.crl\"]\n", "a.toml")
+            .unwrap()
+            .settle("a.toml")
+            .unwrap_err();
+        assert!(err.to_string().contains("tls.client_crls"), "{err}");
+    }
+
+    #[test]
+    fn the_database_url_may_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("url"), "postgres://duban:secret@db/duban\n").unwrap();
+        let config = dir.path().join("aggregator.toml");
+        std::fs::write(&config, "database_url_file = \"url\"\n").unwrap();
+        let file = ServeFile::read(&config).unwrap();
+        assert_eq!(
+            file.database_url.as_deref(),
+            Some("postgres://duban:secret@db/duban")
+        );
+        std::fs::write(
+            &config,
+            "database_url_file = \"url\"\ndatabase_url = \"sqlite://x\"\n",
+        )
+        .unwrap();
+        let err = ServeFile::read(&config).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("database_url_file: cannot be combined with database_url; choose one"),
+            "{err}"
+        );
+        std::fs::write(&config, "database_url_file = \"missing\"\n").unwrap();
+        let err = ServeFile::read(&config).unwrap_err();
+        assert!(
+            err.to_string().contains("database_url_file: cannot read"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tls_or_an_explicit_plaintext_is_required() {
         let err = ServeFile::default().settle("duban.toml").unwrap_err();
         assert!(
@@ -432,6 +663,7 @@ mod tests {
                 cert: Some("file.crt".into()),
                 key: Some("file.key".into()),
                 client_ca: Some("ca.crt".into()),
+                client_crls: vec!["ca.crl".into()],
             }),
             alerts: Some(AlertsFile {
                 webhooks: vec!["http://file".into()],
@@ -444,6 +676,7 @@ mod tests {
         let merged = file.clone().merge(ServeFlags {
             max_in_flight: Some(20),
             tls_cert: Some("renewed.crt".into()),
+            client_crls: vec!["other.crl".into()],
             webhooks: vec!["http://flag".into()],
             go_live: Some("2026-12-01".into()),
             insecure_plaintext: false,
@@ -461,6 +694,11 @@ mod tests {
             tls.key.as_deref(),
             Some(Path::new("file.key")),
             "the other TLS keys stand"
+        );
+        assert_eq!(
+            tls.client_crls,
+            [PathBuf::from("ca.crl"), PathBuf::from("other.crl")],
+            "CRLs add up"
         );
         let alerts = merged.alerts.unwrap();
         assert_eq!(

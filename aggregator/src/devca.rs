@@ -4,8 +4,9 @@
 //! ordinary X.509 (ECDSA P-256) and any CA can issue the same shape.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
 
 use crate::grpc::identity::SPIFFE_UNIT_PREFIX;
@@ -102,6 +103,60 @@ impl DevCa {
             format!("{SPIFFE_UNIT_PREFIX}{unit_id}").try_into()?,
         ));
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(p)
+    }
+
+    /// A CRL (PEM) listing `revoked` (serial number, revocation time in Unix seconds), issued
+    /// at `now` (Unix seconds) and valid for a year, numbered `number`.
+    pub fn crl(
+        &self,
+        revoked: &[(Vec<u8>, i64)],
+        now: i64,
+        number: u64,
+    ) -> Result<String, rcgen::Error> {
+        let time = |secs: i64| {
+            time::OffsetDateTime::from_unix_timestamp(secs)
+                .map_err(|_| rcgen::Error::InvalidCrlNextUpdate)
+        };
+        let params = CertificateRevocationListParams {
+            this_update: time(now)?,
+            next_update: time(now + 365 * 86_400)?,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|(serial, at)| {
+                    Ok(RevokedCertParams {
+                        serial_number: SerialNumber::from_slice(serial),
+                        revocation_time: time(*at)?,
+                        reason_code: None,
+                        invalidity_date: None,
+                    })
+                })
+                .collect::<Result<_, rcgen::Error>>()?,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer)?.pem()
+    }
+
+    /// [`Self::issue_unit`] valid only from `not_before` to `not_after` (Unix seconds).
+    pub fn issue_unit_valid(
+        &self,
+        unit_id: &str,
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<Issued, rcgen::Error> {
+        let mut p = params(&format!("duban agent {unit_id}"), Vec::new())?;
+        p.subject_alt_names.push(SanType::URI(
+            format!("{SPIFFE_UNIT_PREFIX}{unit_id}").try_into()?,
+        ));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let time = |secs: i64| {
+            time::OffsetDateTime::from_unix_timestamp(secs)
+                .map_err(|_| rcgen::Error::CouldNotParseCertificate)
+        };
+        p.not_before = time(not_before)?;
+        p.not_after = time(not_after)?;
         self.issue(p)
     }
 

@@ -3,6 +3,8 @@
 //! office's web view (`crate::web`).
 
 use axum::Json;
+use std::future::Future;
+
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
@@ -12,24 +14,147 @@ use axum::routing::get;
 use crate::app::App;
 use crate::store::Store;
 
-pub fn router(app: App) -> Router {
-    Router::new()
+/// Every route; with a `token`, all but `/healthz` and `/readyz` (the orchestrator's probes)
+/// require `Authorization: Bearer <token>`.
+pub fn router(app: App, token: Option<Token>) -> Router {
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/progress", get(progress))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/supervision", get(supervision))
         .route("/api/v1/cases", get(cases))
         .route("/api/v1/reporting", get(reporting))
+        .merge(crate::web::routes());
+    let guarded = match token {
+        Some(token) => {
+            guarded.route_layer(axum::middleware::from_fn_with_state(token, require_token))
+        }
+        None => guarded,
+    };
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .merge(crate::web::routes())
+        .merge(guarded)
         .with_state(app)
+}
+
+/// The bearer token the HTTP side requires, read from a file (surrounding whitespace ignored)
+/// and re-read when the file changes; a changed file that is empty or unreadable keeps the
+/// token in force, and says so in the log.
+#[derive(Clone)]
+pub struct Token {
+    path: std::path::PathBuf,
+    current: std::sync::Arc<std::sync::RwLock<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({})", self.path.display())
+    }
+}
+
+/// Tokens shorter than this are refused: a token is a secret, not a password to remember.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+impl Token {
+    fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("{}: the HTTP token: cannot read: {e}", path.display()))?;
+        let token = bytes.trim_ascii();
+        if token.len() < MIN_TOKEN_BYTES {
+            return Err(format!(
+                "{}: the HTTP token: expected at least {MIN_TOKEN_BYTES} bytes (e.g. `openssl rand -hex 32`), found {}",
+                path.display(),
+                token.len()
+            ));
+        }
+        if !token.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{}: the HTTP token: expected one line of printable ASCII without spaces",
+                path.display()
+            ));
+        }
+        Ok(token.to_vec())
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        Ok(Token {
+            current: std::sync::Arc::new(std::sync::RwLock::new(Self::read(path)?)),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Whether `presented` is the token, compared in constant time.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        let current = self.current.read().expect("token lock");
+        bool::from(current.as_slice().ct_eq(presented))
+    }
+
+    /// Re-reads the file every `every` until `stop` resolves.
+    pub async fn watch_until(
+        self,
+        every: std::time::Duration,
+        metrics: crate::metrics::Metrics,
+        stop: impl Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tokio::pin!(stop);
+        let mut last_error = None;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            match Self::read(&self.path) {
+                Ok(token) => {
+                    last_error = None;
+                    let mut current = self.current.write().expect("token lock");
+                    if *current != token {
+                        *current = token;
+                        metrics.tls_reloads.with_label_values(&["http_token"]).inc();
+                        tracing::info!(file = %self.path.display(), "loaded a new HTTP token");
+                    }
+                }
+                Err(error) if last_error.as_ref() != Some(&error) => {
+                    metrics
+                        .tls_reload_errors
+                        .with_label_values(&["http_token"])
+                        .inc();
+                    tracing::error!(%error, "the HTTP token in force stays in force");
+                    last_error = Some(error);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+async fn require_token(
+    State(token): State<Token>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    match presented {
+        Some(presented) if token.matches(presented) => next.run(request).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"duban\"")],
+            "this path requires `Authorization: Bearer <token>` (the aggregator's --http-token-file)\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
     let mut body = app.metrics.render();
     let plan = &app.plan;
     let now = app.now_ms();
+    body.push_str(&app.keys.render_metrics(now));
     // One read of each: the snapshot feeds progress and the 督办 record (its statements), every
     // alert (open and resolved) feeds the open-alert counts and the record.
     match (

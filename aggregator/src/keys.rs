@@ -88,6 +88,40 @@ impl KeyRegistry {
         self.keys.read().expect("key registry lock").len()
     }
 
+    /// Every registered key, as last loaded.
+    pub fn snapshot(&self) -> Arc<HashMap<KeyId, RegisteredKey>> {
+        self.keys.read().expect("key registry lock").clone()
+    }
+
+    /// `duban_key_not_after_timestamp_seconds{unit,key_id}`: when each key that can still sign
+    /// stops being accepted (`+Inf` for a key without `--not-after`); revoked and expired keys
+    /// are left out. `max by (unit)` is when the unit's last usable key expires.
+    pub fn render_metrics(&self, now_ms: i64) -> String {
+        use std::fmt::Write;
+        let mut out = String::from(
+            "# HELP duban_key_not_after_timestamp_seconds When each usable signing key stops being accepted (Unix seconds; +Inf without not_after).\n# TYPE duban_key_not_after_timestamp_seconds gauge\n",
+        );
+        let keys = self.snapshot();
+        let mut usable: Vec<(&KeyId, &RegisteredKey)> = keys
+            .iter()
+            .filter(|(_, key)| {
+                key.revoked_at_ms.is_none() && key.not_after_ms.is_none_or(|at| at > now_ms)
+            })
+            .collect();
+        usable.sort_by(|a, b| (&a.1.unit_id, a.0).cmp(&(&b.1.unit_id, b.0)));
+        for (key_id, key) in usable {
+            let value = key
+                .not_after_ms
+                .map_or("+Inf".to_owned(), |ms| (ms / 1000).to_string());
+            let _ = writeln!(
+                out,
+                "duban_key_not_after_timestamp_seconds{{unit=\"{}\",key_id=\"{key_id}\"}} {value}",
+                key.unit_id
+            );
+        }
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

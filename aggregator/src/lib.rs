@@ -18,6 +18,7 @@ pub mod progress;
 pub mod serve;
 pub mod store;
 pub mod supervision;
+pub mod tls;
 pub mod web;
 
 /// Installs ring as the process-wide rustls provider (for the gRPC listener and the HTTP

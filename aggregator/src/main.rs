@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use duban_aggregator::clock::{Clock, SystemClock, parse_time_ms};
 use duban_aggregator::config::{DEFAULT_DATABASE_URL, ServeFile, ServeFlags};
-use duban_aggregator::serve::{Serve, TlsMaterial};
+use duban_aggregator::serve::Serve;
 use duban_aggregator::store::{AnyStore, ReportFilter, Store};
 use duban_aggregator::{admin, plan};
 use duban_host::cli;
@@ -29,7 +29,7 @@ enum Command {
     /// Run the aggregator: gRPC ReportService (with health and reflection), and on HTTP the web
     /// view (/), the JSON under /api/v1/, /metrics, /healthz, /readyz. SIGTERM or SIGINT drains
     /// in-flight calls, then exits.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check and show plan files (targets, tasks, units, deadlines).
     #[command(subcommand)]
     Plan(PlanCommand),
@@ -101,12 +101,16 @@ enum Command {
         #[command(flatten)]
         plan: PlanArg,
     },
-    /// Make a development CA with a server certificate and per-unit client certificates
-    /// (SAN URI spiffe://duban/unit/<unit>), for tests and trials. Production uses its own CA.
+    /// Make a development CA with a server certificate, per-unit client certificates (SAN URI
+    /// spiffe://duban/unit/<unit>) and an empty CRL (ca.crl), for tests and trials; `dev-ca
+    /// revoke` adds a certificate to the CRL. Production uses its own CA (docs/SECURITY.md).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     DevCa {
+        #[command(subcommand)]
+        action: Option<DevCaCommand>,
         /// Directory to write into; an existing CA there is reused, existing files are kept.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
+        #[arg(long, value_name = "DIR", required = true)]
+        out: Option<PathBuf>,
         /// Units to issue client certificates for (comma-separated) [default: every unit that
         /// reports an indicator in the plan].
         #[arg(long, value_delimiter = ',')]
@@ -116,6 +120,24 @@ enum Command {
         server_names: Vec<String>,
         #[command(flatten)]
         plan: PlanArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevCaCommand {
+    /// Revoke a certificate the development CA issued: rewrite DIR/ca.crl with it added (what
+    /// was revoked stays revoked). An aggregator started with --client-crl DIR/ca.crl refuses
+    /// it at the handshake once it reloads the file.
+    Revoke {
+        /// The CA's directory (as given to `dev-ca --out`).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The unit whose certificate DIR/units/<unit>.crt to revoke.
+        #[arg(long, conflicts_with = "cert", required_unless_present = "cert")]
+        unit: Option<String>,
+        /// The certificate file to revoke (any the CA issued, e.g. DIR/server.crt).
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
     },
 }
 
@@ -142,6 +164,34 @@ struct ServeArgs {
     /// CA certificate (PEM) that signs agents' client certificates; clients must present one.
     #[arg(long, value_name = "FILE")]
     client_ca: Option<PathBuf>,
+    /// A CRL (PEM or DER) of the client CA (repeatable): a listed client certificate is refused
+    /// at the handshake. `dev-ca revoke` writes one.
+    #[arg(long, value_name = "FILE")]
+    client_crl: Vec<PathBuf>,
+    /// Seconds between checks of the TLS files (certificates, keys, CAs, CRLs) and the HTTP
+    /// token file; changed files are loaded without a restart [default: 5].
+    #[arg(long, value_name = "SECONDS")]
+    tls_reload_seconds: Option<u64>,
+    /// Serve HTTP over TLS with this certificate chain (PEM); needs --http-tls-key.
+    #[arg(long, value_name = "FILE")]
+    http_tls_cert: Option<PathBuf>,
+    /// The HTTP listener's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    http_tls_key: Option<PathBuf>,
+    /// HTTP clients must present a certificate this CA (PEM) signed; needs --http-tls-cert.
+    #[arg(long, value_name = "FILE")]
+    http_client_ca: Option<PathBuf>,
+    /// Require `Authorization: Bearer <token>` on every HTTP path but /healthz and /readyz,
+    /// the token read from this file (at least 16 characters; re-read when it changes).
+    #[arg(long, value_name = "FILE")]
+    http_token_file: Option<PathBuf>,
+    /// Reports a second each unit may send (a token bucket per unit, per replica); over it,
+    /// calls are answered RESOURCE_EXHAUSTED with a retry delay. 0 turns it off [default: 1000].
+    #[arg(long, value_name = "N")]
+    rate_limit: Option<u32>,
+    /// Reports a unit may send at once after a quiet spell (at least 1000) [default: 20000].
+    #[arg(long, value_name = "N")]
+    rate_limit_burst: Option<u32>,
     /// Serve gRPC without TLS. For tests only; logs a warning at start.
     #[arg(long)]
     insecure_plaintext: bool,

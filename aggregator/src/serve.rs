@@ -4,6 +4,7 @@
 //! addresses.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,26 +17,40 @@ use tonic::transport::Server;
 use crate::alerting::AlertSettings;
 use crate::app::App;
 use crate::clock::Clock;
+use crate::grpc::limit::RateLimit;
 use crate::grpc::{MAX_MESSAGE_BYTES, ReportServer};
 use crate::keys::KeyRegistry;
 use crate::metrics::Metrics;
 use crate::plan::Plan;
 use crate::store::{AnyStore, Store, StoreError};
+use crate::tls::{Reloading, TlsFiles};
 
 /// The settings key under which the go-live time in force is kept (Unix ms), for `status`.
 pub const GO_LIVE_SETTING: &str = "go_live_ms";
 
-/// PEM contents of the server's TLS files.
-#[derive(Clone)]
-pub struct TlsMaterial {
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
-    pub client_ca_pem: Vec<u8>,
+/// What protects the listeners beyond the gRPC port's mTLS: the HTTP listener's TLS and
+/// bearer token, how often TLS files are checked for changes, and the per-unit rate limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Security {
+    /// TLS on the HTTP listener; with a client CA, clients must present a certificate it signed.
+    pub http_tls: Option<TlsFiles>,
+    /// A file holding the bearer token that every HTTP path but `/healthz` and `/readyz`
+    /// requires; re-read when it changes.
+    pub http_token_file: Option<PathBuf>,
+    /// How often TLS files (and the token file) are checked for changes.
+    pub reload_every: Duration,
+    /// `None`: no per-unit rate limit.
+    pub rate_limit: Option<RateLimit>,
 }
 
-impl std::fmt::Debug for TlsMaterial {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TlsMaterial")
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            http_tls: None,
+            http_token_file: None,
+            reload_every: crate::tls::DEFAULT_RELOAD_EVERY,
+            rate_limit: Some(RateLimit::default()),
+        }
     }
 }
 
@@ -44,8 +59,10 @@ pub struct Serve {
     pub plan: Arc<Plan>,
     pub store: AnyStore,
     pub clock: Arc<dyn Clock>,
-    /// `None` means plaintext, which only an explicit `--insecure-plaintext` allows.
-    pub tls: Option<TlsMaterial>,
+    /// The gRPC listener's TLS files (a client CA is required); `None` means plaintext, which
+    /// only an explicit `--insecure-plaintext` allows.
+    pub tls: Option<TlsFiles>,
+    pub security: Security,
     pub max_in_flight: usize,
     pub shutdown_grace: Duration,
     pub alerts: AlertSettings,
@@ -55,7 +72,9 @@ pub struct Serve {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("invalid TLS configuration: {0}")]
-    Tls(#[from] crate::grpc::tls::TlsSetupError),
+    Tls(crate::tls::TlsSetupError),
+    #[error("{0}")]
+    Token(String),
     #[error("{what}: {source}")]
     Store {
         what: &'static str,
@@ -67,6 +86,12 @@ pub enum ServeError {
     Listen(#[from] std::io::Error),
     #[error("the {0} server stopped: {1}")]
     Stopped(&'static str, String),
+}
+
+impl From<crate::tls::TlsSetupError> for ServeError {
+    fn from(error: crate::tls::TlsSetupError) -> Self {
+        ServeError::Tls(error)
+    }
 }
 
 fn store_error(what: &'static str) -> impl FnOnce(StoreError) -> ServeError {
@@ -81,12 +106,26 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let metrics = Metrics::new(serve.store.backend());
-    let tls_config = match &serve.tls {
-        Some(tls) => Some(crate::grpc::tls::server_config(
-            &tls.cert_pem,
-            &tls.key_pem,
-            &tls.client_ca_pem,
+    let grpc_tls = match &serve.tls {
+        Some(files) => Some(Reloading::load(
+            "grpc",
+            files.clone(),
+            vec![b"h2"],
+            metrics.clone(),
         )?),
+        None => None,
+    };
+    let http_tls = match &serve.security.http_tls {
+        Some(files) => Some(Reloading::load(
+            "http",
+            files.clone(),
+            vec![b"http/1.1"],
+            metrics.clone(),
+        )?),
+        None => None,
+    };
+    let token = match &serve.security.http_token_file {
+        Some(path) => Some(crate::http::Token::load(path).map_err(ServeError::Token)?),
         None => None,
     };
     warn_about_other_plans(&serve.store, &serve.plan).await?;
@@ -131,6 +170,20 @@ pub async fn run(
         }
     };
     tokio::spawn(keys.clone().refresh_until(serve.store.clone(), stopped()));
+    for reloading in grpc_tls.iter().chain(&http_tls) {
+        tokio::spawn(
+            reloading
+                .clone()
+                .watch_until(serve.security.reload_every, stopped()),
+        );
+    }
+    if let Some(token) = &token {
+        tokio::spawn(token.clone().watch_until(
+            serve.security.reload_every,
+            app.metrics.clone(),
+            stopped(),
+        ));
+    }
     let evaluator = crate::alerting::Evaluator {
         plan: serve.plan.clone(),
         store: serve.store.clone(),
@@ -139,7 +192,11 @@ pub async fn run(
         notifier: crate::alerting::notify::Notifier::new(
             serve.alerts.sinks.clone(),
             app.metrics.alert_notifications.clone(),
-            format!("http://{}", http.local_addr()?),
+            format!(
+                "{}://{}",
+                if http_tls.is_some() { "https" } else { "http" },
+                http.local_addr()?
+            ),
         ),
         metrics: app.metrics.clone(),
         every: serve.alerts.evaluate_every,
@@ -159,12 +216,27 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let reports = ReportServiceServer::new(ReportServer::new(
+    let report_server = ReportServer::new(
         &app,
         serve.max_in_flight,
         serve.tls.is_some(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        serve.security.rate_limit,
+    );
+    if let Some(limiter) = report_server.limiter() {
+        let stop = stopped();
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tick.tick() => limiter.forget_idle(),
+                }
+            }
+        });
+    }
+    let reports =
+        ReportServiceServer::new(report_server).max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
@@ -172,11 +244,11 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reports);
-    let mut accept_task = None;
-    let mut grpc_task = match tls_config {
+    let mut accept_tasks = Vec::new();
+    let mut grpc_task = match grpc_tls {
         Some(config) => {
-            let (incoming, task) = crate::grpc::tls::incoming(grpc, config, app.metrics.clone());
-            accept_task = Some(task);
+            let (incoming, task) = crate::tls::incoming(grpc, config);
+            accept_tasks.push(task);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped()))
         }
         None => {
@@ -188,10 +260,20 @@ pub async fn run(
             )
         }
     };
-    let http_server =
-        axum::serve(http, crate::http::router(app.clone())).with_graceful_shutdown(stopped());
-    let mut http_task = tokio::spawn(async move { http_server.await });
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, plan = %serve.plan.id, backend = serve.store.backend(), tls = serve.tls.is_some(), "aggregator serving");
+    let routes = crate::http::router(app.clone(), token);
+    let mut http_task = match http_tls {
+        Some(config) => {
+            let (listener, task) = crate::tls::HttpsListener::new(http, config)?;
+            accept_tasks.push(task);
+            let server = axum::serve(listener, routes).with_graceful_shutdown(stopped());
+            tokio::spawn(async move { server.await })
+        }
+        None => {
+            let server = axum::serve(http, routes).with_graceful_shutdown(stopped());
+            tokio::spawn(async move { server.await })
+        }
+    };
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, plan = %serve.plan.id, backend = serve.store.backend(), tls = serve.tls.is_some(), http_tls = serve.security.http_tls.is_some(), http_token = serve.security.http_token_file.is_some(), "aggregator serving");
 
     tokio::select! {
         _ = shutdown => tracing::info!(grace_seconds = serve.shutdown_grace.as_secs_f64(), "shutting down: draining in-flight calls"),
@@ -209,7 +291,7 @@ pub async fn run(
     })
     .await;
     // The port is free when this returns, so that a restart can bind it again at once.
-    if let Some(task) = accept_task {
+    for task in accept_tasks {
         task.abort();
         let _ = task.await;
     }

@@ -238,14 +238,15 @@ impl AgentSetup {
             .expect("start duban-agent")
     }
 
-    /// Where the daemon serves /metrics (configured as `127.0.0.1:0`), from its log.
+    /// Where the daemon serves /metrics (configured as `127.0.0.1:0`), from its log (the last
+    /// daemon started, when it was restarted).
     pub fn metrics_address(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = self.log();
             if let Some(address) = log
                 .lines()
-                .find(|l| l.contains("serving /metrics"))
+                .rfind(|l| l.contains("serving /metrics"))
                 .and_then(|l| l.split("metrics=").nth(1))
                 .and_then(|rest| rest.split_whitespace().next())
             {

@@ -204,6 +204,7 @@ async fn plan_alerts_reach_lead_units_through_alertmanager_and_every_dashboard_q
         store: store.clone(),
         clock: clock.clone() as Arc<dyn Clock>,
         tls: None,
+        security: Default::default(),
         max_in_flight: 64,
         shutdown_grace: Duration::from_secs(2),
         alerts,

@@ -58,7 +58,9 @@ fn flags_merge_with_the_configuration_file_key_by_key() {
     );
     assert!(!out.status.success());
     assert!(
-        both(&out).contains("cannot read the TLS certificate missing.crt"),
+        both(&out).contains(
+            "invalid TLS configuration: missing.crt: the TLS certificate: cannot read: No such file"
+        ),
         "{}",
         both(&out)
     );

@@ -64,7 +64,7 @@ pub async fn call_hello(
         outbox_reports,
         dead_letters,
     };
-    let signed = envelope::sign_hello(&identity.key, hello);
+    let signed = envelope::sign_hello(&identity.key.current(), hello);
     match tokio::time::timeout(timeout + Duration::from_secs(1), client.hello(signed)).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) => Err(classify(&status)),

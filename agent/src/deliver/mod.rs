@@ -39,6 +39,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::config::AggregatorConfig;
 use crate::metrics::AgentMetrics;
 use crate::outbox::{Ack, Outbox, OutboxError, Signer};
+use crate::rotate::KeyCell;
 
 mod connect;
 mod failure;
@@ -81,18 +82,21 @@ pub enum DeliverError {
     Tls(String),
 }
 
-/// Who the agent is: what it signs with and for.
+/// Who the agent is: what it signs with and for. The key is replaced in place when a
+/// rotation completes ([`crate::rotate`]).
 #[derive(Clone)]
 pub struct AgentIdentity {
-    pub key: Arc<SigningKey>,
+    pub key: KeyCell,
     pub unit: String,
     pub plan: String,
 }
 
 impl AgentIdentity {
-    pub fn signer(&self) -> Signer<'_> {
+    /// The signer for `key` (the identity's [`KeyCell::current`], taken once by the caller
+    /// for the whole of what it signs).
+    pub fn signer<'a>(&'a self, key: &'a SigningKey) -> Signer<'a> {
         Signer {
-            key: &self.key,
+            key,
             unit: &self.unit,
             audience: &self.plan,
         }
@@ -127,7 +131,18 @@ pub struct Deliverer {
     /// Whether the outbox's counters are known to be ahead of the centre's.
     synced: bool,
     metrics: AgentMetrics,
+    /// The configuration the clients were made from, for [`Self::reload_tls_if_changed`].
+    config: AggregatorConfig,
+    /// The TLS files' contents last tried, and when they were last read.
+    tls_seen: Option<Vec<Vec<u8>>>,
+    tls_checked: Instant,
+    /// The agent's key file, when a rotation may complete ([`crate::rotate`]).
+    key_file: Option<std::path::PathBuf>,
+    pending_checked: Option<Instant>,
 }
+
+/// How often the TLS files are read to see whether they changed.
+pub const TLS_CHECK: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Deliverer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,6 +169,11 @@ impl Deliverer {
     ) -> Result<Self, DeliverError> {
         let clients = clients(config, Some(&metrics))?;
         Ok(Deliverer {
+            config: config.clone(),
+            tls_seen: crate::tls::read_files(config),
+            tls_checked: Instant::now(),
+            key_file: None,
+            pending_checked: None,
             outbox,
             identity,
             clock,
@@ -170,6 +190,119 @@ impl Deliverer {
             synced,
             metrics,
         })
+    }
+
+    /// Completes a key rotation when the centre knows the key `rotate-key` put beside
+    /// `key_file` ([`crate::rotate`]).
+    pub fn rotating(mut self, key_file: std::path::PathBuf) -> Self {
+        self.key_file = Some(key_file);
+        self
+    }
+
+    /// Reads the TLS files (at most every [`TLS_CHECK`]); when they changed and hold a usable
+    /// CA, certificate and key, new connections use them (the call in flight finishes on the
+    /// old connection); otherwise the old material stays in use, the error is logged naming
+    /// the file and counted once per change.
+    pub fn reload_tls_if_changed(&mut self) {
+        if self.tls_checked.elapsed() < TLS_CHECK {
+            return;
+        }
+        self.tls_checked = Instant::now();
+        let Some(files) = &self.config.tls else {
+            return;
+        };
+        let seen = crate::tls::read_files(&self.config);
+        if seen == self.tls_seen {
+            return;
+        }
+        self.tls_seen = seen;
+        let loaded = crate::tls::check_files(files)
+            .and_then(|()| clients(&self.config, Some(&self.metrics)).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(clients) => {
+                self.clients = clients;
+                self.metrics.tls_reloads.inc();
+                tracing::info!(cert = %files.cert.display(), "loaded new TLS files; new connections use them");
+            }
+            Err(error) => {
+                self.metrics.tls_reload_errors.inc();
+                tracing::error!(%error, "new TLS files not loaded; the ones loaded before stay in use");
+            }
+        }
+    }
+
+    /// Offers the pending key of a rotation to the centre (at most every
+    /// [`crate::rotate::PENDING_CHECK`]) and switches to it once the centre knows it.
+    async fn rotate_if_accepted(&mut self) {
+        let Some(key_file) = self.key_file.clone() else {
+            return;
+        };
+        if self
+            .pending_checked
+            .is_some_and(|at| at.elapsed() < crate::rotate::PENDING_CHECK)
+        {
+            return;
+        }
+        self.pending_checked = Some(Instant::now());
+        let pending = match crate::rotate::read_pending(&key_file) {
+            None => {
+                self.metrics.key_rotation_pending.set(0);
+                return;
+            }
+            Some(Err(error)) => {
+                tracing::error!(%error, file = %crate::rotate::pending_path(&key_file).display(), "the pending key of a rotation cannot be read");
+                return;
+            }
+            Some(Ok(key)) => key,
+        };
+        self.metrics.key_rotation_pending.set(1);
+        let trial = AgentIdentity {
+            key: KeyCell::new(pending),
+            unit: self.identity.unit.clone(),
+            plan: self.identity.plan.clone(),
+        };
+        let answer = call_hello(
+            &mut self.clients[self.current],
+            &trial,
+            self.clock.now_ms(),
+            (0, 0),
+            self.timeout,
+        )
+        .await;
+        match answer {
+            Ok(result) if result.known && result.problems.is_empty() => {
+                let old = self.identity.key.current().key_id();
+                match crate::rotate::switch(&key_file, trial.key.current(), &self.identity.key) {
+                    Ok(()) => {
+                        self.metrics.key_rotation_pending.set(0);
+                        tracing::info!(
+                            old_key_id = %old,
+                            new_key_id = %self.identity.key.current().key_id(),
+                            previous = %crate::rotate::previous_path(&key_file).display(),
+                            "switched to the new signing key: the centre knows it. Reports already waiting keep the old key's signature; once the outbox has drained, revoke the old key at the centre: duban-aggregator keys revoke --key-id {old}"
+                        );
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, file = %key_file.display(), "the centre knows the new key, but it could not replace the key file; still signing with the old key")
+                    }
+                }
+            }
+            Ok(result) => {
+                let problems: Vec<String> = result
+                    .problems
+                    .iter()
+                    .map(|p| format!("{}: {}", duban_proto::reasons::name(p.code()), p.message))
+                    .collect();
+                tracing::info!(
+                    new_key_id = %trial.key.current().key_id(),
+                    "a key rotation waits for the centre to register the new key ({}); `duban-agent rotate-key` prints the command",
+                    problems.join("; ")
+                );
+            }
+            Err(failure) => {
+                tracing::debug!(message = %failure.message, "the pending key could not be offered now");
+            }
+        }
     }
 
     /// Why delivery is held, while it is: a person must fix something.
@@ -228,9 +361,10 @@ impl Deliverer {
             .iter()
             .map(|r| (r.period.clone(), r.revision))
             .collect();
+        let key = self.identity.key.current();
         let (next_seq, signed) = self
             .outbox
-            .apply_centre_state(result.max_seq, &revisions, self.identity.signer())
+            .apply_centre_state(result.max_seq, &revisions, self.identity.signer(&key))
             .await?;
         if !self.synced {
             tracing::info!(
@@ -280,6 +414,7 @@ impl Deliverer {
             .last_hello
             .is_none_or(|at| at.elapsed() >= self.heartbeat);
         if synced && !due && self.held.is_none() {
+            self.rotate_if_accepted().await;
             return Ok(None);
         }
         match self.hello().await? {
@@ -292,6 +427,7 @@ impl Deliverer {
                     );
                 }
                 self.release();
+                self.rotate_if_accepted().await;
                 Ok(None)
             }
             HelloOutcome::Problems(result) => {
@@ -366,6 +502,7 @@ impl Deliverer {
 
     /// Sends the oldest batch once and files the answers.
     pub async fn step(&mut self) -> Result<Step, DeliverError> {
+        self.reload_tls_if_changed();
         if let Some(wait) = self.hello_if_due().await? {
             return Ok(Step::Wait(wait));
         }

@@ -165,7 +165,10 @@ impl Deliverer {
         let mut dead = 0;
         for &seq in seqs {
             if u64::try_from(seq).is_ok_and(|s| s <= max_seq) {
-                let new_seq = self.outbox.rebuild(seq, self.identity.signer()).await?;
+                let new_seq = self
+                    .outbox
+                    .rebuild(seq, self.identity.signer(&self.identity.key.current()))
+                    .await?;
                 tracing::warn!(
                     old_seq = seq,
                     ?new_seq,

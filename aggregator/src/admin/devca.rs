@@ -70,7 +70,100 @@ pub fn write_dev_ca(
     for unit in units {
         issue(&format!("units/{unit}"), ca.issue_unit(unit)?)?;
     }
+    let crl = dir.join(CRL_FILE);
+    if !crl.exists() {
+        write_new(&crl, &ca.crl(&[], now_secs(), now_secs() as u64)?, 0o644)?;
+        files.written.push(crl);
+    }
     Ok(files)
+}
+
+/// The CRL a development CA keeps beside `ca.crt`, for the aggregator's `--client-crl`.
+pub const CRL_FILE: &str = "ca.crl";
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `dev-ca revoke`: adds `cert` (a certificate the CA in `dir` issued) to the CA's CRL,
+/// `dir/ca.crl`, rewritten whole (a new file renamed into place, so that a server reading it
+/// never sees half of it). What was revoked before stays revoked.
+pub fn revoke_dev_cert(dir: &Path, cert: &Path) -> Result<String, AdminError> {
+    let (ca_cert, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let ca = DevCa::from_pem(&read(&ca_cert)?, &read(&ca_key)?)?;
+    let flag = |message: String| AdminError::Flag {
+        flag: "--cert",
+        message,
+    };
+    let pem = read(cert)?;
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| flag(format!("{}: not a PEM certificate: {e}", cert.display())))?;
+    let parsed = block
+        .parse_x509()
+        .map_err(|e| flag(format!("{}: cannot be parsed: {e}", cert.display())))?;
+    let ca_der = x509_parser::pem::parse_x509_pem(ca.cert_pem().as_bytes())
+        .map_err(|e| flag(format!("{}: {e}", ca_cert.display())))?
+        .1;
+    let ca_parsed = ca_der
+        .parse_x509()
+        .map_err(|e| flag(format!("{}: {e}", ca_cert.display())))?;
+    if parsed.issuer() != ca_parsed.subject() {
+        return Err(flag(format!(
+            "{} was issued by {}, not by this CA ({}): only its own CA can revoke it",
+            cert.display(),
+            parsed.issuer(),
+            ca_parsed.subject()
+        )));
+    }
+    let serial = parsed.raw_serial().to_vec();
+    let subject = parsed.subject().to_string();
+    let crl_path = dir.join(CRL_FILE);
+    let mut revoked: Vec<(Vec<u8>, i64)> = Vec::new();
+    if crl_path.exists() {
+        let bytes = std::fs::read(&crl_path).map_err(|source| AdminError::Read {
+            path: crl_path.clone(),
+            source,
+        })?;
+        let (_, block) = x509_parser::pem::parse_x509_pem(&bytes)
+            .map_err(|e| flag(format!("{}: not a PEM CRL: {e}", crl_path.display())))?;
+        let (_, crl) = x509_parser::parse_x509_crl(&block.contents)
+            .map_err(|e| flag(format!("{}: cannot be parsed: {e}", crl_path.display())))?;
+        revoked.extend(
+            crl.iter_revoked_certificates()
+                .map(|r| (r.raw_serial().to_vec(), r.revocation_date.timestamp())),
+        );
+    }
+    let now = now_secs();
+    let mut out = String::new();
+    if revoked.iter().any(|(s, _)| *s == serial) {
+        let _ = writeln!(out, "{} ({subject}) was already revoked", cert.display());
+        return Ok(out);
+    }
+    revoked.push((serial, now));
+    // The CRL number only grows: the time of issue, or one more than the last.
+    let crl = ca.crl(&revoked, now, now as u64)?;
+    let tmp = dir.join(format!("{CRL_FILE}.new"));
+    let _ = std::fs::remove_file(&tmp);
+    write_new(&tmp, &crl, 0o644)?;
+    std::fs::rename(&tmp, &crl_path).map_err(|source| AdminError::Create {
+        path: crl_path.clone(),
+        source,
+    })?;
+    let _ = writeln!(
+        out,
+        "revoked {} ({subject}); wrote {} ({} revoked in all)",
+        cert.display(),
+        crl_path.display(),
+        revoked.len()
+    );
+    let _ = writeln!(
+        out,
+        "an aggregator started with --client-crl {} refuses it at the handshake once it has reloaded the file (every --tls-reload-seconds, 5 by default)",
+        crl_path.display()
+    );
+    Ok(out)
 }
 
 /// `dev-ca`: [`write_dev_ca`], and what it did, for the terminal.

@@ -18,7 +18,7 @@ mod keys;
 mod reports;
 mod status;
 
-pub use devca::{DevCaFiles, dev_ca, write_dev_ca};
+pub use devca::{CRL_FILE, DevCaFiles, dev_ca, revoke_dev_cert, write_dev_ca};
 pub use keys::{KeyRegistration, actor, admin_log, keys_add, keys_list, keys_revoke, register_key};
 pub use reports::{reports_list, values_show};
 pub use status::status;

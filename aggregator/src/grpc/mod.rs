@@ -2,12 +2,12 @@
 //!
 //! Whole-call failures are mapped here and only here: a store failure is `UNAVAILABLE` (agents
 //! retry), the concurrency limit is `RESOURCE_EXHAUSTED` with a `grpc-retry-pushback-ms`
-//! trailer, a missing or foreign client certificate is `UNAUTHENTICATED` or
+//! trailer, so is the per-unit rate limit ([`limit`]), a missing or foreign client certificate is `UNAUTHENTICATED` or
 //! `PERMISSION_DENIED`, and a bad batch size is `INVALID_ARGUMENT`.
 
 pub mod convert;
 pub mod identity;
-pub mod tls;
+pub mod limit;
 
 use std::sync::Arc;
 
@@ -18,7 +18,9 @@ use tonic::{Request, Response, Status};
 
 use crate::app::App;
 use crate::ingest::Ingestor;
+use crate::keys::KeyRegistry;
 use crate::metrics::Metrics;
+use limit::{RateLimit, UnitLimiter};
 
 /// Most reports in one `SubmitBatch`.
 pub const MAX_BATCH: usize = 1000;
@@ -32,16 +34,53 @@ pub struct ReportServer {
     metrics: Metrics,
     in_flight: Arc<Semaphore>,
     require_client_identity: bool,
+    limiter: Option<Arc<UnitLimiter>>,
+    keys: Arc<KeyRegistry>,
 }
 
 impl ReportServer {
-    pub fn new(app: &App, max_in_flight: usize, require_client_identity: bool) -> Self {
+    pub fn new(
+        app: &App,
+        max_in_flight: usize,
+        require_client_identity: bool,
+        rate_limit: Option<RateLimit>,
+    ) -> Self {
         ReportServer {
             ingestor: Ingestor::new(app),
             metrics: app.metrics.clone(),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             require_client_identity,
+            limiter: rate_limit.map(|limit| Arc::new(UnitLimiter::new(limit, app.metrics.clone()))),
+            keys: app.keys.clone(),
         }
+    }
+
+    /// The per-unit limiter, if any (for its housekeeping).
+    pub fn limiter(&self) -> Option<Arc<UnitLimiter>> {
+        self.limiter.clone()
+    }
+
+    /// Charges `cost` to the calling unit's bucket: the unit of its client certificate, or,
+    /// without TLS, the unit its first envelope's key is registered to (`unregistered` when it
+    /// is none: those calls share one bucket, and are refused anyway).
+    fn limit(
+        &self,
+        cert_unit: Option<&str>,
+        first: Option<&pb::SignedReport>,
+        cost: usize,
+    ) -> Result<(), Status> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let unit = match cert_unit {
+            Some(unit) => unit.to_owned(),
+            None => first
+                .and_then(|report| duban_proto::KeyId::from_slice(&report.key_id).ok())
+                .and_then(|key_id| self.keys.lookup(&key_id))
+                .map(|key| key.unit_id)
+                .unwrap_or_else(|| "unregistered".to_owned()),
+        };
+        limiter.check(&unit, cost)
     }
 
     fn client_unit<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
@@ -91,7 +130,9 @@ impl ReportService for ReportServer {
         request: Request<pb::SignedReport>,
     ) -> Result<Response<pb::SubmitResult>, Status> {
         let unit = self.client_unit(&request)?;
-        let mut results = self.handle(vec![request.into_inner()], unit).await?;
+        let report = request.into_inner();
+        self.limit(unit.as_deref(), Some(&report), 1)?;
+        let mut results = self.handle(vec![report], unit).await?;
         Ok(Response::new(results.pop().expect("one result per report")))
     }
 
@@ -107,6 +148,7 @@ impl ReportService for ReportServer {
                 reports.len()
             )));
         }
+        self.limit(unit.as_deref(), reports.first(), reports.len())?;
         let results = self.handle(reports, unit).await?;
         Ok(Response::new(pb::SubmitBatchResponse { results }))
     }
@@ -116,11 +158,12 @@ impl ReportService for ReportServer {
         request: Request<pb::SignedReport>,
     ) -> Result<Response<pb::HelloResult>, Status> {
         let unit = self.client_unit(&request)?;
-        let answer = self
-            .ingestor
-            .hello(request.into_inner(), unit)
-            .await
-            .map_err(|e| Status::unavailable(format!("the store is unavailable; retry: {e}")))?;
+        let request = request.into_inner();
+        self.limit(unit.as_deref(), Some(&request), 1)?;
+        let answer =
+            self.ingestor.hello(request, unit).await.map_err(|e| {
+                Status::unavailable(format!("the store is unavailable; retry: {e}"))
+            })?;
         Ok(Response::new(convert::hello(answer)))
     }
 
@@ -129,11 +172,12 @@ impl ReportService for ReportServer {
         request: Request<pb::SignedReport>,
     ) -> Result<Response<pb::SubmitResult>, Status> {
         let unit = self.client_unit(&request)?;
-        let result = self
-            .ingestor
-            .respond(request.into_inner(), unit)
-            .await
-            .map_err(|e| Status::unavailable(format!("the store is unavailable; retry: {e}")))?;
+        let request = request.into_inner();
+        self.limit(unit.as_deref(), Some(&request), 1)?;
+        let result =
+            self.ingestor.respond(request, unit).await.map_err(|e| {
+                Status::unavailable(format!("the store is unavailable; retry: {e}"))
+            })?;
         Ok(Response::new(convert::result(result)))
     }
 
@@ -142,9 +186,11 @@ impl ReportService for ReportServer {
         request: Request<pb::SignedReport>,
     ) -> Result<Response<pb::AlertList>, Status> {
         let unit = self.client_unit(&request)?;
+        let request = request.into_inner();
+        self.limit(unit.as_deref(), Some(&request), 1)?;
         let list = self
             .ingestor
-            .open_alerts(request.into_inner(), unit)
+            .open_alerts(request, unit)
             .await
             .map_err(|e| Status::unavailable(format!("the store is unavailable; retry: {e}")))?;
         if !list.problems.is_empty() {

@@ -35,7 +35,19 @@ pub struct Metrics {
     /// 督办 statements received, by kind and result (`accepted`, `duplicate`, or the reason).
     pub statements: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
+    /// New TLS material that could not be loaded (the old stays in use), by listener.
+    pub tls_reload_errors: IntCounterVec,
+    /// New TLS material loaded while serving, by listener.
+    pub tls_reloads: IntCounterVec,
+    /// The `notAfter` of the certificate each listener serves, in Unix seconds.
+    pub tls_cert_not_after: IntGaugeVec,
+    /// Calls turned away by the per-unit rate limit, by unit.
+    pub rate_limited: IntCounterVec,
 }
+
+/// What is reloaded from files, as the `listener` label: each listener's TLS material, and
+/// the HTTP bearer token.
+pub const TLS_LISTENERS: [&str; 3] = ["grpc", "http", "http_token"];
 
 /// Why a TLS handshake failed, as the `reason` label of `duban_tls_handshake_failures_total`.
 pub const TLS_FAILURE_REASONS: [&str; 10] = [
@@ -79,6 +91,14 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
         .register(Box::new(g.clone()))
         .expect("unique metric");
@@ -210,8 +230,36 @@ impl Metrics {
                 "gRPC connections whose TLS handshake failed, by reason.",
                 &["reason"],
             ),
+            tls_reload_errors: counter_vec(
+                &registry,
+                "duban_tls_reload_errors_total",
+                "Changed TLS files (certificate, key, client CA, CRL) or HTTP token file that could not be loaded, by listener (grpc, http, http_token); what was loaded before stays in use.",
+                &["listener"],
+            ),
+            tls_reloads: counter_vec(
+                &registry,
+                "duban_tls_reloads_total",
+                "Changed TLS files (or HTTP token file) loaded while serving, by listener.",
+                &["listener"],
+            ),
+            tls_cert_not_after: gauge_vec(
+                &registry,
+                "duban_tls_cert_not_after_timestamp_seconds",
+                "The notAfter of the certificate a listener serves (Unix seconds).",
+                &["listener"],
+            ),
+            rate_limited: counter_vec(
+                &registry,
+                "duban_rate_limited_total",
+                "Calls answered RESOURCE_EXHAUSTED by the per-unit rate limit, by unit.",
+                &["unit"],
+            ),
             registry,
         };
+        for listener in TLS_LISTENERS {
+            m.tls_reload_errors.with_label_values(&[listener]);
+            m.tls_reloads.with_label_values(&[listener]);
+        }
         for result in ["ok", "problem"] {
             m.hellos.with_label_values(&[result]);
         }

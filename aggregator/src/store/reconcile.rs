@@ -184,7 +184,7 @@ async fn advance_seq(
         .fetch_optional(&mut *conn)
         .await?;
     let Some(row) = row else { return Ok(0) };
-    let max_seq: i64 = row.try_get(0)?;
+    let mut max_seq: i64 = row.try_get(0)?;
     let seq = seq_i64(report.seq);
     if seq <= max_seq {
         return Ok(0);
@@ -194,6 +194,18 @@ async fn advance_seq(
         .bind(report.key_id.as_bytes().to_vec())
         .execute(&mut *conn)
         .await?;
+    if max_seq == 0 {
+        // A key's first report. After a rotation (`duban-agent rotate-key`) the agent's outbox
+        // goes on counting where the unit's previous key stopped: the gap is counted from
+        // there, not from 0.
+        let previous: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(max_seq) FROM keys WHERE unit_id = $1 AND key_id <> $2")
+                .bind(&report.unit_id)
+                .bind(report.key_id.as_bytes().to_vec())
+                .fetch_one(&mut *conn)
+                .await?;
+        max_seq = previous.unwrap_or(0).min(seq - 1);
+    }
     Ok((seq - max_seq - 1) as u64)
 }
 

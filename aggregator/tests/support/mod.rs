@@ -73,8 +73,9 @@ use std::sync::Arc;
 
 use duban_aggregator::clock::{Clock, ManualClock};
 use duban_aggregator::devca::DevCa;
-use duban_aggregator::serve::{Serve, TlsMaterial};
+use duban_aggregator::serve::{Security, Serve};
 use duban_aggregator::store::{AnyStore, NewKey, Store};
+use duban_aggregator::tls::TlsFiles;
 use duban_proto::pb::report_service_client::ReportServiceClient;
 use duban_proto::{SigningKey, pb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -102,6 +103,8 @@ pub struct TestServer {
     pub store: AnyStore,
     pub clock: Arc<ManualClock>,
     pub ca: Option<DevCa>,
+    /// The gRPC listener's TLS files (with an empty CRL of `ca`), which a test may replace.
+    pub tls_files: Option<TlsFiles>,
     /// The database URL the server uses.
     pub database_url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -120,6 +123,8 @@ pub struct Options {
     pub revoked: Vec<duban_proto::KeyId>,
     /// The server's `--max-in-flight` (64 when `None`).
     pub max_in_flight: Option<usize>,
+    /// The HTTP token file, TLS reload interval and rate limit (the defaults when `None`).
+    pub security: Option<Security>,
 }
 
 pub fn key_record(key: &SigningKey, unit: &str) -> NewKey {
@@ -162,11 +167,17 @@ impl TestServer {
         let ca = options.tls.then(|| DevCa::generate().unwrap());
         let tls = ca.as_ref().map(|ca| {
             let server = ca.issue_server(&["localhost"]).unwrap();
-            TlsMaterial {
-                cert_pem: server.cert_pem.into_bytes(),
-                key_pem: server.key_pem.into_bytes(),
-                client_ca_pem: ca.cert_pem().as_bytes().to_vec(),
-            }
+            let files = TlsFiles {
+                cert: dir.path().join("server.crt"),
+                key: dir.path().join("server.key"),
+                client_ca: Some(dir.path().join("ca.crt")),
+                crls: vec![dir.path().join("ca.crl")],
+            };
+            std::fs::write(&files.cert, server.cert_pem).unwrap();
+            std::fs::write(&files.key, server.key_pem).unwrap();
+            std::fs::write(files.client_ca.as_ref().unwrap(), ca.cert_pem()).unwrap();
+            std::fs::write(&files.crls[0], ca.crl(&[], NOW_MS / 1000, 1).unwrap()).unwrap();
+            files
         });
         let clock = Arc::new(ManualClock::new(NOW_MS));
         let plan = Arc::new(duban_aggregator::plan::embedded().plan);
@@ -175,6 +186,7 @@ impl TestServer {
             store: store.clone(),
             clock: clock.clone() as Arc<dyn Clock>,
             tls,
+            security: options.security.clone().unwrap_or_default(),
             max_in_flight: options.max_in_flight.unwrap_or(64),
             shutdown_grace: std::time::Duration::from_secs(5),
             alerts: options.alerts.clone().unwrap_or_default(),
@@ -184,6 +196,7 @@ impl TestServer {
         let grpc = grpc_listener.local_addr().unwrap();
         let http = http_listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let tls_files = serve.tls.clone();
         let task = tokio::spawn(duban_aggregator::serve::run(
             serve,
             grpc_listener,
@@ -198,12 +211,21 @@ impl TestServer {
             store,
             clock,
             ca,
+            tls_files,
             database_url: url,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
         };
         // The listeners are bound, but the server answers once its start-up writes are done.
+        // (Over TLS, the test waits itself.)
+        if options
+            .security
+            .as_ref()
+            .is_some_and(|s| s.http_tls.is_some())
+        {
+            return server;
+        }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while server
             .try_http_get("/readyz")
@@ -253,6 +275,26 @@ impl TestServer {
                 issued.cert_pem,
                 issued.key_pem,
             ));
+        }
+        let channel = Endpoint::from_shared(format!("https://{}", self.grpc))?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        Ok(ReportServiceClient::new(channel))
+    }
+
+    /// A TLS client trusting `ca_pem` and presenting `identity` (certificate and key PEM).
+    #[allow(dead_code)]
+    pub async fn tls_client_with(
+        &self,
+        ca_pem: &str,
+        identity: Option<(&str, &str)>,
+    ) -> Result<ReportServiceClient<Channel>, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
         }
         let channel = Endpoint::from_shared(format!("https://{}", self.grpc))?
             .tls_config(tls)?

@@ -15,7 +15,7 @@ pub(super) struct Shared {
     pub(super) plan: Arc<Plan>,
     pub(super) clock: Arc<ManualClock>,
     pub(super) layout: Layout,
-    pub(super) tls: TlsMaterial,
+    pub(super) tls: TlsFiles,
 }
 
 pub(super) async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
@@ -41,6 +41,7 @@ impl Aggregator {
             store: store.clone(),
             clock: shared.clock.clone(),
             tls: Some(shared.tls.clone()),
+            security: Default::default(),
             max_in_flight: 256,
             shutdown_grace: Duration::from_secs(10),
             // The demo evaluates once per simulated day itself (see `evaluator`).

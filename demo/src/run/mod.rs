@@ -24,8 +24,9 @@ use duban_aggregator::alerting::AlertSettings;
 use duban_aggregator::alerting::Evaluator;
 use duban_aggregator::clock::{Clock, ManualClock};
 use duban_aggregator::plan::{Period, Plan};
-use duban_aggregator::serve::{Serve, TlsMaterial};
+use duban_aggregator::serve::Serve;
 use duban_aggregator::store::{AnyStore, ReportFilter, Store};
+use duban_aggregator::tls::TlsFiles;
 use duban_proto::pb;
 use duban_proto::pb::report_service_client::ReportServiceClient;
 use jiff::ToSpan;
@@ -95,17 +96,14 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
 
     let clock = Arc::new(ManualClock::new(noon_ms(&plan, start)));
     let (webhook, inbox) = start_inbox(clock.clone(), plan.clone()).await?;
-    let read = |name: &str| {
-        std::fs::read(layout.tls.join(name))
-            .with_context(|| format!("cannot read {}", layout.tls.join(name).display()))
-    };
     let shared = Shared {
         plan: plan.clone(),
         clock: clock.clone(),
-        tls: TlsMaterial {
-            cert_pem: read("server.crt")?,
-            key_pem: read("server.key")?,
-            client_ca_pem: read("ca.crt")?,
+        tls: TlsFiles {
+            cert: layout.tls.join("server.crt"),
+            key: layout.tls.join("server.key"),
+            client_ca: Some(layout.tls.join("ca.crt")),
+            crls: vec![layout.tls.join(duban_aggregator::admin::CRL_FILE)],
         },
         layout: layout.clone(),
     };
