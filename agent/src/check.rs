@@ -97,6 +97,18 @@ pub async fn check(path: &Path, online: Online) -> Result<Report, crate::config:
                 key.key_id()
             ));
             check_key_permissions(&config.private_key, &mut report);
+            match crate::rotate::read_pending(&config.private_key) {
+                None => {}
+                Some(Ok(pending)) => report.warn(format!(
+                    "a key rotation is pending: the running agent switches to key {} ({}) once the centre has registered it; `duban-agent rotate-key` prints the `keys add` line",
+                    pending.key_id(),
+                    crate::rotate::pending_path(&config.private_key).display()
+                )),
+                Some(Err(error)) => report.fail(format!(
+                    "the pending key of a rotation, {}: {error}",
+                    crate::rotate::pending_path(&config.private_key).display()
+                )),
+            }
             Some(key)
         }
         Err(error) => {

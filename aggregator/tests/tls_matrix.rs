@@ -411,3 +411,89 @@ async fn a_broken_new_file_keeps_the_old_material_in_use() {
     assert_eq!(stored(&server).await, 2);
     server.stop().await;
 }
+
+/// The `sh` blocks of docs/SECURITY.md's "With an existing PKI (openssl)" section.
+fn openssl_recipes() -> Vec<String> {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/SECURITY.md"),
+    )
+    .unwrap();
+    let section = doc
+        .split("## With an existing PKI (openssl)")
+        .nth(1)
+        .expect("the openssl section");
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+fn bash(dir: &std::path::Path, script: &str) {
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_openssl_commands_issue_and_revoke_what_the_server_checks() {
+    if !duban_testkit::program("the documented openssl commands", "openssl", "openssl") {
+        return;
+    }
+    let recipes = openssl_recipes();
+    assert_eq!(recipes.len(), 2, "issue, then revoke: {recipes:?}");
+    let dir = tempfile::tempdir().unwrap();
+    // The organisation's CA, which the document takes as given.
+    bash(
+        dir.path(),
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
+         -out ca.pem -subj /CN=org-ca -days 30 \
+         -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign",
+    );
+    bash(dir.path(), &recipes[0]);
+    bash(dir.path(), &recipes[0].replace("laoshan", "shibei"));
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let server = server().await;
+    let files = server.tls_files.as_ref().unwrap();
+    write_atomically(files.client_ca.as_ref().unwrap(), read("ca.pem").as_bytes());
+    server
+        .wait_for_metric_at_least("duban_tls_reloads_total{listener=\"grpc\"}", 1.0)
+        .await;
+    let ca = server.ca.as_ref().unwrap().cert_pem().to_owned();
+    let (laoshan, laoshan_key) = (read("laoshan.pem"), read("laoshan.key"));
+    assert!(served(&server, &ca, Some((&laoshan, &laoshan_key)), 1).await);
+
+    bash(dir.path(), &recipes[1]);
+    write_atomically(&files.crls[0], read("ca.crl").as_bytes());
+    server
+        .wait_for_metric_at_least("duban_tls_reloads_total{listener=\"grpc\"}", 2.0)
+        .await;
+    refused_at_handshake_with(&server, &ca, (&laoshan, &laoshan_key), "revoked").await;
+    let mut as_shibei = server
+        .tls_client_with(&ca, Some((&read("shibei.pem"), &read("shibei.key"))))
+        .await
+        .expect("shibei's certificate is not revoked");
+    let result = as_shibei
+        .submit(sign(
+            &shibei_key(),
+            report("shibei", 1, "2018Q1", &[("pct-applications", 2.0)]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        result.outcome(),
+        pb::Outcome::Accepted,
+        "{}",
+        result.message
+    );
+    server.stop().await;
+}
