@@ -431,6 +431,9 @@ impl Deliverer {
                 Ok(None)
             }
             HelloOutcome::Problems(result) => {
+                // The old key may have been revoked before the switch: a pending key the
+                // centre knows lets the agent out of the hold.
+                self.rotate_if_accepted().await;
                 let problems: Vec<String> = result
                     .problems
                     .iter()

@@ -142,7 +142,7 @@ pub fn revoke_dev_cert(dir: &Path, cert: &Path) -> Result<String, AdminError> {
         return Ok(out);
     }
     revoked.push((serial, now));
-    // The CRL number only grows: the time of issue, or one more than the last.
+    // The CRL number must grow from one CRL to the next: the time of issue, in seconds.
     let crl = ca.crl(&revoked, now, now as u64)?;
     let tmp = dir.join(format!("{CRL_FILE}.new"));
     let _ = std::fs::remove_file(&tmp);
