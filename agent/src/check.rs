@@ -104,8 +104,8 @@ pub async fn check(path: &Path, online: Online) -> Result<Report, crate::config:
                     pending.key_id(),
                     crate::rotate::pending_path(&config.private_key).display()
                 )),
-                Some(Err(error)) => report.fail(format!(
-                    "the pending key of a rotation, {}: {error}",
+                Some(Err(error)) => report.warn(format!(
+                    "the pending key of a rotation, {}, cannot be read ({error}): give it the key file's owner, group and mode, or the rotation cannot complete",
                     crate::rotate::pending_path(&config.private_key).display()
                 )),
             }

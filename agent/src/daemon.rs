@@ -90,7 +90,15 @@ impl Agent {
             plan: config.plan.clone(),
         };
         let key = identity.key.current();
-        let stale = outbox.signed_for_others(identity.signer(&key)).await?;
+        // Reports signed by the key a rotation replaced stay as they are (the centre accepts
+        // them until that key is revoked; then they are signed again, see `deliver`).
+        let previous: Vec<String> =
+            SigningKey::read_pkcs8_pem_file(&crate::rotate::previous_path(&config.private_key))
+                .map(|key| vec![key.key_id().to_string()])
+                .unwrap_or_default();
+        let stale = outbox
+            .signed_for_others(identity.signer(&key), &previous)
+            .await?;
         for seq in &stale {
             outbox.rebuild(*seq, identity.signer(&key)).await?;
         }
@@ -297,10 +305,21 @@ async fn deliver_loop(agent: Agent, mut deliverer: Deliverer, mut stop: watch::R
             Step::Idle => Duration::from_secs(5),
             Step::Wait(wait) => wait,
         };
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = agent.wake.notified(), if matches!(step, Step::Idle) => {}
-            _ = tokio::time::sleep(wait) => {}
+        // The wait is cut into TLS checks: renewed certificate files end a wait at once (a
+        // refused certificate may hold delivery for minutes).
+        let until = Instant::now() + wait;
+        loop {
+            let chunk = until
+                .saturating_duration_since(Instant::now())
+                .min(crate::deliver::TLS_CHECK);
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = agent.wake.notified(), if matches!(step, Step::Idle) => break,
+                _ = tokio::time::sleep(chunk) => {}
+            }
+            if Instant::now() >= until || deliverer.reload_tls_if_changed() {
+                break;
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ pub struct AgentMetrics {
     pub client_cert_expiry_timestamp_seconds: IntGauge,
     pub tls_reload_errors: IntCounter,
     pub tls_reloads: IntCounter,
+    pub tls_reload_failing: IntGauge,
     pub key_rotation_pending: IntGauge,
     pub outbox_moved_aside: IntCounter,
     pub items_refused: IntCounterVec,
@@ -135,6 +136,10 @@ impl AgentMetrics {
             tls_reloads: counter(
                 "duban_agent_tls_reloads_total",
                 "Changed TLS files loaded while running (new connections use them).",
+            ),
+            tls_reload_failing: gauge(
+                "duban_agent_tls_reload_failing",
+                "1 while the TLS files, changed, cannot be loaded (the old ones stay in use).",
             ),
             key_rotation_pending: gauge(
                 "duban_agent_key_rotation_pending",

@@ -99,8 +99,39 @@ pub fn start(private_key: &Path) -> Result<Started, KeyError> {
     let key = SigningKey::generate();
     let _ = std::fs::remove_file(&next_pub);
     write_new(&next_pub, key.public_key().to_spki_pem().as_bytes(), 0o644)?;
-    // The private key last: its presence is what starts the rotation.
-    write_new(&next, key.to_pkcs8_pem().as_bytes(), 0o600)?;
+    // The private key last, whole (a new file renamed into place), with the key file's owner,
+    // group and mode, so that the agent's service user reads it as it reads its key: its
+    // presence is what starts the rotation.
+    let tmp = with_suffix(private_key, ".next.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    #[cfg(unix)]
+    let (mode, owner) = {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        match std::fs::metadata(private_key) {
+            Ok(meta) => (
+                meta.permissions().mode() & 0o640,
+                Some((meta.uid(), meta.gid())),
+            ),
+            Err(_) => (0o600, None),
+        }
+    };
+    #[cfg(not(unix))]
+    let (mode, owner) = (0o600, None::<(u32, u32)>);
+    write_new(&tmp, key.to_pkcs8_pem().as_bytes(), mode.max(0o600))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode.max(0o600)));
+    }
+    #[cfg(unix)]
+    if let Some((uid, gid)) = owner {
+        // As root, the file goes to the key's owner; as the owner, this changes nothing.
+        let _ = std::os::unix::fs::chown(&tmp, Some(uid), Some(gid));
+    }
+    std::fs::rename(&tmp, &next).map_err(|source| KeyError::Write {
+        path: next.clone(),
+        source,
+    })?;
     Ok(Started {
         key_id: key.key_id(),
         public_key: next_pub,

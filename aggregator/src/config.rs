@@ -356,6 +356,12 @@ impl ServeFile {
         }
         let alerts = self.alerts.unwrap_or_default().settle(source_name)?;
         let http = self.http.unwrap_or_default();
+        if http.client_ca.is_none() && !http.client_crls.is_empty() {
+            return Err(invalid(
+                "http.client_crls",
+                "CRLs need the CA whose clients they revoke: give http.client_ca (--http-client-ca)",
+            ));
+        }
         let http_tls = match (http.tls_cert, http.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,

@@ -109,6 +109,10 @@ impl Token {
             match Self::read(&self.path) {
                 Ok(token) => {
                     last_error = None;
+                    metrics
+                        .tls_reload_failing
+                        .with_label_values(&["http_token"])
+                        .set(0);
                     let mut current = self.current.write().expect("token lock");
                     if *current != token {
                         *current = token;
@@ -121,6 +125,10 @@ impl Token {
                         .tls_reload_errors
                         .with_label_values(&["http_token"])
                         .inc();
+                    metrics
+                        .tls_reload_failing
+                        .with_label_values(&["http_token"])
+                        .set(1);
                     tracing::error!(%error, "the HTTP token in force stays in force");
                     last_error = Some(error);
                 }
@@ -138,7 +146,9 @@ async fn require_token(
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+        .map(|value| value.as_bytes())
+        .filter(|value| value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|value| &value[7..]);
     match presented {
         Some(presented) if token.matches(presented) => next.run(request).await,
         _ => (

@@ -93,20 +93,19 @@ impl KeyRegistry {
         self.keys.read().expect("key registry lock").clone()
     }
 
-    /// `duban_key_not_after_timestamp_seconds{unit,key_id}`: when each key that can still sign
-    /// stops being accepted (`+Inf` for a key without `--not-after`); revoked and expired keys
-    /// are left out. `max by (unit)` is when the unit's last usable key expires.
+    /// `duban_key_not_after_timestamp_seconds{unit,key_id}`: when each key not revoked stops
+    /// being accepted (`+Inf` for a key without `--not-after`; a time past for an expired one,
+    /// so that an alert on it goes on firing after the expiry). `max by (unit)` is when the
+    /// unit's last key expires.
     pub fn render_metrics(&self, now_ms: i64) -> String {
         use std::fmt::Write;
         let mut out = String::from(
-            "# HELP duban_key_not_after_timestamp_seconds When each usable signing key stops being accepted (Unix seconds; +Inf without not_after).\n# TYPE duban_key_not_after_timestamp_seconds gauge\n",
+            "# HELP duban_key_not_after_timestamp_seconds When each signing key not revoked stops being accepted (Unix seconds; +Inf without not_after).\n# TYPE duban_key_not_after_timestamp_seconds gauge\n",
         );
         let keys = self.snapshot();
         let mut usable: Vec<(&KeyId, &RegisteredKey)> = keys
             .iter()
-            .filter(|(_, key)| {
-                key.revoked_at_ms.is_none() && key.not_after_ms.is_none_or(|at| at > now_ms)
-            })
+            .filter(|(_, key)| key.revoked_at_ms.is_none_or(|at| at > now_ms))
             .collect();
         usable.sort_by(|a, b| (&a.1.unit_id, a.0).cmp(&(&b.1.unit_id, b.0)));
         for (key_id, key) in usable {

@@ -135,7 +135,8 @@ enum DevCaCommand {
         /// The unit whose certificate DIR/units/<unit>.crt to revoke.
         #[arg(long, conflicts_with = "cert", required_unless_present = "cert")]
         unit: Option<String>,
-        /// The certificate file to revoke (any the CA issued, e.g. DIR/server.crt).
+        /// The certificate file to revoke (a client certificate the CA issued, e.g. one issued
+        /// again by hand under another name).
         #[arg(long, value_name = "FILE")]
         cert: Option<PathBuf>,
     },
@@ -147,8 +148,8 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     grpc_listen: Option<SocketAddr>,
     /// HTTP listen address for the web view, /api/v1/, /metrics, /healthz, /readyz; read-only,
-    /// protected by the address it binds (docs/OPERATIONS.md, "The web view") [default:
-    /// 127.0.0.1:9464].
+    /// protected by the address it binds and, when given, --http-token-file and --http-tls-*
+    /// (docs/OPERATIONS.md, "Protecting the HTTP side") [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<SocketAddr>,
     #[command(flatten)]

@@ -240,7 +240,11 @@ pub async fn run(
 
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
+    // Connections are renewed every MAX_CONNECTION_AGE (GOAWAY; calls in flight finish, clients
+    // reconnect at once), so that a client certificate revoked, or a CA removed, while a
+    // connection stays open is checked again within that time.
     let router = Server::builder()
+        .max_connection_age(crate::tls::MAX_CONNECTION_AGE)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reports);

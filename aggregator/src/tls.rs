@@ -28,6 +28,9 @@ use crate::metrics::Metrics;
 
 /// How long a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a gRPC connection is kept: then the server asks the client to reconnect
+/// (calls in flight finish), and the new handshake meets the CRLs and CAs in force.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
 /// How often TLS files are checked for changes, unless configured otherwise.
 pub const DEFAULT_RELOAD_EVERY: Duration = Duration::from_secs(5);
 
@@ -175,7 +178,8 @@ fn read_crls(
     path: &Path,
     bytes: &[u8],
 ) -> Result<(Vec<CertificateRevocationListDer<'static>>, usize), TlsSetupError> {
-    let crls: Vec<CertificateRevocationListDer<'static>> = if bytes.starts_with(b"-----") {
+    let pem = bytes.windows(10).any(|w| w == b"-----BEGIN");
+    let crls: Vec<CertificateRevocationListDer<'static>> = if pem {
         CertificateRevocationListDer::pem_slice_iter(bytes)
             .collect::<Result<_, _>>()
             .map_err(|e| material(path, "the CRL", e))?
@@ -285,6 +289,10 @@ impl Reloading {
                     .with_label_values(&[self.listener])
                     .inc();
                 self.metrics
+                    .tls_reload_failing
+                    .with_label_values(&[self.listener])
+                    .set(0);
+                self.metrics
                     .tls_cert_not_after
                     .with_label_values(&[self.listener])
                     .set(loaded.not_after);
@@ -315,6 +323,10 @@ impl Reloading {
             .tls_reload_errors
             .with_label_values(&[self.listener])
             .inc();
+        self.metrics
+            .tls_reload_failing
+            .with_label_values(&[self.listener])
+            .set(1);
         tracing::error!(listener = self.listener, %error, "new TLS material not loaded; the material loaded before stays in use");
         Reload::Failed(error.to_string())
     }

@@ -55,6 +55,16 @@ fn agent_with_csv(w: &World, endpoint: &str) -> (AgentSetup, impl Fn(f64) + use<
     (agent, write)
 }
 
+/// The object for `unit` anywhere in a JSON answer.
+fn find_unit<'a>(value: &'a serde_json::Value, unit: &str) -> Option<&'a serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) if map.get("unit").is_some_and(|u| u == unit) => Some(value),
+        serde_json::Value::Object(map) => map.values().find_map(|v| find_unit(v, unit)),
+        serde_json::Value::Array(items) => items.iter().find_map(|v| find_unit(v, unit)),
+        _ => None,
+    }
+}
+
 fn wait_for_value(w: &World, value: f64) {
     wait_until(
         Duration::from_secs(60),
@@ -70,8 +80,8 @@ fn wait_for_value(w: &World, value: f64) {
     );
 }
 
-#[test]
-fn rotating_the_signing_key_of_a_running_agent_refuses_nothing() {
+/// A plaintext aggregator, laoshan's agent with its CSV source, and the agent's key id.
+fn plaintext_setup() -> (World, AggregatorProcess, AgentSetup, impl Fn(f64), String) {
     let w = World::new();
     let aggregator = AggregatorProcess::start(&["--database-url", &w.url, "--insecure-plaintext"]);
     let (agent, write) = agent_with_csv(&w, &format!("http://{}", aggregator.grpc));
@@ -79,6 +89,12 @@ fn rotating_the_signing_key_of_a_running_agent_refuses_nothing() {
         .unwrap()
         .key_id()
         .to_string();
+    (w, aggregator, agent, write, old_key)
+}
+
+#[test]
+fn rotating_the_signing_key_of_a_running_agent_refuses_nothing() {
+    let (w, aggregator, agent, write, old_key) = plaintext_setup();
     let mut daemon = agent.spawn_daemon(&[]);
     wait_for_value(&w, 1.0);
 
@@ -118,6 +134,13 @@ fn rotating_the_signing_key_of_a_running_agent_refuses_nothing() {
     wait_until(Duration::from_secs(60), "the agent to switch keys", || {
         agent.log().contains("switched to the new signing key")
     });
+    assert!(
+        agent
+            .log()
+            .contains(&format!("duban-aggregator keys revoke {old_key}")),
+        "the switch names the command that revokes the old key:\n{}",
+        agent.log()
+    );
     write(3.0);
     wait_for_value(&w, 3.0);
 
@@ -155,6 +178,10 @@ fn rotating_the_signing_key_of_a_running_agent_refuses_nothing() {
         0.0,
         "the new key goes on counting"
     );
+    let reporting: serde_json::Value =
+        serde_json::from_str(&http_get(&aggregator.http.to_string(), "/api/v1/reporting")).unwrap();
+    let laoshan = find_unit(&reporting, "laoshan").expect("laoshan in /api/v1/reporting");
+    assert_eq!(laoshan["seq_gaps"], 0, "{laoshan}");
     assert_eq!(agent.outbox_stats()["dead_letters"], 0);
     let agent_metrics = http_get(&agent.metrics_address(), "/metrics");
     assert!(
@@ -277,6 +304,64 @@ fn a_renewed_certificate_is_used_by_a_running_agent_and_a_revoked_one_is_refused
                 .contains("duban_agent_tls_reloads_total 1")
         },
     );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+#[test]
+fn an_old_key_revoked_before_the_switch_loses_nothing() {
+    let (w, _aggregator, agent, write, old_key) = plaintext_setup();
+    ok(agent.run(&["collect", "--once"]));
+    wait_for_value(&w, 1.0);
+    // A report signed with the old key waits in the outbox (stored, not sent).
+    write(2.0);
+    ok(agent.run(&["collect", "--once", "--send-for", "0s"]));
+    assert_eq!(agent.outbox_stats()["reports"], 1);
+
+    // The operator does everything at once: the new key registered, the old one revoked.
+    let out = agent.run(&["rotate-key"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = agent.dir.join("signing.key.next.pub");
+    ok(run(
+        &binary("duban-aggregator"),
+        &[
+            "keys",
+            "add",
+            "--unit",
+            "laoshan",
+            "--public-key",
+            public.to_str().unwrap(),
+            "--database-url",
+            &w.url,
+        ],
+    ));
+    ok(run(
+        &binary("duban-aggregator"),
+        &["keys", "revoke", &old_key, "--database-url", &w.url],
+    ));
+
+    // The agent, refused as the old key, switches to the new one and signs the waiting report
+    // again: it arrives, and nothing goes to the dead letters.
+    let mut daemon = agent.spawn_daemon(&[]);
+    wait_for_value(&w, 2.0);
+    wait_until(Duration::from_secs(30), "an empty outbox", || {
+        agent.outbox_stats()["reports"] == 0
+    });
+    assert!(
+        agent.log().contains("switched to the new signing key"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("signed again with the current key"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.outbox_stats()["dead_letters"], 0);
     let _ = daemon.kill();
     let _ = daemon.wait();
 }

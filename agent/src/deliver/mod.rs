@@ -202,18 +202,19 @@ impl Deliverer {
     /// Reads the TLS files (at most every [`TLS_CHECK`]); when they changed and hold a usable
     /// CA, certificate and key, new connections use them (the call in flight finishes on the
     /// old connection); otherwise the old material stays in use, the error is logged naming
-    /// the file and counted once per change.
-    pub fn reload_tls_if_changed(&mut self) {
+    /// the file and counted once per change. Returns whether new files were loaded (a wait for
+    /// a refused certificate can then end at once).
+    pub fn reload_tls_if_changed(&mut self) -> bool {
         if self.tls_checked.elapsed() < TLS_CHECK {
-            return;
+            return false;
         }
         self.tls_checked = Instant::now();
         let Some(files) = &self.config.tls else {
-            return;
+            return false;
         };
         let seen = crate::tls::read_files(&self.config);
         if seen == self.tls_seen {
-            return;
+            return false;
         }
         self.tls_seen = seen;
         let loaded = crate::tls::check_files(files)
@@ -222,36 +223,43 @@ impl Deliverer {
             Ok(clients) => {
                 self.clients = clients;
                 self.metrics.tls_reloads.inc();
+                self.metrics.tls_reload_failing.set(0);
+                self.attempt = 0;
                 tracing::info!(cert = %files.cert.display(), "loaded new TLS files; new connections use them");
+                true
             }
             Err(error) => {
                 self.metrics.tls_reload_errors.inc();
+                self.metrics.tls_reload_failing.set(1);
                 tracing::error!(%error, "new TLS files not loaded; the ones loaded before stay in use");
+                false
             }
         }
     }
 
     /// Offers the pending key of a rotation to the centre (at most every
     /// [`crate::rotate::PENDING_CHECK`]) and switches to it once the centre knows it.
-    async fn rotate_if_accepted(&mut self) {
+    /// Returns whether it switched.
+    async fn rotate_if_accepted(&mut self) -> bool {
         let Some(key_file) = self.key_file.clone() else {
-            return;
+            return false;
         };
         if self
             .pending_checked
             .is_some_and(|at| at.elapsed() < crate::rotate::PENDING_CHECK)
         {
-            return;
+            return false;
         }
         self.pending_checked = Some(Instant::now());
         let pending = match crate::rotate::read_pending(&key_file) {
             None => {
                 self.metrics.key_rotation_pending.set(0);
-                return;
+                return false;
             }
             Some(Err(error)) => {
-                tracing::error!(%error, file = %crate::rotate::pending_path(&key_file).display(), "the pending key of a rotation cannot be read");
-                return;
+                self.metrics.key_rotation_pending.set(1);
+                tracing::error!(%error, file = %crate::rotate::pending_path(&key_file).display(), "the pending key of a rotation cannot be read by this agent: give it the owner, group and mode of the key file");
+                return false;
             }
             Some(Ok(key)) => key,
         };
@@ -279,13 +287,15 @@ impl Deliverer {
                             old_key_id = %old,
                             new_key_id = %self.identity.key.current().key_id(),
                             previous = %crate::rotate::previous_path(&key_file).display(),
-                            "switched to the new signing key: the centre knows it. Reports already waiting keep the old key's signature; once the outbox has drained, revoke the old key at the centre: duban-aggregator keys revoke --key-id {old}"
+                            "switched to the new signing key: the centre knows it. Reports already waiting keep the old key's signature; once the outbox has drained, revoke the old key at the centre: duban-aggregator keys revoke {old}"
                         );
+                        return true;
                     }
                     Err(error) => {
-                        tracing::error!(%error, file = %key_file.display(), "the centre knows the new key, but it could not replace the key file; still signing with the old key")
+                        tracing::error!(%error, file = %key_file.display(), "the centre knows the new key, but this agent cannot replace its key file (under systemd: the key's directory must be in ReadWritePaths, docs/AGENT.md); still signing with the old key")
                     }
                 }
+                false
             }
             Ok(result) => {
                 let problems: Vec<String> = result
@@ -298,9 +308,11 @@ impl Deliverer {
                     "a key rotation waits for the centre to register the new key ({}); `duban-agent rotate-key` prints the command",
                     problems.join("; ")
                 );
+                false
             }
             Err(failure) => {
                 tracing::debug!(message = %failure.message, "the pending key could not be offered now");
+                false
             }
         }
     }
@@ -414,7 +426,9 @@ impl Deliverer {
             .last_hello
             .is_none_or(|at| at.elapsed() >= self.heartbeat);
         if synced && !due && self.held.is_none() {
-            self.rotate_if_accepted().await;
+            if self.rotate_if_accepted().await {
+                self.last_hello = None;
+            }
             return Ok(None);
         }
         match self.hello().await? {
@@ -427,13 +441,20 @@ impl Deliverer {
                     );
                 }
                 self.release();
-                self.rotate_if_accepted().await;
+                if self.rotate_if_accepted().await {
+                    self.last_hello = None;
+                }
                 Ok(None)
             }
             HelloOutcome::Problems(result) => {
                 // The old key may have been revoked before the switch: a pending key the
-                // centre knows lets the agent out of the hold.
-                self.rotate_if_accepted().await;
+                // centre knows lets the agent out of the hold at once.
+                if self.rotate_if_accepted().await {
+                    self.release();
+                    self.attempt = 0;
+                    self.last_hello = None;
+                    return Ok(None);
+                }
                 let problems: Vec<String> = result
                     .problems
                     .iter()

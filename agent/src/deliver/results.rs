@@ -49,6 +49,7 @@ impl Deliverer {
         let mut retry = false;
         let mut hold: Option<String> = None;
         let mut replays = Vec::new();
+        let mut resign = Vec::new();
         for (row, result) in pending.iter().zip(&results) {
             let report = pb::Report::decode(row.envelope.payload.as_slice()).unwrap_or_default();
             for refusal in &result.refusals {
@@ -75,6 +76,16 @@ impl Deliverer {
                         seq: row.seq,
                         refused: refused_items(result),
                     });
+                }
+                // Signed by a key the agent no longer uses (a rotation), which the centre has
+                // revoked or which expired since: signed again with the current key.
+                _ if matches!(
+                    reason,
+                    pb::ReasonCode::ReasonKeyRevoked | pb::ReasonCode::ReasonKeyExpired
+                ) && row.envelope.key_id
+                    != self.identity.key.current().key_id().as_bytes().to_vec() =>
+                {
+                    resign.push(row.seq)
                 }
                 _ if IDENTITY_REASONS.contains(&reason) => {
                     self.metrics
@@ -133,6 +144,17 @@ impl Deliverer {
         self.batch = self.max_batch;
         if !replays.is_empty() {
             dead += self.rebuild_replays(&replays).await?;
+        }
+        for &seq in &resign {
+            let new_seq = self
+                .outbox
+                .rebuild(seq, self.identity.signer(&self.identity.key.current()))
+                .await?;
+            tracing::info!(
+                old_seq = seq,
+                ?new_seq,
+                "signed with a previous key the centre no longer accepts; signed again with the current key"
+            );
         }
         if let Some(why) = hold {
             return Ok(Step::Wait(self.hold(why)));

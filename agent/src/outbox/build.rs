@@ -257,8 +257,14 @@ impl Outbox {
         Ok(Some(new_seq))
     }
 
-    /// The waiting reports signed for another unit, plan or key than `signer`'s.
-    pub async fn signed_for_others(&self, signer: Signer<'_>) -> Result<Vec<i64>, OutboxError> {
+    /// The waiting reports signed for another unit, plan or key than `signer`'s; a report of
+    /// the same unit and plan signed by one of the `also` key ids (the key a rotation replaced)
+    /// is not one of them.
+    pub async fn signed_for_others(
+        &self,
+        signer: Signer<'_>,
+        also: &[String],
+    ) -> Result<Vec<i64>, OutboxError> {
         let key_id = signer.key.key_id().to_string();
         let rows = sqlx::query("SELECT seq, envelope FROM outbox WHERE seq > 0 ORDER BY seq")
             .fetch_all(&self.pool)
@@ -266,7 +272,10 @@ impl Outbox {
         let mut out = Vec::new();
         for row in rows {
             let (unit, audience, key) = envelope_identity(&row.try_get::<Vec<u8>, _>(1)?);
-            if unit != signer.unit || audience != signer.audience || key != key_id {
+            if unit != signer.unit
+                || audience != signer.audience
+                || (key != key_id && !also.contains(&key))
+            {
                 out.push(row.try_get(0)?);
             }
         }

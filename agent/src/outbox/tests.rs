@@ -436,9 +436,15 @@ async fn rebuild_re_signs_the_same_items_under_a_new_seq_and_identity() {
         unit: "shinan",
         ..signer(&key)
     };
-    assert_eq!(outbox.signed_for_others(shinan).await.unwrap(), [1]);
+    assert_eq!(outbox.signed_for_others(shinan, &[]).await.unwrap(), [1]);
     assert_eq!(outbox.rebuild(1, shinan).await.unwrap(), Some(2));
-    assert!(outbox.signed_for_others(shinan).await.unwrap().is_empty());
+    assert!(
+        outbox
+            .signed_for_others(shinan, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let pending = outbox.pending(10).await.unwrap();
     let report = envelope::verify(&pending[0].envelope, key.public_key()).unwrap();
     assert_eq!(

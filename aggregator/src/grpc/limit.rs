@@ -60,7 +60,7 @@ impl UnitLimiter {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => {
                 use governor::clock::Clock;
-                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
                 self.metrics.rate_limited.with_label_values(&[unit]).inc();
                 let mut status = Status::resource_exhausted(format!(
                     "unit {unit} is over its rate limit of {} reports/s (bursts of {}); retry after the pushback delay",

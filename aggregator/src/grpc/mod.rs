@@ -115,6 +115,9 @@ impl ReportServer {
             return Err(status);
         };
         let _slot = Slot::taken(permit, &self.metrics.in_flight);
+        // Charged once the call has a slot: a call turned away at the concurrency limit costs
+        // its unit nothing.
+        self.limit(unit.as_deref(), reports.first(), reports.len())?;
         let results =
             self.ingestor.submit(reports, unit).await.map_err(|e| {
                 Status::unavailable(format!("the store is unavailable; retry: {e}"))
@@ -130,9 +133,7 @@ impl ReportService for ReportServer {
         request: Request<pb::SignedReport>,
     ) -> Result<Response<pb::SubmitResult>, Status> {
         let unit = self.client_unit(&request)?;
-        let report = request.into_inner();
-        self.limit(unit.as_deref(), Some(&report), 1)?;
-        let mut results = self.handle(vec![report], unit).await?;
+        let mut results = self.handle(vec![request.into_inner()], unit).await?;
         Ok(Response::new(results.pop().expect("one result per report")))
     }
 
@@ -148,7 +149,6 @@ impl ReportService for ReportServer {
                 reports.len()
             )));
         }
-        self.limit(unit.as_deref(), reports.first(), reports.len())?;
         let results = self.handle(reports, unit).await?;
         Ok(Response::new(pb::SubmitBatchResponse { results }))
     }

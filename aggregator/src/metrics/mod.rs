@@ -39,6 +39,8 @@ pub struct Metrics {
     pub tls_reload_errors: IntCounterVec,
     /// New TLS material loaded while serving, by listener.
     pub tls_reloads: IntCounterVec,
+    /// 1 while a listener's changed files cannot be loaded.
+    pub tls_reload_failing: IntGaugeVec,
     /// The `notAfter` of the certificate each listener serves, in Unix seconds.
     pub tls_cert_not_after: IntGaugeVec,
     /// Calls turned away by the per-unit rate limit, by unit.
@@ -242,6 +244,12 @@ impl Metrics {
                 "Changed TLS files (or HTTP token file) loaded while serving, by listener.",
                 &["listener"],
             ),
+            tls_reload_failing: gauge_vec(
+                &registry,
+                "duban_tls_reload_failing",
+                "1 while a listener's changed TLS files (or the HTTP token file) cannot be loaded; what was loaded before stays in use.",
+                &["listener"],
+            ),
             tls_cert_not_after: gauge_vec(
                 &registry,
                 "duban_tls_cert_not_after_timestamp_seconds",
@@ -259,6 +267,7 @@ impl Metrics {
         for listener in TLS_LISTENERS {
             m.tls_reload_errors.with_label_values(&[listener]);
             m.tls_reloads.with_label_values(&[listener]);
+            m.tls_reload_failing.with_label_values(&[listener]);
         }
         for result in ["ok", "problem"] {
             m.hellos.with_label_values(&[result]);

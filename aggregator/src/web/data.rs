@@ -326,10 +326,18 @@ pub fn reporting(plan: &Plan, data: &Data) -> Vec<UnitReporting> {
             for r in mine.iter().filter(|r| r.seq > 0) {
                 seqs.entry(r.key_id.as_slice()).or_default().insert(r.seq);
             }
-            let seq_gaps = seqs
-                .values()
-                .map(|s| (s.last().copied().unwrap_or(0) as u64).saturating_sub(s.len() as u64))
-                .sum();
+            // Each key counts from where the unit's previous key stopped (after a rotation the
+            // agent goes on counting), as the store counts `duban_seq_gaps_total`.
+            let mut keys: Vec<&BTreeSet<i64>> = seqs.values().collect();
+            keys.sort_by_key(|s| s.first().copied());
+            let mut baseline = 0i64;
+            let mut seq_gaps = 0u64;
+            for s in keys {
+                let (first, last) = (*s.first().unwrap_or(&0), *s.last().unwrap_or(&0));
+                let start = if baseline < first { baseline } else { 0 };
+                seq_gaps += ((last - start) as u64).saturating_sub(s.len() as u64);
+                baseline = baseline.max(last);
+            }
             UnitReporting {
                 unit: unit.id.clone(),
                 name: unit.name.clone(),
