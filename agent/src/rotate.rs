@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use duban_proto::keys::KeyError;
+use duban_proto::keys::{KeyError, write_new_file};
 use duban_proto::{KeyId, SigningKey};
 
 /// How often a pending key is offered to the centre (by a Hello signed with it).
@@ -88,7 +88,7 @@ pub fn start(private_key: &Path) -> Result<Started, KeyError> {
     if let Some(pending) = read_pending(private_key) {
         let key = pending?;
         if !next_pub.exists() {
-            write_new(&next_pub, key.public_key().to_spki_pem().as_bytes(), 0o644)?;
+            write_new_file(&next_pub, key.public_key().to_spki_pem().as_bytes(), 0o644)?;
         }
         return Ok(Started {
             key_id: key.key_id(),
@@ -98,7 +98,7 @@ pub fn start(private_key: &Path) -> Result<Started, KeyError> {
     }
     let key = SigningKey::generate();
     let _ = std::fs::remove_file(&next_pub);
-    write_new(&next_pub, key.public_key().to_spki_pem().as_bytes(), 0o644)?;
+    write_new_file(&next_pub, key.public_key().to_spki_pem().as_bytes(), 0o644)?;
     // The private key last, whole (a new file renamed into place), with the key file's owner,
     // group and mode, so that the agent's service user reads it as it reads its key: its
     // presence is what starts the rotation.
@@ -117,7 +117,7 @@ pub fn start(private_key: &Path) -> Result<Started, KeyError> {
     };
     #[cfg(not(unix))]
     let (mode, owner) = (0o600, None::<(u32, u32)>);
-    write_new(&tmp, key.to_pkcs8_pem().as_bytes(), mode.max(0o600))?;
+    write_new_file(&tmp, key.to_pkcs8_pem().as_bytes(), mode.max(0o600))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -137,23 +137,6 @@ pub fn start(private_key: &Path) -> Result<Started, KeyError> {
         public_key: next_pub,
         already_pending: false,
     })
-}
-
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
-    use std::io::Write;
-    let write = |source| KeyError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(path).map_err(write)?;
-    file.write_all(contents).map_err(write)?;
-    file.sync_all().map_err(write)
 }
 
 /// Makes the pending key the agent's: the old key file is copied to `.previous`, then the

@@ -330,7 +330,8 @@ pub fn write_keypair(dir: &Path, key: &SigningKey) -> Result<KeyPairFiles, KeyEr
     })
 }
 
-fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
+/// Writes a file that must not exist yet, with `mode` (Unix), and syncs it.
+pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

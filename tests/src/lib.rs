@@ -319,6 +319,19 @@ pub fn stored_reports(database_url: &str) -> Vec<serde_json::Value> {
     rows
 }
 
+/// The current value of (indicator, unit, period) among `current_values`' rows.
+pub fn value_of(
+    values: &[serde_json::Value],
+    indicator: &str,
+    unit: &str,
+    period: &str,
+) -> Option<f64> {
+    values
+        .iter()
+        .find(|v| v["indicator_id"] == indicator && v["unit_id"] == unit && v["period"] == period)
+        .and_then(|v| v["value"].as_f64())
+}
+
 /// Current values as `duban-aggregator values show --json` shows them.
 pub fn current_values(database_url: &str) -> Vec<serde_json::Value> {
     let out = run(

@@ -7,23 +7,11 @@ use std::time::Duration;
 
 use duban_e2e::{
     AgentSetup, AggregatorProcess, World, current_values, dev_ca, http_get, ok, stored_reports,
-    wait_until,
+    value_of, wait_until,
 };
 
 fn world() -> World {
     World::new()
-}
-
-fn value_of(
-    values: &[serde_json::Value],
-    indicator: &str,
-    unit: &str,
-    period: &str,
-) -> Option<f64> {
-    values
-        .iter()
-        .find(|v| v["indicator_id"] == indicator && v["unit_id"] == unit && v["period"] == period)
-        .and_then(|v| v["value"].as_f64())
 }
 
 fn mariadb_url() -> Option<String> {

@@ -5,18 +5,6 @@ use std::time::Duration;
 
 use duban_e2e::*;
 
-fn value_of(
-    values: &[serde_json::Value],
-    indicator: &str,
-    unit: &str,
-    period: &str,
-) -> Option<f64> {
-    values
-        .iter()
-        .find(|v| v["indicator_id"] == indicator && v["unit_id"] == unit && v["period"] == period)
-        .and_then(|v| v["value"].as_f64())
-}
-
 /// The sum of a counter's samples in a /metrics body whose names start with `prefix`.
 fn sum_of(metrics: &str, prefix: &str) -> f64 {
     metrics
