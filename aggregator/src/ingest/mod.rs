@@ -1,7 +1,8 @@
 //! The ingest path: verify, validate, reconcile, in the order docs/PROTOCOL.md fixes.
 //!
-//! For every envelope: size caps, payload type, key known and usable, `verify_strict` over the
-//! received bytes, decode, binding checks (key and unit against the registry and the TLS
+//! For every envelope: size caps, payload type, key known and usable, the signature over the
+//! received bytes (batched across the calls in flight, with `verify_strict`'s answers: see
+//! [`verifier`]), decode, binding checks (key and unit against the registry and the TLS
 //! identity, audience, `issued_at` not in the future), then validation against the plan item
 //! by item. What survives goes to the store in one call, which classifies duplicates,
 //! conflicts and replays. Only a store failure fails the whole call (gRPC `UNAVAILABLE`);
@@ -10,11 +11,12 @@
 mod hello;
 pub mod respond;
 pub mod validate;
+mod verifier;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use duban_proto::envelope::{self, VerifyError};
+use duban_proto::envelope::{self, PendingSignature, VerifyError};
 use duban_proto::{KeyId, pb};
 use sha2::{Digest, Sha256};
 
@@ -23,16 +25,13 @@ pub use hello::HelloAnswer;
 
 use crate::app::App;
 use crate::clock::Clock;
-use crate::keys::KeyRegistry;
+use crate::keys::{KeyRegistry, RegisteredKey};
 use crate::metrics::Metrics;
 use crate::plan::Plan;
 use crate::store::{AnyStore, NewReport, Store, StoreError, StoreOutcome};
 
 /// How far ahead of the server clock `issued_at_ms` may be.
 pub const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
-
-/// Batches at least this large are verified on the blocking pool rather than inline.
-const BLOCKING_BATCH: usize = 16;
 
 #[derive(Clone)]
 pub struct Ingestor {
@@ -45,6 +44,7 @@ struct Inner {
     store: AnyStore,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
+    verifier: verifier::Verifier,
 }
 
 impl std::fmt::Debug for Ingestor {
@@ -71,6 +71,7 @@ impl Ingestor {
                 store: app.store.clone(),
                 clock: app.clock.clone(),
                 metrics: app.metrics.clone(),
+                verifier: verifier::Verifier::new(app.metrics.clone()),
             }),
         }
     }
@@ -146,22 +147,10 @@ impl Ingestor {
         metrics.received.inc_by(envelopes.len() as u64);
         // Who sent each envelope, for the log lines of refusals (the key id as sent).
         let senders: Vec<Vec<u8>> = envelopes.iter().map(|e| e.key_id.clone()).collect();
-        let prepared = if envelopes.len() >= BLOCKING_BATCH {
-            let (inner, unit) = (self.inner.clone(), tls_unit.clone());
-            tokio::task::spawn_blocking(move || {
-                envelopes
-                    .iter()
-                    .map(|e| inner.prepare(e, unit.as_deref()))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .expect("verification does not panic")
-        } else {
-            envelopes
-                .iter()
-                .map(|e| self.inner.prepare(e, tls_unit.as_deref()))
-                .collect()
-        };
+        let prepared = self
+            .inner
+            .prepare_all(&envelopes, tls_unit.as_deref())
+            .await;
 
         let mut ready = Vec::new();
         let mut refusals_of_ready = Vec::new();
@@ -301,20 +290,55 @@ impl Inner {
         Ok(())
     }
 
-    fn prepare(&self, signed: &pb::SignedReport, tls_unit: Option<&str>) -> Prepared {
-        match self.check(signed, tls_unit) {
-            Ok(ready) => ready,
-            Err((report_id, reason, message)) => {
-                Prepared::Done(ReportResult::rejected(report_id, reason, message))
-            }
-        }
+    /// Checks a call's envelopes: the cheap checks and the key of each, then every signature
+    /// in one batch (shared with the other calls in flight, see [`verifier`]), then decoding,
+    /// binding and validation of those whose signature verified. One answer per envelope.
+    async fn prepare_all(
+        &self,
+        envelopes: &[pb::SignedReport],
+        tls_unit: Option<&str>,
+    ) -> Vec<Prepared> {
+        let now = self.clock.now_ms();
+        let looked: Vec<Result<Found, Failure>> =
+            envelopes.iter().map(|e| self.lookup(e, now)).collect();
+        let pending: Vec<PendingSignature> = looked
+            .iter()
+            .zip(envelopes)
+            .filter_map(|(found, signed)| {
+                let found = found.as_ref().ok()?;
+                Some(PendingSignature {
+                    message: envelope::signed_message(signed),
+                    signature: found.signature,
+                    key: found.key.public_key.clone(),
+                })
+            })
+            .collect();
+        let mut verdicts = self.verifier.verify(pending).await.into_iter();
+        looked
+            .into_iter()
+            .zip(envelopes)
+            .map(|(found, signed)| {
+                let checked = found.and_then(|Found { key_id, key, .. }| {
+                    if verdicts.next() != Some(true) {
+                        self.metrics.signature_failures.inc();
+                        let error = VerifyError::BadSignature;
+                        return Err((Vec::new(), verify_reason(&error), error.to_string()));
+                    }
+                    self.check_verified(signed, key_id, &key, tls_unit, now)
+                });
+                match checked {
+                    Ok(ready) => ready,
+                    Err((report_id, reason, message)) => {
+                        Prepared::Done(ReportResult::rejected(report_id, reason, message))
+                    }
+                }
+            })
+            .collect()
     }
 
-    fn check(
-        &self,
-        signed: &pb::SignedReport,
-        tls_unit: Option<&str>,
-    ) -> Result<Prepared, (Vec<u8>, Reason, String)> {
+    /// The checks before the signature: sizes and payload type, then the key, registered and
+    /// usable now.
+    fn lookup(&self, signed: &pb::SignedReport, now: i64) -> Result<Found, Failure> {
         let fail = |reason, message: String| (Vec::new(), reason, message);
         let key_id =
             envelope::precheck(signed).map_err(|e| fail(verify_reason(&e), e.to_string()))?;
@@ -324,17 +348,35 @@ impl Inner {
                 format!("key {key_id} is not registered"),
             )
         })?;
-        let now = self.clock.now_ms();
         key.check_usable(now).map_err(|reason| {
             fail(
                 reason,
                 format!("key {key_id} of unit {:?}: {}", key.unit_id, reason.name()),
             )
         })?;
-        if let Err(error) = envelope::verify_signature(signed, &key.public_key) {
-            self.metrics.signature_failures.inc();
-            return Err(fail(verify_reason(&error), error.to_string()));
-        }
+        let signature = signed.signature.as_slice().try_into().map_err(|_| {
+            let error = VerifyError::BadSignatureLength {
+                len: signed.signature.len(),
+            };
+            fail(verify_reason(&error), error.to_string())
+        })?;
+        Ok(Found {
+            key_id,
+            key,
+            signature,
+        })
+    }
+
+    /// The checks after the signature verified: decoding, binding, validation.
+    fn check_verified(
+        &self,
+        signed: &pb::SignedReport,
+        key_id: KeyId,
+        key: &RegisteredKey,
+        tls_unit: Option<&str>,
+        now: i64,
+    ) -> Result<Prepared, Failure> {
+        let fail = |reason, message: String| (Vec::new(), reason, message);
         self.metrics.payloads_decoded.inc();
         let report =
             envelope::decode_payload(signed).map_err(|e| fail(verify_reason(&e), e.to_string()))?;
@@ -514,6 +556,16 @@ impl Inner {
         }
     }
 }
+
+/// An envelope's key, found registered and usable, and its signature.
+struct Found {
+    key_id: KeyId,
+    key: RegisteredKey,
+    signature: [u8; envelope::SIGNATURE_LEN],
+}
+
+/// Why an envelope was refused: its report id (empty before decoding), reason and message.
+type Failure = (Vec<u8>, Reason, String);
 
 /// The fields of a stored report that its result and the logs need.
 struct Identity {

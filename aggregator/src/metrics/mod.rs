@@ -21,6 +21,10 @@ pub struct Metrics {
     pub refused_items: IntCounterVec,
     pub signature_failures: IntCounter,
     pub payloads_decoded: IntCounter,
+    /// Signatures checked together, from all calls in flight.
+    pub verify_batch_size: Histogram,
+    /// Batches with a bad signature, checked again one by one.
+    pub verify_batch_fallbacks: IntCounter,
     pub seq_gaps: IntCounter,
     pub security_events: IntCounterVec,
     pub overloaded: IntCounter,
@@ -161,6 +165,27 @@ impl Metrics {
                 &registry,
                 "duban_payloads_decoded_total",
                 "Payloads (reports and Hellos) decoded; only ever after their signature verified.",
+            ),
+            verify_batch_size: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "duban_verify_batch_size",
+                        "Signatures verified together in one batch (from all calls in flight).",
+                    )
+                    .buckets(vec![
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+                    ]),
+                )
+                .expect("valid histogram");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("metric registered once");
+                h
+            },
+            verify_batch_fallbacks: counter(
+                &registry,
+                "duban_verify_batch_fallbacks_total",
+                "Signature batches that failed and were checked one by one to find the bad ones.",
             ),
             seq_gaps: counter(
                 &registry,

@@ -9,14 +9,16 @@
 //! - A current value changes only to one with a greater `(revision, issued_at_ms, seq)`, and
 //!   every change writes an audit row in the same transaction.
 //!
-//! SQL is shared by both backends through sqlx's `Any` driver (`$n` placeholders work on both);
-//! the schema lives in per-backend migrations under `aggregator/migrations/`.
+//! Ingest is set-based (see [`decide`]): each backend reads what a group touches, decides in
+//! memory, and writes each table in one statement with its own typed driver. The other SQL is
+//! shared by both backends through sqlx's `Any` driver (`$n` placeholders work on both); the
+//! schema lives in per-backend migrations under `aggregator/migrations/`.
 
 mod alerts;
+mod decide;
 mod postgres;
 mod presence;
 mod queries;
-mod reconcile;
 mod sqlite;
 mod statements;
 mod types;

@@ -1,10 +1,15 @@
 //! PostgreSQL backend for scale-out: several aggregator replicas share one database, and the
-//! unique constraints there decide what is stored. Each ingest call is one transaction.
+//! unique constraints there decide what is stored. Each ingest call is one transaction: every
+//! table it touches read in one statement, [`decide`] in memory, every table written in one
+//! statement (`UNNEST` of typed arrays, through a typed `PgPool`; see `group_sql`).
+
+mod group_sql;
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Connection, Row};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AnyPool, Connection, PgPool, Row};
 
-use super::reconcile::{POSTGRES, ingest_one};
+use super::decide::decide;
 use super::types::*;
 use super::{AlertChanges, SqlBackend, StoreError, WantedAlert};
 
@@ -18,6 +23,8 @@ const ALERT_SYNC_LOCK: &str =
 #[derive(Clone)]
 pub struct PgStore {
     pool: AnyPool,
+    /// The ingest path's typed pool (array binds for `UNNEST`).
+    writers: PgPool,
     /// A connection of its own that holds the notifier advisory lock once taken.
     notifier: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>>,
 }
@@ -34,8 +41,14 @@ impl PgStore {
             .run(&mut *conn)
             .await?;
         drop(conn);
+        let writers = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect(url)
+            .await?;
         Ok(PgStore {
             pool,
+            writers,
             notifier: Default::default(),
         })
     }
@@ -44,8 +57,11 @@ impl PgStore {
     pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
         let pool = connect(url, 4).await?;
         super::check_schema(&pool, &sqlx::migrate!("migrations/postgres"), url).await?;
+        // Lazy: a read-only handle never ingests, so it never connects.
+        let writers = PgPoolOptions::new().max_connections(1).connect_lazy(url)?;
         Ok(PgStore {
             pool,
+            writers,
             notifier: Default::default(),
         })
     }
@@ -85,14 +101,18 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl PgStore {
     async fn ingest_once(&self, reports: &[NewReport]) -> Result<Vec<StoreOutcome>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        let mut outcomes = Vec::with_capacity(reports.len());
-        for report in reports {
-            outcomes.push(ingest_one(&mut tx, &POSTGRES, report).await?);
-        }
+        let mut tx = self.writers.begin().await?;
+        let group: Vec<&NewReport> = reports.iter().collect();
+        let mut known = group_sql::read_known(&mut tx, &group).await?;
+        let mut pks = group_sql::reserve_pks(&mut tx, group.len())
+            .await?
+            .into_iter();
+        let decided = decide(group.iter().copied(), &mut known, || {
+            pks.next().expect("one report_pk reserved per report")
+        });
+        group_sql::write(&mut tx, &decided).await?;
         tx.commit().await?;
-        Ok(outcomes)
+        Ok(decided.outcomes)
     }
 }
 

@@ -3,20 +3,25 @@
 //! The database is in WAL mode with `synchronous=FULL`, so a commit is on disk when it returns.
 //! Every ingest goes to a single writer task over a channel. The writer takes whatever has queued
 //! up (up to [`MAX_GROUP`] calls), runs them in one `BEGIN IMMEDIATE` transaction and commits
-//! once: concurrent callers share one fsync. If the group fails, each call is retried alone so
+//! once: concurrent callers share one fsync. Inside, the group is set-based: one read per table
+//! of every row the group touches, [`decide`] in memory, one multi-row write per table (typed
+//! `sqlx::Sqlite` binds; see `group_sql`). If the group fails, each call is retried alone so
 //! that one bad call cannot fail its neighbours. Callers are answered only after the commit.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
+use sqlx::any::AnyPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::SqlBackend;
-use super::reconcile::{SQLITE, ingest_one};
+use super::decide::decide;
 use super::types::*;
 use super::{AlertChanges, StoreError, WantedAlert, queries};
+
+mod group_sql;
 
 /// The most ingest calls committed together.
 const MAX_GROUP: usize = 128;
@@ -50,8 +55,7 @@ impl SqliteStore {
             })?;
         }
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        let mut conn = connect(&url).await?;
-        conn.execute("PRAGMA journal_mode = WAL").await?;
+        let mut conn = connect_writer(&url).await?;
         sqlx::migrate!("migrations/sqlite").run(&mut conn).await?;
         let readers = AnyPoolOptions::new()
             .max_connections(4)
@@ -118,14 +122,18 @@ async fn pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-async fn connect(url: &str) -> Result<AnyConnection, StoreError> {
-    let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
-    let mut conn = options.connect().await?;
-    pragmas(&mut conn).await?;
-    Ok(conn)
+/// The writer: a typed connection (typed binds, no `Any` conversions), WAL, `synchronous=FULL`.
+async fn connect_writer(url: &str) -> Result<SqliteConnection, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .foreign_keys(true)
+        .disable_statement_logging();
+    Ok(options.connect().await?)
 }
 
-async fn write_loop(mut conn: AnyConnection, mut jobs: mpsc::Receiver<Job>) {
+async fn write_loop(mut conn: SqliteConnection, mut jobs: mpsc::Receiver<Job>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while jobs.recv_many(&mut group, MAX_GROUP).await > 0 {
         match commit_group(&mut conn, &group).await {
@@ -147,30 +155,47 @@ async fn write_loop(mut conn: AnyConnection, mut jobs: mpsc::Receiver<Job>) {
     }
 }
 
+/// One transaction for a group of calls: read what the group touches, decide, write each
+/// table in one statement (per [`MAX_BINDS`] binds), commit once.
 async fn commit_group(
-    conn: &mut AnyConnection,
+    conn: &mut SqliteConnection,
     group: &[Job],
 ) -> Result<Vec<Vec<StoreOutcome>>, StoreError> {
     conn.execute("BEGIN IMMEDIATE").await?;
-    let mut outcomes = Vec::with_capacity(group.len());
-    for job in group {
-        let mut results = Vec::with_capacity(job.reports.len());
-        for report in &job.reports {
-            match ingest_one(conn, &SQLITE, report).await {
-                Ok(outcome) => results.push(outcome),
-                Err(error) => {
-                    let _ = conn.execute("ROLLBACK").await;
-                    return Err(error);
-                }
-            }
-        }
-        outcomes.push(results);
-    }
-    if let Err(error) = conn.execute("COMMIT").await {
+    let result = write_group(conn, group).await;
+    let result = match result {
+        Ok(outcomes) => conn
+            .execute("COMMIT")
+            .await
+            .map(|_| outcomes)
+            .map_err(StoreError::from),
+        Err(error) => Err(error),
+    };
+    if result.is_err() {
         let _ = conn.execute("ROLLBACK").await;
-        return Err(error.into());
     }
-    Ok(outcomes)
+    result
+}
+
+async fn write_group(
+    conn: &mut SqliteConnection,
+    group: &[Job],
+) -> Result<Vec<Vec<StoreOutcome>>, StoreError> {
+    let reports: Vec<&NewReport> = group.iter().flat_map(|job| &job.reports).collect();
+    let mut known = group_sql::read_known(conn, &reports).await?;
+    let mut next_pk: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(report_pk), 0) FROM reports")
+        .fetch_one(&mut *conn)
+        .await?;
+    let decided = decide(reports.iter().copied(), &mut known, || {
+        next_pk += 1;
+        next_pk
+    });
+    group_sql::write(conn, &decided).await?;
+    let mut outcomes = decided.outcomes.into_iter();
+    Ok(group
+        .iter()
+        .map(|job| outcomes.by_ref().take(job.reports.len()).collect())
+        .collect())
 }
 
 impl SqlBackend for SqliteStore {

@@ -1,0 +1,631 @@
+//! The PostgreSQL statements of one ingest call: each table read and written in one statement,
+//! the rows passed as typed arrays and spread by `UNNEST`.
+//!
+//! Between replicas: key rows and existing current rows are read `FOR UPDATE` (in key order,
+//! so replicas lock alike); reports and new current rows are plain inserts, so a row another
+//! replica committed meanwhile fails the transaction with a unique violation and the caller
+//! retries it whole, reading what the other replica stored.
+
+use std::collections::BTreeSet;
+
+use duban_proto::KeyId;
+use sqlx::{PgConnection, Row};
+
+use crate::store::StoreError;
+use crate::store::decide::{Current, Decided, KeyState, Known, seq_i64};
+use crate::store::types::NewReport;
+
+fn key_id(bytes: Vec<u8>) -> Result<KeyId, StoreError> {
+    KeyId::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
+        table: "keys",
+        detail: format!("a key id of {} bytes", bytes.len()),
+    })
+}
+
+fn current(row: &sqlx::postgres::PgRow, at: usize) -> Result<Current, StoreError> {
+    Ok(Current {
+        value: row.try_get(at)?,
+        rank: (
+            row.try_get(at + 1)?,
+            row.try_get(at + 2)?,
+            row.try_get(at + 3)?,
+        ),
+        report_pk: row.try_get(at + 4)?,
+    })
+}
+
+pub(super) async fn read_known(
+    conn: &mut PgConnection,
+    reports: &[&NewReport],
+) -> Result<Known, StoreError> {
+    let mut known = Known::default();
+    let units: Vec<String> = reports.iter().map(|r| r.unit_id.clone()).collect();
+    let report_ids: Vec<Vec<u8>> = reports.iter().map(|r| r.report_id.to_vec()).collect();
+    let rows = sqlx::query(
+        "SELECT r.unit_id, r.report_id, r.payload_sha256 FROM reports r \
+         JOIN UNNEST($1::text[], $2::bytea[]) AS k (unit_id, report_id) \
+         ON r.unit_id = k.unit_id AND r.report_id = k.report_id",
+    )
+    .bind(&units)
+    .bind(&report_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let report_id: Vec<u8> = row.try_get(1)?;
+        let hash: Vec<u8> = row.try_get(2)?;
+        let (Ok(report_id), Ok(hash)) = (report_id.try_into(), hash.try_into()) else {
+            return Err(StoreError::Corrupt {
+                table: "reports",
+                detail: "a report id or payload hash of the wrong length".into(),
+            });
+        };
+        known
+            .by_report_id
+            .insert((row.try_get(0)?, report_id), hash);
+    }
+
+    let key_ids: Vec<Vec<u8>> = reports
+        .iter()
+        .map(|r| r.key_id.as_bytes().to_vec())
+        .collect();
+    let seqs: Vec<i64> = reports.iter().map(|r| seq_i64(r.seq)).collect();
+    let rows = sqlx::query(
+        "SELECT r.key_id, r.seq, r.report_id FROM reports r \
+         JOIN UNNEST($1::bytea[], $2::int8[]) AS k (key_id, seq) \
+         ON r.key_id = k.key_id AND r.seq = k.seq",
+    )
+    .bind(&key_ids)
+    .bind(&seqs)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        known
+            .by_seq
+            .insert((key_id(row.try_get(0)?)?, row.try_get(1)?), row.try_get(2)?);
+    }
+
+    let rows = sqlx::query(
+        "SELECT key_id, unit_id, max_seq FROM keys \
+         WHERE unit_id = ANY($1) OR key_id = ANY($2) ORDER BY key_id FOR UPDATE",
+    )
+    .bind(&units)
+    .bind(&key_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        known.keys.insert(
+            key_id(row.try_get(0)?)?,
+            KeyState {
+                unit_id: row.try_get(1)?,
+                max_seq: row.try_get(2)?,
+            },
+        );
+    }
+
+    let values: BTreeSet<_> = reports
+        .iter()
+        .flat_map(|r| r.values.iter().map(move |v| Known::value_key(r, v)))
+        .collect();
+    if !values.is_empty() {
+        let mut columns: [Vec<String>; 4] = Default::default();
+        for (a, b, c, d) in values {
+            columns[0].push(a);
+            columns[1].push(b);
+            columns[2].push(c);
+            columns[3].push(d);
+        }
+        let rows = sqlx::query(
+            "SELECT c.plan_id, c.indicator_id, c.unit_id, c.period, c.value, c.revision, \
+             c.issued_at_ms, c.seq, c.report_pk FROM current_values c \
+             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
+                 AS k (plan_id, indicator_id, unit_id, period) \
+             ON c.plan_id = k.plan_id AND c.indicator_id = k.indicator_id \
+                 AND c.unit_id = k.unit_id AND c.period = k.period \
+             ORDER BY c.plan_id, c.indicator_id, c.unit_id, c.period FOR UPDATE OF c",
+        )
+        .bind(&columns[0])
+        .bind(&columns[1])
+        .bind(&columns[2])
+        .bind(&columns[3])
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let key = (
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            );
+            known.values.insert(key, current(&row, 4)?);
+        }
+    }
+
+    let tasks: BTreeSet<_> = reports
+        .iter()
+        .flat_map(|r| r.task_updates.iter().map(move |t| Known::task_key(r, t)))
+        .collect();
+    if !tasks.is_empty() {
+        let mut columns: [Vec<String>; 5] = Default::default();
+        for (a, b, c, d, e) in tasks {
+            columns[0].push(a);
+            columns[1].push(b);
+            columns[2].push(c);
+            columns[3].push(d);
+            columns[4].push(e);
+        }
+        let rows = sqlx::query(
+            "SELECT c.plan_id, c.task_id, c.milestone_id, c.unit_id, c.period, c.percent, \
+             c.revision, c.issued_at_ms, c.seq, c.report_pk FROM current_tasks c \
+             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                 AS k (plan_id, task_id, milestone_id, unit_id, period) \
+             ON c.plan_id = k.plan_id AND c.task_id = k.task_id \
+                 AND c.milestone_id = k.milestone_id AND c.unit_id = k.unit_id \
+                 AND c.period = k.period \
+             ORDER BY c.plan_id, c.task_id, c.milestone_id, c.unit_id, c.period FOR UPDATE OF c",
+        )
+        .bind(&columns[0])
+        .bind(&columns[1])
+        .bind(&columns[2])
+        .bind(&columns[3])
+        .bind(&columns[4])
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let key = (
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+            );
+            known.tasks.insert(key, current(&row, 5)?);
+        }
+    }
+    Ok(known)
+}
+
+/// Takes `n` values of the reports' identity sequence (one per report of the call; those of
+/// duplicates stay unused, as a rolled-back insert's would).
+pub(super) async fn reserve_pks(conn: &mut PgConnection, n: usize) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT nextval(pg_get_serial_sequence('reports', 'report_pk')) FROM generate_series(1, $1)",
+    )
+    .bind(n as i64)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+pub(super) async fn write(conn: &mut PgConnection, d: &Decided<'_>) -> Result<(), StoreError> {
+    if !d.reports.is_empty() {
+        let rs = &d.reports;
+        sqlx::query(
+            "INSERT INTO reports (report_pk, plan_id, unit_id, report_id, key_id, seq, \
+             issued_at_ms, received_at_ms, period, revision, payload, payload_type, signature, \
+             payload_sha256, values_count, task_updates_count, refused_count) \
+             OVERRIDING SYSTEM VALUE \
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], \
+             $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::int8[], $11::bytea[], \
+             $12::text[], $13::bytea[], $14::bytea[], $15::int8[], $16::int8[], $17::int8[])",
+        )
+        .bind(rs.iter().map(|(pk, _)| *pk).collect::<Vec<i64>>())
+        .bind(
+            rs.iter()
+                .map(|(_, r)| r.plan_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rs.iter()
+                .map(|(_, r)| r.unit_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rs.iter()
+                .map(|(_, r)| r.report_id.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rs.iter()
+                .map(|(_, r)| r.key_id.as_bytes().as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rs.iter().map(|(_, r)| seq_i64(r.seq)).collect::<Vec<_>>())
+        .bind(rs.iter().map(|(_, r)| r.issued_at_ms).collect::<Vec<_>>())
+        .bind(rs.iter().map(|(_, r)| r.received_at_ms).collect::<Vec<_>>())
+        .bind(
+            rs.iter()
+                .map(|(_, r)| r.period.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rs.iter()
+                .map(|(_, r)| i64::from(r.revision))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rs.iter()
+                .map(|(_, r)| r.payload.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rs.iter()
+                .map(|(_, r)| r.payload_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rs.iter()
+                .map(|(_, r)| r.signature.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rs.iter()
+                .map(|(_, r)| r.payload_sha256.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rs.iter()
+                .map(|(_, r)| r.values.len() as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rs.iter()
+                .map(|(_, r)| r.task_updates.len() as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rs.iter()
+                .map(|(_, r)| i64::from(r.refused_count))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    if !d.value_history.is_empty() {
+        let h = &d.value_history;
+        sqlx::query(
+            "INSERT INTO value_history (report_pk, plan_id, indicator_id, unit_id, period, value, note) \
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::float8[], $7::text[])",
+        )
+        .bind(h.iter().map(|(pk, _, _)| *pk).collect::<Vec<i64>>())
+        .bind(h.iter().map(|(_, r, _)| r.plan_id.as_str()).collect::<Vec<_>>())
+        .bind(h.iter().map(|(_, _, v)| v.indicator_id.as_str()).collect::<Vec<_>>())
+        .bind(h.iter().map(|(_, r, _)| r.unit_id.as_str()).collect::<Vec<_>>())
+        .bind(h.iter().map(|(_, r, _)| r.period.as_str()).collect::<Vec<_>>())
+        .bind(h.iter().map(|(_, _, v)| v.value).collect::<Vec<f64>>())
+        .bind(h.iter().map(|(_, _, v)| v.note.as_str()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    if !d.task_history.is_empty() {
+        let h = &d.task_history;
+        sqlx::query(
+            "INSERT INTO task_history (report_pk, plan_id, task_id, milestone_id, unit_id, period, \
+             percent, status, note) \
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::float8[], $8::text[], $9::text[])",
+        )
+        .bind(h.iter().map(|(pk, _, _)| *pk).collect::<Vec<i64>>())
+        .bind(
+            h.iter()
+                .map(|(_, r, _)| r.plan_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            h.iter()
+                .map(|(_, _, t)| t.task_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            h.iter()
+                .map(|(_, _, t)| t.milestone_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            h.iter()
+                .map(|(_, r, _)| r.unit_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            h.iter()
+                .map(|(_, r, _)| r.period.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(h.iter().map(|(_, _, t)| t.percent).collect::<Vec<f64>>())
+        .bind(
+            h.iter()
+                .map(|(_, _, t)| t.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            h.iter()
+                .map(|(_, _, t)| t.note.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    // New rows are inserted (a unique violation if another replica inserted one meanwhile: the
+    // call is retried), existing ones, locked since the read, are updated.
+    for insert in [true, false] {
+        let rows: Vec<_> = d.values.iter().filter(|w| w.insert == insert).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let sql = if insert {
+            "INSERT INTO current_values (plan_id, indicator_id, unit_id, period, value, note, \
+             revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms, \
+             first_issued_at_ms) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], \
+             $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
+             $12::int8[], $13::int8[])"
+        } else {
+            "UPDATE current_values c SET value = u.value, note = u.note, revision = u.revision, \
+             issued_at_ms = u.issued_at_ms, seq = u.seq, report_pk = u.report_pk, \
+             updated_at_ms = u.updated_at_ms \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], \
+             $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
+             $12::int8[], $13::int8[]) AS u (plan_id, indicator_id, unit_id, period, value, \
+             note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms, \
+             first_issued_at_ms) \
+             WHERE c.plan_id = u.plan_id AND c.indicator_id = u.indicator_id \
+             AND c.unit_id = u.unit_id AND c.period = u.period"
+        };
+        sqlx::query(sql)
+            .bind(
+                rows.iter()
+                    .map(|w| w.report.plan_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.item.indicator_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.report.unit_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.report.period.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|w| w.item.value).collect::<Vec<f64>>())
+            .bind(
+                rows.iter()
+                    .map(|w| w.item.note.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| i64::from(w.report.revision))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.report.issued_at_ms)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| seq_i64(w.report.seq))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|w| w.report_pk).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|w| w.report.received_at_ms)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.first_received_at_ms)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.first_issued_at_ms)
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *conn)
+            .await?;
+    }
+
+    for insert in [true, false] {
+        let rows: Vec<_> = d.tasks.iter().filter(|w| w.insert == insert).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let sql = if insert {
+            "INSERT INTO current_tasks (plan_id, task_id, milestone_id, unit_id, period, percent, \
+             status, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, \
+             first_received_at_ms) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::float8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], \
+             $12::int8[], $13::int8[], $14::int8[])"
+        } else {
+            "UPDATE current_tasks c SET percent = u.percent, status = u.status, note = u.note, \
+             revision = u.revision, issued_at_ms = u.issued_at_ms, seq = u.seq, \
+             report_pk = u.report_pk, updated_at_ms = u.updated_at_ms \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::float8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], \
+             $12::int8[], $13::int8[], $14::int8[]) AS u (plan_id, task_id, milestone_id, \
+             unit_id, period, percent, status, note, revision, issued_at_ms, seq, report_pk, \
+             updated_at_ms, first_received_at_ms) \
+             WHERE c.plan_id = u.plan_id AND c.task_id = u.task_id \
+             AND c.milestone_id = u.milestone_id AND c.unit_id = u.unit_id AND c.period = u.period"
+        };
+        sqlx::query(sql)
+            .bind(
+                rows.iter()
+                    .map(|w| w.report.plan_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.item.task_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.item.milestone_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.report.unit_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.report.period.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|w| w.item.percent).collect::<Vec<f64>>())
+            .bind(
+                rows.iter()
+                    .map(|w| w.item.status.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.item.note.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| i64::from(w.report.revision))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.report.issued_at_ms)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| seq_i64(w.report.seq))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|w| w.report_pk).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|w| w.report.received_at_ms)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|w| w.first_received_at_ms)
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *conn)
+            .await?;
+    }
+
+    if !d.audit.is_empty() {
+        let a = &d.audit;
+        sqlx::query(
+            "INSERT INTO audit (at_ms, plan_id, kind, subject, unit_id, period, new_value, \
+             new_report_pk, old_value, old_report_pk) \
+             SELECT at_ms, plan_id, kind, subject, unit_id, period, new_value, new_report_pk, \
+             old_value, old_report_pk \
+             FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::float8[], $8::int8[], $9::float8[], $10::int8[]) WITH ORDINALITY \
+             AS u (at_ms, plan_id, kind, subject, unit_id, period, new_value, new_report_pk, \
+             old_value, old_report_pk, n) ORDER BY n",
+        )
+        .bind(
+            a.iter()
+                .map(|x| x.report.received_at_ms)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            a.iter()
+                .map(|x| x.report.plan_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(a.iter().map(|x| x.kind).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.subject.as_str()).collect::<Vec<_>>())
+        .bind(
+            a.iter()
+                .map(|x| x.report.unit_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            a.iter()
+                .map(|x| x.report.period.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(a.iter().map(|x| x.new_value).collect::<Vec<f64>>())
+        .bind(a.iter().map(|x| x.report_pk).collect::<Vec<_>>())
+        .bind(
+            a.iter()
+                .map(|x| x.old.map(|o| o.0))
+                .collect::<Vec<Option<f64>>>(),
+        )
+        .bind(
+            a.iter()
+                .map(|x| x.old.map(|o| o.1))
+                .collect::<Vec<Option<i64>>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    if !d.security.is_empty() {
+        let e = &d.security;
+        sqlx::query(
+            "INSERT INTO security_events (at_ms, kind, unit_id, key_id, report_id, detail) \
+             SELECT at_ms, kind, unit_id, key_id, report_id, detail \
+             FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], \
+             $6::text[]) WITH ORDINALITY \
+             AS u (at_ms, kind, unit_id, key_id, report_id, detail, n) ORDER BY n",
+        )
+        .bind(
+            e.iter()
+                .map(|x| x.report.received_at_ms)
+                .collect::<Vec<_>>(),
+        )
+        .bind(e.iter().map(|x| x.kind).collect::<Vec<_>>())
+        .bind(
+            e.iter()
+                .map(|x| x.report.unit_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            e.iter()
+                .map(|x| x.report.key_id.as_bytes().as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            e.iter()
+                .map(|x| x.report.report_id.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(e.iter().map(|x| x.detail.as_str()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    if !d.key_seqs.is_empty() {
+        sqlx::query(
+            "UPDATE keys SET max_seq = u.max_seq \
+             FROM UNNEST($1::bytea[], $2::int8[]) AS u (key_id, max_seq) \
+             WHERE keys.key_id = u.key_id",
+        )
+        .bind(
+            d.key_seqs
+                .iter()
+                .map(|(k, _)| k.as_bytes().as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(d.key_seqs.iter().map(|(_, s)| *s).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
