@@ -165,19 +165,22 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
     let plan = &app.plan;
     let now = app.now_ms();
     body.push_str(&app.keys.render_metrics(now));
-    // One read of each: the snapshot feeds progress and the 督办 record (its statements), every
-    // alert (open and resolved) feeds the open-alert counts and the record.
+    // The view (snapshot and progress, reused while nothing is written: App::view) feeds
+    // progress and the 督办 record (its statements); every alert (open and resolved) feeds the
+    // open-alert counts and the record.
     match (
-        crate::store::snapshot(&app.store, plan, now).await,
+        app.view().await,
         app.store.alerts(&plan.id, 0).await,
         app.store.agents().await,
     ) {
-        (Ok(snapshot), Ok(alerts), Ok(agents)) => {
-            let progress = crate::progress::compute(plan, &snapshot, now);
+        (Ok(view), Ok(alerts), Ok(agents)) => {
             body.push_str(&crate::metrics::plan_state::plan_metrics(
-                plan, &progress, &alerts, &agents,
+                plan,
+                &view.progress,
+                &alerts,
+                &agents,
             ));
-            let record = crate::supervision::record(plan, &alerts, &snapshot.statements, now);
+            let record = crate::supervision::record(plan, &alerts, &view.snapshot.statements, now);
             body.push_str(&crate::metrics::plan_state::supervision_metrics(
                 plan, &record,
             ));
@@ -241,14 +244,19 @@ async fn progress(State(app): State<App>, Query(query): Query<AsOf>) -> Response
         Ok(now) => now,
         Err(response) => return *response,
     };
-    // A past `as_of` is a true history: only what had been received by then.
-    let progress = if query.as_of.is_some() {
-        crate::store::progress_as_of(&app.store, &app.plan, now).await
+    // A past `as_of` is a true history: only what had been received by then. Now is the
+    // view, reused while nothing is written (App::view).
+    let answer = if query.as_of.is_some() {
+        crate::store::progress_as_of(&app.store, &app.plan, now)
+            .await
+            .map(|p| Json(p).into_response())
     } else {
-        app.progress_at(now).await
+        app.view()
+            .await
+            .map(|view| Json(&view.progress).into_response())
     };
-    match progress {
-        Ok(progress) => Json(progress).into_response(),
+    match answer {
+        Ok(response) => response,
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "error": error.to_string() })),

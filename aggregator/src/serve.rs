@@ -161,6 +161,7 @@ pub async fn run(
         clock: serve.clock.clone(),
         keys: keys.clone(),
         metrics,
+        views: Default::default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {

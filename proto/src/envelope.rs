@@ -229,15 +229,28 @@ pub fn verify_many(items: &[PendingSignature]) -> Vec<bool> {
 }
 
 /// Whether a signature's `R` is what `verify_strict` requires of it besides the equation: a
-/// canonical encoding of a point not of small order.
+/// canonical encoding of a point not of small order. Called only after a batch passed, which
+/// means `R` decompressed; so this looks at the bytes alone: the y coordinate below the field
+/// prime, and not the y of one of the eight small-order points (either sign of x).
 fn r_is_strict(signature: &[u8; SIGNATURE_LEN]) -> bool {
-    let mut r = [0u8; 32];
-    r.copy_from_slice(&signature[..32]);
-    let compressed = curve25519_dalek::edwards::CompressedEdwardsY(r);
-    match compressed.decompress() {
-        Some(point) => !point.is_small_order() && point.compress() == compressed,
-        None => false,
-    }
+    let mut y = [0u8; 32];
+    y.copy_from_slice(&signature[..32]);
+    y[31] &= 0x7f;
+    // y ≥ p = 2^255 − 19 exactly when the low byte is ≥ 0xed and every other bit is set.
+    let non_canonical = y[0] >= 0xed && y[1..31].iter().all(|b| *b == 0xff) && y[31] == 0x7f;
+    !non_canonical && !small_order_ys().contains(&y)
+}
+
+/// The y coordinates of the eight points of small order, sign bit cleared.
+fn small_order_ys() -> &'static [[u8; 32]; 8] {
+    static YS: std::sync::OnceLock<[[u8; 32]; 8]> = std::sync::OnceLock::new();
+    YS.get_or_init(|| {
+        curve25519_dalek::constants::EIGHT_TORSION.map(|point| {
+            let mut y = point.compress().to_bytes();
+            y[31] &= 0x7f;
+            y
+        })
+    })
 }
 
 /// Decodes the payload of an envelope whose signature has been verified.
@@ -422,6 +435,48 @@ mod tests {
             items[1] = bad;
             assert_eq!(verify_many(&items), one_by_one(&items));
             assert!(!verify_many(&items)[1]);
+        }
+    }
+
+    #[test]
+    fn the_byte_check_of_r_agrees_with_decompression() {
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        let by_point = |r: [u8; 32]| {
+            let compressed = CompressedEdwardsY(r);
+            compressed
+                .decompress()
+                .is_some_and(|p| !p.is_small_order() && p.compress() == compressed)
+        };
+        let mut cases: Vec<[u8; 32]> = curve25519_dalek::constants::EIGHT_TORSION
+            .iter()
+            .flat_map(|p| {
+                let r = p.compress().to_bytes();
+                let mut flipped = r;
+                flipped[31] ^= 0x80;
+                [r, flipped]
+            })
+            .collect();
+        // y = p, p + 1, 2^255 − 1 (non-canonical), and p − 1 (canonical, the order-2 point).
+        for low in [0xed, 0xee, 0xff, 0xec] {
+            let mut r = [0xff; 32];
+            r[0] = low;
+            r[31] = 0x7f;
+            cases.push(r);
+        }
+        for n in 0..200u8 {
+            let key = SigningKey::from_seed(&[n; 32]);
+            let signed = bind_and_sign(&key, report());
+            cases.push(signed.signature[..32].try_into().unwrap());
+        }
+        for r in cases {
+            let decompresses = CompressedEdwardsY(r).decompress().is_some();
+            let mut signature = [0u8; SIGNATURE_LEN];
+            signature[..32].copy_from_slice(&r);
+            if decompresses {
+                assert_eq!(r_is_strict(&signature), by_point(r), "{}", hex::encode(r));
+            } else {
+                assert!(!by_point(r));
+            }
         }
     }
 }

@@ -46,7 +46,7 @@ pub enum Need {
 }
 
 /// Every need of the suites, in the order the environment table prints them.
-pub const NEEDS: [Need; 8] = [
+pub const NEEDS: [Need; 9] = [
     Need::Postgres,
     Need::Mariadb,
     Need::Program {
@@ -68,6 +68,10 @@ pub const NEEDS: [Need; 8] = [
     Need::Program {
         program: "openssl",
         package: "openssl",
+    },
+    Need::Program {
+        program: "prometheus-pushgateway",
+        package: "prometheus-pushgateway",
     },
     Need::Program {
         program: "psql",

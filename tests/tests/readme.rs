@@ -380,6 +380,7 @@ fn the_architecture_names_only_paths_that_exist() {
         "demo/",
         "tests/",
         "testkit/",
+        "bench/",
         "deploy/",
         "docs/",
     ];

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     pub ingest_seconds: Histogram,
     pub store_seconds: Histogram,
+    /// Reading the store and computing progress for `/metrics` and `/api/v1/progress`, when
+    /// the last computation could not be reused.
+    pub progress_seconds: Histogram,
     pub alert_notifications: IntCounterVec,
     pub alerts_muted: IntGauge,
     pub alerts_before_go_live: IntGauge,
@@ -222,6 +225,11 @@ impl Metrics {
                 &registry,
                 "duban_store_duration_seconds",
                 "Time the store took to commit one call's reports.",
+            ),
+            progress_seconds: histogram(
+                &registry,
+                "duban_progress_duration_seconds",
+                "Reading the store and computing progress for /metrics and /api/v1/progress, when the last computation could not be reused (a write landed, or 10 s of clock passed).",
             ),
             alert_notifications: counter_vec(
                 &registry,

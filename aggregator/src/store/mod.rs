@@ -173,6 +173,10 @@ pub trait Store {
     ) -> Result<Vec<AlertRow>, StoreError>;
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// What changes whenever a current value, task update or statement is written (the
+    /// highest audit row and statement stored): progress computed at one marker holds until
+    /// the marker moves or the clock does.
+    async fn write_marker(&self) -> Result<WriteMarker, StoreError>;
     /// Records an agent's heartbeat (a verified Hello).
     async fn record_heartbeat(&self, beat: &Heartbeat) -> Result<(), StoreError>;
     /// Every agent that has said Hello, with its last heartbeat.
@@ -323,6 +327,9 @@ impl<B: SqlBackend> Store for B {
     }
     async fn security_events(&self) -> Result<Vec<SecurityEvent>, StoreError> {
         queries::security_events(self.read_pool()).await
+    }
+    async fn write_marker(&self) -> Result<WriteMarker, StoreError> {
+        queries::write_marker(self.read_pool()).await
     }
     /// Open alerts, and those resolved at or after `resolved_since_ms`.
     async fn alerts(

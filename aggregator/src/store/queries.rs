@@ -319,6 +319,19 @@ pub(super) async fn security_events(pool: &AnyPool) -> Result<Vec<SecurityEvent>
         .collect()
 }
 
+pub(super) async fn write_marker(pool: &AnyPool) -> Result<WriteMarker, StoreError> {
+    let row = sqlx::query(
+        "SELECT (SELECT COALESCE(MAX(audit_pk), 0) FROM audit), \
+         (SELECT COALESCE(MAX(pk), 0) FROM statements)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(WriteMarker {
+        audit: row.try_get(0)?,
+        statements: row.try_get(1)?,
+    })
+}
+
 pub(super) async fn ping(pool: &AnyPool) -> Result<(), StoreError> {
     sqlx::query("SELECT 1").fetch_one(pool).await?;
     Ok(())

@@ -190,3 +190,10 @@ pub struct AdminAction {
     /// The rest, in words: validity window, the revocation time.
     pub detail: String,
 }
+
+/// See [`Store::write_marker`](super::Store::write_marker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteMarker {
+    pub audit: i64,
+    pub statements: i64,
+}

@@ -7,7 +7,7 @@ use duban_proto::KeyId;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use crate::store::StoreError;
-use crate::store::decide::{Current, Decided, KeyState, Known};
+use crate::store::decide::{Current, Decided, KeyState, Known, TaskKey, ValueKey};
 use crate::store::types::NewReport;
 
 /// Below SQLite's limit on bound parameters (32766 since 3.32).
@@ -33,15 +33,7 @@ pub(super) async fn read_known(
 ) -> Result<Known, StoreError> {
     let mut known = Known::default();
     for chunk in reports.chunks(rows_per_statement(2)) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT unit_id, report_id, payload_sha256 FROM reports WHERE (unit_id, report_id) IN (",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.unit_id.as_str())
-                .push_bind(r.report_id.as_slice());
-        });
-        q.push(")");
-        for row in q.build().fetch_all(&mut *conn).await? {
+        for row in by_report_id(chunk).build().fetch_all(&mut *conn).await? {
             let report_id: Vec<u8> = row.try_get(1)?;
             let hash: Vec<u8> = row.try_get(2)?;
             let (Ok(report_id), Ok(hash)) = (report_id.try_into(), hash.try_into()) else {
@@ -55,15 +47,7 @@ pub(super) async fn read_known(
                 .insert((row.try_get(0)?, report_id), hash);
         }
 
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT key_id, seq, report_id FROM reports WHERE (key_id, seq) IN (",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.key_id.as_bytes().as_slice())
-                .push_bind(crate::store::decide::seq_i64(r.seq));
-        });
-        q.push(")");
-        for row in q.build().fetch_all(&mut *conn).await? {
+        for row in by_seq(chunk).build().fetch_all(&mut *conn).await? {
             known
                 .by_seq
                 .insert((key_id(row.try_get(0)?)?, row.try_get(1)?), row.try_get(2)?);
@@ -107,18 +91,7 @@ pub(super) async fn read_known(
         .into_iter()
         .collect();
     for chunk in values.chunks(rows_per_statement(4)) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT plan_id, indicator_id, unit_id, period, value, revision, issued_at_ms, seq, \
-             report_pk FROM current_values WHERE (plan_id, indicator_id, unit_id, period) IN (",
-        );
-        q.push_values(chunk, |mut b, k| {
-            b.push_bind(k.0.as_str())
-                .push_bind(k.1.as_str())
-                .push_bind(k.2.as_str())
-                .push_bind(k.3.as_str());
-        });
-        q.push(")");
-        for row in q.build().fetch_all(&mut *conn).await? {
+        for row in current_values(chunk).build().fetch_all(&mut *conn).await? {
             let key = (
                 row.try_get(0)?,
                 row.try_get(1)?,
@@ -136,20 +109,7 @@ pub(super) async fn read_known(
         .into_iter()
         .collect();
     for chunk in tasks.chunks(rows_per_statement(5)) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT plan_id, task_id, milestone_id, unit_id, period, percent, revision, \
-             issued_at_ms, seq, report_pk FROM current_tasks \
-             WHERE (plan_id, task_id, milestone_id, unit_id, period) IN (",
-        );
-        q.push_values(chunk, |mut b, k| {
-            b.push_bind(k.0.as_str())
-                .push_bind(k.1.as_str())
-                .push_bind(k.2.as_str())
-                .push_bind(k.3.as_str())
-                .push_bind(k.4.as_str());
-        });
-        q.push(")");
-        for row in q.build().fetch_all(&mut *conn).await? {
+        for row in current_tasks(chunk).build().fetch_all(&mut *conn).await? {
             let key = (
                 row.try_get(0)?,
                 row.try_get(1)?,
@@ -161,6 +121,73 @@ pub(super) async fn read_known(
         }
     }
     Ok(known)
+}
+
+// The keys of a group are a CTE joined to the table (`k CROSS JOIN t`, so SQLite loops over
+// the keys and searches the table's unique index for each); `(a, b) IN (VALUES ..)` would scan
+// the whole table. `tests::group_reads_search_indexes` holds every read to its index.
+
+fn by_report_id(chunk: &[&NewReport]) -> QueryBuilder<Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new("WITH k (unit_id, report_id) AS (");
+    q.push_values(chunk, |mut b, r| {
+        b.push_bind(r.unit_id.as_str())
+            .push_bind(r.report_id.as_slice());
+    });
+    q.push(
+        ") SELECT r.unit_id, r.report_id, r.payload_sha256 FROM k CROSS JOIN reports r \
+         ON r.unit_id = k.unit_id AND r.report_id = k.report_id",
+    );
+    q
+}
+
+fn by_seq(chunk: &[&NewReport]) -> QueryBuilder<Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new("WITH k (key_id, seq) AS (");
+    q.push_values(chunk, |mut b, r| {
+        b.push_bind(r.key_id.as_bytes().as_slice())
+            .push_bind(crate::store::decide::seq_i64(r.seq));
+    });
+    q.push(
+        ") SELECT r.key_id, r.seq, r.report_id FROM k CROSS JOIN reports r \
+         ON r.key_id = k.key_id AND r.seq = k.seq",
+    );
+    q
+}
+
+fn current_values(chunk: &[ValueKey]) -> QueryBuilder<Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new("WITH k (plan_id, indicator_id, unit_id, period) AS (");
+    q.push_values(chunk, |mut b, k| {
+        b.push_bind(k.0.as_str())
+            .push_bind(k.1.as_str())
+            .push_bind(k.2.as_str())
+            .push_bind(k.3.as_str());
+    });
+    q.push(
+        ") SELECT c.plan_id, c.indicator_id, c.unit_id, c.period, c.value, c.revision, \
+         c.issued_at_ms, c.seq, c.report_pk FROM k CROSS JOIN current_values c \
+         ON c.plan_id = k.plan_id AND c.indicator_id = k.indicator_id \
+         AND c.unit_id = k.unit_id AND c.period = k.period",
+    );
+    q
+}
+
+fn current_tasks(chunk: &[TaskKey]) -> QueryBuilder<Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "WITH k (plan_id, task_id, milestone_id, unit_id, period) AS (",
+    );
+    q.push_values(chunk, |mut b, k| {
+        b.push_bind(k.0.as_str())
+            .push_bind(k.1.as_str())
+            .push_bind(k.2.as_str())
+            .push_bind(k.3.as_str())
+            .push_bind(k.4.as_str());
+    });
+    q.push(
+        ") SELECT c.plan_id, c.task_id, c.milestone_id, c.unit_id, c.period, c.percent, \
+         c.revision, c.issued_at_ms, c.seq, c.report_pk FROM k CROSS JOIN current_tasks c \
+         ON c.plan_id = k.plan_id AND c.task_id = k.task_id \
+         AND c.milestone_id = k.milestone_id AND c.unit_id = k.unit_id AND c.period = k.period",
+    );
+    q
 }
 
 async fn read_keys(
@@ -366,4 +393,84 @@ pub(super) async fn write(conn: &mut SqliteConnection, d: &Decided<'_>) -> Resul
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+
+    /// Every read of a group searches its table's unique index: a plan that scans `reports`,
+    /// `current_values`, `current_tasks` or `keys` would make each group cost as much as the
+    /// whole table.
+    #[tokio::test]
+    async fn group_reads_search_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
+        drop(crate::store::SqliteStore::open(&url).await.unwrap());
+        let mut conn = SqliteConnection::connect(&url).await.unwrap();
+        let report = NewReport {
+            plan_id: "p".into(),
+            unit_id: "u".into(),
+            report_id: [1; 16],
+            key_id: KeyId([2; 32]),
+            seq: 1,
+            issued_at_ms: 0,
+            received_at_ms: 0,
+            period: "2018".into(),
+            revision: 0,
+            payload: vec![],
+            payload_type: String::new(),
+            signature: vec![],
+            payload_sha256: [0; 32],
+            values: vec![],
+            task_updates: vec![],
+            refused_count: 0,
+        };
+        let reports = [&report, &report];
+        let value: ValueKey = Default::default();
+        let task: TaskKey = Default::default();
+        let key = KeyId([2; 32]);
+        let mut keys_update = QueryBuilder::<Sqlite>::new("WITH v (key_id, max_seq) AS (");
+        keys_update.push_values([(key, 1i64)], |mut b, (k, s)| {
+            b.push_bind(k.as_bytes().to_vec()).push_bind(s);
+        });
+        keys_update.push(
+            ") UPDATE keys SET max_seq = (SELECT v.max_seq FROM v WHERE v.key_id = keys.key_id) \
+             WHERE key_id IN (SELECT key_id FROM v)",
+        );
+        for (name, query) in [
+            ("by_report_id", by_report_id(&reports)),
+            ("by_seq", by_seq(&reports)),
+            ("current_values", current_values(&[value.clone(), value])),
+            ("current_tasks", current_tasks(&[task.clone(), task])),
+            ("keys update", keys_update),
+        ] {
+            let sql = format!("EXPLAIN QUERY PLAN {}", query.sql().as_str());
+            // The plan does not depend on the values bound: bind NULLs for every `?`.
+            let holes = sql.matches('?').count();
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for _ in 0..holes {
+                q = q.bind(None::<i64>);
+            }
+            let plan: Vec<String> = q
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>(3))
+                .collect();
+            let scans: Vec<&String> = plan
+                .iter()
+                .filter(|step| {
+                    step.starts_with("SCAN")
+                        && !step.starts_with("SCAN k")
+                        && !step.starts_with("SCAN v")
+                        && !step.contains("CONSTANT ROW")
+                })
+                .collect();
+            assert!(scans.is_empty(), "{name} scans a table: {plan:?}");
+        }
+    }
 }

@@ -1,0 +1,237 @@
+//! The load generator, run as its own process (`duban-bench load`) so that its CPU is not the
+//! server's: one mTLS channel per unit, `concurrency` calls in flight, reports signed before
+//! the clock starts. Prints one JSON line of results.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use duban_proto::pb::report_service_client::ReportServiceClient;
+use duban_proto::{SigningKey, envelope, pb};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The signing key of bench unit `index` (the same in the orchestrator that registers it).
+pub fn unit_key(index: usize) -> SigningKey {
+    let mut seed = [7u8; 32];
+    seed[..8].copy_from_slice(&(index as u64).to_le_bytes());
+    SigningKey::from_seed(&seed)
+}
+
+pub fn unit_id(index: usize) -> String {
+    format!("u{index:05}")
+}
+
+pub fn indicator_id(index: usize) -> String {
+    format!("i{index:03}")
+}
+
+/// Signed reports for one unit: seqs from `first_seq`, `values` values each, periods cycling
+/// through the twelve months of the plan year, so every report replaces a current value.
+pub fn sign_reports(
+    plan_id: &str,
+    unit: usize,
+    first_seq: u64,
+    count: usize,
+    values: usize,
+    indicators: usize,
+) -> Vec<pb::SignedReport> {
+    let key = unit_key(unit);
+    let now = now_ms();
+    (0..count)
+        .map(|i| {
+            let seq = first_seq + i as u64;
+            let mut report_id = [0u8; 16];
+            report_id[..8].copy_from_slice(&(unit as u64).to_le_bytes());
+            report_id[8..].copy_from_slice(&seq.to_le_bytes());
+            let report = pb::Report {
+                report_id: report_id.to_vec(),
+                unit_id: unit_id(unit),
+                seq,
+                issued_at_ms: now - 60_000 + i as i64,
+                audience: plan_id.to_owned(),
+                period: format!("2025-{:02}", 1 + seq % 12),
+                values: (0..values)
+                    .map(|v| pb::IndicatorValue {
+                        indicator_id: indicator_id((seq as usize + v) % indicators),
+                        value: (seq % 1000) as f64 + v as f64,
+                        note: String::new(),
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            envelope::bind_and_sign(&key, report)
+        })
+        .collect()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// gRPC endpoint, e.g. https://127.0.0.1:7443
+    #[arg(long)]
+    pub endpoint: String,
+    /// Directory written by `duban-aggregator dev-ca` (ca.crt, units/<unit>.crt|.key).
+    #[arg(long)]
+    pub certs: PathBuf,
+    #[arg(long)]
+    pub plan_id: String,
+    /// First bench unit index; one channel per unit.
+    #[arg(long, default_value_t = 0)]
+    pub first_unit: usize,
+    #[arg(long, default_value_t = 8)]
+    pub channels: usize,
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 5)]
+    pub values: usize,
+    #[arg(long, default_value_t = 50)]
+    pub indicators: usize,
+    /// Reports per call: 0 for unary `Submit`, else `SubmitBatch` of this many.
+    #[arg(long, default_value_t = 0)]
+    pub batch: usize,
+    /// Reports signed in advance, in all.
+    #[arg(long, default_value_t = 200_000)]
+    pub reports: usize,
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+}
+
+/// What one load run measured.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoadResult {
+    pub reports: u64,
+    pub stored: u64,
+    pub failed_calls: u64,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+}
+
+impl LoadResult {
+    pub fn per_second(&self) -> f64 {
+        self.stored as f64 / self.seconds
+    }
+}
+
+async fn channel(args: &LoadArgs, unit: &str) -> anyhow::Result<Channel> {
+    let read = |p: PathBuf| std::fs::read(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(args.certs.join("ca.crt"))?))
+        .identity(Identity::from_pem(
+            read(args.certs.join("units").join(format!("{unit}.crt")))?,
+            read(args.certs.join("units").join(format!("{unit}.key")))?,
+        ))
+        .domain_name("localhost");
+    Ok(Endpoint::from_shared(args.endpoint.clone())?
+        .tls_config(tls)?
+        .connect()
+        .await?)
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<LoadResult> {
+    let per_unit = args.reports.div_ceil(args.channels);
+    let units: Vec<usize> = (args.first_unit..args.first_unit + args.channels).collect();
+    // Signed before the clock starts, on every core.
+    let queues: Vec<Vec<pb::SignedReport>> = std::thread::scope(|s| {
+        let handles: Vec<_> = units
+            .iter()
+            .map(|&u| {
+                let plan_id = args.plan_id.clone();
+                let (values, indicators) = (args.values, args.indicators);
+                s.spawn(move || sign_reports(&plan_id, u, 1, per_unit, values, indicators))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let queues: Arc<Vec<(Vec<pb::SignedReport>, AtomicUsize)>> = Arc::new(
+        queues
+            .into_iter()
+            .map(|q| (q, AtomicUsize::new(0)))
+            .collect(),
+    );
+    let mut channels = Vec::new();
+    for &u in &units {
+        channels.push(channel(&args, &unit_id(u)).await?);
+    }
+    let deadline = Duration::from_secs_f64(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..args.concurrency {
+        let slot = worker % channels.len();
+        let mut client = ReportServiceClient::new(channels[slot].clone());
+        let queues = queues.clone();
+        let batch = args.batch;
+        tasks.push(tokio::spawn(async move {
+            let (queue, next) = &queues[slot];
+            let mut latencies = Vec::new();
+            let (mut stored, mut sent, mut failed) = (0u64, 0u64, 0u64);
+            while started.elapsed() < deadline {
+                let take = batch.max(1);
+                let from = next.fetch_add(take, Ordering::Relaxed);
+                if from >= queue.len() {
+                    break;
+                }
+                let to = (from + take).min(queue.len());
+                let call = Instant::now();
+                let results: Result<Vec<pb::SubmitResult>, tonic::Status> = if batch == 0 {
+                    client
+                        .submit(queue[from].clone())
+                        .await
+                        .map(|r| vec![r.into_inner()])
+                } else {
+                    client
+                        .submit_batch(pb::SubmitBatchRequest {
+                            reports: queue[from..to].to_vec(),
+                        })
+                        .await
+                        .map(|r| r.into_inner().results)
+                };
+                latencies.push(call.elapsed().as_micros() as u32);
+                sent += (to - from) as u64;
+                match results {
+                    Ok(results) => {
+                        stored += results
+                            .iter()
+                            .filter(|r| r.outcome == pb::Outcome::Accepted as i32)
+                            .count() as u64;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            (latencies, stored, sent, failed)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let (mut stored, mut sent, mut failed) = (0, 0, 0);
+    for task in tasks {
+        let (l, s, n, f) = task.await?;
+        latencies.extend(l);
+        stored += s;
+        sent += n;
+        failed += f;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let quantile = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |us| f64::from(*us) / 1000.0)
+    };
+    Ok(LoadResult {
+        reports: sent,
+        stored,
+        failed_calls: failed,
+        seconds,
+        p50_ms: quantile(0.50),
+        p99_ms: quantile(0.99),
+        p999_ms: quantile(0.999),
+    })
+}

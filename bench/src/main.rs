@@ -1,0 +1,508 @@
+//! duban-bench: the real aggregator (mTLS, durable SQLite, or PostgreSQL) under load from a
+//! separate process, with its baselines measured in the same run. docs/PERFORMANCE.md has the
+//! commands and the latest table.
+
+mod bare;
+mod baselines;
+mod load;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use duban_aggregator::store::{NewKey, PgStore, SqliteStore, Store};
+
+use load::{LoadArgs, LoadResult};
+
+#[derive(Parser)]
+#[command(
+    name = "duban-bench",
+    version,
+    about = "Benchmarks the real duban-aggregator under load from a separate process, beside \
+             baselines measured in the same run (Ed25519 verification, raw inserts, Prometheus \
+             Pushgateway), and prints each figure with its ratio."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every figure and print the table (see docs/PERFORMANCE.md).
+    Run(RunArgs),
+    /// The load generator alone (started by `run` as its own process).
+    #[command(hide = true)]
+    Load(LoadArgs),
+    /// The bare tonic server of the transport baseline (started by `run`).
+    #[command(hide = true)]
+    Bare(bare::BareArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// A few seconds per figure and small counts, so that CI runs the harness; the figures are
+    /// then not comparable with the full run's.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds of load per figure [default: 10, or 2 with --quick].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Calls in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// gRPC channels (one mTLS connection, one unit, each).
+    #[arg(long, default_value_t = 8)]
+    channels: usize,
+    /// Values per report.
+    #[arg(long, default_value_t = 5)]
+    values: usize,
+    /// Reports per `SubmitBatch` call.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Also run the unary figure on this PostgreSQL (a schema `duban_bench` is made afresh).
+    #[arg(long, env = "DUBAN_BENCH_POSTGRES_URL", value_name = "URL")]
+    postgres: Option<String>,
+    /// The duban-aggregator binary [default: beside this program].
+    #[arg(long, value_name = "FILE")]
+    aggregator: Option<PathBuf>,
+    /// The Pushgateway binary; the baseline is left out (and says so) when it is missing.
+    #[arg(long, default_value = "prometheus-pushgateway", value_name = "FILE")]
+    pushgateway: String,
+}
+
+/// Indicators in the bench plan; each report carries `values` of them.
+const INDICATORS: usize = 50;
+const PLAN_ID: &str = "bench-2025";
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Cmd::Load(args) => {
+            let result = runtime.block_on(load::run(args))?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Cmd::Run(args) => runtime.block_on(run(args)),
+        Cmd::Bare(args) => runtime.block_on(bare::serve(args)),
+    }
+}
+
+/// One line of the table: what, its figure, and the ratio to a baseline of the same run.
+struct Row {
+    what: String,
+    rate: f64,
+    detail: String,
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let seconds = args.seconds.unwrap_or(if args.quick { 2.0 } else { 10.0 });
+    // Reports signed ahead by the load generator: more than the targets need in `seconds`.
+    let reports = if args.quick {
+        20_000
+    } else {
+        60_000 * seconds as usize
+    };
+    let aggregator = match &args.aggregator {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the directory of this program")?
+            .join("duban-aggregator"),
+    };
+    if !aggregator.is_file() {
+        bail!(
+            "no aggregator at {} (build it: cargo build --release --workspace --bins)",
+            aggregator.display()
+        );
+    }
+    println!(
+        "duban-bench: {} s per figure, {} in flight over {} channels, {} values per report, batch {}; {} cores",
+        seconds,
+        args.concurrency,
+        args.channels,
+        args.values,
+        args.batch,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut rows = Vec::new();
+
+    eprintln!("[1/7] Ed25519 verification baselines");
+    let (strict, batch) = baselines::verify(args.values, if args.quick { 2_000 } else { 20_000 });
+    rows.push(Row {
+        what: "verify_strict + decode, one core".into(),
+        rate: strict,
+        detail: String::new(),
+    });
+    rows.push(Row {
+        what: "verify_batch (64) + decode, one core".into(),
+        rate: batch,
+        detail: String::new(),
+    });
+
+    eprintln!("[2/7] raw multi-row inserts into SQLite");
+    let dir = tempfile::tempdir()?;
+    let raw = baselines::raw_sqlite(
+        &dir.path().join("raw.db"),
+        args.values,
+        if args.quick { 5_000 } else { 100_000 },
+    )
+    .await?;
+    rows.push(Row {
+        what: "raw SQLite multi-row inserts (synchronous=FULL), reports".into(),
+        rate: raw,
+        detail: String::new(),
+    });
+
+    let units = 2 * args.channels;
+    let setup = Setup::new(dir.path(), &aggregator, units)?;
+    let load = |first_unit: usize, batch: usize, endpoint: String| LoadArgs {
+        endpoint,
+        certs: setup.certs.clone(),
+        plan_id: PLAN_ID.into(),
+        first_unit,
+        channels: args.channels,
+        concurrency: args.concurrency,
+        values: args.values,
+        indicators: INDICATORS,
+        batch,
+        reports,
+        seconds,
+    };
+
+    eprintln!(
+        "[3/7] duban on SQLite: unary Submit, then SubmitBatch of {}",
+        args.batch
+    );
+    let url = format!("sqlite://{}", dir.path().join("duban.db").display());
+    setup.register_keys(&url).await?;
+    let server = Server::start(&aggregator, &setup, &url)?;
+    let unary = drive(&load(0, 0, server.endpoint()), &server)?;
+    rows.push(unary.row("duban, SQLite, unary Submit"));
+    let batched = drive(&load(args.channels, args.batch, server.endpoint()), &server)?;
+    rows.push(batched.row(&format!("duban, SQLite, SubmitBatch of {}", args.batch)));
+    drop(server);
+
+    eprintln!("[4/7] a bare tonic server with the same mTLS: unary, then batch");
+    let bare = Server::start_bare(&setup)?;
+    let bare_unary = drive(&load(0, 0, bare.endpoint()), &bare)?;
+    rows.push(bare_unary.row("bare tonic server (transport ceiling), unary"));
+    let bare_batch = drive(&load(args.channels, args.batch, bare.endpoint()), &bare)?;
+    rows.push(bare_batch.row(&format!(
+        "bare tonic server (transport ceiling), batch of {}",
+        args.batch
+    )));
+    drop(bare);
+
+    let mut pg_rate = None;
+    if let Some(base) = &args.postgres {
+        eprintln!("[5/7] duban on PostgreSQL: unary Submit");
+        let url = baselines::fresh_pg_schema(base, "duban_bench").await?;
+        setup.register_keys(&url).await?;
+        let server = Server::start(&aggregator, &setup, &url)?;
+        let pg = drive(&load(0, 0, server.endpoint()), &server)?;
+        pg_rate = Some(pg.load.per_second());
+        rows.push(pg.row("duban, PostgreSQL, unary Submit"));
+    } else {
+        eprintln!("[5/7] PostgreSQL: left out (no --postgres / DUBAN_BENCH_POSTGRES_URL)");
+    }
+
+    eprintln!(
+        "[6/7] Prometheus Pushgateway, {} values per push",
+        args.values
+    );
+    let mut push_rates = Vec::new();
+    for (name, flags) in [
+        ("Pushgateway, PUT, default", &[][..]),
+        (
+            "Pushgateway, PUT, --push.disable-consistency-check",
+            &["--push.disable-consistency-check"][..],
+        ),
+    ] {
+        match baselines::pushgateway(
+            &args.pushgateway,
+            flags,
+            args.values,
+            args.concurrency,
+            seconds,
+        )
+        .await
+        {
+            Ok(result) => {
+                push_rates.push((name, result.per_second()));
+                rows.push(Row {
+                    what: name.into(),
+                    rate: result.per_second(),
+                    detail: format!("p50 {:.1} ms, p99 {:.1} ms", result.p50_ms, result.p99_ms),
+                });
+            }
+            Err(error) => eprintln!("  {name}: left out: {error:#}"),
+        }
+    }
+
+    eprintln!("[7/7] done");
+    println!();
+    println!("| what | reports/s | ratio | detail |");
+    println!("|---|---:|---:|---|");
+    let unary_rate = unary.load.per_second();
+    for row in &rows {
+        println!(
+            "| {} | {:.0} | {} | {} |",
+            row.what,
+            row.rate,
+            ratio_note(row, unary_rate, strict, raw),
+            row.detail
+        );
+    }
+    println!();
+    println!(
+        "duban unary / verify_strict: {:.2}; / verify_batch: {:.2}; / raw inserts: {:.2}",
+        unary_rate / strict,
+        unary_rate / batch,
+        unary_rate / raw
+    );
+    println!(
+        "duban batch / raw inserts: {:.2}",
+        batched.load.per_second() / raw
+    );
+    println!(
+        "duban unary / bare tonic unary: {:.2}; duban batch / bare tonic batch: {:.2}",
+        unary_rate / bare_unary.load.per_second(),
+        batched.load.per_second() / bare_batch.load.per_second()
+    );
+    for (name, rate) in &push_rates {
+        println!("duban unary / {name}: {:.2}", unary_rate / rate);
+    }
+    if let Some(pg) = pg_rate {
+        println!(
+            "duban PostgreSQL unary / SQLite unary: {:.2}",
+            pg / unary_rate
+        );
+    }
+    if unary.load.failed_calls + batched.load.failed_calls > 0 {
+        bail!("some calls failed: see the table");
+    }
+    Ok(())
+}
+
+fn ratio_note(row: &Row, unary: f64, strict: f64, raw: f64) -> String {
+    if row.what.starts_with("duban") || row.what.starts_with("bare") {
+        format!(
+            "{:.2} × verify_strict, {:.2} × raw",
+            row.rate / strict,
+            row.rate / raw
+        )
+    } else {
+        format!("duban unary = {:.2} ×", unary / row.rate)
+    }
+}
+
+/// A load run against a running server, with the server's CPU and memory.
+struct Driven {
+    load: LoadResult,
+    cpu_ms_per_report: f64,
+    peak_rss_mb: f64,
+}
+
+impl Driven {
+    fn row(&self, what: &str) -> Row {
+        Row {
+            what: what.into(),
+            rate: self.load.per_second(),
+            detail: format!(
+                "p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms; server CPU {:.0} µs/report; peak RSS {:.0} MB; {} failed calls",
+                self.load.p50_ms,
+                self.load.p99_ms,
+                self.load.p999_ms,
+                self.cpu_ms_per_report * 1000.0,
+                self.peak_rss_mb,
+                self.load.failed_calls
+            ),
+        }
+    }
+}
+
+fn drive(args: &LoadArgs, server: &Server) -> anyhow::Result<Driven> {
+    let exe = std::env::current_exe()?;
+    let cpu_before = server.cpu_seconds()?;
+    let output = Command::new(exe)
+        .arg("load")
+        .args(["--endpoint", &args.endpoint])
+        .args(["--certs", &args.certs.display().to_string()])
+        .args(["--plan-id", &args.plan_id])
+        .args(["--first-unit", &args.first_unit.to_string()])
+        .args(["--channels", &args.channels.to_string()])
+        .args(["--concurrency", &args.concurrency.to_string()])
+        .args(["--values", &args.values.to_string()])
+        .args(["--indicators", &args.indicators.to_string()])
+        .args(["--batch", &args.batch.to_string()])
+        .args(["--reports", &args.reports.to_string()])
+        .args(["--seconds", &args.seconds.to_string()])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !output.status.success() {
+        bail!("the load generator failed ({})", output.status);
+    }
+    let load: LoadResult =
+        serde_json::from_slice(&output.stdout).context("the load generator's result line")?;
+    let cpu = server.cpu_seconds()? - cpu_before;
+    Ok(Driven {
+        cpu_ms_per_report: cpu * 1000.0 / load.stored.max(1) as f64,
+        peak_rss_mb: server.peak_rss_kb()? as f64 / 1024.0,
+        load,
+    })
+}
+
+/// The bench plan, its certificates, and its units' keys.
+struct Setup {
+    plan: PathBuf,
+    certs: PathBuf,
+    units: usize,
+}
+
+impl Setup {
+    fn new(dir: &Path, aggregator: &Path, units: usize) -> anyhow::Result<Self> {
+        let plan = dir.join("plan.toml");
+        std::fs::write(&plan, baselines::plan_toml(PLAN_ID, units, INDICATORS))?;
+        let certs = dir.join("certs");
+        let names: Vec<String> = (0..units).map(load::unit_id).collect();
+        let out = Command::new(aggregator)
+            .args(["dev-ca", "--out", &certs.display().to_string()])
+            .args(["--units", &names.join(",")])
+            .args(["--plan", &plan.display().to_string()])
+            .output()?;
+        if !out.status.success() {
+            bail!("dev-ca: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Setup { plan, certs, units })
+    }
+
+    async fn register_keys(&self, url: &str) -> anyhow::Result<()> {
+        let keys = (0..self.units).map(|i| {
+            let key = load::unit_key(i);
+            NewKey {
+                key_id: key.key_id(),
+                unit_id: load::unit_id(i),
+                public_key: *key.public_key().raw(),
+                not_before_ms: None,
+                not_after_ms: None,
+                added_at_ms: load::now_ms(),
+            }
+        });
+        if url.starts_with("sqlite:") {
+            let store = SqliteStore::open(url).await?;
+            for key in keys {
+                store.add_key(key).await?;
+            }
+        } else {
+            let store = PgStore::open(url).await?;
+            for key in keys {
+                store.add_key(key).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A release `duban-aggregator serve` with mTLS on loopback.
+struct Server {
+    child: Child,
+    grpc: String,
+}
+
+impl Server {
+    fn start(aggregator: &Path, setup: &Setup, url: &str) -> anyhow::Result<Self> {
+        let file = |name: &str| setup.certs.join(name).display().to_string();
+        let mut command = Command::new(aggregator);
+        command
+            .arg("serve")
+            .args(["--database-url", url])
+            .args(["--plan", &setup.plan.display().to_string()])
+            .args([
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--tls-cert",
+                &file("server.crt"),
+                "--tls-key",
+                &file("server.key"),
+            ])
+            .args(["--client-ca", &file("ca.crt")])
+            .env("RUST_LOG", "warn,duban_aggregator=info");
+        Self::spawn(command, "aggregator serving")
+    }
+
+    /// The bare tonic server of the transport baseline ([`bare`]).
+    fn start_bare(setup: &Setup) -> anyhow::Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("bare")
+            .args(["--certs", &setup.certs.display().to_string()]);
+        Self::spawn(command, "bare server serving")
+    }
+
+    fn spawn(mut command: Command, serving: &'static str) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("server stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(serving) {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .with_context(|| format!("no \"{serving}\" within 60 s"))?;
+        let grpc = line
+            .split("grpc=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("grpc= in the serving line")?
+            .to_owned();
+        Ok(Server { child, grpc })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("https://{}", self.grpc)
+    }
+
+    /// User and system CPU of the server so far (`/proc/PID/stat`, at 100 ticks a second).
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let after_name = stat.rsplit(')').next().unwrap_or_default();
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        Ok(ticks / 100.0)
+    }
+
+    /// Peak resident memory (`VmHWM` of `/proc/PID/status`), in kB.
+    fn peak_rss_kb(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmHWM in /proc/PID/status")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,60 @@
+//! The harness in its short form, so that it cannot rot: every figure runs against real
+//! processes (the aggregator, the load generator, PostgreSQL, Pushgateway) for about a second.
+//! The figures of a debug build mean nothing; this checks that each is measured and that no
+//! call failed. docs/PERFORMANCE.md has the full run.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn the_harness_measures_every_figure_in_quick_mode() {
+    let test = "the_harness_measures_every_figure_in_quick_mode";
+    if !duban_testkit::program(test, "prometheus-pushgateway", "prometheus-pushgateway") {
+        return;
+    }
+    let Some(postgres) = duban_testkit::postgres_url(test) else {
+        return;
+    };
+    let bench = Path::new(env!("CARGO_BIN_EXE_duban-bench"));
+    let aggregator = bench.with_file_name("duban-aggregator");
+    assert!(
+        aggregator.is_file(),
+        "{} is built with the workspace's binaries",
+        aggregator.display()
+    );
+    let out = Command::new(bench)
+        .args(["run", "--quick", "--seconds", "1", "--concurrency", "16"])
+        .args(["--postgres", &postgres])
+        .arg("--aggregator")
+        .arg(&aggregator)
+        .output()
+        .expect("run duban-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "duban-bench failed:\n{stdout}\n{stderr}"
+    );
+    for figure in [
+        "verify_strict + decode",
+        "verify_batch (64) + decode",
+        "raw SQLite multi-row inserts",
+        "duban, SQLite, unary Submit",
+        "duban, SQLite, SubmitBatch of 100",
+        "bare tonic server (transport ceiling), unary",
+        "bare tonic server (transport ceiling), batch of 100",
+        "duban, PostgreSQL, unary Submit",
+        "Pushgateway, PUT, default",
+        "Pushgateway, PUT, --push.disable-consistency-check",
+    ] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {figure}")))
+            .unwrap_or_else(|| panic!("no row for {figure:?} in:\n{stdout}\n{stderr}"));
+        let rate: f64 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
+        assert!(rate > 0.0, "{figure}: {row}");
+        if figure.starts_with("duban") || figure.starts_with("bare") {
+            assert!(row.contains(" 0 failed calls"), "{row}");
+        }
+    }
+}
