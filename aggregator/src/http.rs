@@ -174,16 +174,14 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
         app.store.agents().await,
     ) {
         (Ok(view), Ok(alerts), Ok(agents)) => {
-            body.push_str(&crate::metrics::plan_state::plan_metrics(
-                plan,
-                &view.progress,
-                &alerts,
-                &agents,
-            ));
+            let mut state =
+                crate::metrics::plan_state::plan_metrics(plan, &view.progress, &alerts, &agents);
             let record = crate::supervision::record(plan, &alerts, &view.snapshot.statements, now);
-            body.push_str(&crate::metrics::plan_state::supervision_metrics(
+            state.push_str(&crate::metrics::plan_state::supervision_metrics(
                 plan, &record,
             ));
+            crate::metrics::plan_state::check_budget(plan, &state);
+            body.push_str(&state);
         }
         (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
             tracing::warn!(%error, "plan metrics unavailable for this scrape")

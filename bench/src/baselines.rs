@@ -230,20 +230,11 @@ pub async fn pushgateway(
         failed += f;
         latencies.extend(l);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let quantile = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |us| f64::from(*us) / 1000.0)
-    };
-    Ok(LoadResult {
-        reports: ok + failed,
-        stored: ok,
-        failed_calls: failed,
-        seconds: elapsed,
-        p50_ms: quantile(0.5),
-        p99_ms: quantile(0.99),
-        p999_ms: quantile(0.999),
-    })
+    Ok(LoadResult::from_latencies(
+        latencies,
+        ok + failed,
+        ok,
+        failed,
+        started.elapsed().as_secs_f64(),
+    ))
 }

@@ -2,7 +2,7 @@
 //! server's: one mTLS channel per unit, `concurrency` calls in flight, reports signed before
 //! the clock starts. Prints one JSON line of results.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -116,21 +116,47 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    /// The result of a run whose calls took `latencies` (µs).
+    pub fn from_latencies(
+        mut latencies: Vec<u32>,
+        reports: u64,
+        stored: u64,
+        failed_calls: u64,
+        seconds: f64,
+    ) -> Self {
+        latencies.sort_unstable();
+        let quantile = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .map_or(0.0, |us| f64::from(*us) / 1000.0)
+        };
+        LoadResult {
+            reports,
+            stored,
+            failed_calls,
+            seconds,
+            p50_ms: quantile(0.50),
+            p99_ms: quantile(0.99),
+            p999_ms: quantile(0.999),
+        }
+    }
+
     pub fn per_second(&self) -> f64 {
         self.stored as f64 / self.seconds
     }
 }
 
-async fn channel(args: &LoadArgs, unit: &str) -> anyhow::Result<Channel> {
+/// One mTLS connection to `endpoint` with the certificate of `unit` from a `dev-ca` directory.
+pub async fn channel(endpoint: &str, certs: &Path, unit: &str) -> anyhow::Result<Channel> {
     let read = |p: PathBuf| std::fs::read(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(args.certs.join("ca.crt"))?))
+        .ca_certificate(Certificate::from_pem(read(certs.join("ca.crt"))?))
         .identity(Identity::from_pem(
-            read(args.certs.join("units").join(format!("{unit}.crt")))?,
-            read(args.certs.join("units").join(format!("{unit}.key")))?,
+            read(certs.join("units").join(format!("{unit}.crt")))?,
+            read(certs.join("units").join(format!("{unit}.key")))?,
         ))
         .domain_name("localhost");
-    Ok(Endpoint::from_shared(args.endpoint.clone())?
+    Ok(Endpoint::from_shared(endpoint.to_owned())?
         .tls_config(tls)?
         .connect()
         .await?)
@@ -159,7 +185,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadResult> {
     );
     let mut channels = Vec::new();
     for &u in &units {
-        channels.push(channel(&args, &unit_id(u)).await?);
+        channels.push(channel(&args.endpoint, &args.certs, &unit_id(u)).await?);
     }
     let deadline = Duration::from_secs_f64(args.seconds);
     let started = Instant::now();
@@ -218,20 +244,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadResult> {
         sent += n;
         failed += f;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let quantile = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |us| f64::from(*us) / 1000.0)
-    };
-    Ok(LoadResult {
-        reports: sent,
+    Ok(LoadResult::from_latencies(
+        latencies,
+        sent,
         stored,
-        failed_calls: failed,
-        seconds,
-        p50_ms: quantile(0.50),
-        p99_ms: quantile(0.99),
-        p999_ms: quantile(0.999),
-    })
+        failed,
+        started.elapsed().as_secs_f64(),
+    ))
 }

@@ -4,6 +4,9 @@
 
 mod bare;
 mod baselines;
+mod big_plan;
+mod connections;
+mod drain;
 mod load;
 
 use std::io::{BufRead, BufReader};
@@ -40,6 +43,9 @@ enum Cmd {
     /// The bare tonic server of the transport baseline (started by `run`).
     #[command(hide = true)]
     Bare(bare::BareArgs),
+    /// Many agents' connections held open at once (started by `run` as its own process).
+    #[command(hide = true)]
+    Connections(connections::ConnectArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,11 +78,27 @@ struct RunArgs {
     /// The Pushgateway binary; the baseline is left out (and says so) when it is missing.
     #[arg(long, default_value = "prometheus-pushgateway", value_name = "FILE")]
     pushgateway: String,
+    /// Simulated agents holding their own mTLS connection at once [default: 5000, or 200 with
+    /// --quick].
+    #[arg(long, value_name = "N")]
+    agents: Option<usize>,
+    /// Reports in the agent's backlog to drain [default: 100000, or 2000 with --quick].
+    #[arg(long, value_name = "N")]
+    backlog: Option<usize>,
+    /// The duban-agent binary [default: beside this program].
+    #[arg(long, value_name = "FILE")]
+    agent: Option<PathBuf>,
+    /// Units of the synthetic plan (× 50 indicators × 12 months) [default: 10000, or 100 with
+    /// --quick].
+    #[arg(long, value_name = "N")]
+    plan_units: Option<usize>,
 }
 
 /// Indicators in the bench plan; each report carries `values` of them.
 const INDICATORS: usize = 50;
 const PLAN_ID: &str = "bench-2025";
+/// Steps of `run`, for its progress lines.
+const STEPS: usize = 10;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -91,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Run(args) => runtime.block_on(run(args)),
         Cmd::Bare(args) => runtime.block_on(bare::serve(args)),
+        Cmd::Connections(args) => runtime.block_on(connections::run(args)),
     }
 }
 
@@ -109,19 +132,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         60_000 * seconds as usize
     };
-    let aggregator = match &args.aggregator {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the directory of this program")?
-            .join("duban-aggregator"),
-    };
-    if !aggregator.is_file() {
-        bail!(
-            "no aggregator at {} (build it: cargo build --release --workspace --bins)",
-            aggregator.display()
-        );
-    }
+    let aggregator = beside(&args.aggregator, "duban-aggregator")?;
+    let agent = beside(&args.agent, "duban-agent")?;
+    let agents = args.agents.unwrap_or(if args.quick { 200 } else { 5_000 });
+    let backlog = args
+        .backlog
+        .unwrap_or(if args.quick { 2_000 } else { 100_000 });
+    let plan_units = args
+        .plan_units
+        .unwrap_or(if args.quick { 100 } else { 10_000 });
     println!(
         "duban-bench: {} s per figure, {} in flight over {} channels, {} values per report, batch {}; {} cores",
         seconds,
@@ -133,7 +152,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
 
-    eprintln!("[1/7] Ed25519 verification baselines");
+    eprintln!("[1/{STEPS}] Ed25519 verification baselines");
     let (strict, batch) = baselines::verify(args.values, if args.quick { 2_000 } else { 20_000 });
     rows.push(Row {
         what: "verify_strict + decode, one core".into(),
@@ -146,7 +165,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         detail: String::new(),
     });
 
-    eprintln!("[2/7] raw multi-row inserts into SQLite");
+    eprintln!("[2/{STEPS}] raw multi-row inserts into SQLite");
     let dir = tempfile::tempdir()?;
     let raw = baselines::raw_sqlite(
         &dir.path().join("raw.db"),
@@ -160,7 +179,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         detail: String::new(),
     });
 
-    let units = 2 * args.channels;
+    let units = (2 * args.channels).max(agents);
     let setup = Setup::new(dir.path(), &aggregator, units)?;
     let load = |first_unit: usize, batch: usize, endpoint: String| LoadArgs {
         endpoint,
@@ -177,11 +196,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     eprintln!(
-        "[3/7] duban on SQLite: unary Submit, then SubmitBatch of {}",
+        "[3/{STEPS}] duban on SQLite: unary Submit, then SubmitBatch of {}",
         args.batch
     );
     let url = format!("sqlite://{}", dir.path().join("duban.db").display());
-    setup.register_keys(&url).await?;
+    setup.register_keys(&url, 2 * args.channels).await?;
     let server = Server::start(&aggregator, &setup, &url)?;
     let unary = drive(&load(0, 0, server.endpoint()), &server)?;
     rows.push(unary.row("duban, SQLite, unary Submit"));
@@ -189,7 +208,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     rows.push(batched.row(&format!("duban, SQLite, SubmitBatch of {}", args.batch)));
     drop(server);
 
-    eprintln!("[4/7] a bare tonic server with the same mTLS: unary, then batch");
+    eprintln!("[4/{STEPS}] a bare tonic server with the same mTLS: unary, then batch");
     let bare = Server::start_bare(&setup)?;
     let bare_unary = drive(&load(0, 0, bare.endpoint()), &bare)?;
     rows.push(bare_unary.row("bare tonic server (transport ceiling), unary"));
@@ -202,19 +221,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut pg_rate = None;
     if let Some(base) = &args.postgres {
-        eprintln!("[5/7] duban on PostgreSQL: unary Submit");
+        eprintln!("[5/{STEPS}] duban on PostgreSQL: unary Submit");
         let url = baselines::fresh_pg_schema(base, "duban_bench").await?;
-        setup.register_keys(&url).await?;
+        setup.register_keys(&url, 2 * args.channels).await?;
         let server = Server::start(&aggregator, &setup, &url)?;
         let pg = drive(&load(0, 0, server.endpoint()), &server)?;
         pg_rate = Some(pg.load.per_second());
         rows.push(pg.row("duban, PostgreSQL, unary Submit"));
     } else {
-        eprintln!("[5/7] PostgreSQL: left out (no --postgres / DUBAN_BENCH_POSTGRES_URL)");
+        eprintln!("[5/{STEPS}] PostgreSQL: left out (no --postgres / DUBAN_BENCH_POSTGRES_URL)");
     }
 
     eprintln!(
-        "[6/7] Prometheus Pushgateway, {} values per push",
+        "[6/{STEPS}] Prometheus Pushgateway, {} values per push",
         args.values
     );
     let mut push_rates = Vec::new();
@@ -246,7 +265,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    eprintln!("[7/7] done");
+    eprintln!("[7/{STEPS}] {agents} agents, each with its own mTLS connection, held at once");
+    let url = format!("sqlite://{}", dir.path().join("agents.db").display());
+    setup.register_keys(&url, agents).await?;
+    let server = Server::start(&aggregator, &setup, &url)?;
+    let held = connect(&server, &setup, agents)?;
+
+    eprintln!("[8/{STEPS}] the agent: a backlog of {backlog} reports drained, then idle");
+    let agent_figures = drain::measure(
+        &agent,
+        &aggregator,
+        &setup,
+        dir.path(),
+        backlog,
+        args.values,
+    )
+    .await?;
+
+    eprintln!(
+        "[9/{STEPS}] a synthetic plan: {plan_units} units × {INDICATORS} indicators × 12 months"
+    );
+    let plan = big_plan::measure(&aggregator, &setup, dir.path(), plan_units, INDICATORS).await?;
+
+    eprintln!("[{STEPS}/{STEPS}] done");
     println!();
     println!("| what | reports/s | ratio | detail |");
     println!("|---|---:|---:|---|");
@@ -285,7 +326,48 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             pg / unary_rate
         );
     }
-    if unary.load.failed_calls + batched.load.failed_calls > 0 {
+    println!();
+    println!("| what | figure |");
+    println!("|---|---|");
+    println!(
+        "| {} agents connected at once, each its own mTLS connection and one Submit | {} connected, {} refused, {} failed calls in {:.1} s; aggregator RSS {:.0} MB with all held ({:.0} kB per connection), peak {:.0} MB |",
+        agents,
+        held.result.connected,
+        held.result.refused,
+        held.result.failed_calls,
+        held.result.seconds,
+        held.rss_mb,
+        held.kb_per_connection,
+        held.peak_rss_mb
+    );
+    println!(
+        "| agent backlog of {} reports ({} values each) drained by `duban-agent run` | {:.1} s ({:.0} reports/s); agent peak RSS {:.1} MB (built in {:.0} s) |",
+        agent_figures.reports,
+        args.values,
+        agent_figures.drain_seconds,
+        agent_figures.reports as f64 / agent_figures.drain_seconds,
+        agent_figures.drain_peak_rss_mb,
+        agent_figures.fill_seconds
+    );
+    println!(
+        "| agent idle (CSV source, empty outbox, connected) | RSS {:.1} MB ({:.1} MB anonymous, {:.1} MB file-backed) |",
+        agent_figures.idle_rss_mb, agent_figures.idle_anon_mb, agent_figures.idle_file_mb
+    );
+    println!(
+        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s) | progress computed in {:.0} ms; first /metrics {:.0} ms, again {:.0} ms; /api/v1/progress {:.0} ms; {} series ({} of plan state, budget {}) |",
+        plan.units,
+        plan.indicators,
+        plan.values,
+        plan.fill_seconds,
+        plan.progress_ms,
+        plan.metrics_cold_ms,
+        plan.metrics_warm_ms,
+        plan.progress_api_ms,
+        plan.series,
+        plan.plan_series,
+        plan.budget
+    );
+    if unary.load.failed_calls + batched.load.failed_calls + held.result.failed_calls > 0 {
         bail!("some calls failed: see the table");
     }
     Ok(())
@@ -366,6 +448,62 @@ struct Setup {
     units: usize,
 }
 
+/// A program beside this one, unless given.
+fn beside(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the directory of this program")?
+            .join(name),
+    };
+    if !path.is_file() {
+        bail!(
+            "no {name} at {} (build it: cargo build --release --workspace --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Connections held open at once, and the aggregator's memory while they are.
+struct Held {
+    result: connections::Connected,
+    rss_mb: f64,
+    peak_rss_mb: f64,
+    kb_per_connection: f64,
+}
+
+/// Opens `count` connections from a `connections` process, reads the aggregator's memory
+/// while all are held, then lets them go.
+fn connect(server: &Server, setup: &Setup, count: usize) -> anyhow::Result<Held> {
+    let before = drain::status_kb(server.child.id(), "VmRSS:")?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("connections")
+        .args(["--endpoint", &server.endpoint()])
+        .arg("--certs")
+        .arg(&setup.certs)
+        .args(["--plan-id", PLAN_ID, "--count", &count.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let result: connections::Connected = serde_json::from_str(&line)
+        .with_context(|| format!("the connections process's result line: {line:?}"))?;
+    let rss = drain::status_kb(server.child.id(), "VmRSS:")?;
+    let peak = server.peak_rss_kb()?;
+    drop(child.stdin.take());
+    child.wait()?;
+    Ok(Held {
+        kb_per_connection: rss.saturating_sub(before) as f64 / count.max(1) as f64,
+        rss_mb: rss as f64 / 1024.0,
+        peak_rss_mb: peak as f64 / 1024.0,
+        result,
+    })
+}
+
 impl Setup {
     fn new(dir: &Path, aggregator: &Path, units: usize) -> anyhow::Result<Self> {
         let plan = dir.join("plan.toml");
@@ -383,8 +521,9 @@ impl Setup {
         Ok(Setup { plan, certs, units })
     }
 
-    async fn register_keys(&self, url: &str) -> anyhow::Result<()> {
-        let keys = (0..self.units).map(|i| {
+    /// Registers the keys of units `0..count`.
+    async fn register_keys(&self, url: &str, count: usize) -> anyhow::Result<()> {
+        let keys = (0..count.min(self.units)).map(|i| {
             let key = load::unit_key(i);
             NewKey {
                 key_id: key.key_id(),
@@ -414,6 +553,8 @@ impl Setup {
 struct Server {
     child: Child,
     grpc: String,
+    /// The HTTP address (`/metrics`, the API); empty for the bare server.
+    http: String,
 }
 
 impl Server {
@@ -473,7 +614,13 @@ impl Server {
             .and_then(|rest| rest.split_whitespace().next())
             .context("grpc= in the serving line")?
             .to_owned();
-        Ok(Server { child, grpc })
+        let http = line
+            .split("http=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Server { child, grpc, http })
     }
 
     fn endpoint(&self) -> String {
@@ -491,12 +638,7 @@ impl Server {
 
     /// Peak resident memory (`VmHWM` of `/proc/PID/status`), in kB.
     fn peak_rss_kb(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("VmHWM in /proc/PID/status")
+        drain::status_kb(self.child.id(), "VmHWM:")
     }
 }
 

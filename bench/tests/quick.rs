@@ -24,6 +24,7 @@ fn the_harness_measures_every_figure_in_quick_mode() {
     );
     let out = Command::new(bench)
         .args(["run", "--quick", "--seconds", "1", "--concurrency", "16"])
+        .args(["--agents", "100", "--backlog", "500", "--plan-units", "50"])
         .args(["--postgres", &postgres])
         .arg("--aggregator")
         .arg(&aggregator)
@@ -57,4 +58,28 @@ fn the_harness_measures_every_figure_in_quick_mode() {
             assert!(row.contains(" 0 failed calls"), "{row}");
         }
     }
+    let row = |start: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no row {start:?} in:\n{stdout}\n{stderr}"))
+    };
+    let agents = row("| 100 agents connected at once");
+    assert!(
+        agents.contains("| 100 connected, 0 refused, 0 failed calls"),
+        "{agents}"
+    );
+    let drain = row("| agent backlog of ");
+    let reports: u64 = drain["| agent backlog of ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reports >= 500, "{drain}");
+    assert!(drain.contains(" reports/s); agent peak RSS "), "{drain}");
+    assert!(row("| agent idle").contains("RSS "));
+    let plan =
+        row("| synthetic plan: 50 units × 50 indicators × 12 months, 30000 values (stored in");
+    assert!(plan.contains(" series ("), "{plan}");
 }

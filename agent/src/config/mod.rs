@@ -466,4 +466,40 @@ splay = "5m"
         let err = parse(&GOOD.replace("every = \"1h\"", "cron = \"every tuesday\"")).unwrap_err();
         assert_eq!(err.key, "source[0] (pct).cron");
     }
+
+    #[test]
+    fn a_sql_source_needs_its_driver_in_this_build() {
+        // Whichever features this build has: a source whose driver it lacks is refused with the
+        // feature named; the others are accepted.
+        let sql = |url: &str| {
+            GOOD.replace(
+                "kind = \"csv\"\npath = \"pct.csv\"",
+                &format!("kind = \"sql\"\nurl = \"{url}\"\nquery = \"SELECT 1\""),
+            )
+        };
+        for (url, feature) in [
+            ("sqlite:///var/lib/x.db", None),
+            ("postgres://u@h/db", Some("source-postgres")),
+            ("postgresql://u@h/db", Some("source-postgres")),
+            ("mysql://u@h/db", Some("source-mysql")),
+            ("mariadb://u@h/db", Some("source-mysql")),
+        ] {
+            let built = match feature {
+                None => true,
+                Some("source-postgres") => cfg!(feature = "source-postgres"),
+                Some(_) => cfg!(feature = "source-mysql"),
+            };
+            match parse(&sql(url)) {
+                Ok(config) => {
+                    assert!(built, "{url} accepted without {feature:?}");
+                    assert!(matches!(config.sources[0].kind, SourceKind::Sql { .. }));
+                }
+                Err(err) => {
+                    assert!(!built, "{url} refused: {err}");
+                    assert_eq!(err.key, "source[0] (pct).url");
+                    assert!(err.message.contains(feature.unwrap()), "{err}");
+                }
+            }
+        }
+    }
 }

@@ -215,20 +215,25 @@ pub(super) fn validate_source(
                     "expected a database URL: sqlite://PATH, postgres://..., or mysql://...",
                 )
             })?;
-            if ![
-                "sqlite:",
-                "postgres://",
-                "postgresql://",
-                "mysql://",
-                "mariadb://",
-            ]
-            .iter()
-            .any(|p| url.starts_with(p))
+            match SQL_SCHEMES
+                .iter()
+                .find(|(prefix, ..)| url.starts_with(prefix))
             {
-                return Err(invalid(
-                    "url",
-                    format!("expected sqlite://, postgres:// or mysql://, got {url:?}"),
-                ));
+                None => {
+                    return Err(invalid(
+                        "url",
+                        format!("expected sqlite://, postgres:// or mysql://, got {url:?}"),
+                    ));
+                }
+                Some((prefix, Some(feature), false)) => {
+                    return Err(invalid(
+                        "url",
+                        format!(
+                            "this duban-agent was built without {prefix} sources (cargo feature `{feature}`); use a build with it (the default build has it)"
+                        ),
+                    ));
+                }
+                Some(_) => {}
             }
             let query = raw
                 .query
@@ -249,3 +254,29 @@ pub(super) fn validate_source(
         fields: raw.fields.clone(),
     })
 }
+
+/// The URL prefixes of SQL sources: the cargo feature each needs beyond SQLite, and whether
+/// this build has it.
+const SQL_SCHEMES: &[(&str, Option<&str>, bool)] = &[
+    ("sqlite:", None, true),
+    (
+        "postgres://",
+        Some("source-postgres"),
+        cfg!(feature = "source-postgres"),
+    ),
+    (
+        "postgresql://",
+        Some("source-postgres"),
+        cfg!(feature = "source-postgres"),
+    ),
+    (
+        "mysql://",
+        Some("source-mysql"),
+        cfg!(feature = "source-mysql"),
+    ),
+    (
+        "mariadb://",
+        Some("source-mysql"),
+        cfg!(feature = "source-mysql"),
+    ),
+];

@@ -31,7 +31,15 @@ pub async fn query(
     items: Items,
     fields: &Fields,
 ) -> Result<Vec<Item>, SourceError> {
-    sqlx::any::install_default_drivers();
+    // The drivers this build has (the `source-postgres` and `source-mysql` features). The only
+    // error is "already installed", by an earlier query, with the same list.
+    let _ = sqlx::any::install_drivers(&[
+        sqlx::sqlite::any::DRIVER,
+        #[cfg(feature = "source-postgres")]
+        sqlx::postgres::any::DRIVER,
+        #[cfg(feature = "source-mysql")]
+        sqlx::mysql::any::DRIVER,
+    ]);
     let mut conn = sqlx::AnyConnection::connect(url)
         .await
         .map_err(|e| SourceError::Sql(format!("cannot connect: {e}")))?;

@@ -17,9 +17,55 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeV
     g
 }
 
-/// The most plan-state series one scrape may carry; docs/OPERATIONS.md explains the budget.
-/// A plan that would exceed it still exports everything, with a warning in the log.
-pub const PLAN_SERIES_BUDGET: usize = 5_000;
+/// The most plan-state series a scrape of `plan` may carry (docs/OPERATIONS.md, "Cardinality
+/// budget"): linear in the plan's size, so that a label that leaks per period or per report
+/// shows. Per indicator 16 and one per lead unit; per milestone its deadline and five states
+/// per lead unit; per unit 17 (its own figures, its figures as a lead unit, its 督办 record);
+/// 100 for alerts and the rest. A scrape above it still exports everything, with a warning in
+/// the log ([`check_budget`]).
+pub fn series_budget(plan: &Plan) -> usize {
+    let leads = |ids: &[String]| plan.expand_parties(ids).len().max(1);
+    let indicators: usize = plan
+        .indicators
+        .iter()
+        .map(|i| 16 + leads(&i.lead_units))
+        .sum();
+    let milestones: usize = plan
+        .tasks
+        .iter()
+        .flat_map(|t| {
+            t.milestones.iter().map(|m| {
+                let own = if m.lead_units.is_empty() {
+                    &t.lead_units
+                } else {
+                    &m.lead_units
+                };
+                1 + 5 * leads(own)
+            })
+        })
+        .sum();
+    100 + indicators + milestones + 17 * plan.units.len()
+}
+
+/// Warns (once a process) when the plan-state `text` of one scrape carries more series than
+/// [`series_budget`] allows.
+pub fn check_budget(plan: &Plan, text: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let series = text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count();
+    let budget = series_budget(plan);
+    if series > budget {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                series,
+                budget,
+                "plan-state metrics exceed their series budget (docs/OPERATIONS.md, \"Cardinality budget\"): a label grows with periods or reports"
+            )
+        });
+    }
+}
 
 /// Plan state as Prometheus text: built from a progress computation and the open alerts.
 /// Cardinality: one series per indicator (and per state for state sets), per milestone × lead

@@ -1,0 +1,230 @@
+//! A synthetic plan at city-and-beyond scale: `units` districts × `indicators` monthly
+//! indicators × 12 periods, every value stored. Measures what an operator's scrape and the plan
+//! office's progress page cost on it: the first `/metrics` (progress computed), `/metrics` again
+//! (the computation reused), `/api/v1/progress`, and the number of series.
+//!
+//! The values go in through the store's own ingest (the write path after signature
+//! verification, as the gRPC service calls it), each report carrying one unit's `indicators`
+//! values for one month; no certificate or signature is involved, since none of them is measured.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use duban_aggregator::store::{NewKey, NewReport, NewValue, SqliteStore, Store, StoreOutcome};
+use duban_proto::pb;
+use prost::Message as _;
+use tokio::sync::Semaphore;
+
+use crate::drain::{http_get, metric};
+use crate::load::{indicator_id, now_ms, unit_id, unit_key};
+use crate::{Server, Setup};
+
+pub const PLAN_ID: &str = "big-2025";
+
+/// What the synthetic plan measured.
+pub struct PlanFigures {
+    pub units: usize,
+    pub indicators: usize,
+    pub values: u64,
+    pub fill_seconds: f64,
+    /// `GET /metrics` when nothing was computed yet (progress included).
+    pub metrics_cold_ms: f64,
+    /// `GET /metrics` again, nothing written since.
+    pub metrics_warm_ms: f64,
+    /// `GET /api/v1/progress`, nothing written since.
+    pub progress_api_ms: f64,
+    /// `duban_progress_duration_seconds`: reading the store and computing progress, each time.
+    pub progress_ms: f64,
+    /// Series in one scrape, all of them; and those of the plan state alone.
+    pub series: usize,
+    pub plan_series: usize,
+    /// The plan-state series budget of the synthetic plan.
+    pub budget: usize,
+}
+
+pub async fn measure(
+    aggregator: &Path,
+    setup: &Setup,
+    dir: &Path,
+    units: usize,
+    indicators: usize,
+) -> anyhow::Result<PlanFigures> {
+    let plan = dir.join("big-plan.toml");
+    let text = crate::baselines::plan_toml(PLAN_ID, units, indicators);
+    let budget = match duban_aggregator::plan::load_str(&text, "big-plan.toml") {
+        Ok(loaded) => duban_aggregator::metrics::plan_state::series_budget(&loaded.plan),
+        Err(errors) => anyhow::bail!("the synthetic plan: {errors:?}"),
+    };
+    std::fs::write(&plan, text)?;
+    let url = format!("sqlite://{}", dir.join("big.db").display());
+    let started = Instant::now();
+    let values = fill(&url, units, indicators).await?;
+    let fill_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "  {values} values of {units} units × {indicators} indicators × 12 months stored in {fill_seconds:.0} s"
+    );
+    let big = Setup {
+        plan,
+        certs: setup.certs.clone(),
+        units,
+    };
+    let server = Server::start(aggregator, &big, &url)?;
+    let http = server.http.clone();
+    let timed = |path: &str| -> anyhow::Result<(String, f64)> {
+        let started = Instant::now();
+        let body = http_get(&http, path)?;
+        Ok((body, started.elapsed().as_secs_f64() * 1000.0))
+    };
+    let (_, metrics_cold_ms) = timed("/metrics")?;
+    let (body, metrics_warm_ms) = timed("/metrics")?;
+    let (_, progress_api_ms) = timed("/api/v1/progress")?;
+    let sum = metric(&body, "duban_progress_duration_seconds_sum").unwrap_or(0.0);
+    let count = metric(&body, "duban_progress_duration_seconds_count").unwrap_or(0.0);
+    let series: Vec<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    // The plan-state metrics of docs/OPERATIONS.md ("Plan state").
+    let plan_series = series
+        .iter()
+        .filter(|l| {
+            [
+                "duban_indicator_",
+                "duban_task_",
+                "duban_milestone_",
+                "duban_unit_",
+                "duban_lead_unit_",
+                "duban_reports_overdue",
+                "duban_alerts_active",
+                "duban_supervision_",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+        .count();
+    drop(server);
+    Ok(PlanFigures {
+        units,
+        indicators,
+        values,
+        fill_seconds,
+        metrics_cold_ms,
+        metrics_warm_ms,
+        progress_api_ms,
+        progress_ms: if count > 0.0 {
+            sum * 1000.0 / count
+        } else {
+            0.0
+        },
+        series: series.len(),
+        plan_series,
+        budget,
+    })
+}
+
+/// Every unit's key, then every unit's twelve monthly reports, through the store's ingest.
+async fn fill(url: &str, units: usize, indicators: usize) -> anyhow::Result<u64> {
+    let store = Arc::new(SqliteStore::open(url).await?);
+    let now = now_ms();
+    for unit in 0..units {
+        let key = unit_key(unit);
+        store
+            .add_key(NewKey {
+                key_id: key.key_id(),
+                unit_id: unit_id(unit),
+                public_key: *key.public_key().raw(),
+                not_before_ms: None,
+                not_after_ms: None,
+                added_at_ms: now,
+            })
+            .await?;
+    }
+    // Several groups in flight, so that the writer groups them as it does under load.
+    let gate = Arc::new(Semaphore::new(4));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut changed = 0u64;
+    const UNITS_PER_CALL: usize = 20;
+    for first in (0..units).step_by(UNITS_PER_CALL) {
+        let permit = gate.clone().acquire_owned().await?;
+        let store = store.clone();
+        let reports: Vec<NewReport> = (first..(first + UNITS_PER_CALL).min(units))
+            .flat_map(|unit| (1..=12u64).map(move |month| report(unit, month, indicators, now)))
+            .collect();
+        tasks.spawn(async move {
+            let outcomes = store.ingest(reports).await;
+            drop(permit);
+            outcomes
+        });
+        while let Some(done) = tasks.try_join_next() {
+            changed += stored_values(done??)?;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        changed += stored_values(done??)?;
+    }
+    let expected = (units * indicators * 12) as u64;
+    if changed != expected {
+        anyhow::bail!("{changed} values stored, {expected} sent");
+    }
+    Ok(changed)
+}
+
+/// The values a group's reports stored; an error if any report was not stored.
+fn stored_values(outcomes: Vec<StoreOutcome>) -> anyhow::Result<u64> {
+    outcomes.iter().try_fold(0, |sum, outcome| match outcome {
+        StoreOutcome::Stored { changed, .. } => Ok(sum + u64::from(*changed)),
+        other => anyhow::bail!("a synthetic report was not stored: {other:?}"),
+    })
+}
+
+fn report(unit: usize, month: u64, indicators: usize, now: i64) -> NewReport {
+    let key = unit_key(unit);
+    let mut report_id = [0u8; 16];
+    report_id[..8].copy_from_slice(&(unit as u64).to_le_bytes());
+    report_id[8..].copy_from_slice(&month.to_le_bytes());
+    let period = format!("2025-{month:02}");
+    let values: Vec<pb::IndicatorValue> = (0..indicators)
+        .map(|i| pb::IndicatorValue {
+            indicator_id: indicator_id(i),
+            value: (unit % 100 + i + month as usize) as f64,
+            note: String::new(),
+        })
+        .collect();
+    let payload = pb::Report {
+        report_id: report_id.to_vec(),
+        unit_id: unit_id(unit),
+        seq: month,
+        issued_at_ms: now - 1000,
+        audience: PLAN_ID.into(),
+        period: period.clone(),
+        values: values.clone(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    NewReport {
+        plan_id: PLAN_ID.into(),
+        unit_id: unit_id(unit),
+        report_id,
+        key_id: key.key_id(),
+        seq: month,
+        issued_at_ms: now - 1000,
+        received_at_ms: now,
+        period,
+        revision: 0,
+        payload_type: duban_proto::envelope::PAYLOAD_TYPE.into(),
+        signature: vec![0; 64],
+        payload_sha256: [0; 32],
+        payload,
+        values: values
+            .into_iter()
+            .map(|v| NewValue {
+                indicator_id: v.indicator_id,
+                value: v.value,
+                note: v.note,
+            })
+            .collect(),
+        task_updates: Vec::new(),
+        refused_count: 0,
+    }
+}
