@@ -2,6 +2,8 @@
 //! alerts and the agents' heartbeats: one series per indicator (and per state for state sets),
 //! per milestone × lead unit × state, per unit and lead unit; no per-report or per-period series.
 
+use std::collections::HashMap;
+
 use prometheus::{Encoder, GaugeVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::codes::{ALERT_NAMES, SEVERITIES};
@@ -263,16 +265,25 @@ pub fn plan_metrics(
             .with_label_values(&[p, &m.task, &m.milestone])
             .set(m.deadline_ms as f64 / 1000.0);
     }
+    // Per unit in one pass each, so that a scrape is linear in the plan's size.
+    let mut overdue_by_unit: HashMap<&str, usize> = HashMap::new();
+    for o in &progress.obligations {
+        if o.status == progress::ObligationStatus::Overdue {
+            *overdue_by_unit.entry(o.unit.as_str()).or_default() += 1;
+        }
+    }
+    let mut seen_by_unit: HashMap<&str, i64> = HashMap::new();
+    for a in agents {
+        let seen = seen_by_unit
+            .entry(a.unit_id.as_str())
+            .or_insert(a.last_seen_ms);
+        *seen = (*seen).max(a.last_seen_ms);
+    }
     for unit in plan.reporting_units() {
         let at = progress.last_report_ms.get(&unit.id).copied().unwrap_or(0);
         last.with_label_values(&[p, &unit.id])
             .set(at as f64 / 1000.0);
-        let seen = agents
-            .iter()
-            .filter(|a| a.unit_id == unit.id)
-            .map(|a| a.last_seen_ms)
-            .max()
-            .unwrap_or(0);
+        let seen = seen_by_unit.get(unit.id.as_str()).copied().unwrap_or(0);
         heartbeat
             .with_label_values(&[p, &unit.id])
             .set(seen as f64 / 1000.0);
@@ -283,11 +294,7 @@ pub fn plan_metrics(
         timeliness_u
             .with_label_values(&[p, &unit.id])
             .set(rates.timeliness().unwrap_or(1.0));
-        let count = progress
-            .obligations
-            .iter()
-            .filter(|o| o.unit == unit.id && o.status == progress::ObligationStatus::Overdue)
-            .count();
+        let count = overdue_by_unit.get(unit.id.as_str()).copied().unwrap_or(0);
         overdue.with_label_values(&[p, &unit.id]).set(count as f64);
     }
     for (lead, rates) in &progress.by_lead_unit {

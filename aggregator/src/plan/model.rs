@@ -366,9 +366,14 @@ impl Plan {
 
     /// Units that report at least one indicator, in plan order.
     pub fn reporting_units(&self) -> Vec<&Unit> {
+        let reporters: std::collections::HashSet<&str> = self
+            .indicators
+            .iter()
+            .flat_map(|i| i.reporter_units.iter().map(String::as_str))
+            .collect();
         self.units
             .iter()
-            .filter(|u| self.indicators.iter().any(|i| self.is_reporter(&u.id, i)))
+            .filter(|u| reporters.contains(u.id.as_str()))
             .collect()
     }
 }

@@ -3,24 +3,68 @@
 
 use super::*;
 
+/// The stored values, to look up by (indicator, unit, period) and to walk one indicator's:
+/// each aggregation reads only its indicator's rows, so computing a plan is linear in its
+/// values, not in indicators × values.
+pub struct Values<'a> {
+    by_key: HashMap<(&'a str, &'a str, &'a str), &'a ValueRow>,
+    by_indicator: HashMap<&'a str, Vec<&'a ValueRow>>,
+}
+
+impl<'a> Values<'a> {
+    /// Indexes `rows`; of two rows with one key, the later wins.
+    pub fn new(rows: &'a [ValueRow]) -> Self {
+        let mut by_key = HashMap::with_capacity(rows.len());
+        for v in rows {
+            by_key.insert(
+                (
+                    v.indicator_id.as_str(),
+                    v.unit_id.as_str(),
+                    v.period.as_str(),
+                ),
+                v,
+            );
+        }
+        let mut by_indicator: HashMap<&str, Vec<&ValueRow>> = HashMap::new();
+        for (&(indicator, _, _), &row) in &by_key {
+            by_indicator.entry(indicator).or_default().push(row);
+        }
+        Values {
+            by_key,
+            by_indicator,
+        }
+    }
+
+    pub fn get(&self, indicator: &str, unit: &str, period: &str) -> Option<&'a ValueRow> {
+        self.by_key.get(&(indicator, unit, period)).copied()
+    }
+
+    fn of(&self, indicator: &str) -> &[&'a ValueRow] {
+        self.by_indicator.get(indicator).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// City value per period of one indicator: the authoritative figure, else the reporters' sum;
 /// and whether the period is complete (the authoritative figure, or every reporter, is in).
 pub(super) fn city_values_with_completeness(
     indicator: &Indicator,
-    values: &HashMap<(&str, &str, &str), &ValueRow>,
+    values: &Values,
 ) -> BTreeMap<Period, (f64, bool)> {
     let mut per_period: BTreeMap<Period, (Option<f64>, f64, usize)> = BTreeMap::new();
-    for ((id, unit, period), row) in values {
-        if *id != indicator.id {
-            continue;
-        }
-        let Ok(period) = period.parse::<Period>() else {
+    let reporters: std::collections::HashSet<&str> = indicator
+        .reporter_units
+        .iter()
+        .map(String::as_str)
+        .collect();
+    for row in values.of(&indicator.id) {
+        let Ok(period) = row.period.parse::<Period>() else {
             continue;
         };
+        let unit = row.unit_id.as_str();
         let entry = per_period.entry(period).or_insert((None, 0.0, 0));
-        if indicator.authoritative.as_deref() == Some(*unit) {
+        if indicator.authoritative.as_deref() == Some(unit) {
             entry.0 = Some(row.value);
-        } else if indicator.reporter_units.iter().any(|u| u == unit) {
+        } else if reporters.contains(unit) {
             entry.1 += row.value;
             entry.2 += 1;
         }
@@ -51,10 +95,7 @@ pub(super) fn settled(all: &BTreeMap<Period, (f64, bool)>) -> BTreeMap<Period, f
 }
 
 /// City value per period of one indicator: the authoritative figure, else the reporters' sum.
-pub(super) fn city_values(
-    indicator: &Indicator,
-    values: &HashMap<(&str, &str, &str), &ValueRow>,
-) -> BTreeMap<Period, f64> {
+pub(super) fn city_values(indicator: &Indicator, values: &Values) -> BTreeMap<Period, f64> {
     city_values_with_completeness(indicator, values)
         .into_iter()
         .map(|(p, (v, _))| (p, v))
@@ -64,11 +105,7 @@ pub(super) fn city_values(
 /// The city value of each period in the terms of the target: a cumulative indicator's running
 /// total, an annual average's annualised figure, a ratio of its inputs' values for the same
 /// period (see below), else the period's own value.
-pub(super) fn series(
-    plan: &Plan,
-    indicator: &Indicator,
-    values: &HashMap<(&str, &str, &str), &ValueRow>,
-) -> BTreeMap<Period, f64> {
+pub(super) fn series(plan: &Plan, indicator: &Indicator, values: &Values) -> BTreeMap<Period, f64> {
     match &indicator.aggregation {
         Aggregation::Sum | Aggregation::Latest => city_values(indicator, values),
         Aggregation::Cumulative => {
@@ -130,11 +167,7 @@ pub fn periods_per_year(kind: PeriodType) -> f64 {
 }
 
 /// The aggregated city value of an indicator from the values received so far.
-pub fn aggregate(
-    plan: &Plan,
-    indicator: &Indicator,
-    values: &HashMap<(&str, &str, &str), &ValueRow>,
-) -> Option<f64> {
+pub fn aggregate(plan: &Plan, indicator: &Indicator, values: &Values) -> Option<f64> {
     let per_period = city_values_with_completeness(indicator, values);
     let settled = settled(&per_period);
     match &indicator.aggregation {
@@ -166,11 +199,7 @@ pub fn aggregate(
 
 /// The end of the latest period the indicator's value is computed from (for a ratio, the
 /// older of its two inputs'), in ms.
-pub(super) fn data_as_of_ms(
-    plan: &Plan,
-    indicator: &Indicator,
-    values: &HashMap<(&str, &str, &str), &ValueRow>,
-) -> Option<i64> {
+pub(super) fn data_as_of_ms(plan: &Plan, indicator: &Indicator, values: &Values) -> Option<i64> {
     match &indicator.aggregation {
         Aggregation::Ratio {
             numerator,
@@ -190,11 +219,7 @@ pub(super) fn data_as_of_ms(
     }
 }
 
-pub(super) fn baseline(
-    plan: &Plan,
-    indicator: &Indicator,
-    values: &HashMap<(&str, &str, &str), &ValueRow>,
-) -> Option<f64> {
+pub(super) fn baseline(plan: &Plan, indicator: &Indicator, values: &Values) -> Option<f64> {
     if let Some(b) = indicator.baseline {
         return Some(b);
     }
@@ -227,7 +252,7 @@ pub(super) fn baseline(
 pub(super) fn indicator_progress(
     plan: &Plan,
     indicator: &Indicator,
-    values: &HashMap<(&str, &str, &str), &ValueRow>,
+    values: &Values,
     now_ms: i64,
     rates: Rates,
 ) -> IndicatorProgress {
@@ -298,15 +323,12 @@ pub(super) fn indicator_progress(
     };
     let source_gap = indicator.authoritative.as_ref().and_then(|auth| {
         let mut by_period: BTreeMap<Period, (Option<f64>, Option<f64>)> = BTreeMap::new();
-        for ((id, unit, period), row) in values {
-            if *id != indicator.id {
-                continue;
-            }
-            let Ok(period) = period.parse::<Period>() else {
+        for row in values.of(&indicator.id) {
+            let Ok(period) = row.period.parse::<Period>() else {
                 continue;
             };
             let entry = by_period.entry(period).or_default();
-            if *unit == auth {
+            if row.unit_id == *auth {
                 entry.0 = Some(row.value);
             } else {
                 entry.1 = Some(entry.1.unwrap_or(0.0) + row.value);

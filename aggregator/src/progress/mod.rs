@@ -227,17 +227,9 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
             .and_then(|c| c.extended_to)
             .map(|d| end_of_day_ms(d, &plan.tz))
     };
-    let mut values: HashMap<(&str, &str, &str), &ValueRow> = HashMap::new();
+    let values = Values::new(&snapshot.values);
     let mut last_report_ms: BTreeMap<String, i64> = BTreeMap::new();
     for v in &snapshot.values {
-        values.insert(
-            (
-                v.indicator_id.as_str(),
-                v.unit_id.as_str(),
-                v.period.as_str(),
-            ),
-            v,
-        );
         let last = last_report_ms
             .entry(v.unit_id.clone())
             .or_insert(v.updated_at_ms);
@@ -263,11 +255,15 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
             let original_due = due_ms(plan, indicator, period).max(issued_end_ms(plan));
             for unit in &indicator.reporter_units {
                 // A deadline the office extended for this unit is the granted date.
-                let granted_due = granted(&cases::report_case(&indicator.id, &period_text, unit));
+                let granted_due = if cases.is_empty() {
+                    None
+                } else {
+                    granted(&cases::report_case(&indicator.id, &period_text, unit))
+                };
                 let due = granted_due.unwrap_or(original_due);
                 let extended_to_ms = extended_deadline(&snapshot.outages, due);
                 let received = values
-                    .get(&(indicator.id.as_str(), unit.as_str(), period_text.as_str()))
+                    .get(&indicator.id, unit, &period_text)
                     .map(|v| (v.first_received_at_ms, v.first_issued_at_ms));
                 let obligation = Obligation {
                     unit: unit.clone(),

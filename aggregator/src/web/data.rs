@@ -313,15 +313,31 @@ pub struct UnitReporting {
 /// Every unit that owes reports, in the plan's order.
 pub fn reporting(plan: &Plan, data: &Data) -> Vec<UnitReporting> {
     let progress = &data.progress;
+    // Grouped by unit in one pass each, so that the page is linear in the plan's size.
+    let mut reports: HashMap<&str, Vec<&ReportRow>> = HashMap::new();
+    for r in &data.reports {
+        reports.entry(r.unit_id.as_str()).or_default().push(r);
+    }
+    let mut overdue: HashMap<&str, Vec<String>> = HashMap::new();
+    for o in &progress.obligations {
+        if o.status == ObligationStatus::Overdue {
+            overdue
+                .entry(o.unit.as_str())
+                .or_default()
+                .push(format!("{} {}", o.indicator, o.period));
+        }
+    }
+    let mut seen: HashMap<&str, i64> = HashMap::new();
+    for a in &data.agents {
+        let at = a.last_seen_ms.min(data.as_of_ms);
+        let last = seen.entry(a.unit_id.as_str()).or_insert(at);
+        *last = (*last).max(at);
+    }
     plan.reporting_units()
         .into_iter()
         .map(|unit| {
             let rates = progress.by_unit.get(&unit.id).copied().unwrap_or_default();
-            let mine: Vec<&ReportRow> = data
-                .reports
-                .iter()
-                .filter(|r| r.unit_id == unit.id)
-                .collect();
+            let mine: Vec<&ReportRow> = reports.remove(unit.id.as_str()).unwrap_or_default();
             let mut seqs: BTreeMap<&[u8], BTreeSet<i64>> = BTreeMap::new();
             for r in mine.iter().filter(|r| r.seq > 0) {
                 seqs.entry(r.key_id.as_slice()).or_default().insert(r.seq);
@@ -342,21 +358,11 @@ pub fn reporting(plan: &Plan, data: &Data) -> Vec<UnitReporting> {
                 unit: unit.id.clone(),
                 name: unit.name.clone(),
                 last_report_ms: progress.last_report_ms.get(&unit.id).copied(),
-                last_seen_ms: data
-                    .agents
-                    .iter()
-                    .filter(|a| a.unit_id == unit.id)
-                    .map(|a| a.last_seen_ms.min(data.as_of_ms))
-                    .max(),
+                last_seen_ms: seen.get(unit.id.as_str()).copied(),
                 completeness: rates.completeness(),
                 timeliness: rates.timeliness(),
                 rates,
-                overdue: progress
-                    .obligations
-                    .iter()
-                    .filter(|o| o.unit == unit.id && o.status == ObligationStatus::Overdue)
-                    .map(|o| format!("{} {}", o.indicator, o.period))
-                    .collect(),
+                overdue: overdue.remove(unit.id.as_str()).unwrap_or_default(),
                 reports: mine.len() as u32,
                 seq_gaps,
                 refused_items: mine.iter().map(|r| r.refused_count).sum(),
