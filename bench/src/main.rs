@@ -179,8 +179,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         detail: String::new(),
     });
 
-    let units = (2 * args.channels).max(agents);
-    let setup = Setup::new(dir.path(), &aggregator, units)?;
+    // The ingest figures run on a plan of their own units only: a larger plan's background
+    // work (progress, alert evaluation) would share the CPU they measure.
+    let setup = Setup::new(&dir.path().join("ingest"), &aggregator, 2 * args.channels)?;
     let load = |first_unit: usize, batch: usize, endpoint: String| LoadArgs {
         endpoint,
         certs: setup.certs.clone(),
@@ -266,10 +267,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     eprintln!("[7/{STEPS}] {agents} agents, each with its own mTLS connection, held at once");
+    let many = Setup::new(&dir.path().join("agents"), &aggregator, agents)?;
     let url = format!("sqlite://{}", dir.path().join("agents.db").display());
-    setup.register_keys(&url, agents).await?;
-    let server = Server::start(&aggregator, &setup, &url)?;
-    let held = connect(&server, &setup, agents)?;
+    many.register_keys(&url, agents).await?;
+    let server = Server::start(&aggregator, &many, &url)?;
+    let held = connect(&server, &many, agents)?;
+    drop(server);
 
     eprintln!("[8/{STEPS}] the agent: a backlog of {backlog} reports drained, then idle");
     let agent_figures = drain::measure(
@@ -506,6 +509,7 @@ fn connect(server: &Server, setup: &Setup, count: usize) -> anyhow::Result<Held>
 
 impl Setup {
     fn new(dir: &Path, aggregator: &Path, units: usize) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
         let plan = dir.join("plan.toml");
         std::fs::write(&plan, baselines::plan_toml(PLAN_ID, units, INDICATORS))?;
         let certs = dir.join("certs");
