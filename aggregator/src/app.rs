@@ -31,16 +31,62 @@ pub const VIEW_CLOCK_MS: i64 = 10_000;
 pub struct View {
     pub marker: WriteMarker,
     pub at_ms: i64,
-    pub snapshot: Snapshot,
+    /// Shared by the views computed while nothing was written.
+    pub snapshot: Arc<Snapshot>,
     pub progress: Progress,
 }
 
-/// The last [`View`], reused while the store's [`WriteMarker`] is unchanged and the clock has
-/// moved less than [`VIEW_CLOCK_MS`]; one computation at a time, so that scrapes arriving
-/// together share it.
+/// The last [`View`], shared by `/metrics`, the API and the alert evaluator: one computation
+/// at a time, so that callers arriving together share it, and the stored rows read again only
+/// when something was written.
 #[derive(Debug, Default)]
 pub struct ViewCache {
     last: tokio::sync::Mutex<Option<Arc<View>>>,
+}
+
+impl ViewCache {
+    /// The view at `now_ms`. The last one whole when the store's [`WriteMarker`] is unchanged
+    /// and the clock moved less than `max_age_ms` (never backwards); else progress computed
+    /// afresh at `now_ms`, from the last snapshot when nothing was written and the centre's
+    /// outages are the ones it holds (only the clock moved), from the store otherwise.
+    pub async fn view(
+        &self,
+        store: &AnyStore,
+        plan: &Plan,
+        metrics: &Metrics,
+        now_ms: i64,
+        max_age_ms: i64,
+    ) -> Result<Arc<View>, StoreError> {
+        let mut last = self.last.lock().await;
+        // Read before the snapshot: a write landing in between leaves a view newer than its
+        // marker, which the next call recomputes; never one older.
+        let marker = store.write_marker().await?;
+        let unchanged = last.as_ref().filter(|view| view.marker == marker);
+        if let Some(view) = unchanged
+            && (0..max_age_ms).contains(&(now_ms - view.at_ms))
+        {
+            return Ok(view.clone());
+        }
+        let started = std::time::Instant::now();
+        let snapshot = match unchanged {
+            Some(view) if store.outages(now_ms).await? == view.snapshot.outages => {
+                view.snapshot.clone()
+            }
+            _ => Arc::new(crate::store::snapshot(store, plan, now_ms).await?),
+        };
+        let progress = crate::progress::compute(plan, &snapshot, now_ms);
+        metrics
+            .progress_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let view = Arc::new(View {
+            marker,
+            at_ms: now_ms,
+            snapshot,
+            progress,
+        });
+        *last = Some(view.clone());
+        Ok(view)
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -60,33 +106,115 @@ impl App {
         crate::store::progress_at(&self.store, &self.plan, now_ms).await
     }
 
-    /// The snapshot and progress now: the last computed, when nothing was written since and
-    /// the clock moved less than [`VIEW_CLOCK_MS`] (never backwards), else computed afresh.
+    /// The snapshot and progress now, for `/metrics` and the API: reused whole while nothing
+    /// was written and the clock moved less than [`VIEW_CLOCK_MS`] (see [`ViewCache::view`]).
     pub async fn view(&self) -> Result<Arc<View>, StoreError> {
-        let mut last = self.views.last.lock().await;
-        // Read before the snapshot: a write landing in between leaves a view newer than its
-        // marker, which the next call recomputes; never one older.
-        let marker = self.store.write_marker().await?;
-        let now = self.now_ms();
-        if let Some(view) = last.as_ref()
-            && view.marker == marker
-            && (0..VIEW_CLOCK_MS).contains(&(now - view.at_ms))
-        {
-            return Ok(view.clone());
+        self.views
+            .view(
+                &self.store,
+                &self.plan,
+                &self.metrics,
+                self.now_ms(),
+                VIEW_CLOCK_MS,
+            )
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewStatement;
+
+    fn statement(seq: i64) -> NewStatement {
+        NewStatement {
+            plan_id: crate::plan::embedded().plan.id,
+            unit_id: "laoshan".into(),
+            statement_id: vec![seq as u8; 16],
+            key_id: vec![7; 32],
+            seq,
+            issued_at_ms: 1_000,
+            received_at_ms: 1_000,
+            case_id: "report/pct-applications/2018Q1/laoshan".into(),
+            kind: "acknowledge".into(),
+            date: "2018-06-30".into(),
+            note: String::new(),
+            reference: String::new(),
+            about_unit: String::new(),
+            payload: format!("statement {seq}").into_bytes(),
+            signature: vec![0; 64],
         }
-        let started = std::time::Instant::now();
-        let snapshot = crate::store::snapshot(&self.store, &self.plan, now).await?;
-        let progress = crate::progress::compute(&self.plan, &snapshot, now);
-        self.metrics
-            .progress_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let view = Arc::new(View {
-            marker,
-            at_ms: now,
-            snapshot,
-            progress,
-        });
-        *last = Some(view.clone());
-        Ok(view)
+    }
+
+    #[tokio::test]
+    async fn a_view_is_reused_until_a_write_and_its_snapshot_while_only_the_clock_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("v.db").display());
+        let store = AnyStore::open(&url).await.unwrap();
+        let plan = crate::plan::embedded().plan;
+        let metrics = Metrics::new("test");
+        let views = ViewCache::default();
+        let now = 1_600_000_000_000;
+        // The centre serving throughout, so that the outages do not move with the clock.
+        store.beat("centre", 0, i64::MAX / 4).await.unwrap();
+        let first = views
+            .view(&store, &plan, &metrics, now, 10_000)
+            .await
+            .unwrap();
+        let again = views
+            .view(&store, &plan, &metrics, now + 9_999, 10_000)
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "within the age: the same view");
+        let later = views
+            .view(&store, &plan, &metrics, now + 10_000, 10_000)
+            .await
+            .unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &later),
+            "past the age: progress afresh"
+        );
+        assert_eq!(later.at_ms, now + 10_000);
+        assert!(
+            Arc::ptr_eq(&first.snapshot, &later.snapshot),
+            "nothing written: the stored rows are not read again"
+        );
+        store.add_statement(&statement(1)).await.unwrap();
+        let written = views
+            .view(&store, &plan, &metrics, now + 10_001, 10_000)
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&later.snapshot, &written.snapshot));
+        assert_eq!(written.snapshot.statements.len(), 1, "the write is read");
+        // An evaluation asks for progress at its own now (no age): computed, the rows kept.
+        let evaluated = views
+            .view(&store, &plan, &metrics, now + 10_001, 0)
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&written, &evaluated));
+        assert!(Arc::ptr_eq(&written.snapshot, &evaluated.snapshot));
+    }
+
+    #[tokio::test]
+    async fn an_outage_that_grows_with_the_clock_reads_the_store_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("v.db").display());
+        let store = AnyStore::open(&url).await.unwrap();
+        let plan = crate::plan::embedded().plan;
+        let metrics = Metrics::new("test");
+        let views = ViewCache::default();
+        // Served for a second at 0, then nothing: an outage up to now, growing with it.
+        store.beat("centre", 0, 1_000).await.unwrap();
+        let first = views
+            .view(&store, &plan, &metrics, 50_000, 0)
+            .await
+            .unwrap();
+        let later = views
+            .view(&store, &plan, &metrics, 60_000, 0)
+            .await
+            .unwrap();
+        assert_eq!(first.snapshot.outages.last().unwrap().to_ms, 50_000);
+        assert_eq!(later.snapshot.outages.last().unwrap().to_ms, 60_000);
+        assert!(!Arc::ptr_eq(&first.snapshot, &later.snapshot));
     }
 }

@@ -203,6 +203,7 @@ pub async fn run(
         every: serve.alerts.evaluate_every,
         resend_every: serve.alerts.resend_every,
         run_id: hex::encode(rand::random::<[u8; 8]>()),
+        views: app.views.clone(),
     };
     if serve.alerts.evaluate {
         tokio::spawn(evaluator.run_until(stopped()));

@@ -401,6 +401,7 @@ async fn an_outage_of_the_centre_across_a_deadline_neither_makes_units_late_nor_
         every: Duration::from_secs(30),
         resend_every: Duration::from_secs(60),
         run_id: "centre".into(),
+        views: Default::default(),
     };
     // PCT applications for 2018Q1 are due at the end of 2018-04-30 (Asia/Shanghai).
     server.clock.set_ms(at("2018-04-28T04:00:00Z"));
@@ -504,6 +505,7 @@ fn evaluator(
         every: Duration::from_secs(30 * 86_400),
         resend_every: Duration::from_secs(60),
         run_id: run_id.into(),
+        views: Default::default(),
     }
 }
 

@@ -166,9 +166,10 @@ impl Outbox {
                 .rows_affected();
         }
         loop {
-            let bytes: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(bytes), 0) FROM outbox")
-                .fetch_one(&mut *tx)
-                .await?;
+            let bytes: i64 =
+                sqlx::query_scalar("SELECT value FROM meta WHERE key = 'outbox_bytes'")
+                    .fetch_one(&mut *tx)
+                    .await?;
             let bytes = bytes as u64;
             if bytes + incoming <= max_bytes {
                 return Ok(dropped);

@@ -311,7 +311,7 @@ impl Outbox {
     }
 
     pub async fn stats(&self) -> Result<Stats, OutboxError> {
-        let row = sqlx::query("SELECT (SELECT count(*) FROM outbox), (SELECT COALESCE(SUM(bytes), 0) FROM outbox), (SELECT MIN(created_at_ms) FROM outbox), (SELECT count(*) FROM dead_letters), (SELECT value FROM meta WHERE key = 'next_seq'), (SELECT value FROM meta WHERE key = 'synced'), (SELECT count(*) FROM outbox WHERE seq < 0)")
+        let row = sqlx::query("SELECT (SELECT value FROM meta WHERE key = 'outbox_reports'), (SELECT value FROM meta WHERE key = 'outbox_bytes'), (SELECT MIN(created_at_ms) FROM outbox), (SELECT count(*) FROM dead_letters), (SELECT value FROM meta WHERE key = 'next_seq'), (SELECT value FROM meta WHERE key = 'synced'), (SELECT count(*) FROM outbox WHERE seq < 0)")
             .fetch_one(&self.pool)
             .await?;
         Ok(Stats {

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Reports acknowledged per statement (SQLite allows 32,766 bound values).
+const ACK_CHUNK: usize = 500;
+
 impl Outbox {
     /// The oldest reports ready to send, in seq order (provisional ones are not).
     pub async fn pending(&self, limit: usize) -> Result<Vec<Pending>, OutboxError> {
@@ -16,11 +19,12 @@ impl Outbox {
     }
 
     /// Removes acknowledged reports. Their items become the accepted fingerprints, except the
-    /// items the centre refused, which are recorded with their code and message.
+    /// items the centre refused, which are recorded with their code and message. A batch is
+    /// acknowledged with a few statements whatever its size (the refused items aside).
     pub async fn ack(&self, acks: &[Ack]) -> Result<(), OutboxError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        for ack in acks {
+        for ack in acks.iter().filter(|ack| !ack.refused.is_empty()) {
             let period: Option<String> =
                 sqlx::query_scalar("SELECT period FROM outbox WHERE seq = $1")
                     .bind(ack.seq)
@@ -58,18 +62,27 @@ impl Outbox {
                 )
                 .await?;
             }
-            sqlx::query("INSERT INTO last_sent (kind, subject, period, fingerprint) SELECT kind, subject, period, fingerprint FROM pending_items WHERE seq = $1 ON CONFLICT (kind, subject, period) DO UPDATE SET fingerprint = excluded.fingerprint")
-                .bind(ack.seq)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM pending_items WHERE seq = $1")
-                .bind(ack.seq)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM outbox WHERE seq = $1")
-                .bind(ack.seq)
-                .execute(&mut *tx)
-                .await?;
+        }
+        for chunk in acks.chunks(ACK_CHUNK) {
+            let seqs = (1..=chunk.len())
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // In seq order, so that of two acknowledged reports carrying the same item the
+            // later one's fingerprint is the one remembered.
+            for sql in [
+                format!(
+                    "INSERT INTO last_sent (kind, subject, period, fingerprint) SELECT kind, subject, period, fingerprint FROM pending_items WHERE seq IN ({seqs}) ORDER BY seq ON CONFLICT (kind, subject, period) DO UPDATE SET fingerprint = excluded.fingerprint"
+                ),
+                format!("DELETE FROM pending_items WHERE seq IN ({seqs})"),
+                format!("DELETE FROM outbox WHERE seq IN ({seqs})"),
+            ] {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for ack in chunk {
+                    query = query.bind(ack.seq);
+                }
+                query.execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
         Ok(())

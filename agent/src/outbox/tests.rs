@@ -537,3 +537,104 @@ async fn a_corrupt_outbox_is_moved_aside_and_its_counters_and_reports_carried_ov
     assert_eq!(opened.salvaged.unwrap().next_seq, None);
     assert!(!outbox.is_synced().await.unwrap());
 }
+
+/// The waiting reports and bytes the statistics give, against the outbox counted afresh.
+async fn totals_agree(outbox: &Outbox) -> (i64, i64) {
+    let stats = outbox.stats().await.unwrap();
+    let counted: (i64, i64) =
+        sqlx::query_as("SELECT count(*), COALESCE(SUM(bytes), 0) FROM outbox")
+            .fetch_one(&outbox.pool)
+            .await
+            .unwrap();
+    assert_eq!((stats.reports, stats.bytes), counted);
+    counted
+}
+
+#[tokio::test]
+async fn the_kept_totals_follow_every_change_to_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    // Too little room for six reports: the newest drop the oldest.
+    let config = config(dir.path(), 1500, WhenFull::DropOldest);
+    let outbox = open_synced(&config).await;
+    assert_eq!(totals_agree(&outbox).await, (0, 0));
+    let quarters = ["2018Q1", "2018Q2", "2018Q3", "2018Q4", "2019Q1", "2019Q2"];
+    let mut dropped = 0;
+    for (n, period) in quarters.iter().enumerate() {
+        dropped += outbox
+            .enqueue(signer(&key), &[value(period, n as f64)], false)
+            .await
+            .unwrap()
+            .dropped;
+        totals_agree(&outbox).await;
+    }
+    assert!(dropped > 0, "the limit dropped the oldest");
+    let waiting = outbox.pending(10).await.unwrap();
+    assert!(waiting.len() >= 2);
+    outbox
+        .dead_letter(waiting[0].seq, "INVALID_ARGUMENT", "refused", &[])
+        .await
+        .unwrap();
+    totals_agree(&outbox).await;
+    let acks: Vec<Ack> = waiting[1..]
+        .iter()
+        .map(|p| Ack {
+            seq: p.seq,
+            refused: vec![],
+        })
+        .collect();
+    outbox.ack(&acks).await.unwrap();
+    assert_eq!(totals_agree(&outbox).await, (0, 0));
+    let (moved, _) = outbox.retry_dead(signer(&key)).await.unwrap();
+    assert_eq!(moved, 1);
+    assert_eq!(totals_agree(&outbox).await.0, 1);
+    // Kept across reopening, as the file keeps them.
+    drop(outbox);
+    let (outbox, _) = Outbox::open(&config, clock()).await.unwrap();
+    assert_eq!(totals_agree(&outbox).await.0, 1);
+}
+
+#[tokio::test]
+async fn a_batch_acknowledged_at_once_remembers_the_later_of_two_reports_of_an_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let config = config(dir.path(), 1 << 20, WhenFull::Refuse);
+    let outbox = open_synced(&config).await;
+    for v in [1.0, 2.0] {
+        let built = outbox
+            .enqueue(signer(&key), &[value("2018Q1", v)], false)
+            .await
+            .unwrap();
+        assert_eq!(built.reports.len(), 1, "a changed value is a new report");
+    }
+    let acks: Vec<Ack> = outbox
+        .pending(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| Ack {
+            seq: p.seq,
+            refused: vec![],
+        })
+        .collect();
+    assert_eq!(acks.len(), 2);
+    outbox.ack(&acks).await.unwrap();
+    let latest = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (latest.reports.len(), latest.unchanged),
+        (0, 1),
+        "the later report's value is the one the centre holds"
+    );
+    let earlier = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 1.0)], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        earlier.reports.len(),
+        1,
+        "going back to the earlier value is a change"
+    );
+}

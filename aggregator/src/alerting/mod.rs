@@ -60,6 +60,10 @@ pub struct Evaluator {
     pub resend_every: Duration,
     /// This serving process's row in the centre's uptime record.
     pub run_id: String,
+    /// The views it shares with `/metrics` and the API ([`crate::app::App::views`]): an
+    /// evaluation computes progress at its own now, reading the store again only when
+    /// something was written.
+    pub views: Arc<crate::app::ViewCache>,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -75,8 +79,11 @@ impl Evaluator {
         // Twice the interval: one late evaluation is not an outage.
         let slack_ms = i64::try_from(self.every.as_millis().saturating_mul(2)).unwrap_or(i64::MAX);
         self.store.beat(&self.run_id, now, slack_ms).await?;
-        let progress = crate::store::progress_at(&self.store, &self.plan, now).await?;
-        let evaluated = rules::derive(&self.plan, &progress, &self.policy);
+        let view = self
+            .views
+            .view(&self.store, &self.plan, &self.metrics, now, 0)
+            .await?;
+        let evaluated = rules::derive(&self.plan, &view.progress, &self.policy);
         self.metrics.alerts_muted.set(evaluated.muted as i64);
         self.metrics
             .alerts_before_go_live

@@ -7,14 +7,21 @@ use super::*;
 /// each aggregation reads only its indicator's rows, so computing a plan is linear in its
 /// values, not in indicators × values.
 pub struct Values<'a> {
-    by_key: HashMap<(&'a str, &'a str, &'a str), &'a ValueRow>,
-    by_indicator: HashMap<&'a str, Vec<&'a ValueRow>>,
+    by_key: FastMap<(&'a str, &'a str, &'a str), &'a ValueRow>,
+    /// Each indicator's rows with their periods parsed (rows whose period does not parse are
+    /// left out: they belong to no period of the plan).
+    by_indicator: FastMap<&'a str, Vec<(Period, &'a ValueRow)>>,
 }
+
+/// A map keyed by names borrowed from the snapshot: hashed with foldhash, several times
+/// faster than the standard SipHash on short strings, and nothing here is keyed by an
+/// outsider's choosing that the map must resist (the names are the plan's).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl<'a> Values<'a> {
     /// Indexes `rows`; of two rows with one key, the later wins.
     pub fn new(rows: &'a [ValueRow]) -> Self {
-        let mut by_key = HashMap::with_capacity(rows.len());
+        let mut by_key = FastMap::with_capacity_and_hasher(rows.len(), Default::default());
         for v in rows {
             by_key.insert(
                 (
@@ -25,9 +32,14 @@ impl<'a> Values<'a> {
                 v,
             );
         }
-        let mut by_indicator: HashMap<&str, Vec<&ValueRow>> = HashMap::new();
-        for (&(indicator, _, _), &row) in &by_key {
-            by_indicator.entry(indicator).or_default().push(row);
+        let mut by_indicator: FastMap<&str, Vec<(Period, &ValueRow)>> = FastMap::default();
+        for (&(indicator, _, period), &row) in &by_key {
+            if let Ok(period) = period.parse::<Period>() {
+                by_indicator
+                    .entry(indicator)
+                    .or_default()
+                    .push((period, row));
+            }
         }
         Values {
             by_key,
@@ -39,7 +51,7 @@ impl<'a> Values<'a> {
         self.by_key.get(&(indicator, unit, period)).copied()
     }
 
-    fn of(&self, indicator: &str) -> &[&'a ValueRow] {
+    fn of(&self, indicator: &str) -> &[(Period, &'a ValueRow)] {
         self.by_indicator.get(indicator).map_or(&[], Vec::as_slice)
     }
 }
@@ -56,10 +68,7 @@ pub(super) fn city_values_with_completeness(
         .iter()
         .map(String::as_str)
         .collect();
-    for row in values.of(&indicator.id) {
-        let Ok(period) = row.period.parse::<Period>() else {
-            continue;
-        };
+    for &(period, row) in values.of(&indicator.id) {
         let unit = row.unit_id.as_str();
         let entry = per_period.entry(period).or_insert((None, 0.0, 0));
         if indicator.authoritative.as_deref() == Some(unit) {
@@ -323,10 +332,7 @@ pub(super) fn indicator_progress(
     };
     let source_gap = indicator.authoritative.as_ref().and_then(|auth| {
         let mut by_period: BTreeMap<Period, (Option<f64>, Option<f64>)> = BTreeMap::new();
-        for row in values.of(&indicator.id) {
-            let Ok(period) = row.period.parse::<Period>() else {
-                continue;
-            };
+        for &(period, row) in values.of(&indicator.id) {
             let entry = by_period.entry(period).or_default();
             if row.unit_id == *auth {
                 entry.0 = Some(row.value);

@@ -228,23 +228,27 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
             .map(|d| end_of_day_ms(d, &plan.tz))
     };
     let values = Values::new(&snapshot.values);
-    let mut last_report_ms: BTreeMap<String, i64> = BTreeMap::new();
-    for v in &snapshot.values {
-        let last = last_report_ms
-            .entry(v.unit_id.clone())
-            .or_insert(v.updated_at_ms);
-        *last = (*last).max(v.updated_at_ms);
+    let mut last_report: HashMap<&str, i64> = HashMap::new();
+    let updates = (snapshot
+        .values
+        .iter()
+        .map(|v| (v.unit_id.as_str(), v.updated_at_ms)))
+    .chain(
+        snapshot
+            .tasks
+            .iter()
+            .map(|t| (t.unit_id.as_str(), t.updated_at_ms)),
+    );
+    for (unit, at) in updates {
+        let last = last_report.entry(unit).or_insert(at);
+        *last = (*last).max(at);
     }
-    for t in &snapshot.tasks {
-        let last = last_report_ms
-            .entry(t.unit_id.clone())
-            .or_insert(t.updated_at_ms);
-        *last = (*last).max(t.updated_at_ms);
-    }
+    let last_report_ms = owned(last_report);
 
     let mut obligations = Vec::new();
-    let mut by_unit: BTreeMap<String, Rates> = BTreeMap::new();
-    let mut by_lead_unit: BTreeMap<String, Rates> = BTreeMap::new();
+    // Counted under borrowed names (one lookup, no allocation, per obligation), then sorted.
+    let mut by_unit: HashMap<&str, Rates> = HashMap::new();
+    let mut by_lead_unit: HashMap<&str, Rates> = HashMap::new();
     let mut indicators = Vec::new();
     for indicator in &plan.indicators {
         let mut rates = Rates::default();
@@ -276,12 +280,9 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
                     received_ms: received.map(|(at, _)| at),
                 };
                 rates.add(&obligation);
-                by_unit.entry(unit.clone()).or_default().add(&obligation);
+                by_unit.entry(unit).or_default().add(&obligation);
                 for lead in &indicator.lead_units {
-                    by_lead_unit
-                        .entry(lead.clone())
-                        .or_default()
-                        .add(&obligation);
+                    by_lead_unit.entry(lead).or_default().add(&obligation);
                 }
                 obligations.push(obligation);
             }
@@ -350,11 +351,18 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
         obligations,
         indicators,
         milestones,
-        by_unit,
-        by_lead_unit,
+        by_unit: owned(by_unit),
+        by_lead_unit: owned(by_lead_unit),
         last_report_ms,
         cases,
     }
+}
+
+/// `map` under owned names, in their order.
+fn owned<T>(map: HashMap<&str, T>) -> BTreeMap<String, T> {
+    map.into_iter()
+        .map(|(name, v)| (name.to_owned(), v))
+        .collect()
 }
 
 /// The end of the day the plan was issued (`i64::MIN` when the plan gives no date).

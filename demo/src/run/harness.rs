@@ -168,6 +168,7 @@ pub(super) fn evaluator(
         every: Duration::from_secs(86_400),
         resend_every: Duration::from_secs(86_400),
         run_id: "duban-demo".into(),
+        views: Default::default(),
     }
 }
 
