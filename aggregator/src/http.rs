@@ -237,7 +237,24 @@ async fn supervision(State(app): State<App>, Query(query): Query<AsOf>) -> Respo
     }
 }
 
-async fn progress(State(app): State<App>, Query(query): Query<AsOf>) -> Response {
+/// The query of `/api/v1/progress`: [`AsOf`]'s, and whether to give the obligations.
+#[derive(Debug, serde::Deserialize)]
+struct ProgressQuery {
+    as_of: Option<String>,
+    /// `false` leaves the obligations out (everything else is the same); default `true`.
+    obligations: Option<bool>,
+}
+
+async fn progress(State(app): State<App>, Query(query): Query<ProgressQuery>) -> Response {
+    let obligations = query.obligations.unwrap_or(true);
+    let query = AsOf { as_of: query.as_of };
+    let json = |progress: &crate::progress::Progress| {
+        if obligations {
+            Json(progress).into_response()
+        } else {
+            Json(progress.summary()).into_response()
+        }
+    };
     let now = match as_of(&app, &query) {
         Ok(now) => now,
         Err(response) => return *response,
@@ -247,11 +264,9 @@ async fn progress(State(app): State<App>, Query(query): Query<AsOf>) -> Response
     let answer = if query.as_of.is_some() {
         crate::store::progress_as_of(&app.store, &app.plan, now)
             .await
-            .map(|p| Json(p).into_response())
+            .map(|p| json(&p))
     } else {
-        app.view()
-            .await
-            .map(|view| Json(&view.progress).into_response())
+        app.view().await.map(|view| json(&view.progress))
     };
     match answer {
         Ok(response) => response,

@@ -195,6 +195,22 @@ async fn an_overdue_report_alerts_its_lead_unit_and_resolves_when_the_report_arr
     assert!(progress["indicators"].as_array().unwrap().len() >= 19);
     let (status, _) = server.http_get("/api/v1/progress?as_of=someday").await;
     assert_eq!(status, 400);
+    // Without the obligations: the rest as it is.
+    let (status, body) = server
+        .http_get("/api/v1/progress?as_of=2018-04-10&obligations=false")
+        .await;
+    assert_eq!(status, 200);
+    let summary: Value = serde_json::from_str(&body).unwrap();
+    assert!(summary.get("obligations").is_none());
+    assert!(!progress["obligations"].as_array().unwrap().is_empty());
+    assert_eq!(summary["indicators"], progress["indicators"]);
+    assert_eq!(summary["by_unit"], progress["by_unit"]);
+    let (status, body) = server.http_get("/api/v1/progress?obligations=maybe").await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("obligations"),
+        "the bad field is named: {body}"
+    );
     let (_, metrics) = server.http_get("/metrics").await;
     for series in [
         "duban_indicator_info{",

@@ -1,7 +1,8 @@
 //! A synthetic plan at city-and-beyond scale: `units` districts × `indicators` monthly
 //! indicators × 12 periods, every value stored. Measures what an operator's scrape and the plan
 //! office's progress page cost on it: the first `/metrics` (progress computed), `/metrics` again
-//! (the computation reused), `/api/v1/progress`, and the number of series.
+//! (the computation reused), `/api/v1/progress` with and without the obligations, and the
+//! number of series.
 //!
 //! The values go in through the store's own ingest (the write path after signature
 //! verification, as the gRPC service calls it), each report carrying one unit's `indicators`
@@ -34,6 +35,8 @@ pub struct PlanFigures {
     pub metrics_warm_ms: f64,
     /// `GET /api/v1/progress`, nothing written since.
     pub progress_api_ms: f64,
+    /// `GET /api/v1/progress?obligations=false`, right after.
+    pub summary_api_ms: f64,
     /// `duban_progress_duration_seconds`: reading the store and computing progress, each time.
     pub progress_ms: f64,
     /// Series in one scrape, all of them; and those of the plan state alone.
@@ -79,6 +82,7 @@ pub async fn measure(
     let (_, metrics_cold_ms) = timed("/metrics")?;
     let (body, metrics_warm_ms) = timed("/metrics")?;
     let (_, progress_api_ms) = timed("/api/v1/progress")?;
+    let (_, summary_api_ms) = timed("/api/v1/progress?obligations=false")?;
     let sum = metric(&body, "duban_progress_duration_seconds_sum").unwrap_or(0.0);
     let count = metric(&body, "duban_progress_duration_seconds_count").unwrap_or(0.0);
     let series: Vec<&str> = body
@@ -112,6 +116,7 @@ pub async fn measure(
         metrics_cold_ms,
         metrics_warm_ms,
         progress_api_ms,
+        summary_api_ms,
         progress_ms: if count > 0.0 {
             sum * 1000.0 / count
         } else {

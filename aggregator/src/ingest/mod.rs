@@ -45,6 +45,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     verifier: verifier::Verifier,
+    /// The progress view shared with `/metrics` and the alert evaluator (for `OpenAlerts`).
+    views: Arc<crate::app::ViewCache>,
 }
 
 impl std::fmt::Debug for Ingestor {
@@ -72,6 +74,7 @@ impl Ingestor {
                 clock: app.clock.clone(),
                 metrics: app.metrics.clone(),
                 verifier: verifier::Verifier::new(app.metrics.clone()),
+                views: app.views.clone(),
             }),
         }
     }

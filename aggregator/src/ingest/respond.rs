@@ -361,7 +361,17 @@ impl Inner {
         let office = self.plan.supervision.office.as_deref() == Some(unit.as_str());
         let now = self.clock.now_ms();
         let alerts = self.store.alerts(&self.plan.id, now).await?;
-        let progress = crate::store::progress_at(&self.store, &self.plan, now).await?;
+        let view = self
+            .views
+            .view(
+                &self.store,
+                &self.plan,
+                &self.metrics,
+                now,
+                crate::app::VIEW_CLOCK_MS,
+            )
+            .await?;
+        let progress = &view.progress;
         let mut by_case: std::collections::BTreeMap<String, CaseView> = Default::default();
         for alert in alerts.iter().filter(|a| a.ends_at_ms.is_none()) {
             let case_id = case_of(&alert.labels);
@@ -382,16 +392,23 @@ impl Inner {
             view.recipients.push(label("recipient"));
         }
         let date = |ms: i64| crate::progress::date_of_ms(ms - 1, &self.plan.tz).to_string();
+        by_case.retain(|_, v| office || v.recipients.contains(&unit));
+        // The obligation behind each report case, found in one pass over the plan's.
+        let mut obligations: std::collections::HashMap<String, &crate::progress::Obligation> =
+            Default::default();
+        if by_case.keys().any(|id| id.starts_with("report/")) {
+            for o in &progress.obligations {
+                let id = cases::report_case(&o.indicator, &o.period, &o.unit);
+                if by_case.contains_key(&id) {
+                    obligations.insert(id, o);
+                }
+            }
+        }
         let mut cases: Vec<CaseView> = by_case
             .into_values()
-            .filter(|v| office || v.recipients.contains(&unit))
             .map(|mut v| {
                 v.recipients = dedup(std::mem::take(&mut v.recipients));
-                if let Some(o) = progress
-                    .obligations
-                    .iter()
-                    .find(|o| cases::report_case(&o.indicator, &o.period, &o.unit) == v.case_id)
-                {
+                if let Some(o) = obligations.get(&v.case_id) {
                     v.deadline = date(o.due_ms);
                     v.original_deadline = date(o.original_due_ms.unwrap_or(o.due_ms));
                 } else if let Some(m) = progress

@@ -218,6 +218,43 @@ pub struct Progress {
     pub cases: BTreeMap<String, cases::Case>,
 }
 
+/// [`Progress`] without its obligations (one per reporter × indicator × period, millions in a
+/// large plan), for `/api/v1/progress?obligations=false`: every other field as it is.
+#[derive(Debug, Serialize)]
+pub struct ProgressSummary<'a> {
+    pub now_ms: i64,
+    pub indicators: &'a [IndicatorProgress],
+    pub milestones: &'a [MilestoneProgress],
+    pub by_unit: &'a BTreeMap<String, Rates>,
+    pub by_lead_unit: &'a BTreeMap<String, Rates>,
+    pub last_report_ms: &'a BTreeMap<String, i64>,
+    pub cases: &'a BTreeMap<String, cases::Case>,
+}
+
+impl Progress {
+    pub fn summary(&self) -> ProgressSummary<'_> {
+        let Progress {
+            now_ms,
+            obligations: _,
+            indicators,
+            milestones,
+            by_unit,
+            by_lead_unit,
+            last_report_ms,
+            cases,
+        } = self;
+        ProgressSummary {
+            now_ms: *now_ms,
+            indicators,
+            milestones,
+            by_unit,
+            by_lead_unit,
+            last_report_ms,
+            cases,
+        }
+    }
+}
+
 pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
     let cases = cases::cases(&snapshot.statements);
     // The deadline granted for a case, at the end of that day.

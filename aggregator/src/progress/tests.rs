@@ -520,3 +520,23 @@ fn a_ratio_of_quarterly_and_yearly_inputs_has_a_point_per_quarter() {
     );
     assert!(ratio.series.iter().all(|p| p.expected.is_some()));
 }
+
+#[test]
+fn the_summary_is_the_progress_without_its_obligations_field_for_field() {
+    let plan = qingdao();
+    let snapshot = Snapshot {
+        values: vec![value(
+            "pct-applications",
+            "laoshan",
+            "2018Q1",
+            120.0,
+            ms("2018-04-05T00:00:00Z"),
+        )],
+        ..Default::default()
+    };
+    let progress = compute(&plan, &snapshot, ms("2018-06-01T00:00:00Z"));
+    let mut full = serde_json::to_value(&progress).unwrap();
+    let obligations = full.as_object_mut().unwrap().remove("obligations").unwrap();
+    assert!(!obligations.as_array().unwrap().is_empty());
+    assert_eq!(serde_json::to_value(progress.summary()).unwrap(), full);
+}
