@@ -26,19 +26,27 @@ pub struct App {
 /// depends on the time too (deadlines pass), so it is recomputed at least this often.
 pub const VIEW_CLOCK_MS: i64 = 10_000;
 
+/// How long a snapshot is reused while the write marker stands still. On PostgreSQL, replicas
+/// commit concurrently, and a transaction that took its ids before another's but committed
+/// after it leaves the marker unmoved: its rows are read at the latest this long after.
+pub const SNAPSHOT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The snapshot and progress computed at one write marker and time.
 #[derive(Debug)]
 pub struct View {
     pub marker: WriteMarker,
     pub at_ms: i64,
-    /// Shared by the views computed while nothing was written.
+    /// Shared by the views computed while nothing was written. It holds every statement
+    /// stored, whatever its time; progress counts those received by `at_ms`.
     pub snapshot: Arc<Snapshot>,
+    /// When the snapshot was read, on the machine's clock (see [`SNAPSHOT_MAX_AGE`]).
+    pub read: std::time::Instant,
     pub progress: Progress,
 }
 
-/// The last [`View`], shared by `/metrics`, the API and the alert evaluator: one computation
-/// at a time, so that callers arriving together share it, and the stored rows read again only
-/// when something was written.
+/// The last [`View`], shared by `/metrics`, the API, `OpenAlerts` and the alert evaluator: one
+/// computation at a time, so that callers arriving together share it, and the stored rows
+/// read again only when something was written (see [`ViewCache::view`] for the rest).
 #[derive(Debug, Default)]
 pub struct ViewCache {
     last: tokio::sync::Mutex<Option<Arc<View>>>,
@@ -47,8 +55,9 @@ pub struct ViewCache {
 impl ViewCache {
     /// The view at `now_ms`. The last one whole when the store's [`WriteMarker`] is unchanged
     /// and the clock moved less than `max_age_ms` (never backwards); else progress computed
-    /// afresh at `now_ms`, from the last snapshot when nothing was written and the centre's
-    /// outages are the ones it holds (only the clock moved), from the store otherwise.
+    /// afresh at `now_ms`, from the last snapshot when nothing was written, it was read less
+    /// than [`SNAPSHOT_MAX_AGE`] ago and the centre's outages are the ones it holds (only the
+    /// clock moved), from the store otherwise.
     pub async fn view(
         &self,
         store: &AnyStore,
@@ -68,11 +77,12 @@ impl ViewCache {
             return Ok(view.clone());
         }
         let started = std::time::Instant::now();
-        let snapshot = match unchanged {
+        let reusable = unchanged.filter(|view| view.read.elapsed() < SNAPSHOT_MAX_AGE);
+        let (snapshot, read) = match reusable {
             Some(view) if store.outages(now_ms).await? == view.snapshot.outages => {
-                view.snapshot.clone()
+                (view.snapshot.clone(), view.read)
             }
-            _ => Arc::new(crate::store::snapshot(store, plan, now_ms).await?),
+            _ => (Arc::new(read_snapshot(store, plan, now_ms).await?), started),
         };
         let progress = crate::progress::compute(plan, &snapshot, now_ms);
         metrics
@@ -82,11 +92,25 @@ impl ViewCache {
             marker,
             at_ms: now_ms,
             snapshot,
+            read,
             progress,
         });
         *last = Some(view.clone());
         Ok(view)
     }
+}
+
+/// What the store holds now, for [`ViewCache`]: every statement, not only those received by
+/// `now_ms`, since the snapshot may be reused at a later now: a statement committed while a
+/// caller waited for the cache with an earlier now would otherwise be left out of every view
+/// until the next write.
+async fn read_snapshot(store: &AnyStore, plan: &Plan, now_ms: i64) -> Result<Snapshot, StoreError> {
+    Ok(Snapshot {
+        values: store.current_values(&plan.id, None).await?,
+        tasks: store.current_tasks(&plan.id).await?,
+        outages: store.outages(now_ms).await?,
+        statements: store.statements(&plan.id, i64::MAX).await?,
+    })
 }
 
 impl std::fmt::Debug for App {
@@ -193,6 +217,36 @@ mod tests {
             .unwrap();
         assert!(!Arc::ptr_eq(&written, &evaluated));
         assert!(Arc::ptr_eq(&written.snapshot, &evaluated.snapshot));
+    }
+
+    #[tokio::test]
+    async fn a_statement_received_after_a_views_now_counts_once_the_clock_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("v.db").display());
+        let store = AnyStore::open(&url).await.unwrap();
+        let plan = crate::plan::embedded().plan;
+        let metrics = Metrics::new("test");
+        let views = ViewCache::default();
+        store.beat("centre", 0, i64::MAX / 4).await.unwrap();
+        // A caller that read the clock at `now` and waited while a statement was received
+        // at `now + 5 s`: its view does not count the statement yet...
+        let now = 1_600_000_000_000;
+        let mut late = statement(1);
+        late.received_at_ms = now + 5_000;
+        late.issued_at_ms = now + 5_000;
+        store.add_statement(&late).await.unwrap();
+        let early = views.view(&store, &plan, &metrics, now, 0).await.unwrap();
+        assert!(early.progress.cases.is_empty());
+        // ...and a later view, nothing written since, does: from the same rows.
+        let later = views
+            .view(&store, &plan, &metrics, now + 20_000, 0)
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&early.snapshot, &later.snapshot));
+        assert!(
+            later.progress.cases.contains_key(&late.case_id),
+            "the statement counts from its receipt on"
+        );
     }
 
     #[tokio::test]

@@ -63,6 +63,9 @@ impl Outbox {
                 .await?;
             }
         }
+        // In seq order across chunks too: see below.
+        let mut acks: Vec<&Ack> = acks.iter().collect();
+        acks.sort_by_key(|ack| ack.seq);
         for chunk in acks.chunks(ACK_CHUNK) {
             let seqs = (1..=chunk.len())
                 .map(|n| format!("${n}"))

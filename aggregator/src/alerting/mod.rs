@@ -61,8 +61,8 @@ pub struct Evaluator {
     /// This serving process's row in the centre's uptime record.
     pub run_id: String,
     /// The views it shares with `/metrics` and the API ([`crate::app::App::views`]): an
-    /// evaluation computes progress at its own now, reading the store again only when
-    /// something was written.
+    /// evaluation computes progress at its own now, reading the stored rows again only when
+    /// [`crate::app::ViewCache::view`] must.
     pub views: Arc<crate::app::ViewCache>,
 }
 

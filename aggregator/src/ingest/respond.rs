@@ -400,7 +400,7 @@ impl Inner {
             for o in &progress.obligations {
                 let id = cases::report_case(&o.indicator, &o.period, &o.unit);
                 if by_case.contains_key(&id) {
-                    obligations.insert(id, o);
+                    obligations.entry(id).or_insert(o);
                 }
             }
         }

@@ -229,7 +229,7 @@ impl Metrics {
             progress_seconds: histogram(
                 &registry,
                 "duban_progress_duration_seconds",
-                "Computing progress for /metrics, /api/v1/progress and the alert evaluation, when the last computation could not be reused (a write landed, 10 s of clock passed, or an evaluation asked for its own now); the stored rows are read again only after a write.",
+                "Computing progress for /metrics, /api/v1/progress and the alert evaluation, when the last computation could not be reused (a write landed, 10 s of clock passed, or an evaluation asked for its own now); the stored rows are read again after a write, while an outage is open, and at least once a minute.",
             ),
             alert_notifications: counter_vec(
                 &registry,

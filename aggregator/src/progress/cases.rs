@@ -89,8 +89,14 @@ pub struct Case {
 
 /// Folds statements (in the order received) into their cases.
 pub fn cases(statements: &[StatementRow]) -> BTreeMap<String, Case> {
+    cases_by(statements, i64::MAX)
+}
+
+/// [`cases`] from the statements received by `now_ms` only (a reused snapshot may hold
+/// statements received after the instant progress is computed for).
+pub fn cases_by(statements: &[StatementRow], now_ms: i64) -> BTreeMap<String, Case> {
     let mut out: BTreeMap<String, Case> = BTreeMap::new();
-    for s in statements {
+    for s in statements.iter().filter(|s| s.received_at_ms <= now_ms) {
         let case = out.entry(s.case_id.clone()).or_default();
         case.apply(s);
     }

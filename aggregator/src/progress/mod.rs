@@ -256,7 +256,7 @@ impl Progress {
 }
 
 pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
-    let cases = cases::cases(&snapshot.statements);
+    let cases = cases::cases_by(&snapshot.statements, now_ms);
     // The deadline granted for a case, at the end of that day.
     let granted = |case: &str| {
         cases
