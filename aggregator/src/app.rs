@@ -82,7 +82,15 @@ impl ViewCache {
             Some(view) if store.outages(now_ms).await? == view.snapshot.outages => {
                 (view.snapshot.clone(), view.read)
             }
-            _ => (Arc::new(read_snapshot(store, plan, now_ms).await?), started),
+            // Every statement, not only those received by `now_ms`: the snapshot may be
+            // reused at a later now, and a statement committed while this caller waited for
+            // the cache would otherwise be left out of every view until the next write.
+            _ => {
+                let snapshot =
+                    crate::store::snapshot_with_statements_until(store, plan, now_ms, i64::MAX)
+                        .await?;
+                (Arc::new(snapshot), started)
+            }
         };
         let progress = crate::progress::compute(plan, &snapshot, now_ms);
         metrics
@@ -98,19 +106,6 @@ impl ViewCache {
         *last = Some(view.clone());
         Ok(view)
     }
-}
-
-/// What the store holds now, for [`ViewCache`]: every statement, not only those received by
-/// `now_ms`, since the snapshot may be reused at a later now: a statement committed while a
-/// caller waited for the cache with an earlier now would otherwise be left out of every view
-/// until the next write.
-async fn read_snapshot(store: &AnyStore, plan: &Plan, now_ms: i64) -> Result<Snapshot, StoreError> {
-    Ok(Snapshot {
-        values: store.current_values(&plan.id, None).await?,
-        tasks: store.current_tasks(&plan.id).await?,
-        outages: store.outages(now_ms).await?,
-        statements: store.statements(&plan.id, i64::MAX).await?,
-    })
 }
 
 impl std::fmt::Debug for App {
@@ -170,14 +165,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_view_is_reused_until_a_write_and_its_snapshot_while_only_the_clock_moves() {
+    /// A fresh SQLite store (in the returned directory), the Qingdao plan, and an empty cache.
+    async fn fixture() -> (tempfile::TempDir, AnyStore, Plan, Metrics, ViewCache) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("v.db").display());
         let store = AnyStore::open(&url).await.unwrap();
         let plan = crate::plan::embedded().plan;
-        let metrics = Metrics::new("test");
-        let views = ViewCache::default();
+        (dir, store, plan, Metrics::new("test"), ViewCache::default())
+    }
+
+    #[tokio::test]
+    async fn a_view_is_reused_until_a_write_and_its_snapshot_while_only_the_clock_moves() {
+        let (_dir, store, plan, metrics, views) = fixture().await;
         let now = 1_600_000_000_000;
         // The centre serving throughout, so that the outages do not move with the clock.
         store.beat("centre", 0, i64::MAX / 4).await.unwrap();
@@ -221,12 +220,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_statement_received_after_a_views_now_counts_once_the_clock_reaches_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("v.db").display());
-        let store = AnyStore::open(&url).await.unwrap();
-        let plan = crate::plan::embedded().plan;
-        let metrics = Metrics::new("test");
-        let views = ViewCache::default();
+        let (_dir, store, plan, metrics, views) = fixture().await;
         store.beat("centre", 0, i64::MAX / 4).await.unwrap();
         // A caller that read the clock at `now` and waited while a statement was received
         // at `now + 5 s`: its view does not count the statement yet...
@@ -251,12 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_outage_that_grows_with_the_clock_reads_the_store_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("v.db").display());
-        let store = AnyStore::open(&url).await.unwrap();
-        let plan = crate::plan::embedded().plan;
-        let metrics = Metrics::new("test");
-        let views = ViewCache::default();
+        let (_dir, store, plan, metrics, views) = fixture().await;
         // Served for a second at 0, then nothing: an outage up to now, growing with it.
         store.beat("centre", 0, 1_000).await.unwrap();
         let first = views

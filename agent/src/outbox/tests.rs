@@ -538,6 +538,17 @@ async fn a_corrupt_outbox_is_moved_aside_and_its_counters_and_reports_carried_ov
     assert!(!outbox.is_synced().await.unwrap());
 }
 
+/// Acknowledgements of `reports`, every item accepted.
+fn accepted(reports: &[Pending]) -> Vec<Ack> {
+    reports
+        .iter()
+        .map(|p| Ack {
+            seq: p.seq,
+            refused: vec![],
+        })
+        .collect()
+}
+
 /// The waiting reports and bytes the statistics give, against the outbox counted afresh.
 async fn totals_agree(outbox: &Outbox) -> (i64, i64) {
     let stats = outbox.stats().await.unwrap();
@@ -576,14 +587,7 @@ async fn the_kept_totals_follow_every_change_to_the_outbox() {
         .await
         .unwrap();
     totals_agree(&outbox).await;
-    let acks: Vec<Ack> = waiting[1..]
-        .iter()
-        .map(|p| Ack {
-            seq: p.seq,
-            refused: vec![],
-        })
-        .collect();
-    outbox.ack(&acks).await.unwrap();
+    outbox.ack(&accepted(&waiting[1..])).await.unwrap();
     assert_eq!(totals_agree(&outbox).await, (0, 0));
     let (moved, _) = outbox.retry_dead(signer(&key)).await.unwrap();
     assert_eq!(moved, 1);
@@ -607,16 +611,7 @@ async fn a_batch_acknowledged_at_once_remembers_the_later_of_two_reports_of_an_i
             .unwrap();
         assert_eq!(built.reports.len(), 1, "a changed value is a new report");
     }
-    let acks: Vec<Ack> = outbox
-        .pending(10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|p| Ack {
-            seq: p.seq,
-            refused: vec![],
-        })
-        .collect();
+    let acks = accepted(&outbox.pending(10).await.unwrap());
     assert_eq!(acks.len(), 2);
     outbox.ack(&acks).await.unwrap();
     let latest = outbox

@@ -418,11 +418,22 @@ pub async fn snapshot(
     plan: &crate::plan::Plan,
     now_ms: i64,
 ) -> Result<crate::progress::Snapshot, StoreError> {
+    snapshot_with_statements_until(store, plan, now_ms, now_ms).await
+}
+
+/// [`snapshot`], with the statements received by `statements_until_ms` (a snapshot reused at
+/// later instants holds them all: progress counts those received by its own now).
+pub async fn snapshot_with_statements_until(
+    store: &AnyStore,
+    plan: &crate::plan::Plan,
+    now_ms: i64,
+    statements_until_ms: i64,
+) -> Result<crate::progress::Snapshot, StoreError> {
     Ok(crate::progress::Snapshot {
         values: store.current_values(&plan.id, None).await?,
         tasks: store.current_tasks(&plan.id).await?,
         outages: store.outages(now_ms).await?,
-        statements: store.statements(&plan.id, now_ms).await?,
+        statements: store.statements(&plan.id, statements_until_ms).await?,
     })
 }
 
