@@ -26,9 +26,10 @@ pub struct App {
 /// depends on the time too (deadlines pass), so it is recomputed at least this often.
 pub const VIEW_CLOCK_MS: i64 = 10_000;
 
-/// How long a snapshot is reused while the write marker stands still. On PostgreSQL, replicas
-/// commit concurrently, and a transaction that took its ids before another's but committed
-/// after it leaves the marker unmoved: its rows are read at the latest this long after.
+/// How long a snapshot is kept (reused, or updated with what changed) on PostgreSQL before it
+/// is read whole again: replicas commit concurrently, and a transaction that took its ids
+/// before another's but committed after it leaves the marker unmoved and its rows behind the
+/// marker the next changes are read from; they are read at the latest this long after.
 pub const SNAPSHOT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The snapshot and progress computed at one write marker and time.
@@ -39,14 +40,14 @@ pub struct View {
     /// Shared by the views computed while nothing was written. It holds every statement
     /// stored, whatever its time; progress counts those received by `at_ms`.
     pub snapshot: Arc<Snapshot>,
-    /// When the snapshot was read, on the machine's clock (see [`SNAPSHOT_MAX_AGE`]).
+    /// When the snapshot was last read whole, on the machine's clock (see [`SNAPSHOT_MAX_AGE`]).
     pub read: std::time::Instant,
     pub progress: Progress,
 }
 
 /// The last [`View`], shared by `/metrics`, the API, `OpenAlerts` and the alert evaluator: one
-/// computation at a time, so that callers arriving together share it, and the stored rows
-/// read again only when something was written (see [`ViewCache::view`] for the rest).
+/// computation at a time, so that callers arriving together share it, and of the stored rows
+/// only those written since read again (see [`ViewCache::view`] for the rest).
 #[derive(Debug, Default)]
 pub struct ViewCache {
     last: tokio::sync::Mutex<Option<Arc<View>>>,
@@ -55,9 +56,10 @@ pub struct ViewCache {
 impl ViewCache {
     /// The view at `now_ms`. The last one whole when the store's [`WriteMarker`] is unchanged
     /// and the clock moved less than `max_age_ms` (never backwards); else progress computed
-    /// afresh at `now_ms`, from the last snapshot when nothing was written, it was read less
-    /// than [`SNAPSHOT_MAX_AGE`] ago and the centre's outages are the ones it holds (only the
-    /// clock moved), from the store otherwise.
+    /// afresh at `now_ms`, from the last snapshot updated with what was written since (the
+    /// current rows of later reports, the statements when one was added, the outages always),
+    /// or from the store whole: the first time, when the marker went back, and on a store
+    /// whose ids do not follow commits once the snapshot is [`SNAPSHOT_MAX_AGE`] old.
     pub async fn view(
         &self,
         store: &AnyStore,
@@ -68,34 +70,69 @@ impl ViewCache {
     ) -> Result<Arc<View>, StoreError> {
         let mut last = self.last.lock().await;
         // Read before the snapshot: a write landing in between leaves a view newer than its
-        // marker, which the next call recomputes; never one older.
+        // marker, which the next call reads again (idempotent: a changed row replaces the row
+        // of its key); never one older.
         let marker = store.write_marker().await?;
-        let unchanged = last.as_ref().filter(|view| view.marker == marker);
-        if let Some(view) = unchanged
+        if let Some(view) = last.as_ref().filter(|view| view.marker == marker)
             && (0..max_age_ms).contains(&(now_ms - view.at_ms))
         {
             return Ok(view.clone());
         }
         let started = std::time::Instant::now();
-        let reusable = unchanged.filter(|view| view.read.elapsed() < SNAPSHOT_MAX_AGE);
-        let (snapshot, read) = match reusable {
-            Some(view) if store.outages(now_ms).await? == view.snapshot.outages => {
-                (view.snapshot.clone(), view.read)
-            }
+        let base = last.as_ref().filter(|view| {
+            view.marker.reports <= marker.reports
+                && view.marker.statements <= marker.statements
+                && (store.ids_follow_commits() || view.read.elapsed() < SNAPSHOT_MAX_AGE)
+        });
+        let (snapshot, read, how) = match base {
             // Every statement, not only those received by `now_ms`: the snapshot may be
             // reused at a later now, and a statement committed while this caller waited for
             // the cache would otherwise be left out of every view until the next write.
-            _ => {
+            None => {
                 let snapshot =
                     crate::store::snapshot_with_statements_until(store, plan, now_ms, i64::MAX)
                         .await?;
-                (Arc::new(snapshot), started)
+                (Arc::new(snapshot), started, "whole")
+            }
+            Some(view) => {
+                let (since, read) = (view.marker, view.read);
+                // An open outage grows with the clock: read at every computation.
+                let outages = store.outages(now_ms).await?;
+                if since == marker && outages == view.snapshot.outages {
+                    (view.snapshot.clone(), read, "reused")
+                } else {
+                    let changed = if marker.reports != since.reports {
+                        Some(store.changed_after(&plan.id, since.reports).await?)
+                    } else {
+                        None
+                    };
+                    let statements = if marker.statements != since.statements {
+                        Some(store.statements(&plan.id, i64::MAX).await?)
+                    } else {
+                        None
+                    };
+                    // Taken, not copied, unless a caller still holds the last view.
+                    let last = last.take().expect("the base is the last view");
+                    let mut snapshot = match Arc::try_unwrap(last) {
+                        Ok(view) => Arc::unwrap_or_clone(view.snapshot),
+                        Err(shared) => Snapshot::clone(&shared.snapshot),
+                    };
+                    snapshot.outages = outages;
+                    if let Some((values, tasks)) = changed {
+                        snapshot.apply_changes(values, tasks);
+                    }
+                    if let Some(statements) = statements {
+                        snapshot.statements = statements;
+                    }
+                    (Arc::new(snapshot), read, "changes")
+                }
             }
         };
         let progress = crate::progress::compute(plan, &snapshot, now_ms);
         metrics
             .progress_seconds
             .observe(started.elapsed().as_secs_f64());
+        metrics.progress_reads.with_label_values(&[how]).inc();
         let view = Arc::new(View {
             marker,
             at_ms: now_ms,

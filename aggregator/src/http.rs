@@ -161,18 +161,20 @@ async fn require_token(
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
-    let mut body = app.metrics.render();
     let plan = &app.plan;
     let now = app.now_ms();
-    body.push_str(&app.keys.render_metrics(now));
     // The view (snapshot and progress, reused while nothing is written: App::view) feeds
     // progress and the 督办 record (its statements); every alert (open and resolved) feeds the
-    // open-alert counts and the record.
-    match (
+    // open-alert counts and the record. Taken first, so that the counters rendered include
+    // this scrape's own computation.
+    let taken = (
         app.view().await,
         app.store.alerts(&plan.id, 0).await,
         app.store.agents().await,
-    ) {
+    );
+    let mut body = app.metrics.render();
+    body.push_str(&app.keys.render_metrics(now));
+    match taken {
         (Ok(view), Ok(alerts), Ok(agents)) => {
             let mut state =
                 crate::metrics::plan_state::plan_metrics(plan, &view.progress, &alerts, &agents);

@@ -570,6 +570,70 @@ async fn statements_are_new_resent_conflicting_or_replayed<S: Store>(store: &S) 
     assert_eq!(store.statement_max_seq(&[7; 32]).await.unwrap(), 0);
 }
 
+async fn the_rows_changed_after_a_report_are_those_later_reports_wrote<S: Store>(store: &S) {
+    store
+        .add_key(new_key(key().key_id(), "laoshan"))
+        .await
+        .unwrap();
+    let stored = |outcomes: Vec<StoreOutcome>| match outcomes[..] {
+        [StoreOutcome::Stored { report_pk, .. }] => report_pk,
+        _ => panic!("{outcomes:?}"),
+    };
+    let first = stored(
+        store
+            .ingest(vec![report(1, 1, 0, 1_000, 40.0)])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(store.write_marker().await.unwrap().reports, first);
+    let (values, tasks) = store.changed_after(PLAN, 0).await.unwrap();
+    assert_eq!((values.len(), tasks.len()), (1, 1));
+    let (values, tasks) = store.changed_after(PLAN, first).await.unwrap();
+    assert!(
+        values.is_empty() && tasks.is_empty(),
+        "nothing since the first"
+    );
+    // A correction: the current row now carries the later report.
+    let correction = stored(
+        store
+            .ingest(vec![report(2, 2, 1, 2_000, 41.0)])
+            .await
+            .unwrap(),
+    );
+    let (values, tasks) = store.changed_after(PLAN, first).await.unwrap();
+    assert_eq!(
+        values
+            .iter()
+            .map(|v| (v.value, v.report_pk, v.first_received_at_ms))
+            .collect::<Vec<_>>(),
+        [(41.0, correction, 2_000)],
+        "the row as stored now, its first receipt kept"
+    );
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].report_pk, correction);
+    // A late report of a lower revision loses: stored, but no current row changes.
+    let late = stored(
+        store
+            .ingest(vec![report(3, 3, 0, 3_000, 1.0)])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(store.write_marker().await.unwrap().reports, late);
+    let (values, tasks) = store.changed_after(PLAN, correction).await.unwrap();
+    assert!(
+        values.is_empty() && tasks.is_empty(),
+        "{values:?} {tasks:?}"
+    );
+    assert!(
+        store
+            .changed_after("another-plan", 0)
+            .await
+            .unwrap()
+            .0
+            .is_empty()
+    );
+}
+
 macro_rules! sqlite_cases {
     ($($case:ident),*) => {
         mod sqlite {
@@ -615,7 +679,8 @@ sqlite_cases!(
     keys_are_added_listed_and_revoked,
     a_batch_is_classified_in_order,
     alerts_fire_once_escalate_and_resolve,
-    statements_are_new_resent_conflicting_or_replayed
+    statements_are_new_resent_conflicting_or_replayed,
+    the_rows_changed_after_a_report_are_those_later_reports_wrote
 );
 
 postgres_cases!(
@@ -629,7 +694,8 @@ postgres_cases!(
     keys_are_added_listed_and_revoked,
     a_batch_is_classified_in_order,
     alerts_fire_once_escalate_and_resolve,
-    statements_are_new_resent_conflicting_or_replayed
+    statements_are_new_resent_conflicting_or_replayed,
+    the_rows_changed_after_a_report_are_those_later_reports_wrote
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -718,4 +784,113 @@ async fn postgres_racing_corrections_of_one_value() {
         PgStore::open(&schema.url).await.unwrap(),
     );
     racing_corrections_of_one_value(&a, &b).await;
+}
+
+/// The progress view updated with what was written since the last one (the current rows of
+/// later reports, the statements) equals one computed from the store read whole.
+async fn a_view_updated_with_the_changes_equals_one_read_whole(store: &AnyStore) {
+    use duban_aggregator::{app::ViewCache, metrics::Metrics};
+    let plan = duban_aggregator::plan::embedded().plan;
+    let metrics = Metrics::new("test");
+    let views = ViewCache::default();
+    let reads = |metrics: &Metrics| {
+        ["whole", "changes"].map(|read| metrics.progress_reads.with_label_values(&[read]).get())
+    };
+    store
+        .add_key(new_key(key().key_id(), "laoshan"))
+        .await
+        .unwrap();
+    store.beat("centre", 0, i64::MAX / 4).await.unwrap();
+    let now = 1_600_000_000_000;
+    store
+        .ingest(vec![report(1, 1, 0, 1_000, 40.0)])
+        .await
+        .unwrap();
+    let first = views.view(store, &plan, &metrics, now, 0).await.unwrap();
+    assert_eq!(reads(&metrics), [1, 0]);
+    let sorted = |snapshot: &duban_aggregator::progress::Snapshot| {
+        let mut values = snapshot.values.clone();
+        values.sort_by(|a, b| {
+            (&a.indicator_id, &a.period, &a.unit_id).cmp(&(&b.indicator_id, &b.period, &b.unit_id))
+        });
+        let mut tasks = snapshot.tasks.clone();
+        tasks.sort_by(|a, b| {
+            (&a.task_id, &a.milestone_id, &a.period, &a.unit_id).cmp(&(
+                &b.task_id,
+                &b.milestone_id,
+                &b.period,
+                &b.unit_id,
+            ))
+        });
+        (
+            values,
+            tasks,
+            snapshot.statements.clone(),
+            snapshot.outages.clone(),
+        )
+    };
+    // Round one with the first view still held (the rows are copied), round two with none
+    // held (they are taken): a correction and a new key, then a statement and a correction.
+    let mut new_period = report(3, 3, 0, 3_000, 7.0);
+    new_period.period = "2018Q2".into();
+    let rounds = [
+        (vec![report(2, 2, 1, 2_000, 41.0), new_period], None),
+        (
+            vec![report(4, 4, 2, 4_000, 42.0)],
+            Some(statement(5, 5, 5_000, "acknowledge", "")),
+        ),
+    ];
+    let mut held = Some(first);
+    for (round, (reports, said)) in rounds.into_iter().enumerate() {
+        let at = now + 1 + round as i64;
+        store.ingest(reports).await.unwrap();
+        if let Some(said) = said {
+            store.add_statement(&said).await.unwrap();
+        }
+        let updated = views.view(store, &plan, &metrics, at, 0).await.unwrap();
+        held.take();
+        assert_eq!(reads(&metrics), [1, round as u64 + 1], "round {round}");
+        let whole = snapshot(store, &plan, at).await.unwrap();
+        assert_eq!(sorted(&updated.snapshot), sorted(&whole), "round {round}");
+        assert_eq!(
+            serde_json::to_value(&updated.progress).unwrap(),
+            serde_json::to_value(duban_aggregator::progress::compute(&plan, &whole, at)).unwrap(),
+            "round {round}"
+        );
+    }
+    let values = &views
+        .view(store, &plan, &metrics, now + 9, 0)
+        .await
+        .unwrap()
+        .snapshot
+        .values;
+    assert_eq!(
+        values
+            .iter()
+            .map(|v| (v.period.as_str(), v.value))
+            .collect::<Vec<_>>(),
+        [("2018Q1", 42.0), ("2018Q2", 7.0)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_view_updated_with_the_changes_equals_one_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("duban.db").display());
+    a_view_updated_with_the_changes_equals_one_read_whole(&AnyStore::open(&url).await.unwrap())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_view_updated_with_the_changes_equals_one_read_whole() {
+    let Some(base) =
+        support::postgres_url("postgres_a_view_updated_with_the_changes_equals_one_read_whole")
+    else {
+        return;
+    };
+    let schema = support::PgSchema::create(&base).await;
+    a_view_updated_with_the_changes_equals_one_read_whole(
+        &AnyStore::open(&schema.url).await.unwrap(),
+    )
+    .await;
 }

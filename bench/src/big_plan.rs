@@ -1,8 +1,8 @@
 //! A synthetic plan at city-and-beyond scale: `units` districts × `indicators` monthly
 //! indicators × 12 periods, every value stored. Measures what an operator's scrape and the plan
 //! office's progress page cost on it: the first `/metrics` (progress computed), `/metrics` again
-//! (the computation reused), `/api/v1/progress` with and without the obligations, and the
-//! number of series.
+//! (the computation reused), `/api/v1/progress` with and without the obligations, `/metrics`
+//! after one unit's correction (the rows it changed taken in), and the number of series.
 //!
 //! The values go in through the store's own ingest (the write path after signature
 //! verification, as the gRPC service calls it), each report carrying one unit's `indicators`
@@ -37,6 +37,9 @@ pub struct PlanFigures {
     pub progress_api_ms: f64,
     /// `GET /api/v1/progress?obligations=false`, right after.
     pub summary_api_ms: f64,
+    /// `GET /metrics` after one unit corrected one month (progress computed from the last
+    /// rows updated with that report's, not read whole).
+    pub metrics_after_write_ms: f64,
     /// `duban_progress_duration_seconds`: reading the store and computing progress, each time.
     pub progress_ms: f64,
     /// Series in one scrape, all of them; and those of the plan state alone.
@@ -80,9 +83,30 @@ pub async fn measure(
         Ok((body, started.elapsed().as_secs_f64() * 1000.0))
     };
     let (_, metrics_cold_ms) = timed("/metrics")?;
-    let (body, metrics_warm_ms) = timed("/metrics")?;
+    let (_, metrics_warm_ms) = timed("/metrics")?;
     let (_, progress_api_ms) = timed("/api/v1/progress")?;
     let (_, summary_api_ms) = timed("/api/v1/progress?obligations=false")?;
+    // One unit corrects one month, through a second handle on the database file as a second
+    // process would; the next scrape takes in that report's rows.
+    let mut correction = report(0, 1, indicators, now_ms());
+    correction.report_id[15] ^= 0xff;
+    correction.seq = 13;
+    correction.revision = 1;
+    correction.values.iter_mut().for_each(|v| v.value += 1.0);
+    stored_values(
+        SqliteStore::open(&url)
+            .await?
+            .ingest(vec![correction])
+            .await?,
+    )?;
+    let (body, metrics_after_write_ms) = timed("/metrics")?;
+    if !metric(&body, "duban_progress_reads_total{read=\"changes\"}").is_some_and(|n| n >= 1.0) {
+        let reads: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("duban_progress_reads_total"))
+            .collect();
+        anyhow::bail!("the scrape after a write did not take in the changes alone: {reads:?}");
+    }
     let sum = metric(&body, "duban_progress_duration_seconds_sum").unwrap_or(0.0);
     let count = metric(&body, "duban_progress_duration_seconds_count").unwrap_or(0.0);
     let series: Vec<&str> = body
@@ -117,6 +141,7 @@ pub async fn measure(
         metrics_warm_ms,
         progress_api_ms,
         summary_api_ms,
+        metrics_after_write_ms,
         progress_ms: if count > 0.0 {
             sum * 1000.0 / count
         } else {

@@ -357,7 +357,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         agent_figures.idle_rss_mb, agent_figures.idle_anon_mb, agent_figures.idle_file_mb
     );
     println!(
-        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s) | progress computed in {:.0} ms; first /metrics {:.0} ms, again {:.0} ms; /api/v1/progress {:.0} ms, without the obligations {:.0} ms; {} series ({} of plan state, budget {}) |",
+        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s) | progress computed in {:.0} ms; first /metrics {:.0} ms, again {:.0} ms; /api/v1/progress {:.0} ms, without the obligations {:.0} ms; /metrics after one unit's correction {:.0} ms; {} series ({} of plan state, budget {}) |",
         plan.units,
         plan.indicators,
         plan.values,
@@ -367,6 +367,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         plan.metrics_warm_ms,
         plan.progress_api_ms,
         plan.summary_api_ms,
+        plan.metrics_after_write_ms,
         plan.series,
         plan.plan_series,
         plan.budget

@@ -82,4 +82,9 @@ fn the_harness_measures_every_figure_in_quick_mode() {
     let plan =
         row("| synthetic plan: 50 units × 50 indicators × 12 months, 30000 values (stored in");
     assert!(plan.contains(" series ("), "{plan}");
+    // The harness itself checks that this scrape took in the changed rows alone.
+    assert!(
+        plan.contains("/metrics after one unit's correction "),
+        "{plan}"
+    );
 }

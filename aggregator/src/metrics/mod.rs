@@ -35,6 +35,8 @@ pub struct Metrics {
     /// Reading the store and computing progress for `/metrics` and `/api/v1/progress`, when
     /// the last computation could not be reused.
     pub progress_seconds: Histogram,
+    /// How each progress computation got its stored rows, by `read`: [`PROGRESS_READS`].
+    pub progress_reads: IntCounterVec,
     pub alert_notifications: IntCounterVec,
     pub alerts_muted: IntGauge,
     pub alerts_before_go_live: IntGauge,
@@ -57,6 +59,11 @@ pub struct Metrics {
 /// What is reloaded from files, as the `listener` label: each listener's TLS material, and
 /// the HTTP bearer token.
 pub const TLS_LISTENERS: [&str; 3] = ["grpc", "http", "http_token"];
+
+/// How a progress computation got the stored rows, as the `read` label of
+/// `duban_progress_reads_total`: read whole, updated with the rows written since the last
+/// computation, or the last rows as they were (only the clock moved).
+pub const PROGRESS_READS: [&str; 3] = ["whole", "changes", "reused"];
 
 /// Why a TLS handshake failed, as the `reason` label of `duban_tls_handshake_failures_total`.
 pub const TLS_FAILURE_REASONS: [&str; 10] = [
@@ -229,7 +236,13 @@ impl Metrics {
             progress_seconds: histogram(
                 &registry,
                 "duban_progress_duration_seconds",
-                "Computing progress for /metrics, /api/v1/progress and the alert evaluation, when the last computation could not be reused (a write landed, 10 s of clock passed, or an evaluation asked for its own now); the stored rows are read again after a write, while an outage is open, and at least once a minute.",
+                "Computing progress for /metrics, /api/v1/progress and the alert evaluation, when the last computation could not be reused (a write landed, 10 s of clock passed, or an evaluation asked for its own now); see duban_progress_reads_total for how the stored rows were read.",
+            ),
+            progress_reads: counter_vec(
+                &registry,
+                "duban_progress_reads_total",
+                "Progress computations by how they got the stored rows: whole (the first, and on PostgreSQL once a minute), changes (the last rows updated with those written since), reused (nothing written, only the clock moved).",
+                &["read"],
             ),
             alert_notifications: counter_vec(
                 &registry,
@@ -301,6 +314,9 @@ impl Metrics {
             m.tls_reload_errors.with_label_values(&[listener]);
             m.tls_reloads.with_label_values(&[listener]);
             m.tls_reload_failing.with_label_values(&[listener]);
+        }
+        for read in PROGRESS_READS {
+            m.progress_reads.with_label_values(&[read]);
         }
         for result in ["ok", "problem"] {
             m.hellos.with_label_values(&[result]);

@@ -2,6 +2,8 @@
 //! statements, and the centre's outages, as the store hands them over. The store produces these; the engine
 //! depends on nothing below it but the plan.
 
+use std::cmp::Ordering;
+
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,4 +62,97 @@ pub struct StatementRow {
     pub note: String,
     pub reference: String,
     pub about_unit: String,
+}
+
+/// Puts each of `changed` in place of the row of `rows` with its key (`cmp` equal), or among
+/// them in `cmp` order; of two changed rows with one key, the later wins. `rows` ends sorted by
+/// `cmp` (sorted first if it was not: a database may order text by another collation).
+pub(super) fn upsert_sorted<T>(
+    rows: &mut Vec<T>,
+    mut changed: Vec<T>,
+    cmp: impl Fn(&T, &T) -> Ordering,
+) {
+    if changed.is_empty() {
+        return;
+    }
+    if !rows.is_sorted_by(|a, b| cmp(a, b) != Ordering::Greater) {
+        rows.sort_by(&cmp);
+    }
+    // Stable: rows of one key stay in the order given.
+    changed.sort_by(&cmp);
+    let mut added: Vec<T> = Vec::new();
+    for row in changed {
+        match rows.binary_search_by(|held| cmp(held, &row)) {
+            Ok(at) => rows[at] = row,
+            Err(_) => match added.last_mut() {
+                Some(last) if cmp(last, &row) == Ordering::Equal => *last = row,
+                _ => added.push(row),
+            },
+        }
+    }
+    if added.is_empty() {
+        return;
+    }
+    let held = std::mem::take(rows);
+    rows.reserve_exact(held.len() + added.len());
+    let mut held = held.into_iter().peekable();
+    let mut added = added.into_iter().peekable();
+    while let (Some(a), Some(b)) = (held.peek(), added.peek()) {
+        let next = if cmp(a, b) == Ordering::Less {
+            held.next()
+        } else {
+            added.next()
+        };
+        rows.extend(next);
+    }
+    rows.extend(held);
+    rows.extend(added);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upsert(rows: &[(u8, &str)], changed: &[(u8, &str)]) -> Vec<(u8, String)> {
+        let mut rows: Vec<(u8, String)> = rows.iter().map(|&(k, v)| (k, v.into())).collect();
+        let changed = changed.iter().map(|&(k, v)| (k, v.into())).collect();
+        upsert_sorted(&mut rows, changed, |a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    fn owned(rows: &[(u8, &str)]) -> Vec<(u8, String)> {
+        rows.iter().map(|&(k, v)| (k, v.into())).collect()
+    }
+
+    #[test]
+    fn a_changed_row_replaces_the_one_of_its_key_and_a_new_key_joins_in_order() {
+        assert_eq!(
+            upsert(
+                &[(1, "a"), (3, "c"), (5, "e")],
+                &[(4, "d"), (3, "C"), (0, "z"), (9, "i")]
+            ),
+            owned(&[(0, "z"), (1, "a"), (3, "C"), (4, "d"), (5, "e"), (9, "i")])
+        );
+        assert_eq!(
+            upsert(&[], &[(2, "b"), (1, "a")]),
+            owned(&[(1, "a"), (2, "b")])
+        );
+        assert_eq!(upsert(&[(1, "a")], &[]), owned(&[(1, "a")]));
+    }
+
+    #[test]
+    fn of_two_changed_rows_with_one_key_the_later_wins() {
+        assert_eq!(
+            upsert(&[(1, "a")], &[(1, "x"), (2, "y"), (1, "X"), (2, "Y")]),
+            owned(&[(1, "X"), (2, "Y")])
+        );
+    }
+
+    #[test]
+    fn rows_in_another_order_are_sorted_before_the_changes_go_in() {
+        assert_eq!(
+            upsert(&[(5, "e"), (1, "a"), (3, "c")], &[(3, "C"), (2, "b")]),
+            owned(&[(1, "a"), (2, "b"), (3, "C"), (5, "e")])
+        );
+    }
 }

@@ -58,6 +58,25 @@ pub struct Snapshot {
     pub statements: Vec<StatementRow>,
 }
 
+impl Snapshot {
+    /// Takes in the current rows that changed since the snapshot was read (see
+    /// `Store::changed_after`): a row replaces the one of its key, or joins the rest. Costs
+    /// a binary search per changed row, and one pass over the rows when keys are new.
+    pub fn apply_changes(&mut self, values: Vec<ValueRow>, tasks: Vec<TaskRow>) {
+        input::upsert_sorted(&mut self.values, values, |a, b| {
+            (&a.indicator_id, &a.period, &a.unit_id).cmp(&(&b.indicator_id, &b.period, &b.unit_id))
+        });
+        input::upsert_sorted(&mut self.tasks, tasks, |a, b| {
+            (&a.task_id, &a.milestone_id, &a.period, &a.unit_id).cmp(&(
+                &b.task_id,
+                &b.milestone_id,
+                &b.period,
+                &b.unit_id,
+            ))
+        });
+    }
+}
+
 /// Received and on-time counts against what was expected by now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Rates {
@@ -326,6 +345,14 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
         }
         indicators.push(indicator_progress(plan, indicator, &values, now_ms, rates));
     }
+    // Each milestone's task updates, found in one pass (not one pass per milestone).
+    let mut task_rows: HashMap<(&str, &str), Vec<&TaskRow>> = HashMap::new();
+    for row in &snapshot.tasks {
+        task_rows
+            .entry((row.task_id.as_str(), row.milestone_id.as_str()))
+            .or_default()
+            .push(row);
+    }
     let milestones = plan
         .tasks
         .iter()
@@ -344,11 +371,8 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
             let granted_deadline = granted(&case_id);
             let deadline_ms = granted_deadline.unwrap_or(original_deadline);
             let mut latest: HashMap<&str, &TaskRow> = HashMap::new();
-            for row in snapshot
-                .tasks
-                .iter()
-                .filter(|r| r.task_id == task.id && r.milestone_id == milestone.id)
-            {
+            let rows = task_rows.get(&(task.id.as_str(), milestone.id.as_str()));
+            for &row in rows.into_iter().flatten() {
                 let entry = latest.entry(row.unit_id.as_str()).or_insert(row);
                 if (row.period.as_str(), row.revision, row.issued_at_ms)
                     > (entry.period.as_str(), entry.revision, entry.issued_at_ms)

@@ -156,6 +156,17 @@ pub trait Store {
         indicator_id: Option<&str>,
     ) -> Result<Vec<ValueRow>, StoreError>;
     async fn current_tasks(&self, plan_id: &str) -> Result<Vec<TaskRow>, StoreError>;
+    /// The current values and task updates written by reports stored after `report_pk`, in
+    /// no particular order: what changed since a [`WriteMarker`] whose `reports` it was.
+    async fn changed_after(
+        &self,
+        plan_id: &str,
+        report_pk: i64,
+    ) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError>;
+    /// Whether a row committed later always has a greater id than every row committed before
+    /// it (one writer at a time: SQLite). On PostgreSQL, replicas take ids concurrently and a
+    /// transaction may commit after another that took a greater id.
+    fn ids_follow_commits(&self) -> bool;
     async fn audit(&self, plan_id: &str) -> Result<Vec<AuditRow>, StoreError>;
     /// Every value and task update stored, with the report that carried it, in report order.
     async fn stored_items(&self, plan_id: &str) -> Result<Vec<StoredItem>, StoreError>;
@@ -174,8 +185,9 @@ pub trait Store {
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
     /// What changes whenever a current value, task update or statement is written (the
-    /// highest audit row and statement stored): progress computed at one marker holds until
-    /// the marker moves or the clock does.
+    /// highest audit row, statement and report stored): progress computed at one marker holds
+    /// until the marker moves or the clock does, and what changed since is
+    /// [`Store::changed_after`] its `reports`.
     async fn write_marker(&self) -> Result<WriteMarker, StoreError>;
     /// Records an agent's heartbeat (a verified Hello).
     async fn record_heartbeat(&self, beat: &Heartbeat) -> Result<(), StoreError>;
@@ -247,6 +259,8 @@ mod backend {
         async fn ping(&self) -> Result<(), StoreError> {
             queries::ping(self.read_pool()).await
         }
+        /// See [`Store::ids_follow_commits`](super::Store::ids_follow_commits).
+        fn ids_follow_commits(&self) -> bool;
     }
 }
 
@@ -310,6 +324,16 @@ impl<B: SqlBackend> Store for B {
     }
     async fn current_tasks(&self, plan_id: &str) -> Result<Vec<TaskRow>, StoreError> {
         queries::current_tasks(self.read_pool(), plan_id).await
+    }
+    async fn changed_after(
+        &self,
+        plan_id: &str,
+        report_pk: i64,
+    ) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError> {
+        queries::changed_after(self.read_pool(), plan_id, report_pk).await
+    }
+    fn ids_follow_commits(&self) -> bool {
+        SqlBackend::ids_follow_commits(self)
     }
     async fn audit(&self, plan_id: &str) -> Result<Vec<AuditRow>, StoreError> {
         queries::audit(self.read_pool(), plan_id).await
@@ -559,6 +583,9 @@ impl SqlBackend for AnyStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         delegate!(self, ping())
+    }
+    fn ids_follow_commits(&self) -> bool {
+        matches!(self, AnyStore::Sqlite(_))
     }
 }
 

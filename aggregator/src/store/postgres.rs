@@ -120,6 +120,10 @@ impl SqlBackend for PgStore {
     fn read_pool(&self) -> &AnyPool {
         &self.pool
     }
+    /// Sequences hand out ids before commit, to replicas writing at once.
+    fn ids_follow_commits(&self) -> bool {
+        false
+    }
     async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError> {
         if reports.is_empty() {
             return Ok(Vec::new());

@@ -165,34 +165,30 @@ pub(super) async fn reports(
         .collect()
 }
 
+// Macros, not consts, so that each query stays one static string (`concat!`).
+macro_rules! value_columns {
+    () => {
+        "plan_id, indicator_id, unit_id, period, value, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms, COALESCE(first_issued_at_ms, issued_at_ms) AS first_issued_at_ms"
+    };
+}
+macro_rules! task_columns {
+    () => {
+        "plan_id, task_id, milestone_id, unit_id, period, percent, status, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms"
+    };
+}
+
 pub(super) async fn current_values(
     pool: &AnyPool,
     plan_id: &str,
     indicator_id: Option<&str>,
 ) -> Result<Vec<ValueRow>, StoreError> {
-    let rows = sqlx::query("SELECT plan_id, indicator_id, unit_id, period, value, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms, COALESCE(first_issued_at_ms, issued_at_ms) AS first_issued_at_ms FROM current_values WHERE plan_id = $1 AND ($2 IS NULL OR indicator_id = $2) ORDER BY indicator_id, period, unit_id")
+    sqlx::query(concat!("SELECT ", value_columns!(), " FROM current_values WHERE plan_id = $1 AND ($2 IS NULL OR indicator_id = $2) ORDER BY indicator_id, period, unit_id"))
         .bind(plan_id.to_owned())
         .bind(indicator_id.map(str::to_owned))
         .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(ValueRow {
-                plan_id: row.try_get("plan_id")?,
-                indicator_id: row.try_get("indicator_id")?,
-                unit_id: row.try_get("unit_id")?,
-                period: row.try_get("period")?,
-                value: row.try_get("value")?,
-                note: row.try_get("note")?,
-                revision: row.try_get("revision")?,
-                issued_at_ms: row.try_get("issued_at_ms")?,
-                seq: row.try_get("seq")?,
-                report_pk: row.try_get("report_pk")?,
-                updated_at_ms: row.try_get("updated_at_ms")?,
-                first_received_at_ms: row.try_get("first_received_at_ms")?,
-                first_issued_at_ms: row.try_get("first_issued_at_ms")?,
-            })
-        })
+        .await?
+        .iter()
+        .map(value_row)
         .collect()
 }
 
@@ -200,30 +196,88 @@ pub(super) async fn current_tasks(
     pool: &AnyPool,
     plan_id: &str,
 ) -> Result<Vec<TaskRow>, StoreError> {
-    let rows = sqlx::query("SELECT plan_id, task_id, milestone_id, unit_id, period, percent, status, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms FROM current_tasks WHERE plan_id = $1 ORDER BY task_id, milestone_id, period, unit_id")
-        .bind(plan_id.to_owned())
-        .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(TaskRow {
-                plan_id: row.try_get("plan_id")?,
-                task_id: row.try_get("task_id")?,
-                milestone_id: row.try_get("milestone_id")?,
-                unit_id: row.try_get("unit_id")?,
-                period: row.try_get("period")?,
-                percent: row.try_get("percent")?,
-                status: row.try_get("status")?,
-                note: row.try_get("note")?,
-                revision: row.try_get("revision")?,
-                issued_at_ms: row.try_get("issued_at_ms")?,
-                seq: row.try_get("seq")?,
-                report_pk: row.try_get("report_pk")?,
-                updated_at_ms: row.try_get("updated_at_ms")?,
-                first_received_at_ms: row.try_get("first_received_at_ms")?,
-            })
-        })
-        .collect()
+    sqlx::query(concat!(
+        "SELECT ",
+        task_columns!(),
+        " FROM current_tasks WHERE plan_id = $1 ORDER BY task_id, milestone_id, period, unit_id"
+    ))
+    .bind(plan_id.to_owned())
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(task_row)
+    .collect()
+}
+
+/// The current values and task updates last written by a report stored after `report_pk`
+/// (every write of a current row sets its `report_pk` to the report that wrote it).
+pub(super) async fn changed_after(
+    pool: &AnyPool,
+    plan_id: &str,
+    report_pk: i64,
+) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError> {
+    let values = sqlx::query(concat!(
+        "SELECT ",
+        value_columns!(),
+        " FROM current_values WHERE plan_id = $1 AND report_pk > $2"
+    ))
+    .bind(plan_id.to_owned())
+    .bind(report_pk)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(value_row)
+    .collect::<Result<_, _>>()?;
+    let tasks = sqlx::query(concat!(
+        "SELECT ",
+        task_columns!(),
+        " FROM current_tasks WHERE plan_id = $1 AND report_pk > $2"
+    ))
+    .bind(plan_id.to_owned())
+    .bind(report_pk)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(task_row)
+    .collect::<Result<_, _>>()?;
+    Ok((values, tasks))
+}
+
+fn value_row(row: &AnyRow) -> Result<ValueRow, StoreError> {
+    Ok(ValueRow {
+        plan_id: row.try_get("plan_id")?,
+        indicator_id: row.try_get("indicator_id")?,
+        unit_id: row.try_get("unit_id")?,
+        period: row.try_get("period")?,
+        value: row.try_get("value")?,
+        note: row.try_get("note")?,
+        revision: row.try_get("revision")?,
+        issued_at_ms: row.try_get("issued_at_ms")?,
+        seq: row.try_get("seq")?,
+        report_pk: row.try_get("report_pk")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+        first_received_at_ms: row.try_get("first_received_at_ms")?,
+        first_issued_at_ms: row.try_get("first_issued_at_ms")?,
+    })
+}
+
+fn task_row(row: &AnyRow) -> Result<TaskRow, StoreError> {
+    Ok(TaskRow {
+        plan_id: row.try_get("plan_id")?,
+        task_id: row.try_get("task_id")?,
+        milestone_id: row.try_get("milestone_id")?,
+        unit_id: row.try_get("unit_id")?,
+        period: row.try_get("period")?,
+        percent: row.try_get("percent")?,
+        status: row.try_get("status")?,
+        note: row.try_get("note")?,
+        revision: row.try_get("revision")?,
+        issued_at_ms: row.try_get("issued_at_ms")?,
+        seq: row.try_get("seq")?,
+        report_pk: row.try_get("report_pk")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+        first_received_at_ms: row.try_get("first_received_at_ms")?,
+    })
 }
 
 pub(super) async fn audit(pool: &AnyPool, plan_id: &str) -> Result<Vec<AuditRow>, StoreError> {
@@ -322,13 +376,15 @@ pub(super) async fn security_events(pool: &AnyPool) -> Result<Vec<SecurityEvent>
 pub(super) async fn write_marker(pool: &AnyPool) -> Result<WriteMarker, StoreError> {
     let row = sqlx::query(
         "SELECT (SELECT COALESCE(MAX(audit_pk), 0) FROM audit), \
-         (SELECT COALESCE(MAX(pk), 0) FROM statements)",
+         (SELECT COALESCE(MAX(pk), 0) FROM statements), \
+         (SELECT COALESCE(MAX(report_pk), 0) FROM reports)",
     )
     .fetch_one(pool)
     .await?;
     Ok(WriteMarker {
         audit: row.try_get(0)?,
         statements: row.try_get(1)?,
+        reports: row.try_get(2)?,
     })
 }
 

@@ -207,6 +207,10 @@ impl SqlBackend for SqliteStore {
     fn read_pool(&self) -> &AnyPool {
         &self.readers
     }
+    /// SQLite lets one transaction write at a time, and ids are taken inside it.
+    fn ids_follow_commits(&self) -> bool {
+        true
+    }
     async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError> {
         if reports.is_empty() {
             return Ok(Vec::new());

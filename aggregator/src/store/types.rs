@@ -196,4 +196,6 @@ pub struct AdminAction {
 pub struct WriteMarker {
     pub audit: i64,
     pub statements: i64,
+    /// The highest report stored: current rows written after it carry a greater `report_pk`.
+    pub reports: i64,
 }

@@ -40,6 +40,32 @@ pub(super) async fn read_known(
 ) -> Result<Known, StoreError> {
     let mut known = Known::default();
     let units: Vec<String> = reports.iter().map(|r| r.unit_id.clone()).collect();
+    let key_ids: Vec<Vec<u8>> = reports
+        .iter()
+        .map(|r| r.key_id.as_bytes().to_vec())
+        .collect();
+    // The keys first, locked: a replica storing reports of the same keys holds them until it
+    // commits, so that every read below (each statement sees what was committed when it
+    // began) sees all of its reports or none. Read the other way round, the report ids could
+    // miss a report that the seqs then found, and a duplicate would be taken for a replay.
+    let rows = sqlx::query(
+        "SELECT key_id, unit_id, max_seq FROM keys \
+         WHERE unit_id = ANY($1) OR key_id = ANY($2) ORDER BY key_id FOR UPDATE",
+    )
+    .bind(&units)
+    .bind(&key_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        known.keys.insert(
+            key_id(row.try_get(0)?)?,
+            KeyState {
+                unit_id: row.try_get(1)?,
+                max_seq: row.try_get(2)?,
+            },
+        );
+    }
+
     let report_ids: Vec<Vec<u8>> = reports.iter().map(|r| r.report_id.to_vec()).collect();
     let rows = sqlx::query(
         "SELECT r.unit_id, r.report_id, r.payload_sha256 FROM reports r \
@@ -64,10 +90,6 @@ pub(super) async fn read_known(
             .insert((row.try_get(0)?, report_id), hash);
     }
 
-    let key_ids: Vec<Vec<u8>> = reports
-        .iter()
-        .map(|r| r.key_id.as_bytes().to_vec())
-        .collect();
     let seqs: Vec<i64> = reports.iter().map(|r| seq_i64(r.seq)).collect();
     let rows = sqlx::query(
         "SELECT r.key_id, r.seq, r.report_id FROM reports r \
@@ -82,24 +104,6 @@ pub(super) async fn read_known(
         known
             .by_seq
             .insert((key_id(row.try_get(0)?)?, row.try_get(1)?), row.try_get(2)?);
-    }
-
-    let rows = sqlx::query(
-        "SELECT key_id, unit_id, max_seq FROM keys \
-         WHERE unit_id = ANY($1) OR key_id = ANY($2) ORDER BY key_id FOR UPDATE",
-    )
-    .bind(&units)
-    .bind(&key_ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    for row in rows {
-        known.keys.insert(
-            key_id(row.try_get(0)?)?,
-            KeyState {
-                unit_id: row.try_get(1)?,
-                max_seq: row.try_get(2)?,
-            },
-        );
     }
 
     let values: BTreeSet<_> = reports
