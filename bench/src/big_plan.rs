@@ -258,3 +258,49 @@ fn report(unit: usize, month: u64, indicators: usize, now: i64) -> NewReport {
         refused_count: 0,
     }
 }
+
+/// Progress computed in this process on the synthetic plan with every value present (no store,
+/// no HTTP): the engine alone, `runs` times. Returns each run's milliseconds.
+pub fn compute_alone(units: usize, indicators: usize, runs: usize) -> anyhow::Result<Vec<f64>> {
+    let text = crate::baselines::plan_toml(PLAN_ID, units, indicators);
+    let plan = match duban_aggregator::plan::load_str(&text, "big-plan.toml") {
+        Ok(loaded) => loaded.plan,
+        Err(errors) => anyhow::bail!("the synthetic plan: {errors:?}"),
+    };
+    let now = now_ms();
+    let mut values = Vec::with_capacity(units * indicators * 12);
+    for unit in 0..units {
+        for month in 1..=12u64 {
+            for i in 0..indicators {
+                values.push(duban_aggregator::progress::ValueRow {
+                    plan_id: PLAN_ID.into(),
+                    indicator_id: indicator_id(i),
+                    unit_id: unit_id(unit),
+                    period: format!("2025-{month:02}"),
+                    value: (unit % 100 + i + month as usize) as f64,
+                    note: String::new(),
+                    revision: 0,
+                    issued_at_ms: now - 1000,
+                    seq: month as i64,
+                    report_pk: (unit * 12 + month as usize) as i64,
+                    updated_at_ms: now,
+                    first_received_at_ms: now,
+                    first_issued_at_ms: now - 1000,
+                });
+            }
+        }
+    }
+    let snapshot = duban_aggregator::progress::Snapshot {
+        values,
+        ..Default::default()
+    };
+    Ok((0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            let progress = duban_aggregator::progress::compute(&plan, &snapshot, now);
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            drop(progress);
+            ms
+        })
+        .collect())
+}

@@ -46,6 +46,19 @@ enum Cmd {
     /// Many agents' connections held open at once (started by `run` as its own process).
     #[command(hide = true)]
     Connections(connections::ConnectArgs),
+    /// The progress engine alone on the synthetic plan, every value present, in this process
+    /// (no store, no HTTP): prints each run's time. For profiling the computation.
+    Progress(ProgressArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProgressArgs {
+    /// Units of the synthetic plan (× 50 indicators × 12 months).
+    #[arg(long, value_name = "N", default_value_t = 3000)]
+    plan_units: usize,
+    /// Computations, one after another.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    runs: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,6 +127,19 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run(args) => runtime.block_on(run(args)),
         Cmd::Bare(args) => runtime.block_on(bare::serve(args)),
         Cmd::Connections(args) => runtime.block_on(connections::run(args)),
+        Cmd::Progress(args) => {
+            for (run, ms) in big_plan::compute_alone(args.plan_units, INDICATORS, args.runs)?
+                .iter()
+                .enumerate()
+            {
+                println!(
+                    "run {}: progress of {} units × {INDICATORS} indicators × 12 months computed in {ms:.0} ms",
+                    run + 1,
+                    args.plan_units
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -289,6 +315,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "[9/{STEPS}] a synthetic plan: {plan_units} units × {INDICATORS} indicators × 12 months"
     );
     let plan = big_plan::measure(&aggregator, &setup, dir.path(), plan_units, INDICATORS).await?;
+    // The engine alone, in this process: the median of three computations.
+    let mut alone = big_plan::compute_alone(plan_units, INDICATORS, 3)?;
+    alone.sort_by(f64::total_cmp);
+    let engine_ms = alone[1];
 
     eprintln!("[{STEPS}/{STEPS}] done");
     println!();
@@ -357,12 +387,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         agent_figures.idle_rss_mb, agent_figures.idle_anon_mb, agent_figures.idle_file_mb
     );
     println!(
-        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s) | progress computed in {:.0} ms; first /metrics {:.0} ms, again {:.0} ms; /api/v1/progress {:.0} ms, without the obligations {:.0} ms; /metrics after one unit's correction {:.0} ms; {} series ({} of plan state, budget {}) |",
+        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s) | progress computed in {:.0} ms (the engine alone, in process: {:.0} ms); first /metrics {:.0} ms, again {:.0} ms; /api/v1/progress {:.0} ms, without the obligations {:.0} ms; /metrics after one unit's correction {:.0} ms; {} series ({} of plan state, budget {}) |",
         plan.units,
         plan.indicators,
         plan.values,
         plan.fill_seconds,
         plan.progress_ms,
+        engine_ms,
         plan.metrics_cold_ms,
         plan.metrics_warm_ms,
         plan.progress_api_ms,

@@ -1,6 +1,9 @@
 //! Indicators: the city value aggregated from the reporters' values (complete periods only),
 //! the path from baseline to target, and the status judged against it.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use super::*;
 
 /// The stored values, to look up by (indicator, unit, period) and to walk one indicator's:
@@ -11,12 +14,18 @@ pub struct Values<'a> {
     /// Each indicator's rows with their periods parsed (rows whose period does not parse are
     /// left out: they belong to no period of the plan).
     by_indicator: FastMap<&'a str, Vec<(Period, &'a ValueRow)>>,
+    /// Each indicator's city values once computed: the value, the series, the baseline and
+    /// the data date all start from them.
+    city: RefCell<FastMap<String, Rc<CityValues>>>,
 }
+
+/// An indicator's city value per period, and whether the period is complete.
+pub(super) type CityValues = BTreeMap<Period, (f64, bool)>;
 
 /// A map keyed by names borrowed from the snapshot: hashed with foldhash, several times
 /// faster than the standard SipHash on short strings, and nothing here is keyed by an
 /// outsider's choosing that the map must resist (the names are the plan's).
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl<'a> Values<'a> {
     /// Indexes `rows`; of two rows with one key, the later wins.
@@ -33,8 +42,13 @@ impl<'a> Values<'a> {
             );
         }
         let mut by_indicator: FastMap<&str, Vec<(Period, &ValueRow)>> = FastMap::default();
+        // A plan has few distinct periods: each is parsed once.
+        let mut parsed: FastMap<&str, Option<Period>> = FastMap::default();
         for (&(indicator, _, period), &row) in &by_key {
-            if let Ok(period) = period.parse::<Period>() {
+            let period = *parsed
+                .entry(period)
+                .or_insert_with(|| period.parse::<Period>().ok());
+            if let Some(period) = period {
                 by_indicator
                     .entry(indicator)
                     .or_default()
@@ -44,6 +58,7 @@ impl<'a> Values<'a> {
         Values {
             by_key,
             by_indicator,
+            city: RefCell::default(),
         }
     }
 
@@ -58,12 +73,16 @@ impl<'a> Values<'a> {
 
 /// City value per period of one indicator: the authoritative figure, else the reporters' sum;
 /// and whether the period is complete (the authoritative figure, or every reporter, is in).
+/// Computed once per indicator and computation.
 pub(super) fn city_values_with_completeness(
     indicator: &Indicator,
     values: &Values,
-) -> BTreeMap<Period, (f64, bool)> {
+) -> Rc<CityValues> {
+    if let Some(held) = values.city.borrow().get(indicator.id.as_str()) {
+        return held.clone();
+    }
     let mut per_period: BTreeMap<Period, (Option<f64>, f64, usize)> = BTreeMap::new();
-    let reporters: std::collections::HashSet<&str> = indicator
+    let reporters: std::collections::HashSet<&str, foldhash::fast::RandomState> = indicator
         .reporter_units
         .iter()
         .map(String::as_str)
@@ -83,14 +102,21 @@ pub(super) fn city_values_with_completeness(
         .iter()
         .filter(|u| indicator.authoritative.as_deref() != Some(u.as_str()))
         .count();
-    per_period
-        .into_iter()
-        .filter_map(|(p, (auth, sum, n))| match auth {
-            Some(v) => Some((p, (v, true))),
-            None if n > 0 => Some((p, (sum, n >= others))),
-            None => None,
-        })
-        .collect()
+    let city: Rc<CityValues> = Rc::new(
+        per_period
+            .into_iter()
+            .filter_map(|(p, (auth, sum, n))| match auth {
+                Some(v) => Some((p, (v, true))),
+                None if n > 0 => Some((p, (sum, n >= others))),
+                None => None,
+            })
+            .collect(),
+    );
+    values
+        .city
+        .borrow_mut()
+        .insert(indicator.id.clone(), city.clone());
+    city
 }
 
 /// The periods a value is computed from: the complete ones, or, until one is complete, all.
@@ -106,8 +132,8 @@ pub(super) fn settled(all: &BTreeMap<Period, (f64, bool)>) -> BTreeMap<Period, f
 /// City value per period of one indicator: the authoritative figure, else the reporters' sum.
 pub(super) fn city_values(indicator: &Indicator, values: &Values) -> BTreeMap<Period, f64> {
     city_values_with_completeness(indicator, values)
-        .into_iter()
-        .map(|(p, (v, _))| (p, v))
+        .iter()
+        .map(|(p, (v, _))| (*p, *v))
         .collect()
 }
 

@@ -284,7 +284,7 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
             .map(|d| end_of_day_ms(d, &plan.tz))
     };
     let values = Values::new(&snapshot.values);
-    let mut last_report: HashMap<&str, i64> = HashMap::new();
+    let mut last_report: FastMap<&str, i64> = FastMap::default();
     let updates = (snapshot
         .values
         .iter()
@@ -303,8 +303,8 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
 
     let mut obligations = Vec::new();
     // Counted under borrowed names (one lookup, no allocation, per obligation), then sorted.
-    let mut by_unit: HashMap<&str, Rates> = HashMap::new();
-    let mut by_lead_unit: HashMap<&str, Rates> = HashMap::new();
+    let mut by_unit: FastMap<&str, Rates> = FastMap::default();
+    let mut by_lead_unit: FastMap<&str, Rates> = FastMap::default();
     let mut indicators = Vec::new();
     for indicator in &plan.indicators {
         let mut rates = Rates::default();
@@ -420,7 +420,7 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
 }
 
 /// `map` under owned names, in their order.
-fn owned<T>(map: HashMap<&str, T>) -> BTreeMap<String, T> {
+fn owned<T>(map: FastMap<&str, T>) -> BTreeMap<String, T> {
     map.into_iter()
         .map(|(name, v)| (name.to_owned(), v))
         .collect()
