@@ -8,7 +8,7 @@ use crate::clock::Clock;
 use crate::keys::KeyRegistry;
 use crate::metrics::Metrics;
 use crate::plan::Plan;
-use crate::progress::{Progress, Snapshot};
+use crate::progress::{Changes, Computation, Progress, Snapshot};
 use crate::store::{AnyStore, Store, StoreError, WriteMarker};
 
 #[derive(Clone)]
@@ -84,7 +84,7 @@ impl ViewCache {
                 && view.marker.statements <= marker.statements
                 && (store.ids_follow_commits() || view.read.elapsed() < SNAPSHOT_MAX_AGE)
         });
-        let (snapshot, read, how) = match base {
+        let (snapshot, read, how, progress, computation) = match base {
             // Every statement, not only those received by `now_ms`: the snapshot may be
             // reused at a later now, and a statement committed while this caller waited for
             // the cache would otherwise be left out of every view until the next write.
@@ -92,47 +92,71 @@ impl ViewCache {
                 let snapshot =
                     crate::store::snapshot_with_statements_until(store, plan, now_ms, i64::MAX)
                         .await?;
-                (Arc::new(snapshot), started, "whole")
+                let progress = crate::progress::compute(plan, &snapshot, now_ms);
+                (
+                    Arc::new(snapshot),
+                    started,
+                    "whole",
+                    progress,
+                    Computation::Whole,
+                )
             }
             Some(view) => {
                 let (since, read) = (view.marker, view.read);
                 // An open outage grows with the clock: read at every computation.
                 let outages = store.outages(now_ms).await?;
-                if since == marker && outages == view.snapshot.outages {
-                    (view.snapshot.clone(), read, "reused")
+                let unchanged = since == marker && outages == view.snapshot.outages;
+                let changed = if marker.reports != since.reports {
+                    Some(store.changed_after(&plan.id, since.reports).await?)
                 } else {
-                    let changed = if marker.reports != since.reports {
-                        Some(store.changed_after(&plan.id, since.reports).await?)
-                    } else {
-                        None
-                    };
-                    let statements = if marker.statements != since.statements {
-                        Some(store.statements(&plan.id, i64::MAX).await?)
-                    } else {
-                        None
-                    };
-                    // Taken, not copied, unless a caller still holds the last view.
-                    let last = last.take().expect("the base is the last view");
-                    let mut snapshot = match Arc::try_unwrap(last) {
-                        Ok(view) => Arc::unwrap_or_clone(view.snapshot),
-                        Err(shared) => Snapshot::clone(&shared.snapshot),
-                    };
+                    None
+                };
+                let statements = if marker.statements != since.statements {
+                    Some(store.statements(&plan.id, i64::MAX).await?)
+                } else {
+                    None
+                };
+                // Taken, not copied, unless a caller still holds the last view: then its
+                // progress cannot be updated in place and is computed whole.
+                let last = last.take().expect("the base is the last view");
+                let (snapshot, previous) = match Arc::try_unwrap(last) {
+                    Ok(view) => (view.snapshot, Some(view.progress)),
+                    Err(shared) => (shared.snapshot.clone(), None),
+                };
+                let (snapshot, changes, how) = if unchanged {
+                    (snapshot, Changes::default(), "reused")
+                } else {
+                    let mut snapshot = Arc::unwrap_or_clone(snapshot);
                     snapshot.outages = outages;
-                    if let Some((values, tasks)) = changed {
-                        snapshot.apply_changes(values, tasks);
-                    }
+                    let changes = match changed {
+                        Some((values, tasks)) => snapshot.apply_changes(values, tasks),
+                        None => Changes::default(),
+                    };
                     if let Some(statements) = statements {
                         snapshot.statements = statements;
                     }
-                    (Arc::new(snapshot), read, "changes")
-                }
+                    (Arc::new(snapshot), changes, "changes")
+                };
+                let (progress, computation) = match previous {
+                    Some(previous) => {
+                        crate::progress::update(plan, &snapshot, previous, &changes, now_ms)
+                    }
+                    None => (
+                        crate::progress::compute(plan, &snapshot, now_ms),
+                        Computation::Whole,
+                    ),
+                };
+                (snapshot, read, how, progress, computation)
             }
         };
-        let progress = crate::progress::compute(plan, &snapshot, now_ms);
         metrics
             .progress_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.progress_reads.with_label_values(&[how]).inc();
+        metrics
+            .progress_computations
+            .with_label_values(&[computation.name()])
+            .inc();
         let view = Arc::new(View {
             marker,
             at_ms: now_ms,

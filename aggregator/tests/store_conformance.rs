@@ -829,8 +829,18 @@ async fn a_view_updated_with_the_changes_equals_one_read_whole(store: &AnyStore)
             snapshot.outages.clone(),
         )
     };
-    // Round one with the first view still held (the rows are copied), round two with none
-    // held (they are taken): a correction and a new key, then a statement and a correction.
+    let computations = |metrics: &Metrics| {
+        ["whole", "updated"].map(|how| {
+            metrics
+                .progress_computations
+                .with_label_values(&[how])
+                .get()
+        })
+    };
+    // Round one with the first view still held (the rows are copied, the progress computed
+    // whole), round two with none held (they are taken): a correction and a new key, then a
+    // statement (whole again: a statement may move deadlines) and a correction, then a
+    // correction alone (the last progress updated with it).
     let mut new_period = report(3, 3, 0, 3_000, 7.0);
     new_period.period = "2018Q2".into();
     let rounds = [
@@ -839,7 +849,9 @@ async fn a_view_updated_with_the_changes_equals_one_read_whole(store: &AnyStore)
             vec![report(4, 4, 2, 4_000, 42.0)],
             Some(statement(5, 5, 5_000, "acknowledge", "")),
         ),
+        (vec![report(6, 6, 3, 6_000, 43.0)], None),
     ];
+    let expected_computations = [[2, 0], [3, 0], [3, 1]];
     let mut held = Some(first);
     for (round, (reports, said)) in rounds.into_iter().enumerate() {
         let at = now + 1 + round as i64;
@@ -850,6 +862,11 @@ async fn a_view_updated_with_the_changes_equals_one_read_whole(store: &AnyStore)
         let updated = views.view(store, &plan, &metrics, at, 0).await.unwrap();
         held.take();
         assert_eq!(reads(&metrics), [1, round as u64 + 1], "round {round}");
+        assert_eq!(
+            computations(&metrics),
+            expected_computations[round],
+            "round {round}"
+        );
         let whole = snapshot(store, &plan, at).await.unwrap();
         assert_eq!(sorted(&updated.snapshot), sorted(&whole), "round {round}");
         assert_eq!(
@@ -869,7 +886,7 @@ async fn a_view_updated_with_the_changes_equals_one_read_whole(store: &AnyStore)
             .iter()
             .map(|v| (v.period.as_str(), v.value))
             .collect::<Vec<_>>(),
-        [("2018Q1", 42.0), ("2018Q2", 7.0)]
+        [("2018Q1", 43.0), ("2018Q2", 7.0)]
     );
 }
 

@@ -40,6 +40,9 @@ pub struct PlanFigures {
     /// `GET /metrics` after one unit corrected one month (progress computed from the last
     /// rows updated with that report's, not read whole).
     pub metrics_after_write_ms: f64,
+    /// How that scrape's progress was made: `updated` from the last, or `whole` (when the
+    /// alert evaluation held the last view at that moment).
+    pub after_write: &'static str,
     /// `duban_progress_duration_seconds`: reading the store and computing progress, each time.
     pub progress_ms: f64,
     /// Series in one scrape, all of them; and those of the plan state alone.
@@ -107,6 +110,13 @@ pub async fn measure(
             .collect();
         anyhow::bail!("the scrape after a write did not take in the changes alone: {reads:?}");
     }
+    let after_write = if metric(&body, "duban_progress_computations_total{how=\"updated\"}")
+        .is_some_and(|n| n >= 1.0)
+    {
+        "updated"
+    } else {
+        "whole"
+    };
     let sum = metric(&body, "duban_progress_duration_seconds_sum").unwrap_or(0.0);
     let count = metric(&body, "duban_progress_duration_seconds_count").unwrap_or(0.0);
     let series: Vec<&str> = body
@@ -142,6 +152,7 @@ pub async fn measure(
         progress_api_ms,
         summary_api_ms,
         metrics_after_write_ms,
+        after_write,
         progress_ms: if count > 0.0 {
             sum * 1000.0 / count
         } else {
@@ -259,48 +270,80 @@ fn report(unit: usize, month: u64, indicators: usize, now: i64) -> NewReport {
     }
 }
 
-/// Progress computed in this process on the synthetic plan with every value present (no store,
-/// no HTTP): the engine alone, `runs` times. Returns each run's milliseconds.
-pub fn compute_alone(units: usize, indicators: usize, runs: usize) -> anyhow::Result<Vec<f64>> {
+/// The engine alone on the synthetic plan, in this process (no store, no HTTP): in ms.
+pub struct Alone {
+    /// Progress computed whole with every value present, each run.
+    pub whole: Vec<f64>,
+    /// Then one unit's correction of one month taken in and the progress updated
+    /// (`Snapshot::apply_changes` and `progress::update`), each run.
+    pub updated: Vec<f64>,
+}
+
+/// Times the engine alone on the synthetic plan with every value present, `runs` times.
+pub fn compute_alone(units: usize, indicators: usize, runs: usize) -> anyhow::Result<Alone> {
+    use duban_aggregator::progress::{self, Computation, ValueRow};
     let text = crate::baselines::plan_toml(PLAN_ID, units, indicators);
     let plan = match duban_aggregator::plan::load_str(&text, "big-plan.toml") {
         Ok(loaded) => loaded.plan,
         Err(errors) => anyhow::bail!("the synthetic plan: {errors:?}"),
     };
     let now = now_ms();
+    let row = |unit: usize, month: u64, i: usize, value: f64, at: i64| ValueRow {
+        plan_id: PLAN_ID.into(),
+        indicator_id: indicator_id(i),
+        unit_id: unit_id(unit),
+        period: format!("2025-{month:02}"),
+        value,
+        note: String::new(),
+        revision: 0,
+        issued_at_ms: at - 1000,
+        seq: month as i64,
+        report_pk: (unit * 12 + month as usize) as i64,
+        updated_at_ms: at,
+        first_received_at_ms: now,
+        first_issued_at_ms: now - 1000,
+    };
     let mut values = Vec::with_capacity(units * indicators * 12);
     for unit in 0..units {
         for month in 1..=12u64 {
             for i in 0..indicators {
-                values.push(duban_aggregator::progress::ValueRow {
-                    plan_id: PLAN_ID.into(),
-                    indicator_id: indicator_id(i),
-                    unit_id: unit_id(unit),
-                    period: format!("2025-{month:02}"),
-                    value: (unit % 100 + i + month as usize) as f64,
-                    note: String::new(),
-                    revision: 0,
-                    issued_at_ms: now - 1000,
-                    seq: month as i64,
-                    report_pk: (unit * 12 + month as usize) as i64,
-                    updated_at_ms: now,
-                    first_received_at_ms: now,
-                    first_issued_at_ms: now - 1000,
-                });
+                values.push(row(
+                    unit,
+                    month,
+                    i,
+                    (unit % 100 + i + month as usize) as f64,
+                    now,
+                ));
             }
         }
     }
-    let snapshot = duban_aggregator::progress::Snapshot {
+    // In the store's order, as a snapshot read from it is.
+    values.sort_by(|a, b| {
+        (&a.indicator_id, &a.period, &a.unit_id).cmp(&(&b.indicator_id, &b.period, &b.unit_id))
+    });
+    let mut snapshot = progress::Snapshot {
         values,
         ..Default::default()
     };
-    Ok((0..runs)
-        .map(|_| {
-            let started = Instant::now();
-            let progress = duban_aggregator::progress::compute(&plan, &snapshot, now);
-            let ms = started.elapsed().as_secs_f64() * 1000.0;
-            drop(progress);
-            ms
-        })
-        .collect())
+    let mut alone = Alone {
+        whole: Vec::new(),
+        updated: Vec::new(),
+    };
+    for run in 0..runs {
+        let started = Instant::now();
+        let computed = progress::compute(&plan, &snapshot, now);
+        alone.whole.push(started.elapsed().as_secs_f64() * 1000.0);
+        let correction = (0..indicators)
+            .map(|i| row(run % units, 1, i, 1000.0 + run as f64, now + 1 + run as i64))
+            .collect();
+        let started = Instant::now();
+        let changes = snapshot.apply_changes(correction, Vec::new());
+        let (updated, how) = progress::update(&plan, &snapshot, computed, &changes, now + 1);
+        alone.updated.push(started.elapsed().as_secs_f64() * 1000.0);
+        if how != Computation::Updated {
+            anyhow::bail!("one unit's correction: progress was computed whole, not updated");
+        }
+        drop(updated);
+    }
+    Ok(alone)
 }

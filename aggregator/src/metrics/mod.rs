@@ -37,6 +37,8 @@ pub struct Metrics {
     pub progress_seconds: Histogram,
     /// How each progress computation got its stored rows, by `read`: [`PROGRESS_READS`].
     pub progress_reads: IntCounterVec,
+    /// How each progress computation was made, by `how`: [`PROGRESS_COMPUTATIONS`].
+    pub progress_computations: IntCounterVec,
     pub alert_notifications: IntCounterVec,
     pub alerts_muted: IntGauge,
     pub alerts_before_go_live: IntGauge,
@@ -64,6 +66,11 @@ pub const TLS_LISTENERS: [&str; 3] = ["grpc", "http", "http_token"];
 /// `duban_progress_reads_total`: read whole, updated with the rows written since the last
 /// computation, or the last rows as they were (only the clock moved).
 pub const PROGRESS_READS: [&str; 3] = ["whole", "changes", "reused"];
+
+/// How a progress computation was made, as the `how` label of
+/// `duban_progress_computations_total`: the last progress updated with what changed (linear in
+/// it), or computed whole (linear in the plan's obligations).
+pub const PROGRESS_COMPUTATIONS: [&str; 2] = ["updated", "whole"];
 
 /// Why a TLS handshake failed, as the `reason` label of `duban_tls_handshake_failures_total`.
 pub const TLS_FAILURE_REASONS: [&str; 10] = [
@@ -244,6 +251,12 @@ impl Metrics {
                 "Progress computations by how they got the stored rows: whole (the first, and on PostgreSQL once a minute), changes (the last rows updated with those written since), reused (nothing written, only the clock moved).",
                 &["read"],
             ),
+            progress_computations: counter_vec(
+                &registry,
+                "duban_progress_computations_total",
+                "Progress computations by how they were made: updated (the last progress with the values written since taken in, and judged at the new time) or whole (the first, after a new statement or outage, once an obligation not received falls due, and on PostgreSQL once a minute).",
+                &["how"],
+            ),
             alert_notifications: counter_vec(
                 &registry,
                 "duban_alert_notifications_total",
@@ -317,6 +330,9 @@ impl Metrics {
         }
         for read in PROGRESS_READS {
             m.progress_reads.with_label_values(&[read]);
+        }
+        for how in PROGRESS_COMPUTATIONS {
+            m.progress_computations.with_label_values(&[how]);
         }
         for result in ["ok", "problem"] {
             m.hellos.with_label_values(&[result]);

@@ -2,21 +2,84 @@
 //! the path from baseline to target, and the status judged against it.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::*;
 
-/// The stored values, to look up by (indicator, unit, period) and to walk one indicator's:
+/// The stored values, to look up by (indicator, unit, period) and to aggregate per indicator:
 /// each aggregation reads only its indicator's rows, so computing a plan is linear in its
 /// values, not in indicators × values.
 pub struct Values<'a> {
     by_key: FastMap<(&'a str, &'a str, &'a str), &'a ValueRow>,
-    /// Each indicator's rows with their periods parsed (rows whose period does not parse are
-    /// left out: they belong to no period of the plan).
+    /// Each indicator's rows with their periods parsed, in (period, unit) order (rows whose
+    /// period does not parse are left out: they belong to no period of the plan).
     by_indicator: FastMap<&'a str, Vec<(Period, &'a ValueRow)>>,
-    /// Each indicator's city values once computed: the value, the series, the baseline and
-    /// the data date all start from them.
-    city: RefCell<FastMap<String, Rc<CityValues>>>,
+    /// Each indicator's per-period sums once computed: the value, the series, the baseline,
+    /// the data date and the source gap all start from them. Kept from one computation to the
+    /// next by [`super::update`], which recomputes only the periods that changed.
+    aggregates: RefCell<FastMap<String, Arc<PeriodSums>>>,
+    /// Whether every period is written as its canonical text (`2018Q1`, not another spelling
+    /// of that quarter): a period's rows are then the rows of one text, which is how
+    /// [`super::update`] finds them.
+    pub(super) canonical_periods: bool,
+}
+
+/// One indicator's values summed per period.
+pub(super) type PeriodSums = BTreeMap<Period, PeriodSum>;
+
+/// The values of one indicator and period, summed in unit order.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct PeriodSum {
+    /// The authoritative reporter's figure.
+    authoritative: Option<f64>,
+    /// The other reporters' sum, and how many of them reported.
+    reporters: f64,
+    reported: usize,
+    /// Every unit's but the authoritative's (reporters or not), for the source gap.
+    others: Option<f64>,
+}
+
+impl PeriodSum {
+    /// Sums `rows` (one period's, in unit order); `reporters` is [`reporter_set`]'s.
+    pub(super) fn of<'r>(
+        indicator: &Indicator,
+        reporters: &FastSet<&str>,
+        rows: impl Iterator<Item = &'r ValueRow>,
+    ) -> Self {
+        let mut sum = PeriodSum::default();
+        for row in rows {
+            let unit = row.unit_id.as_str();
+            if indicator.authoritative.as_deref() == Some(unit) {
+                sum.authoritative = Some(row.value);
+                continue;
+            }
+            sum.others = Some(sum.others.unwrap_or(0.0) + row.value);
+            if reporters.contains(unit) {
+                sum.reporters += row.value;
+                sum.reported += 1;
+            }
+        }
+        sum
+    }
+
+    fn add(&mut self, other: PeriodSum) {
+        self.authoritative = other.authoritative.or(self.authoritative);
+        self.reporters += other.reporters;
+        self.reported += other.reported;
+        self.others = match (self.others, other.others) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// The indicator's reporting units, to look up.
+pub(super) fn reporter_set(indicator: &Indicator) -> FastSet<&str> {
+    indicator
+        .reporter_units
+        .iter()
+        .map(String::as_str)
+        .collect()
 }
 
 /// An indicator's city value per period, and whether the period is complete.
@@ -26,28 +89,41 @@ pub(super) type CityValues = BTreeMap<Period, (f64, bool)>;
 /// faster than the standard SipHash on short strings, and nothing here is keyed by an
 /// outsider's choosing that the map must resist (the names are the plan's).
 pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(super) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 impl<'a> Values<'a> {
     /// Indexes `rows`; of two rows with one key, the later wins.
     pub fn new(rows: &'a [ValueRow]) -> Self {
-        let mut by_key = FastMap::with_capacity_and_hasher(rows.len(), Default::default());
-        for v in rows {
-            by_key.insert(
-                (
-                    v.indicator_id.as_str(),
-                    v.unit_id.as_str(),
-                    v.period.as_str(),
-                ),
-                v,
-            );
+        let key = |v: &'a ValueRow| {
+            (
+                v.indicator_id.as_str(),
+                v.period.as_str(),
+                v.unit_id.as_str(),
+            )
+        };
+        // In (indicator, period, unit) order, as the store and `Snapshot::apply_changes` give
+        // them, so that every computation sums a period's values in one order.
+        let mut sorted: Vec<&ValueRow> = rows.iter().collect();
+        if !sorted.is_sorted_by(|a, b| key(a) <= key(b)) {
+            sorted.sort_by(|a, b| key(a).cmp(&key(b)));
         }
+        let mut by_key = FastMap::with_capacity_and_hasher(rows.len(), Default::default());
         let mut by_indicator: FastMap<&str, Vec<(Period, &ValueRow)>> = FastMap::default();
         // A plan has few distinct periods: each is parsed once.
         let mut parsed: FastMap<&str, Option<Period>> = FastMap::default();
-        for (&(indicator, _, period), &row) in &by_key {
-            let period = *parsed
-                .entry(period)
-                .or_insert_with(|| period.parse::<Period>().ok());
+        let mut canonical_periods = true;
+        for (i, &row) in sorted.iter().enumerate() {
+            // Of two rows with one key, the later (stable sort: the later given) wins.
+            if sorted.get(i + 1).is_some_and(|&next| key(next) == key(row)) {
+                continue;
+            }
+            let (indicator, period, unit) = key(row);
+            by_key.insert((indicator, unit, period), row);
+            let period = *parsed.entry(period).or_insert_with(|| {
+                let parsed = period.parse::<Period>().ok();
+                canonical_periods &= parsed.is_none_or(|p| p.to_string() == period);
+                parsed
+            });
             if let Some(period) = period {
                 by_indicator
                     .entry(indicator)
@@ -58,7 +134,18 @@ impl<'a> Values<'a> {
         Values {
             by_key,
             by_indicator,
-            city: RefCell::default(),
+            aggregates: RefCell::default(),
+            canonical_periods,
+        }
+    }
+
+    /// No rows, only each indicator's sums as kept from an earlier computation.
+    pub(super) fn summed(sums: FastMap<String, Arc<PeriodSums>>) -> Values<'static> {
+        Values {
+            by_key: FastMap::default(),
+            by_indicator: FastMap::default(),
+            aggregates: RefCell::new(sums),
+            canonical_periods: true,
         }
     }
 
@@ -66,57 +153,54 @@ impl<'a> Values<'a> {
         self.by_key.get(&(indicator, unit, period)).copied()
     }
 
-    fn of(&self, indicator: &str) -> &[(Period, &'a ValueRow)] {
-        self.by_indicator.get(indicator).map_or(&[], Vec::as_slice)
+    /// The sums of `indicator`'s values per period, computed once per computation.
+    pub(super) fn sums(&self, indicator: &Indicator) -> Arc<PeriodSums> {
+        if let Some(held) = self.aggregates.borrow().get(indicator.id.as_str()) {
+            return held.clone();
+        }
+        let rows = self.by_indicator.get(indicator.id.as_str());
+        let reporters = reporter_set(indicator);
+        let mut sums = PeriodSums::new();
+        for group in rows
+            .map_or(&[][..], Vec::as_slice)
+            .chunk_by(|a, b| a.0 == b.0)
+        {
+            let sum = PeriodSum::of(indicator, &reporters, group.iter().map(|(_, row)| *row));
+            // Two spellings of one period are two groups (see `canonical_periods`).
+            sums.entry(group[0].0)
+                .and_modify(|held| held.add(sum))
+                .or_insert(sum);
+        }
+        let sums = Arc::new(sums);
+        self.aggregates
+            .borrow_mut()
+            .insert(indicator.id.clone(), sums.clone());
+        sums
+    }
+
+    /// Every indicator's sums computed so far.
+    pub(super) fn into_sums(self) -> FastMap<String, Arc<PeriodSums>> {
+        self.aggregates.into_inner()
     }
 }
 
 /// City value per period of one indicator: the authoritative figure, else the reporters' sum;
 /// and whether the period is complete (the authoritative figure, or every reporter, is in).
-/// Computed once per indicator and computation.
-pub(super) fn city_values_with_completeness(
-    indicator: &Indicator,
-    values: &Values,
-) -> Rc<CityValues> {
-    if let Some(held) = values.city.borrow().get(indicator.id.as_str()) {
-        return held.clone();
-    }
-    let mut per_period: BTreeMap<Period, (Option<f64>, f64, usize)> = BTreeMap::new();
-    let reporters: std::collections::HashSet<&str, foldhash::fast::RandomState> = indicator
-        .reporter_units
-        .iter()
-        .map(String::as_str)
-        .collect();
-    for &(period, row) in values.of(&indicator.id) {
-        let unit = row.unit_id.as_str();
-        let entry = per_period.entry(period).or_insert((None, 0.0, 0));
-        if indicator.authoritative.as_deref() == Some(unit) {
-            entry.0 = Some(row.value);
-        } else if reporters.contains(unit) {
-            entry.1 += row.value;
-            entry.2 += 1;
-        }
-    }
+pub(super) fn city_values_with_completeness(indicator: &Indicator, values: &Values) -> CityValues {
     let others = indicator
         .reporter_units
         .iter()
         .filter(|u| indicator.authoritative.as_deref() != Some(u.as_str()))
         .count();
-    let city: Rc<CityValues> = Rc::new(
-        per_period
-            .into_iter()
-            .filter_map(|(p, (auth, sum, n))| match auth {
-                Some(v) => Some((p, (v, true))),
-                None if n > 0 => Some((p, (sum, n >= others))),
-                None => None,
-            })
-            .collect(),
-    );
     values
-        .city
-        .borrow_mut()
-        .insert(indicator.id.clone(), city.clone());
-    city
+        .sums(indicator)
+        .iter()
+        .filter_map(|(p, sum)| match sum.authoritative {
+            Some(v) => Some((*p, (v, true))),
+            None if sum.reported > 0 => Some((*p, (sum.reporters, sum.reported >= others))),
+            None => None,
+        })
+        .collect()
 }
 
 /// The periods a value is computed from: the complete ones, or, until one is complete, all.
@@ -356,20 +440,13 @@ pub(super) fn indicator_progress(
             }
         }
     };
-    let source_gap = indicator.authoritative.as_ref().and_then(|auth| {
-        let mut by_period: BTreeMap<Period, (Option<f64>, Option<f64>)> = BTreeMap::new();
-        for &(period, row) in values.of(&indicator.id) {
-            let entry = by_period.entry(period).or_default();
-            if row.unit_id == *auth {
-                entry.0 = Some(row.value);
-            } else {
-                entry.1 = Some(entry.1.unwrap_or(0.0) + row.value);
-            }
-        }
-        by_period
+    // Authoritative total minus the others' sum, for the latest period where both exist.
+    let source_gap = indicator.authoritative.as_ref().and_then(|_| {
+        values
+            .sums(indicator)
             .values()
             .rev()
-            .find_map(|(a, s)| Some((*a)? - (*s)?))
+            .find_map(|sum| Some(sum.authoritative? - sum.others?))
     });
     let note = match (target, value) {
         (Some(t), Some(v)) if t.above_range(v, indicator.tolerance) => Some(format!(

@@ -42,10 +42,13 @@ pub use input::{Outage, StatementRow, TaskRow, ValueRow};
 mod indicators;
 mod milestones;
 mod obligations;
+mod update;
 
 pub use indicators::*;
 pub use milestones::*;
 pub use obligations::*;
+use update::Kept;
+pub use update::{Changes, Computation, update};
 
 /// The stored state the engine reads.
 #[derive(Debug, Default, Clone)]
@@ -61,8 +64,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// Takes in the current rows that changed since the snapshot was read (see
     /// `Store::changed_after`): a row replaces the one of its key, or joins the rest. Costs
-    /// a binary search per changed row, and one pass over the rows when keys are new.
-    pub fn apply_changes(&mut self, values: Vec<ValueRow>, tasks: Vec<TaskRow>) {
+    /// a binary search per changed row, and one pass over the rows when keys are new. Returns
+    /// what changed, for [`update`].
+    pub fn apply_changes(&mut self, values: Vec<ValueRow>, tasks: Vec<TaskRow>) -> Changes {
+        let changes = Changes::of(&values, &tasks);
         input::upsert_sorted(&mut self.values, values, |a, b| {
             (&a.indicator_id, &a.period, &a.unit_id).cmp(&(&b.indicator_id, &b.period, &b.unit_id))
         });
@@ -74,6 +79,7 @@ impl Snapshot {
                 &b.unit_id,
             ))
         });
+        changes
     }
 }
 
@@ -93,16 +99,25 @@ impl Rates {
         (self.expected > 0).then(|| f64::from(self.on_time) / f64::from(self.expected))
     }
     fn add(&mut self, obligation: &Obligation) {
-        if obligation.status == ObligationStatus::NotDue {
+        self.count(obligation.status, 1);
+    }
+
+    /// Takes back what [`Rates::add`] counted for an obligation of `status`.
+    fn remove(&mut self, status: ObligationStatus) {
+        self.count(status, u32::wrapping_neg(1));
+    }
+
+    fn count(&mut self, status: ObligationStatus, one: u32) {
+        if status == ObligationStatus::NotDue {
             return;
         }
-        self.expected += 1;
-        match obligation.status {
+        self.expected = self.expected.wrapping_add(one);
+        match status {
             ObligationStatus::OnTime => {
-                self.received += 1;
-                self.on_time += 1;
+                self.received = self.received.wrapping_add(one);
+                self.on_time = self.on_time.wrapping_add(one);
             }
-            ObligationStatus::Late => self.received += 1,
+            ObligationStatus::Late => self.received = self.received.wrapping_add(one),
             _ => {}
         }
     }
@@ -235,6 +250,9 @@ pub struct Progress {
     pub last_report_ms: BTreeMap<String, i64>,
     /// The 督办 record per case id (see [`cases`]).
     pub cases: BTreeMap<String, cases::Case>,
+    /// What [`update`] starts from.
+    #[serde(skip)]
+    kept: Kept,
 }
 
 /// [`Progress`] without its obligations (one per reporter × indicator × period, millions in a
@@ -261,6 +279,7 @@ impl Progress {
             by_lead_unit,
             last_report_ms,
             cases,
+            kept: _,
         } = self;
         ProgressSummary {
             now_ms: *now_ms,
@@ -302,6 +321,8 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
     let last_report_ms = owned(last_report);
 
     let mut obligations = Vec::new();
+    let mut blocks = Vec::with_capacity(plan.indicators.len());
+    let mut next_due_ms = i64::MAX;
     // Counted under borrowed names (one lookup, no allocation, per obligation), then sorted.
     let mut by_unit: FastMap<&str, Rates> = FastMap::default();
     let mut by_lead_unit: FastMap<&str, Rates> = FastMap::default();
@@ -309,8 +330,12 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
     for indicator in &plan.indicators {
         let mut rates = Rates::default();
         let periods = plan_periods(plan, indicator.period);
-        for period in &periods {
-            let period_text = period.to_string();
+        let block = update::Block {
+            start: obligations.len(),
+            units: indicator.reporter_units.len(),
+            periods: periods.iter().map(Period::to_string).collect(),
+        };
+        for (period, period_text) in periods.iter().zip(&block.periods) {
             // Nothing is overdue before the plan was issued.
             let original_due = due_ms(plan, indicator, period).max(issued_end_ms(plan));
             for unit in &indicator.reporter_units {
@@ -318,23 +343,26 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
                 let granted_due = if cases.is_empty() {
                     None
                 } else {
-                    granted(&cases::report_case(&indicator.id, &period_text, unit))
+                    granted(&cases::report_case(&indicator.id, period_text, unit))
                 };
                 let due = granted_due.unwrap_or(original_due);
                 let extended_to_ms = extended_deadline(&snapshot.outages, due);
                 let received = values
-                    .get(&indicator.id, unit, &period_text)
+                    .get(&indicator.id, unit, period_text)
                     .map(|v| (v.first_received_at_ms, v.first_issued_at_ms));
                 let obligation = Obligation {
                     unit: unit.clone(),
                     indicator: indicator.id.clone(),
-                    period: period_text.clone(),
+                    period: String::clone(period_text),
                     due_ms: due,
                     original_due_ms: granted_due.map(|_| original_due),
                     extended_to_ms,
                     status: obligation_status(due, extended_to_ms, received, now_ms),
                     received_ms: received.map(|(at, _)| at),
                 };
+                if received.is_none() && obligation.overdue_after_ms() > now_ms {
+                    next_due_ms = next_due_ms.min(obligation.overdue_after_ms());
+                }
                 rates.add(&obligation);
                 by_unit.entry(unit).or_default().add(&obligation);
                 for lead in &indicator.lead_units {
@@ -343,18 +371,56 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
                 obligations.push(obligation);
             }
         }
+        blocks.push(block);
         indicators.push(indicator_progress(plan, indicator, &values, now_ms, rates));
     }
+    let milestones = milestones(plan, &snapshot.tasks, &cases, now_ms);
+    // Every indicator's sums, for the next update (a ratio's own are never asked for above).
+    for indicator in &plan.indicators {
+        values.sums(indicator);
+    }
+    let kept = Kept {
+        incremental: values.canonical_periods,
+        blocks,
+        next_due_ms,
+        outages: snapshot.outages.clone(),
+        sums: values.into_sums(),
+    };
+    Progress {
+        now_ms,
+        obligations,
+        indicators,
+        milestones,
+        by_unit: owned(by_unit),
+        by_lead_unit: owned(by_lead_unit),
+        last_report_ms,
+        cases,
+        kept,
+    }
+}
+
+/// Every milestone's progress from the task updates, with the office's decisions in `cases`.
+fn milestones(
+    plan: &Plan,
+    tasks: &[TaskRow],
+    cases: &BTreeMap<String, cases::Case>,
+    now_ms: i64,
+) -> Vec<MilestoneProgress> {
+    let granted = |case: &str| {
+        cases
+            .get(case)
+            .and_then(|c| c.extended_to)
+            .map(|d| end_of_day_ms(d, &plan.tz))
+    };
     // Each milestone's task updates, found in one pass (not one pass per milestone).
     let mut task_rows: HashMap<(&str, &str), Vec<&TaskRow>> = HashMap::new();
-    for row in &snapshot.tasks {
+    for row in tasks {
         task_rows
             .entry((row.task_id.as_str(), row.milestone_id.as_str()))
             .or_default()
             .push(row);
     }
-    let milestones = plan
-        .tasks
+    plan.tasks
         .iter()
         .flat_map(|task| task.milestones.iter().map(move |m| (task, m)))
         .map(|(task, milestone)| {
@@ -406,17 +472,7 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
                 )
             }
         })
-        .collect();
-    Progress {
-        now_ms,
-        obligations,
-        indicators,
-        milestones,
-        by_unit: owned(by_unit),
-        by_lead_unit: owned(by_lead_unit),
-        last_report_ms,
-        cases,
-    }
+        .collect()
 }
 
 /// `map` under owned names, in their order.
@@ -433,3 +489,5 @@ pub fn issued_end_ms(plan: &Plan) -> i64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod update_tests;

@@ -1,0 +1,269 @@
+//! `update` against `compute`: after any sequence of writes and clock moves, the progress
+//! updated step by step is the progress computed whole on the same snapshot, field for field.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::plan;
+
+fn qingdao() -> Plan {
+    plan::embedded().plan
+}
+
+fn ms(text: &str) -> i64 {
+    text.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+}
+
+fn row(indicator: &str, unit: &str, period: &str, value: f64, at_ms: i64) -> ValueRow {
+    ValueRow {
+        plan_id: "qingdao".into(),
+        indicator_id: indicator.into(),
+        unit_id: unit.into(),
+        period: period.into(),
+        value,
+        note: String::new(),
+        revision: 0,
+        issued_at_ms: at_ms,
+        seq: 1,
+        report_pk: 1,
+        updated_at_ms: at_ms,
+        first_received_at_ms: at_ms,
+        first_issued_at_ms: at_ms - 60_000,
+    }
+}
+
+fn task(unit: &str, percent: f64, at_ms: i64) -> TaskRow {
+    let plan = qingdao();
+    let task = &plan.tasks[0];
+    TaskRow {
+        plan_id: "qingdao".into(),
+        task_id: task.id.clone(),
+        milestone_id: task.milestones[0].id.clone(),
+        unit_id: unit.into(),
+        period: "2018Q1".into(),
+        percent,
+        status: "in_progress".into(),
+        note: String::new(),
+        revision: 0,
+        issued_at_ms: at_ms,
+        seq: 1,
+        report_pk: 1,
+        updated_at_ms: at_ms,
+        first_received_at_ms: at_ms,
+    }
+}
+
+/// Every field the engine computes, as the API serves it.
+fn json(progress: &Progress) -> serde_json::Value {
+    serde_json::to_value(progress).unwrap()
+}
+
+/// One write: value rows (indicator, unit, period as indexes into what the plan offers, and a
+/// value), task rows, then the clock moved on by some minutes.
+#[derive(Debug, Clone)]
+struct Step {
+    values: Vec<(usize, usize, usize, i32)>,
+    /// Every reporter of one indicator and period at once, as a reporting round.
+    round: Option<(usize, usize, i32)>,
+    tasks: Vec<(usize, u8)>,
+    minutes: u32,
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    let value = (0..64usize, 0..16usize, 0..32usize, -50..5000i32);
+    let step = (
+        prop::collection::vec(value, 0..6),
+        prop::option::of((0..64usize, 0..32usize, -50..5000i32)),
+        prop::collection::vec((0..16usize, 0..=100u8), 0..2),
+        // Mostly minutes; now and then months, across deadlines.
+        prop_oneof![4 => 0..600u32, 1 => 0..200_000u32],
+    )
+        .prop_map(|(values, round, tasks, minutes)| Step {
+            values,
+            round,
+            tasks,
+            minutes,
+        });
+    prop::collection::vec(step, 1..12)
+}
+
+/// The rows of one step: indicators of the plan (and one it does not have), its reporters and
+/// other units, its periods and ones outside it; values with fractions, so that the order in
+/// which they are summed shows.
+fn rows_of(plan: &Plan, step: &Step, at_ms: i64) -> (Vec<ValueRow>, Vec<TaskRow>) {
+    let units: Vec<&str> = plan
+        .units
+        .iter()
+        .map(|u| u.id.as_str())
+        .chain(["nowhere"])
+        .collect();
+    let round = step.round.into_iter().flat_map(|(i, p, v)| {
+        let reporters = plan
+            .indicators
+            .get(i % plan.indicators.len())
+            .map_or(0, |i| i.reporter_units.len());
+        (0..reporters).map(move |u| (i % plan.indicators.len(), u, p, v + u as i32))
+    });
+    let values = step
+        .values
+        .iter()
+        .copied()
+        .chain(round)
+        .map(|(i, u, p, v)| {
+            let (indicator, periods) = match plan.indicators.get(i % (plan.indicators.len() + 1)) {
+                Some(indicator) => (
+                    indicator.id.as_str(),
+                    plan_periods(plan, indicator.period)
+                        .iter()
+                        .map(Period::to_string)
+                        .chain(["2016".to_string()])
+                        .collect::<Vec<_>>(),
+                ),
+                None => ("not-in-plan", vec!["2018Q1".to_string()]),
+            };
+            // Reporters first, so that most rows count.
+            let unit = match plan.indicators.get(i % (plan.indicators.len() + 1)) {
+                Some(indicator)
+                    if (u < 12 || step.round.is_some()) && !indicator.reporter_units.is_empty() =>
+                {
+                    indicator.reporter_units[u % indicator.reporter_units.len()].as_str()
+                }
+                _ => units[u % units.len()],
+            };
+            let period = &periods[p % periods.len()];
+            row(indicator, unit, period, f64::from(v) / 7.0, at_ms)
+        })
+        .collect();
+    let tasks = step
+        .tasks
+        .iter()
+        .map(|&(u, percent)| task(units[u % units.len()], f64::from(percent), at_ms))
+        .collect();
+    (values, tasks)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn progress_updated_with_each_write_equals_progress_computed_whole(steps in steps()) {
+        let plan = qingdao();
+        let mut now = ms("2018-01-20T00:00:00Z");
+        let mut snapshot = Snapshot::default();
+        let mut progress = compute(&plan, &snapshot, now);
+        for step in &steps {
+            now += i64::from(step.minutes) * 60_000;
+            let (values, tasks) = rows_of(&plan, step, now);
+            let changes = snapshot.apply_changes(values, tasks);
+            let (updated, _) = update(&plan, &snapshot, progress, &changes, now);
+            prop_assert_eq!(json(&updated), json(&compute(&plan, &snapshot, now)));
+            progress = updated;
+        }
+    }
+}
+
+#[test]
+fn a_write_updates_the_progress_and_only_a_deadline_new_statement_or_outage_computes_it_whole() {
+    let plan = qingdao();
+    let indicator = plan
+        .indicators
+        .iter()
+        .find(|i| !i.reporter_units.is_empty())
+        .unwrap();
+    let unit = &indicator.reporter_units[0];
+    let period = plan_periods(&plan, indicator.period)[0].to_string();
+    let now = ms("2018-01-20T00:00:00Z");
+    let mut snapshot = Snapshot::default();
+    let progress = compute(&plan, &snapshot, now);
+    let next_due = progress.kept.next_due_ms;
+    assert!(next_due > now);
+
+    // One value: updated, and what it changed shows.
+    let changes =
+        snapshot.apply_changes(vec![row(&indicator.id, unit, &period, 12.5, now)], vec![]);
+    let (progress, how) = update(&plan, &snapshot, progress, &changes, now + 1_000);
+    assert_eq!(how, Computation::Updated);
+    assert_eq!(
+        json(&progress),
+        json(&compute(&plan, &snapshot, now + 1_000))
+    );
+    let o = progress
+        .obligations
+        .iter()
+        .find(|o| o.indicator == indicator.id && o.unit == *unit && o.period == period)
+        .unwrap();
+    assert_eq!(o.received_ms, Some(now));
+
+    // Only the clock moved, short of the next deadline: updated.
+    let (progress, how) = update(
+        &plan,
+        &snapshot,
+        progress,
+        &Changes::default(),
+        next_due - 1,
+    );
+    assert_eq!(how, Computation::Updated);
+    assert_eq!(
+        json(&progress),
+        json(&compute(&plan, &snapshot, next_due - 1))
+    );
+
+    // At the deadline an obligation not received becomes overdue: whole.
+    let (progress, how) = update(&plan, &snapshot, progress, &Changes::default(), next_due);
+    assert_eq!(how, Computation::Whole);
+    assert_eq!(json(&progress), json(&compute(&plan, &snapshot, next_due)));
+    assert!(
+        progress
+            .obligations
+            .iter()
+            .any(|o| o.status == ObligationStatus::Overdue)
+    );
+
+    // An outage: whole.
+    snapshot.outages = vec![Outage {
+        from_ms: next_due - 5_000,
+        to_ms: next_due + 5_000,
+    }];
+    let (progress, how) = update(
+        &plan,
+        &snapshot,
+        progress,
+        &Changes::default(),
+        next_due + 1,
+    );
+    assert_eq!(how, Computation::Whole);
+    assert_eq!(
+        json(&progress),
+        json(&compute(&plan, &snapshot, next_due + 1))
+    );
+
+    // A statement received: whole.
+    snapshot.statements = vec![StatementRow {
+        unit_id: unit.clone(),
+        seq: 1,
+        issued_at_ms: next_due,
+        received_at_ms: next_due + 2,
+        case_id: cases::report_case(&indicator.id, &period, unit),
+        kind: cases::REQUEST_EXTENSION.into(),
+        date: "2019-01-01".into(),
+        note: "需要更多时间".into(),
+        reference: String::new(),
+        about_unit: String::new(),
+    }];
+    let (progress, how) = update(
+        &plan,
+        &snapshot,
+        progress,
+        &Changes::default(),
+        next_due + 2,
+    );
+    assert_eq!(how, Computation::Whole);
+    assert_eq!(
+        json(&progress),
+        json(&compute(&plan, &snapshot, next_due + 2))
+    );
+
+    // The clock going back: whole.
+    let (_, how) = update(&plan, &snapshot, progress, &Changes::default(), next_due);
+    assert_eq!(how, Computation::Whole);
+}
