@@ -59,6 +59,16 @@ pub struct Snapshot {
     pub outages: Vec<Outage>,
     /// The 督办 statements, in the order received.
     pub statements: Vec<StatementRow>,
+    /// Whether `values` and `tasks` are known to be in key order, as
+    /// [`Snapshot::apply_changes`] leaves them (so that it checks the order once, not at every
+    /// write). Rows changed any other way must come with `Order::default()` again.
+    pub order: Order,
+}
+
+/// See [`Snapshot::order`]; the default is "not known".
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Order {
+    sorted: bool,
 }
 
 impl Snapshot {
@@ -68,10 +78,11 @@ impl Snapshot {
     /// what changed, for [`update`].
     pub fn apply_changes(&mut self, values: Vec<ValueRow>, tasks: Vec<TaskRow>) -> Changes {
         let changes = Changes::of(&values, &tasks);
-        input::upsert_sorted(&mut self.values, values, |a, b| {
+        let sorted = self.order.sorted;
+        input::upsert_sorted(&mut self.values, values, sorted, |a, b| {
             (&a.indicator_id, &a.period, &a.unit_id).cmp(&(&b.indicator_id, &b.period, &b.unit_id))
         });
-        input::upsert_sorted(&mut self.tasks, tasks, |a, b| {
+        input::upsert_sorted(&mut self.tasks, tasks, sorted, |a, b| {
             (&a.task_id, &a.milestone_id, &a.period, &a.unit_id).cmp(&(
                 &b.task_id,
                 &b.milestone_id,
@@ -79,6 +90,7 @@ impl Snapshot {
                 &b.unit_id,
             ))
         });
+        self.order.sorted = true;
         changes
     }
 }

@@ -458,6 +458,7 @@ pub async fn snapshot_with_statements_until(
         tasks: store.current_tasks(&plan.id).await?,
         outages: store.outages(now_ms).await?,
         statements: store.statements(&plan.id, statements_until_ms).await?,
+        order: Default::default(),
     })
 }
 
@@ -474,6 +475,7 @@ pub async fn snapshot_as_of(
         tasks,
         outages: store.outages(as_of_ms).await?,
         statements: store.statements(&plan.id, as_of_ms).await?,
+        order: Default::default(),
     })
 }
 
