@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Waiting reports read at once when their signatures' identity is checked at start.
+pub const IDENTITY_PAGE: i64 = 1000;
+
 impl Outbox {
     /// Builds, signs and commits one report per period for the items that changed (all items
     /// with `force`), issued now by the outbox's clock (provisional reports in a new outbox; see the
@@ -258,7 +261,8 @@ impl Outbox {
         Ok(Some(new_seq))
     }
 
-    /// The waiting reports signed for another unit, plan or key than `signer`'s; a report of
+    /// The waiting reports signed for another unit, plan or key than `signer`'s (read
+    /// [`IDENTITY_PAGE`] at a time); a report of
     /// the same unit and plan signed by one of the `also` key ids (the key a rotation replaced)
     /// is not one of them.
     pub async fn signed_for_others(
@@ -267,20 +271,33 @@ impl Outbox {
         also: &[String],
     ) -> Result<Vec<i64>, OutboxError> {
         let key_id = signer.key.key_id().to_string();
-        let rows = sqlx::query("SELECT seq, envelope FROM outbox WHERE seq > 0 ORDER BY seq")
+        let mut out = Vec::new();
+        // A page at a time: a backlog of 100,000 reports read at once held every envelope in
+        // memory together (about 60 MB) at each start.
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, envelope FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(IDENTITY_PAGE)
             .fetch_all(&self.pool)
             .await?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (unit, audience, key) = envelope_identity(&row.try_get::<Vec<u8>, _>(1)?);
-            if unit != signer.unit
-                || audience != signer.audience
-                || (key != key_id && !also.contains(&key))
-            {
-                out.push(row.try_get(0)?);
+            for row in &rows {
+                let seq: i64 = row.try_get(0)?;
+                let (unit, audience, key) = envelope_identity(&row.try_get::<Vec<u8>, _>(1)?);
+                if unit != signer.unit
+                    || audience != signer.audience
+                    || (key != key_id && !also.contains(&key))
+                {
+                    out.push(seq);
+                }
+                after = seq;
+            }
+            if rows.len() < IDENTITY_PAGE as usize {
+                return Ok(out);
             }
         }
-        Ok(out)
     }
 }
 

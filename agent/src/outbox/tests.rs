@@ -420,6 +420,44 @@ async fn dead_letters_are_kept_and_retried_only_for_the_same_identity() {
 }
 
 #[tokio::test]
+async fn the_reports_signed_for_another_identity_are_found_across_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let outbox = open_synced(&config(dir.path(), 1 << 30, WhenFull::Refuse)).await;
+    // One report per month: more than a page of them, and one signed for another unit last.
+    let months = IDENTITY_PAGE as i32 + 1;
+    let items: Vec<Item> = (0..months)
+        .map(|m| value(&format!("{}-{:02}", 2018 + m / 12, m % 12 + 1), 1.0))
+        .collect();
+    let built = outbox.enqueue(signer(&key), &items, false).await.unwrap();
+    assert_eq!(built.reports.len(), months as usize);
+    let shinan = Signer {
+        unit: "shinan",
+        ..signer(&key)
+    };
+    outbox
+        .enqueue(shinan, &[value("2099-01", 2.0)], false)
+        .await
+        .unwrap();
+    let all: Vec<i64> = outbox
+        .pending(usize::MAX >> 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.seq)
+        .collect();
+    assert_eq!(all.len(), months as usize + 1);
+    assert_eq!(
+        outbox.signed_for_others(signer(&key), &[]).await.unwrap(),
+        [*all.last().unwrap()]
+    );
+    assert_eq!(
+        outbox.signed_for_others(shinan, &[]).await.unwrap(),
+        all[..months as usize]
+    );
+}
+
+#[tokio::test]
 async fn rebuild_re_signs_the_same_items_under_a_new_seq_and_identity() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate();
