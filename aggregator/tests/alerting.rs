@@ -310,8 +310,7 @@ fn plan_state_metrics_stay_within_the_documented_series_budget() {
         &Snapshot {
             values,
             tasks,
-            outages: Vec::new(),
-            statements: Vec::new(),
+            ..Default::default()
         },
         end,
     );

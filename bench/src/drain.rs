@@ -1,5 +1,7 @@
 //! The agent's figures: a backlog built while the aggregator was down, drained by the real
 //! `duban-agent run` once the aggregator is back (time, peak RSS), and the same agent idle.
+//! The aggregator runs without its per-unit rate limit here, which would otherwise set the
+//! pace of any backlog beyond its burst.
 //!
 //! The backlog is what an agent that had synced with the centre builds during an outage: its
 //! outbox filled through the agent's own library (`Agent::enqueue`, signed and committed as a
@@ -67,7 +69,9 @@ pub async fn measure(
     let fill_seconds = started.elapsed().as_secs_f64();
     eprintln!("  backlog of {filled} reports built in {fill_seconds:.1} s");
 
-    let server = Server::start(aggregator, setup, &url)?;
+    // The per-unit rate limit off: it is the centre's policy (by default 1,000 reports a
+    // second per unit after a burst of 20,000), and what is measured here is the agent.
+    let server = Server::start_with(aggregator, setup, &url, &["--rate-limit", "0"])?;
     std::fs::write(&config, agent_toml(setup, &unit, &server.endpoint()))?;
     let log = root.join("drain.log");
     let started = Instant::now();

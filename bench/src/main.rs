@@ -376,7 +376,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         held.peak_rss_mb
     );
     println!(
-        "| agent backlog of {} reports ({} values each) drained by `duban-agent run` | {:.1} s ({:.0} reports/s); agent peak RSS {:.1} MB (built in {:.0} s) |",
+        "| agent backlog of {} reports ({} values each) drained by `duban-agent run` (the centre's per-unit rate limit off) | {:.1} s ({:.0} reports/s); agent peak RSS {:.1} MB (built in {:.0} s) |",
         agent_figures.reports,
         args.values,
         agent_figures.drain_seconds,
@@ -600,10 +600,21 @@ struct Server {
 
 impl Server {
     fn start(aggregator: &Path, setup: &Setup, url: &str) -> anyhow::Result<Self> {
+        Self::start_with(aggregator, setup, url, &[])
+    }
+
+    /// [`Server::start`] with more arguments to `serve`.
+    fn start_with(
+        aggregator: &Path,
+        setup: &Setup,
+        url: &str,
+        more: &[&str],
+    ) -> anyhow::Result<Self> {
         let file = |name: &str| setup.certs.join(name).display().to_string();
         let mut command = Command::new(aggregator);
         command
             .arg("serve")
+            .args(more)
             .args(["--database-url", url])
             .args(["--plan", &setup.plan.display().to_string()])
             .args([
