@@ -211,35 +211,40 @@ pub(super) async fn current_tasks(
 
 /// The current values and task updates last written by a report stored after `report_pk`
 /// (every write of a current row sets its `report_pk` to the report that wrote it).
+/// The current values and task updates written by reports after `$2` (through the
+/// `*_by_report` indexes of migration 0006).
+pub(super) const CHANGED_VALUES: &str = concat!(
+    "SELECT ",
+    value_columns!(),
+    " FROM current_values WHERE plan_id = $1 AND report_pk > $2"
+);
+pub(super) const CHANGED_TASKS: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM current_tasks WHERE plan_id = $1 AND report_pk > $2"
+);
+
 pub(super) async fn changed_after(
     pool: &AnyPool,
     plan_id: &str,
     report_pk: i64,
 ) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError> {
-    let values = sqlx::query(concat!(
-        "SELECT ",
-        value_columns!(),
-        " FROM current_values WHERE plan_id = $1 AND report_pk > $2"
-    ))
-    .bind(plan_id.to_owned())
-    .bind(report_pk)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(value_row)
-    .collect::<Result<_, _>>()?;
-    let tasks = sqlx::query(concat!(
-        "SELECT ",
-        task_columns!(),
-        " FROM current_tasks WHERE plan_id = $1 AND report_pk > $2"
-    ))
-    .bind(plan_id.to_owned())
-    .bind(report_pk)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(task_row)
-    .collect::<Result<_, _>>()?;
+    let values = sqlx::query(CHANGED_VALUES)
+        .bind(plan_id.to_owned())
+        .bind(report_pk)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(value_row)
+        .collect::<Result<_, _>>()?;
+    let tasks = sqlx::query(CHANGED_TASKS)
+        .bind(plan_id.to_owned())
+        .bind(report_pk)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(task_row)
+        .collect::<Result<_, _>>()?;
     Ok((values, tasks))
 }
 

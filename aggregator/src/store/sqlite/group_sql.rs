@@ -473,4 +473,34 @@ mod tests {
             assert!(scans.is_empty(), "{name} scans a table: {plan:?}");
         }
     }
+
+    #[tokio::test]
+    async fn the_rows_changed_after_a_report_are_read_through_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
+        drop(crate::store::SqliteStore::open(&url).await.unwrap());
+        let mut conn = SqliteConnection::connect(&url).await.unwrap();
+        for (table, sql) in [
+            ("current_values", crate::store::queries::CHANGED_VALUES),
+            ("current_tasks", crate::store::queries::CHANGED_TASKS),
+        ] {
+            let plan: Vec<String> =
+                sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .bind("p")
+                    .bind(0i64)
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| row.get::<String, _>(3))
+                    .collect();
+            assert_eq!(
+                plan,
+                [format!(
+                    "SEARCH {table} USING INDEX {table}_by_report (plan_id=? AND report_pk>?)"
+                )],
+                "{table}"
+            );
+        }
+    }
 }
