@@ -40,9 +40,9 @@ pub struct PlanFigures {
     /// `GET /metrics` after one unit corrected one month (progress computed from the last
     /// rows updated with that report's, not read whole).
     pub metrics_after_write_ms: f64,
-    /// How that scrape's progress was made: `updated` from the last, or `whole` (when the
-    /// alert evaluation held the last view at that moment).
-    pub after_write: &'static str,
+    /// The progress computations from the scrape before the write to the one after it, by
+    /// how they were made (the alert evaluation's included).
+    pub after_write: String,
     /// `duban_progress_duration_seconds`: reading the store and computing progress, each time.
     pub progress_ms: f64,
     /// Series in one scrape, all of them; and those of the plan state alone.
@@ -86,7 +86,7 @@ pub async fn measure(
         Ok((body, started.elapsed().as_secs_f64() * 1000.0))
     };
     let (_, metrics_cold_ms) = timed("/metrics")?;
-    let (_, metrics_warm_ms) = timed("/metrics")?;
+    let (warm, metrics_warm_ms) = timed("/metrics")?;
     let (_, progress_api_ms) = timed("/api/v1/progress")?;
     let (_, summary_api_ms) = timed("/api/v1/progress?obligations=false")?;
     // One unit corrects one month, through a second handle on the database file as a second
@@ -110,13 +110,17 @@ pub async fn measure(
             .collect();
         anyhow::bail!("the scrape after a write did not take in the changes alone: {reads:?}");
     }
-    let after_write = if metric(&body, "duban_progress_computations_total{how=\"updated\"}")
-        .is_some_and(|n| n >= 1.0)
-    {
-        "updated"
-    } else {
-        "whole"
+    // The computations between the scrape before the write and the one after it (the alert
+    // evaluation's included): whether the scrape's progress was updated or made whole.
+    let computed = |how: &str| {
+        let name = format!("duban_progress_computations_total{{how=\"{how}\"}}");
+        metric(&body, &name).unwrap_or(0.0) - metric(&warm, &name).unwrap_or(0.0)
     };
+    let after_write = format!(
+        "since the scrape before: {} updated, {} whole",
+        computed("updated"),
+        computed("whole")
+    );
     let sum = metric(&body, "duban_progress_duration_seconds_sum").unwrap_or(0.0);
     let count = metric(&body, "duban_progress_duration_seconds_count").unwrap_or(0.0);
     let series: Vec<&str> = body

@@ -84,6 +84,9 @@ impl Evaluator {
             .view(&self.store, &self.plan, &self.metrics, now, 0)
             .await?;
         let evaluated = rules::derive(&self.plan, &view.progress, &self.policy);
+        // Let go of the view before the store and the sinks are waited for: the next view
+        // is updated from this one in place only when nobody holds it.
+        drop(view);
         self.metrics.alerts_muted.set(evaluated.muted as i64);
         self.metrics
             .alerts_before_go_live
