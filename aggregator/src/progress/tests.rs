@@ -1,7 +1,7 @@
 use super::*;
 use crate::plan;
 
-fn qingdao() -> Plan {
+pub(super) fn qingdao() -> Plan {
     plan::embedded().plan
 }
 
@@ -85,7 +85,13 @@ tolerance = 0.1
     plan::load_str(text, "t.toml").unwrap().plan
 }
 
-fn value(indicator: &str, unit: &str, period: &str, value: f64, received_ms: i64) -> ValueRow {
+pub(super) fn value(
+    indicator: &str,
+    unit: &str,
+    period: &str,
+    value: f64,
+    received_ms: i64,
+) -> ValueRow {
     ValueRow {
         plan_id: "t".into(),
         indicator_id: indicator.into(),
@@ -103,7 +109,7 @@ fn value(indicator: &str, unit: &str, period: &str, value: f64, received_ms: i64
     }
 }
 
-fn ms(text: &str) -> i64 {
+pub(super) fn ms(text: &str) -> i64 {
     text.parse::<jiff::Timestamp>().unwrap().as_millisecond()
 }
 
