@@ -342,8 +342,20 @@ async fn reporting(State(app): State<App>, Query(query): Query<AsOf>) -> Respons
     }
 }
 
+/// How long `/readyz` waits for the database: a probe that hangs while the database is down
+/// would say nothing at all (found by the fault harness's postgres-restart scenario).
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn ready(State(app): State<App>) -> impl IntoResponse {
-    match app.store.ping().await {
+    let answer = tokio::time::timeout(READY_TIMEOUT, app.store.ping())
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::store::StoreError::Schema(format!(
+                "the database did not answer within {} s",
+                READY_TIMEOUT.as_secs()
+            )))
+        });
+    match answer {
         Ok(()) => (
             StatusCode::OK,
             format!("ready: plan {}, {} keys\n", &app.plan.id, app.keys.len()),

@@ -18,36 +18,6 @@ use sqlx::{Connection, Executor, QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::load::{self, LoadResult};
 
-/// A plan of `units` districts reporting `indicators` monthly indicators through 2025.
-pub fn plan_toml(id: &str, units: usize, indicators: usize) -> String {
-    let mut out = format!(
-        "[plan]\nid = \"{id}\"\nname = \"基准计划\"\nstart = \"2025-01\"\nend = \"2025-12\"\n\n"
-    );
-    let names: Vec<String> = (0..units).map(load::unit_id).collect();
-    for name in &names {
-        let _ = write!(
-            out,
-            "[[unit]]\nid = \"{name}\"\nname = \"单位{name}\"\nkind = \"district\"\n\n"
-        );
-    }
-    let members: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-    let _ = write!(
-        out,
-        "[[group]]\nid = \"all\"\nname = \"全部\"\nmembers = [{}]\n\n",
-        members.join(", ")
-    );
-    for i in 0..indicators {
-        let _ = write!(
-            out,
-            "[[indicator]]\nid = \"{}\"\nname = \"指标{i}\"\nmeasure = \"件\"\nperiod = \"month\"\n\
-             timely_days = 30\nreporters = [\"all\"]\nlead_units = [\"{}\"]\naggregation = \"sum\"\n\n",
-            load::indicator_id(i),
-            names[0]
-        );
-    }
-    out
-}
-
 /// Reports per second, one core: `verify_strict` + decode one by one, and batches of 64
 /// through the aggregator's own batch verifier (`verify_many`) + decode.
 pub fn verify(values: usize, count: usize) -> (f64, f64) {

@@ -60,7 +60,7 @@ pub async fn measure(
     indicators: usize,
 ) -> anyhow::Result<PlanFigures> {
     let plan = dir.join("big-plan.toml");
-    let text = crate::baselines::plan_toml(PLAN_ID, units, indicators);
+    let text = duban_testkit::synthetic::plan_toml(PLAN_ID, units, indicators);
     let budget = match duban_aggregator::plan::load_str(&text, "big-plan.toml") {
         Ok(loaded) => duban_aggregator::metrics::plan_state::series_budget(&loaded.plan),
         Err(errors) => anyhow::bail!("the synthetic plan: {errors:?}"),
@@ -286,7 +286,7 @@ pub struct Alone {
 /// Times the engine alone on the synthetic plan with every value present, `runs` times.
 pub fn compute_alone(units: usize, indicators: usize, runs: usize) -> anyhow::Result<Alone> {
     use duban_aggregator::progress::{self, Computation, ValueRow};
-    let text = crate::baselines::plan_toml(PLAN_ID, units, indicators);
+    let text = duban_testkit::synthetic::plan_toml(PLAN_ID, units, indicators);
     let plan = match duban_aggregator::plan::load_str(&text, "big-plan.toml") {
         Ok(loaded) => loaded.plan,
         Err(errors) => anyhow::bail!("the synthetic plan: {errors:?}"),

@@ -19,13 +19,7 @@ pub fn unit_key(index: usize) -> SigningKey {
     SigningKey::from_seed(&seed)
 }
 
-pub fn unit_id(index: usize) -> String {
-    format!("u{index:05}")
-}
-
-pub fn indicator_id(index: usize) -> String {
-    format!("i{index:03}")
-}
+pub use duban_testkit::synthetic::{indicator_id, unit_id};
 
 /// Signed reports for one unit: seqs from `first_seq`, `values` values each, periods cycling
 /// through the twelve months of the plan year, so every report replaces a current value.

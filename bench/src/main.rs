@@ -548,7 +548,10 @@ impl Setup {
     fn new(dir: &Path, aggregator: &Path, units: usize) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let plan = dir.join("plan.toml");
-        std::fs::write(&plan, baselines::plan_toml(PLAN_ID, units, INDICATORS))?;
+        std::fs::write(
+            &plan,
+            duban_testkit::synthetic::plan_toml(PLAN_ID, units, INDICATORS),
+        )?;
         let certs = dir.join("certs");
         let names: Vec<String> = (0..units).map(load::unit_id).collect();
         let out = Command::new(aggregator)

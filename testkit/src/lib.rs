@@ -46,7 +46,7 @@ pub enum Need {
 }
 
 /// Every need of the suites, in the order the environment table prints them.
-pub const NEEDS: [Need; 9] = [
+pub const NEEDS: [Need; 10] = [
     Need::Postgres,
     Need::Mariadb,
     Need::Program {
@@ -76,6 +76,11 @@ pub const NEEDS: [Need; 9] = [
     Need::Program {
         program: "psql",
         package: "postgresql-client",
+    },
+    // The fault harness's clock scenario sets the agent's clock with libfaketime.
+    Need::Program {
+        program: "faketime",
+        package: "faketime",
     },
 ];
 
@@ -222,5 +227,50 @@ mod tests {
             Some("127.0.0.1:3306".parse().unwrap())
         );
         assert_eq!(mysql_address("nonsense"), None);
+    }
+}
+
+/// The synthetic plan of the benchmark and of the fault harness: any number of units, each
+/// reporting every indicator monthly.
+pub mod synthetic {
+    use std::fmt::Write;
+
+    pub fn unit_id(index: usize) -> String {
+        format!("u{index:05}")
+    }
+
+    pub fn indicator_id(index: usize) -> String {
+        format!("i{index:03}")
+    }
+
+    /// A plan of `units` districts reporting `indicators` monthly indicators through 2025
+    /// (plan TOML, as `duban-aggregator plan check` reads it).
+    pub fn plan_toml(id: &str, units: usize, indicators: usize) -> String {
+        let mut out = format!(
+            "[plan]\nid = \"{id}\"\nname = \"基准计划\"\nstart = \"2025-01\"\nend = \"2025-12\"\n\n"
+        );
+        let names: Vec<String> = (0..units).map(unit_id).collect();
+        for name in &names {
+            let _ = write!(
+                out,
+                "[[unit]]\nid = \"{name}\"\nname = \"单位{name}\"\nkind = \"district\"\n\n"
+            );
+        }
+        let members: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        let _ = write!(
+            out,
+            "[[group]]\nid = \"all\"\nname = \"全部\"\nmembers = [{}]\n\n",
+            members.join(", ")
+        );
+        for i in 0..indicators {
+            let _ = write!(
+                out,
+                "[[indicator]]\nid = \"{}\"\nname = \"指标{i}\"\nmeasure = \"件\"\nperiod = \"month\"\n\
+                 timely_days = 30\nreporters = [\"all\"]\nlead_units = [\"{}\"]\naggregation = \"sum\"\n\n",
+                indicator_id(i),
+                names[0]
+            );
+        }
+        out
     }
 }

@@ -1,5 +1,8 @@
 //! duban-e2e: helpers for the end-to-end tests in `tests/tests/`, which start the real
-//! `duban-aggregator` and `duban-agent` binaries as separate processes.
+//! `duban-aggregator` and `duban-agent` binaries as separate processes, and the fault-injection
+//! harness ([`faults`]).
+
+pub mod faults;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -163,6 +166,25 @@ impl AgentSetup {
     /// Writes keys and a plaintext configuration pointing at `endpoint` with `sources` (TOML
     /// `[[source]]` tables) appended.
     pub fn new(root: &Path, database_url: &str, unit: &str, endpoint: &str, sources: &str) -> Self {
+        Self::for_plan(
+            root,
+            database_url,
+            unit,
+            ("qingdao-ip-2017", None),
+            endpoint,
+            sources,
+        )
+    }
+
+    /// As [`AgentSetup::new`], for the plan `(id, file)` (the embedded plan when no file).
+    pub fn for_plan(
+        root: &Path,
+        database_url: &str,
+        unit: &str,
+        (plan, plan_file): (&str, Option<&Path>),
+        endpoint: &str,
+        sources: &str,
+    ) -> Self {
         let dir = root.join(format!("agent-{unit}"));
         std::fs::create_dir_all(&dir).unwrap();
         let keygen = run(
@@ -175,19 +197,20 @@ impl AgentSetup {
             String::from_utf8_lossy(&keygen.stderr)
         );
         let public = dir.join("signing.pub");
-        let added = run(
-            &binary("duban-aggregator"),
-            &[
-                "keys",
-                "add",
-                "--database-url",
-                database_url,
-                "--unit",
-                unit,
-                "--public-key",
-                public.to_str().unwrap(),
-            ],
-        );
+        let mut add = vec![
+            "keys",
+            "add",
+            "--database-url",
+            database_url,
+            "--unit",
+            unit,
+            "--public-key",
+            public.to_str().unwrap(),
+        ];
+        if let Some(file) = plan_file {
+            add.extend(["--plan", file.to_str().unwrap()]);
+        }
+        let added = run(&binary("duban-aggregator"), &add);
         assert!(
             added.status.success(),
             "keys add: {}",
@@ -197,7 +220,7 @@ impl AgentSetup {
         std::fs::write(
             &config,
             format!(
-                "unit = \"{unit}\"\nplan = \"qingdao-ip-2017\"\nprivate_key = \"signing.key\"\n\n[aggregator]\nendpoints = [\"{endpoint}\"]\ninsecure_plaintext = true\ntimeout = \"5s\"\n\n[outbox]\npath = \"outbox.db\"\n\n{sources}\n"
+                "unit = \"{unit}\"\nplan = \"{plan}\"\nprivate_key = \"signing.key\"\n\n[aggregator]\nendpoints = [\"{endpoint}\"]\ninsecure_plaintext = true\ntimeout = \"5s\"\n\n[outbox]\npath = \"outbox.db\"\n\n{sources}\n"
             ),
         )
         .unwrap();

@@ -15,7 +15,8 @@
 //!   and retried slowly (5 min cap): a person must fix the configuration, the certificate or
 //!   the key registration; `duban_agent_delivery_held_auth` says so;
 //! - REJECTED with another retryable reason (KEY_NOT_YET_VALID, ISSUED_IN_FUTURE): kept, retried
-//!   with backoff;
+//!   with backoff; ISSUED_IN_FUTURE for a report issued more than a minute after the agent's
+//!   own now (signed while its clock was ahead, put right since): signed again, issued now;
 //! - SEQ_REPLAY: the centre holds that seq under another report (the outbox was lost and its
 //!   counter could not be carried over): the agent asks the centre for its counters and re-signs
 //!   the report under a new seq;
@@ -414,6 +415,14 @@ impl Deliverer {
         tracing::warn!(endpoint = %self.endpoints[self.current], code = failure.label, message = %failure.message, wait_ms = wait.as_millis() as u64, "delivery failed; will retry");
         if self.clients.len() > 1 {
             self.current = (self.current + 1) % self.clients.len();
+        }
+        // The next attempt goes on new connections: a connection that a middlebox dropped
+        // without a word (nothing answers on it any more, and TCP does not say so) would
+        // otherwise take every retry until the process restarts (found by the fault harness's
+        // link scenario, a black hole).
+        match clients(&self.config, None) {
+            Ok(fresh) => self.clients = fresh,
+            Err(error) => tracing::warn!(%error, "cannot make new connections; keeping the old"),
         }
         wait
     }

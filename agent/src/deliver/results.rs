@@ -35,6 +35,10 @@ pub(super) fn refused_items(result: &pb::SubmitResult) -> Vec<(&'static str, u32
         .collect()
 }
 
+/// How far behind a refused report's issue time this agent's clock must be for the report to
+/// count as signed while the clock was ahead (and be signed again, issued now).
+const CLOCK_PUT_BACK_MS: i64 = 60_000;
+
 impl Deliverer {
     pub(super) async fn file_results(
         &mut self,
@@ -50,6 +54,7 @@ impl Deliverer {
         let mut hold: Option<String> = None;
         let mut replays = Vec::new();
         let mut resign = Vec::new();
+        let mut restamp = Vec::new();
         for (row, result) in pending.iter().zip(&results) {
             let report = pb::Report::decode(row.envelope.payload.as_slice()).unwrap_or_default();
             for refusal in &result.refusals {
@@ -103,6 +108,14 @@ impl Deliverer {
                         )
                     });
                 }
+                // Signed while this agent's clock was ahead, which has been put right since:
+                // the report claims a time not come yet and would wait for it; signed again,
+                // issued now.
+                _ if reason == pb::ReasonCode::ReasonIssuedInFuture
+                    && report.issued_at_ms > self.clock.now_ms() + CLOCK_PUT_BACK_MS =>
+                {
+                    restamp.push(row.seq)
+                }
                 _ if duban_proto::reasons::is_retryable(reason) => {
                     self.metrics
                         .failed
@@ -144,6 +157,17 @@ impl Deliverer {
         self.batch = self.max_batch;
         if !replays.is_empty() {
             dead += self.rebuild_replays(&replays).await?;
+        }
+        for &seq in &restamp {
+            let new_seq = self
+                .outbox
+                .restamp(seq, self.identity.signer(&self.identity.key.current()))
+                .await?;
+            tracing::warn!(
+                old_seq = seq,
+                ?new_seq,
+                "signed while this agent's clock was ahead (refused ISSUED_IN_FUTURE); signed again, issued now"
+            );
         }
         for &seq in &resign {
             let new_seq = self

@@ -25,15 +25,21 @@ impl Outbox {
         for item in items {
             let (kind, subject, fingerprint) = identity(item);
             let period = item.period().to_string();
-            // The newest queued fingerprint, else the last accepted one.
+            // The newest of the last queued fingerprint and the last accepted one, by revision:
+            // a queued report older than one the centre accepted since (stuck, refused for
+            // now) does not count. A provisional report (negative seq) is the newest.
             let last: Option<String> = sqlx::query_scalar(
-                "SELECT COALESCE((SELECT fingerprint FROM pending_items WHERE kind = $1 AND subject = $2 AND period = $3 ORDER BY rowid DESC LIMIT 1), \
-                 (SELECT fingerprint FROM last_sent WHERE kind = $1 AND subject = $2 AND period = $3))",
+                "SELECT fingerprint FROM ( \
+                   SELECT fingerprint, CASE WHEN seq < 0 THEN 9223372036854775807 ELSE revision END AS newness, 1 AS queued \
+                     FROM (SELECT fingerprint, seq, revision FROM pending_items WHERE kind = $1 AND subject = $2 AND period = $3 ORDER BY rowid DESC LIMIT 1) \
+                   UNION ALL \
+                   SELECT fingerprint, revision, 0 FROM last_sent WHERE kind = $1 AND subject = $2 AND period = $3) \
+                 ORDER BY newness DESC, queued DESC LIMIT 1",
             )
             .bind(kind)
             .bind(&subject)
             .bind(&period)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
             if !force && last.as_deref() == Some(fingerprint.as_str()) {
                 unchanged += 1;
@@ -64,7 +70,7 @@ impl Outbox {
         let mut dropped = 0;
         for (period, items) in by_period {
             let (seq, more) = self
-                .insert_report(&mut tx, signer, &period, &items, now, now)
+                .insert_report(&mut tx, signer, &period, &items, (now, None), now)
                 .await?;
             dropped += more;
             reports.push((seq, period));
@@ -88,7 +94,7 @@ impl Outbox {
         signer: Signer<'_>,
         period: &str,
         items: &[&Item],
-        issued_at_ms: i64,
+        (issued_at_ms, keep_revision): (i64, Option<i64>),
         created_at_ms: i64,
     ) -> Result<(i64, u64), OutboxError> {
         let synced: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'synced'")
@@ -100,10 +106,13 @@ impl Outbox {
             )
             .fetch_one(&mut *tx)
             .await?;
-            let revision: i64 = sqlx::query_scalar("INSERT INTO period_revision (period, next_revision) VALUES ($1, 1) ON CONFLICT (period) DO UPDATE SET next_revision = next_revision + 1 RETURNING next_revision - 1")
-                .bind(period)
-                .fetch_one(&mut *tx)
-                .await?;
+            let revision: i64 = match keep_revision {
+                Some(revision) => revision,
+                None => sqlx::query_scalar("INSERT INTO period_revision (period, next_revision) VALUES ($1, 1) ON CONFLICT (period) DO UPDATE SET next_revision = next_revision + 1 RETURNING next_revision - 1")
+                    .bind(period)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            };
             (seq, seq, revision)
         } else {
             let draft: i64 = sqlx::query_scalar(
@@ -134,13 +143,14 @@ impl Outbox {
             } else {
                 &mut tasks
             };
-            sqlx::query("INSERT OR REPLACE INTO pending_items (seq, kind, subject, period, fingerprint, item_index) VALUES ($1, $2, $3, $4, $5, $6)")
+            sqlx::query("INSERT OR REPLACE INTO pending_items (seq, kind, subject, period, fingerprint, item_index, revision) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                 .bind(seq)
                 .bind(kind)
                 .bind(&subject)
                 .bind(period)
                 .bind(&fingerprint)
                 .bind(*counter)
+                .bind(revision)
                 .execute(&mut *tx)
                 .await?;
             *counter += 1;
@@ -211,18 +221,39 @@ impl Outbox {
     /// unit, plan or key than the configuration now names. Returns the new seq, or `None` when
     /// `seq` is not waiting.
     pub async fn rebuild(&self, seq: i64, signer: Signer<'_>) -> Result<Option<i64>, OutboxError> {
+        self.rebuild_stamped(seq, signer, None).await
+    }
+
+    /// As [`Outbox::rebuild`], issued now, with its own revision: for a report signed while
+    /// this agent's clock was ahead, which the centre refuses as issued in the future until
+    /// that time comes. It is the same report issued again, not a correction: a later report
+    /// for its period, accepted meanwhile, stays current at the centre.
+    pub async fn restamp(&self, seq: i64, signer: Signer<'_>) -> Result<Option<i64>, OutboxError> {
+        let now = self.clock.now_ms();
+        self.rebuild_stamped(seq, signer, Some(now)).await
+    }
+
+    async fn rebuild_stamped(
+        &self,
+        seq: i64,
+        signer: Signer<'_>,
+        issued_at_ms: Option<i64>,
+    ) -> Result<Option<i64>, OutboxError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let new_seq = self.rebuild_in(&mut tx, seq, signer).await?;
+        let new_seq = self.rebuild_in(&mut tx, seq, signer, issued_at_ms).await?;
         tx.commit().await?;
         Ok(new_seq)
     }
 
+    /// Re-signs `seq` inside `tx`: issued at `issued_at_ms` with the old report's revision,
+    /// else at the old report's time with a new revision.
     pub(super) async fn rebuild_in(
         &self,
         tx: &mut SqliteConnection,
         seq: i64,
         signer: Signer<'_>,
+        issued_at_ms: Option<i64>,
     ) -> Result<Option<i64>, OutboxError> {
         let row = sqlx::query("SELECT envelope, created_at_ms FROM outbox WHERE seq = $1")
             .bind(seq)
@@ -254,7 +285,10 @@ impl Outbox {
                 signer,
                 &report.period,
                 &refs,
-                report.issued_at_ms,
+                match issued_at_ms {
+                    Some(now) => (now, Some(i64::from(report.revision))),
+                    None => (report.issued_at_ms, None),
+                },
                 created_at_ms,
             )
             .await?;

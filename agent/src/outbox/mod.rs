@@ -68,6 +68,8 @@ pub enum OutboxError {
     Full { bytes: u64, max_bytes: u64 },
     #[error("cannot move the corrupt outbox {path} aside: {message}")]
     MoveAside { path: PathBuf, message: String },
+    #[error("cannot lock {path} while opening the outbox: {message}")]
+    Lock { path: PathBuf, message: String },
 }
 
 /// The identity reports are signed with: the key, the unit and the plan (audience).
@@ -204,6 +206,7 @@ impl Outbox {
                 message: format!("cannot create the outbox directory: {e}"),
             })?;
         }
+        let _opening = open::lock(&config.path).await?;
         match open_pool(&config.path).await {
             Ok(pool) => Ok((
                 Outbox {
@@ -301,7 +304,7 @@ impl Outbox {
                 .fetch_all(&mut *tx)
                 .await?;
         for draft in &drafts {
-            self.rebuild_in(&mut tx, *draft, signer).await?;
+            self.rebuild_in(&mut tx, *draft, signer, None).await?;
         }
         let next: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'next_seq'")
             .fetch_one(&mut *tx)

@@ -3,6 +3,31 @@
 
 use super::*;
 
+/// Holds `<path>.lock` locked (an advisory lock, released when the file is dropped) while
+/// the outbox is opened: created, migrated, checked, or moved aside. Two processes opening a
+/// new outbox at once (the daemon starting while an operator runs `outbox stats`) each saw
+/// the other's half-made file, took it for a corrupt one and moved it aside (found by the
+/// fault harness's sigterm scenario).
+pub(super) async fn lock(path: &Path) -> Result<std::fs::File, OutboxError> {
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let shown = lock_path.clone();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+    .map_err(|e: std::io::Error| OutboxError::Lock {
+        path: shown,
+        message: e.to_string(),
+    })
+}
+
 pub(super) async fn open_pool(path: &Path) -> Result<SqlitePool, OutboxError> {
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
         .create_if_missing(true)

@@ -72,10 +72,12 @@ impl Outbox {
                 .collect::<Vec<_>>()
                 .join(", ");
             // In seq order, so that of two acknowledged reports carrying the same item the
-            // later one's fingerprint is the one remembered.
+            // later one's fingerprint is the one remembered; and an older report (a lower
+            // revision) acknowledged after a newer one (it was refused for a while) does not
+            // replace the newer's.
             for sql in [
                 format!(
-                    "INSERT INTO last_sent (kind, subject, period, fingerprint) SELECT kind, subject, period, fingerprint FROM pending_items WHERE seq IN ({seqs}) ORDER BY seq ON CONFLICT (kind, subject, period) DO UPDATE SET fingerprint = excluded.fingerprint"
+                    "INSERT INTO last_sent (kind, subject, period, fingerprint, revision) SELECT kind, subject, period, fingerprint, revision FROM pending_items WHERE seq IN ({seqs}) ORDER BY seq ON CONFLICT (kind, subject, period) DO UPDATE SET fingerprint = excluded.fingerprint, revision = excluded.revision WHERE excluded.revision >= last_sent.revision"
                 ),
                 format!("DELETE FROM pending_items WHERE seq IN ({seqs})"),
                 format!("DELETE FROM outbox WHERE seq IN ({seqs})"),

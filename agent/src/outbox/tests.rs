@@ -671,3 +671,155 @@ async fn a_batch_acknowledged_at_once_remembers_the_later_of_two_reports_of_an_i
         "going back to the earlier value is a change"
     );
 }
+
+/// Found by the fault harness's clock scenario: a report stuck in the outbox (refused for now)
+/// while a later report with newer values for the same items was accepted made every
+/// collection build those values again under a new seq, because change detection compared
+/// with the stuck report's.
+#[tokio::test]
+async fn a_stuck_report_does_not_make_later_collections_resend_accepted_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let outbox = open_synced(&config(dir.path(), 1 << 20, WhenFull::Refuse)).await;
+    let stuck = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 1.0)], false)
+        .await
+        .unwrap();
+    let newer = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
+        .await
+        .unwrap();
+    assert_eq!((stuck.reports[0].0, newer.reports[0].0), (1, 2));
+    outbox
+        .ack(&[Ack {
+            seq: 2,
+            refused: Vec::new(),
+        }])
+        .await
+        .unwrap();
+    let again = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.reports.len(), again.unchanged),
+        (0, 1),
+        "the accepted newer value is unchanged, whatever waits behind"
+    );
+    // The stuck report goes through at last: the newer value stays the one remembered.
+    outbox
+        .ack(&[Ack {
+            seq: 1,
+            refused: Vec::new(),
+        }])
+        .await
+        .unwrap();
+    let later = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
+        .await
+        .unwrap();
+    assert_eq!((later.reports.len(), later.unchanged), (0, 1));
+    // A value changed while a report waits is still built, once.
+    let changed = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 3.0)], false)
+        .await
+        .unwrap();
+    assert_eq!(changed.reports.len(), 1);
+    let same = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 3.0)], false)
+        .await
+        .unwrap();
+    assert_eq!(same.reports.len(), 0);
+}
+
+/// Found by the same scenario: reports signed while the clock was an hour ahead waited in the
+/// outbox until that hour came, though the clock had been put right. Signed again, issued now.
+#[tokio::test]
+async fn a_report_signed_while_the_clock_was_ahead_is_issued_again_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let clock = Arc::new(duban_host::clock::ManualClock::new(
+        1_796_083_200_000 + 3_600_000,
+    ));
+    let outbox = open_synced_with(
+        &config(dir.path(), 1 << 20, WhenFull::Refuse),
+        clock.clone(),
+    )
+    .await;
+    outbox
+        .enqueue(signer(&key), &[value("2018Q1", 1.0)], false)
+        .await
+        .unwrap();
+    let revision = decoded(&outbox.pending(10).await.unwrap()[0]).revision;
+    // A later report for the period is accepted meanwhile.
+    outbox
+        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
+        .await
+        .unwrap();
+    outbox
+        .ack(&[Ack {
+            seq: 2,
+            refused: Vec::new(),
+        }])
+        .await
+        .unwrap();
+    clock.set_ms(1_796_083_200_000);
+    let new_seq = outbox.restamp(1, signer(&key)).await.unwrap().unwrap();
+    let pending = outbox.pending(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].seq, new_seq);
+    assert!(new_seq > 1);
+    let report = decoded(&pending[0]);
+    assert_eq!(report.issued_at_ms, 1_796_083_200_000);
+    assert_eq!(report.values[0].value, 1.0);
+    assert_eq!(
+        report.revision, revision,
+        "the same report issued again, not a correction: the later one stays current"
+    );
+    // Neither the re-signed report nor its acknowledgement makes the accepted value look
+    // changed.
+    let again = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
+        .await
+        .unwrap();
+    assert_eq!(again.reports.len(), 0);
+    outbox
+        .ack(&[Ack {
+            seq: new_seq,
+            refused: Vec::new(),
+        }])
+        .await
+        .unwrap();
+    let after = outbox
+        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
+        .await
+        .unwrap();
+    assert_eq!(after.reports.len(), 0);
+}
+
+/// Found by the fault harness's sigterm scenario: the daemon starting while `outbox stats`
+/// ran, on a new outbox, each took the other's half-made file for a corrupt one and moved it
+/// aside (or failed). Opening is now one at a time (`<path>.lock`).
+#[tokio::test]
+async fn two_opening_a_new_outbox_at_once_neither_moves_it_aside() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 1 << 20, WhenFull::Refuse);
+        let (a, b) = tokio::join!(
+            Outbox::open(&config, clock()),
+            Outbox::open(&config, clock())
+        );
+        let ((_, a), (_, b)) = (a.unwrap(), b.unwrap());
+        assert_eq!(
+            (a, b),
+            (Opened::default(), Opened::default()),
+            "round {round}"
+        );
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("corrupt"))
+            .collect();
+        assert!(aside.is_empty(), "round {round}: {aside:?}");
+    }
+}

@@ -58,6 +58,10 @@ pub enum StoreError {
     Connect { url: String, message: String },
     #[error("this store was opened read-only")]
     ReadOnly,
+    #[error(
+        "the database file {path} is damaged ({detail}); nothing is read from it or written to it. Keep the file, restore the last backup, or recover what can be read into a new file: docs/OPERATIONS.md, \"A damaged database\""
+    )]
+    Damaged { path: String, detail: String },
 }
 
 /// Checks, without changing anything, that the database's schema is the one this program

@@ -43,7 +43,7 @@ impl PgStore {
         drop(conn);
         let writers = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(CONNECT_TIMEOUT)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await?;
         Ok(PgStore {
@@ -92,12 +92,18 @@ async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, StoreError>
     }
     Ok(AnyPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(CONNECT_TIMEOUT)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect(url)
         .await?)
 }
 
+/// How long the first connection at start may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a call waits for a connection once serving: with the server down or restarting,
+/// calls are answered UNAVAILABLE after this (and agents retry), not held until the caller's
+/// own deadline (found by the fault harness's postgres-restart scenario: held 10 s, agents with
+/// a shorter timeout saw only their own deadline).
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl PgStore {
     async fn ingest_once(&self, reports: &[NewReport]) -> Result<Vec<StoreOutcome>, StoreError> {
