@@ -16,10 +16,14 @@ use std::time::{Duration, Instant};
 /// features for that package only and rebuild half the tree beside the test build's.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
+    // A test runs from `target/<profile>/deps/`, a program of this crate (duban-faults) from
+    // `target/<profile>/`.
+    let parent = exe.parent().expect("the executable's directory");
+    let dir = if parent.ends_with("deps") {
+        parent.parent().expect("target profile directory")
+    } else {
+        parent
+    };
     let path = dir.join(name);
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -44,7 +44,22 @@ pub(super) async fn read_known(
         .iter()
         .map(|r| r.key_id.as_bytes().to_vec())
         .collect();
-    // The keys first, locked: a replica storing reports of the same keys holds them until it
+    // The units first, each under a transaction-scoped advisory lock taken in unit order:
+    // replicas storing reports of the same unit take turns even when a key has no row to lock
+    // (the store's conformance suite ingests without registering keys; under load its
+    // two-replica race took a duplicate for a replay, the report ids read before the other
+    // replica's commit and the seqs after).
+    let mut distinct: Vec<&str> = units.iter().map(String::as_str).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(u, 7218)) \
+         FROM UNNEST($1::text[]) AS u ORDER BY u",
+    )
+    .bind(&distinct)
+    .execute(&mut *conn)
+    .await?;
+    // The keys next, locked: a replica storing reports of the same keys holds them until it
     // commits, so that every read below (each statement sees what was committed when it
     // began) sees all of its reports or none. Read the other way round, the report ids could
     // miss a report that the seqs then found, and a duplicate would be taken for a replay.
