@@ -672,6 +672,25 @@ async fn a_batch_acknowledged_at_once_remembers_the_later_of_two_reports_of_an_i
     );
 }
 
+/// Collects one value of `pct-applications` for 2018Q1, as a source would.
+async fn collect(outbox: &Outbox, key: &SigningKey, v: f64) -> Enqueued {
+    outbox
+        .enqueue(signer(key), &[value("2018Q1", v)], false)
+        .await
+        .unwrap()
+}
+
+/// The centre accepted report `seq` whole.
+async fn acknowledge(outbox: &Outbox, seq: i64) {
+    outbox
+        .ack(&[Ack {
+            seq,
+            refused: Vec::new(),
+        }])
+        .await
+        .unwrap();
+}
+
 /// Found by the fault harness's clock scenario: a report stuck in the outbox (refused for now)
 /// while a later report with newer values for the same items was accepted made every
 /// collection build those values again under a new seq, because change detection compared
@@ -681,54 +700,24 @@ async fn a_stuck_report_does_not_make_later_collections_resend_accepted_values()
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate();
     let outbox = open_synced(&config(dir.path(), 1 << 20, WhenFull::Refuse)).await;
-    let stuck = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 1.0)], false)
-        .await
-        .unwrap();
-    let newer = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
-        .await
-        .unwrap();
+    let stuck = collect(&outbox, &key, 1.0).await;
+    let newer = collect(&outbox, &key, 2.0).await;
     assert_eq!((stuck.reports[0].0, newer.reports[0].0), (1, 2));
-    outbox
-        .ack(&[Ack {
-            seq: 2,
-            refused: Vec::new(),
-        }])
-        .await
-        .unwrap();
-    let again = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
-        .await
-        .unwrap();
+    acknowledge(&outbox, 2).await;
+    let again = collect(&outbox, &key, 2.0).await;
     assert_eq!(
         (again.reports.len(), again.unchanged),
         (0, 1),
         "the accepted newer value is unchanged, whatever waits behind"
     );
     // The stuck report goes through at last: the newer value stays the one remembered.
-    outbox
-        .ack(&[Ack {
-            seq: 1,
-            refused: Vec::new(),
-        }])
-        .await
-        .unwrap();
-    let later = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
-        .await
-        .unwrap();
+    acknowledge(&outbox, 1).await;
+    let later = collect(&outbox, &key, 2.0).await;
     assert_eq!((later.reports.len(), later.unchanged), (0, 1));
     // A value changed while a report waits is still built, once.
-    let changed = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 3.0)], false)
-        .await
-        .unwrap();
+    let changed = collect(&outbox, &key, 3.0).await;
     assert_eq!(changed.reports.len(), 1);
-    let same = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 3.0)], false)
-        .await
-        .unwrap();
+    let same = collect(&outbox, &key, 3.0).await;
     assert_eq!(same.reports.len(), 0);
 }
 
@@ -746,23 +735,11 @@ async fn a_report_signed_while_the_clock_was_ahead_is_issued_again_now() {
         clock.clone(),
     )
     .await;
-    outbox
-        .enqueue(signer(&key), &[value("2018Q1", 1.0)], false)
-        .await
-        .unwrap();
+    collect(&outbox, &key, 1.0).await;
     let revision = decoded(&outbox.pending(10).await.unwrap()[0]).revision;
     // A later report for the period is accepted meanwhile.
-    outbox
-        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
-        .await
-        .unwrap();
-    outbox
-        .ack(&[Ack {
-            seq: 2,
-            refused: Vec::new(),
-        }])
-        .await
-        .unwrap();
+    collect(&outbox, &key, 2.0).await;
+    acknowledge(&outbox, 2).await;
     clock.set_ms(1_796_083_200_000);
     let new_seq = outbox.restamp(1, signer(&key)).await.unwrap().unwrap();
     let pending = outbox.pending(10).await.unwrap();
@@ -778,22 +755,10 @@ async fn a_report_signed_while_the_clock_was_ahead_is_issued_again_now() {
     );
     // Neither the re-signed report nor its acknowledgement makes the accepted value look
     // changed.
-    let again = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
-        .await
-        .unwrap();
+    let again = collect(&outbox, &key, 2.0).await;
     assert_eq!(again.reports.len(), 0);
-    outbox
-        .ack(&[Ack {
-            seq: new_seq,
-            refused: Vec::new(),
-        }])
-        .await
-        .unwrap();
-    let after = outbox
-        .enqueue(signer(&key), &[value("2018Q1", 2.0)], false)
-        .await
-        .unwrap();
+    acknowledge(&outbox, new_seq).await;
+    let after = collect(&outbox, &key, 2.0).await;
     assert_eq!(after.reports.len(), 0);
 }
 

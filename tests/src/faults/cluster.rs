@@ -117,21 +117,8 @@ impl Cluster {
         } else {
             Command::new(&path)
         };
-        let out = command
-            .args(args)
-            .current_dir(self._dir.path())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{program} {}: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        command.args(args).current_dir(self._dir.path());
+        super::succeed(&mut command, &format!("{program} {}", args.join(" ")))
     }
 }
 
@@ -142,7 +129,7 @@ impl Drop for Cluster {
 }
 
 fn is_root() -> bool {
-    // SAFETY-free: reading our own uid through /proc avoids a libc dependency.
+    // Our own uid, read through /proc: no libc dependency for one number.
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -154,18 +141,10 @@ fn is_root() -> bool {
 }
 
 fn chown_postgres(dir: &Path) -> Result<(), String> {
-    let out = Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(dir)
-        .output()
-        .map_err(|e| format!("cannot run chown: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "chown postgres {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    super::succeed(
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir),
+        &format!("chown postgres {}", dir.display()),
+    )
 }

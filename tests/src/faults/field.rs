@@ -81,10 +81,6 @@ impl FieldAgent {
         std::fs::rename(&partial, &self.csv).unwrap();
     }
 
-    pub fn round(&self) -> u64 {
-        self.round
-    }
-
     /// What the source says now, by (indicator, period).
     pub fn expected(&self) -> BTreeMap<(String, String), f64> {
         let mut out = BTreeMap::new();

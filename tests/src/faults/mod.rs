@@ -12,6 +12,7 @@
 //! random for a soak, from the `duban-faults` program (`src/bin/duban-faults.rs`).
 
 pub mod cluster;
+pub mod disk;
 pub mod field;
 pub mod oracle;
 pub mod proxy;
@@ -71,21 +72,24 @@ impl Findings {
     }
 
     pub fn inject(&mut self, what: impl Into<String>) {
-        let what = what.into();
-        eprintln!("[{}] inject: {what}", self.scenario);
+        let what = self.say("inject", what.into());
         self.injected.push(what);
     }
 
     pub fn figure(&mut self, what: impl Into<String>) {
-        let what = what.into();
-        eprintln!("[{}] figure: {what}", self.scenario);
+        let what = self.say("figure", what.into());
         self.figures.push(what);
     }
 
     pub fn problem(&mut self, what: impl Into<String>) {
-        let what = what.into();
-        eprintln!("[{}] PROBLEM: {what}", self.scenario);
+        let what = self.say("PROBLEM", what.into());
         self.problems.push(what);
+    }
+
+    /// Prints `what` as it happens, under the scenario's name and `kind`.
+    fn say(&self, kind: &str, what: String) -> String {
+        eprintln!("[{}] {kind}: {what}", self.scenario);
+        what
     }
 
     /// The scenario cannot run here, and why.
@@ -189,11 +193,6 @@ pub fn rss_bytes(pid: u32) -> u64 {
     status_kb(pid, "VmRSS:") * 1024
 }
 
-/// The peak resident set of a process (VmHWM), in bytes; 0 when it cannot be read.
-pub fn peak_rss_bytes(pid: u32) -> u64 {
-    status_kb(pid, "VmHWM:") * 1024
-}
-
 fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -204,6 +203,22 @@ fn status_kb(pid: u32, field: &str) -> u64 {
                 .and_then(|n| n.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Runs `command`; its error output, after `what`, when it fails.
+pub(crate) fn succeed(command: &mut std::process::Command, what: &str) -> Result<(), String> {
+    let out = command
+        .output()
+        .map_err(|e| format!("{what}: cannot run {:?}: {e}", command.get_program()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// Open file descriptors of a process; 0 when they cannot be listed.

@@ -125,10 +125,6 @@ impl FaultProxy {
         self.shared.changed.notify_all();
     }
 
-    pub fn fault(&self) -> LinkFault {
-        self.shared.fault()
-    }
-
     /// Sends new connections to `upstream` (an aggregator restarted on another port); the
     /// address clients use stays the same.
     pub fn retarget(&self, upstream: SocketAddr) {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::disk::SmallDisk;
 use super::field::{FieldAgent, signal};
 use super::oracle::{Oracle, check_agent};
 use super::proxy::{FaultProxy, LinkFault};
@@ -62,6 +63,34 @@ fn settle_agent(f: &mut Findings, stage: &Stage, agent: &FieldAgent) {
         f.figure(figure);
     }
     f.oracle(found);
+}
+
+/// What the in-process units sent, what was acknowledged, and the answers they met.
+fn stream_figure(f: &mut Findings, oracle: &Oracle, tally: &Tally) {
+    let (sent, acked) = oracle.counts();
+    f.figure(format!(
+        "in-process units: {sent} reports sent, {acked} acknowledged; answers met: {tally}"
+    ));
+}
+
+/// The end of a scenario with in-process units and real agents: the oracle on both, the
+/// agents still running, a fresh report stored.
+fn finish(
+    f: &mut Findings,
+    stage: &Stage,
+    (oracle, tally): (&Oracle, &Tally),
+    (field, daemons): (&[FieldAgent], &mut [Daemon]),
+    aggregator: &mut AggregatorProcess,
+) {
+    stream_figure(f, oracle, tally);
+    f.oracle(oracle.check(&stage.url));
+    for agent in field {
+        settle_agent(f, stage, agent);
+    }
+    for (daemon, agent) in daemons.iter_mut().zip(field) {
+        still_running(f, daemon, agent);
+    }
+    fresh_report(f, stage, aggregator);
 }
 
 /// After the faults: the aggregator is alive, and a fresh report from the stage's last unit
@@ -167,19 +196,14 @@ pub fn link(size: Size) -> Findings {
         agent.next_round();
     }
     sender.join().expect("the senders");
-    let (sent, acked) = oracle.counts();
-    f.figure(format!(
-        "in-process units: {sent} reports sent, {acked} acknowledged; answers met: {tally}"
-    ));
     f.figure(format!("proxy: {:?}", proxy.counts()));
-    f.oracle(oracle.check(&stage.url));
-    for agent in &field {
-        settle_agent(&mut f, &stage, agent);
-    }
-    for (daemon, agent) in daemons.iter_mut().zip(&field) {
-        still_running(&mut f, daemon, agent);
-    }
-    fresh_report(&mut f, &stage, &mut aggregator);
+    finish(
+        &mut f,
+        &stage,
+        (&oracle, &tally),
+        (&field, &mut daemons),
+        &mut aggregator,
+    );
     f
 }
 
@@ -254,10 +278,7 @@ pub fn postgres_restart(size: Size) -> Findings {
         f.problem("/readyz did not say ready within 60 s of the database coming back");
     }
     sender.join().expect("the senders");
-    let (sent, acked) = oracle.counts();
-    f.figure(format!(
-        "{sent} reports sent, {acked} acknowledged; answers met: {tally}"
-    ));
+    stream_figure(&mut f, &oracle, &tally);
     f.oracle(oracle.check(&stage.url));
     fresh_report(&mut f, &stage, &mut aggregator);
     f
@@ -651,10 +672,7 @@ pub fn aggregator_disk_full(_size: Size) -> Findings {
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     sender.join().expect("the senders");
-    let (sent, acked) = oracle.counts();
-    f.figure(format!(
-        "{sent} reports sent, {acked} acknowledged; answers met: {tally}"
-    ));
+    stream_figure(&mut f, &oracle, &tally);
     f.oracle(oracle.check(&stage.url));
     fresh_report(&mut f, &stage, &mut aggregator);
     drop(aggregator);
@@ -819,57 +837,6 @@ fn faketime_library() -> Option<String> {
     .map(|p| p.to_string())
 }
 
-/// A tmpfs of a given size mounted on a directory (root only), grown on demand, unmounted when
-/// dropped.
-pub struct SmallDisk {
-    path: std::path::PathBuf,
-}
-
-impl SmallDisk {
-    pub fn mount(path: &std::path::Path, bytes: u64) -> Result<Self, String> {
-        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(path)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "cannot mount a {bytes}-byte tmpfs (root and CAP_SYS_ADMIN needed): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(SmallDisk {
-            path: path.to_owned(),
-        })
-    }
-
-    pub fn resize(&self, bytes: u64) -> Result<(), String> {
-        let out = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={bytes}")])
-            .arg(&self.path)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "cannot grow the tmpfs: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
-}
-
 /// One sample of the soak's long-lived processes.
 #[derive(Debug, Clone, Copy, Default)]
 struct Sample {
@@ -1004,18 +971,13 @@ pub fn soak(minutes: u64, seed: u64) -> Findings {
     for agent in &mut field {
         agent.next_round();
     }
-    let (sent, acked) = oracle.counts();
-    f.figure(format!(
-        "in-process units: {sent} reports sent, {acked} acknowledged; answers met: {tally}"
-    ));
-    f.oracle(oracle.check(&stage.url));
-    for agent in &field {
-        settle_agent(&mut f, &stage, agent);
-    }
-    for (daemon, agent) in daemons.iter_mut().zip(&field) {
-        still_running(&mut f, daemon, agent);
-    }
-    fresh_report(&mut f, &stage, &mut aggregator);
+    finish(
+        &mut f,
+        &stage,
+        (&oracle, &tally),
+        (&field, &mut daemons),
+        &mut aggregator,
+    );
     growth(&mut f, &samples);
     f
 }
