@@ -36,6 +36,7 @@ pub(super) async fn open_pool(path: &Path) -> Result<SqlitePool, OutboxError> {
         .busy_timeout(Duration::from_secs(10));
     let pool = SqlitePoolOptions::new()
         .max_connections(2)
+        .after_release(|conn, _| Box::pin(release_unless_in_transaction(conn)))
         .connect_with(options)
         .await?;
     sqlx::migrate!().run(&pool).await?;
@@ -50,6 +51,22 @@ pub(super) async fn open_pool(path: &Path) -> Result<SqlitePool, OutboxError> {
         ))));
     }
     Ok(pool)
+}
+
+/// Keeps a connection in the pool only if it is out of every transaction. A COMMIT that fails
+/// because the disk is full (or on an I/O error) ends the transaction inside SQLite, but sqlx
+/// still counts it open: its rollback then fails too, and every later `BEGIN` on that
+/// connection was refused ("attempted to call begin_with at non-zero transaction depth"), so
+/// an agent whose disk had been full never collected or delivered again (found by the fault
+/// harness's agent-disk-full scenario). Such a connection is closed; the pool opens another.
+async fn release_unless_in_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    // The rollback a dropped transaction asked for runs before the ping answers.
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!("an outbox connection was left inside a failed transaction; closing it");
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Reads what it can from a moved-aside outbox into the fresh one: the seq counter, the

@@ -788,3 +788,28 @@ async fn two_opening_a_new_outbox_at_once_neither_moves_it_aside() {
         assert!(aside.is_empty(), "round {round}: {aside:?}");
     }
 }
+
+/// Found by the fault harness's agent-disk-full scenario: a COMMIT that failed on a full disk
+/// ended the transaction inside SQLite while sqlx still counted it open, and the connection
+/// went back to the pool that way. Every later write on it was refused ("attempted to call
+/// begin_with at non-zero transaction depth"): the agent never collected or delivered again
+/// after space returned. Here a raw `COMMIT` inside the transaction leaves the connection in
+/// the same state that the full disk did.
+#[tokio::test]
+async fn after_a_commit_failed_on_a_full_disk_the_outbox_writes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let outbox = open_synced(&config(dir.path(), 1 << 20, WhenFull::Refuse)).await;
+    let mut tx = outbox.pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    sqlx::query("COMMIT").execute(&mut *tx).await.unwrap();
+    assert!(
+        tx.commit().await.is_err(),
+        "sqlx counted the ended transaction open"
+    );
+    for round in 0..10 {
+        let written = outbox
+            .enqueue(signer(&key), &[value("2018Q1", f64::from(round))], false)
+            .await;
+        assert!(written.is_ok(), "round {round}: {written:?}");
+    }
+}

@@ -62,6 +62,18 @@ fn settle_agent(f: &mut Findings, stage: &Stage, agent: &FieldAgent) {
     for figure in figures {
         f.figure(figure);
     }
+    if !found.is_empty() {
+        let log = agent.setup.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        eprintln!(
+            "[{}] {}'s log, last {} lines:\n{}",
+            f.scenario,
+            agent.setup.unit,
+            tail.len(),
+            tail.join("\n")
+        );
+    }
     f.oracle(found);
 }
 
