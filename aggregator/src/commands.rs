@@ -87,7 +87,26 @@ pub(super) async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await?
         }
-        Command::Migrate { db } => {
+        Command::Migrate {
+            from: Some(from),
+            to: Some(to),
+            ..
+        } => {
+            let copied = duban_aggregator::store::copy::sqlite_to_postgres(
+                &from,
+                &to,
+                &mut std::io::stderr(),
+            )
+            .await?;
+            let rows: u64 = copied.tables.iter().map(|t| t.rows).sum();
+            format!(
+                "{} copied into {}: {rows} rows in {} tables, each verified by row count and content hash\n",
+                duban_aggregator::store::redact(&from),
+                duban_aggregator::store::redact(&to),
+                copied.tables.len()
+            )
+        }
+        Command::Migrate { db, .. } => {
             let url = db.url()?;
             AnyStore::open(&url).await?;
             format!(

@@ -56,10 +56,21 @@ enum Command {
     },
     /// Create the database schema, or bring it up to date (`serve` does this at start too).
     /// The commands that only read (status, keys list, reports list, values show, supervision
-    /// report, export, admin-log) never create or migrate a database.
+    /// report, export, admin-log) never create or migrate a database. With --from and --to:
+    /// copy a SQLite database into an empty PostgreSQL one instead (docs/OPERATIONS.md,
+    /// "Moving from SQLite to PostgreSQL").
     Migrate {
         #[command(flatten)]
         db: DbArgs,
+        /// Copy every table of this SQLite database (sqlite://PATH; it may be in use: one
+        /// consistent snapshot is read) into --to. --database-url and --config are not used.
+        #[arg(long, value_name = "URL", requires = "to")]
+        from: Option<String>,
+        /// The PostgreSQL database to copy into (postgres://USER@HOST/DB): given its schema,
+        /// refused if any table has a row, committed only when every table's row count and
+        /// content hash read back equal the source's.
+        #[arg(long, value_name = "URL", requires = "from")]
+        to: Option<String>,
     },
     /// The plan's state: indicators against target and expected, tasks lagging or overdue,
     /// completeness and timeliness per unit, active alerts, each alerted unit's 督办 record.

@@ -46,7 +46,7 @@ pub enum Need {
 }
 
 /// Every need of the suites, in the order the environment table prints them.
-pub const NEEDS: [Need; 10] = [
+pub const NEEDS: [Need; 13] = [
     Need::Postgres,
     Need::Mariadb,
     Need::Program {
@@ -82,7 +82,25 @@ pub const NEEDS: [Need; 10] = [
         program: "faketime",
         package: "faketime",
     },
+    // Backups of a running SQLite database, as docs/OPERATIONS.md makes them.
+    Need::Program {
+        program: "sqlite3",
+        package: "sqlite3",
+    },
+    // deploy/kubernetes: built with `kubectl kustomize`, validated against the Kubernetes
+    // schemas by kubernetes-validate (from PyPI), which reads YAML with PyYAML.
+    Need::Program {
+        program: "kubectl",
+        package: "kubectl",
+    },
+    Need::Program {
+        program: "kubernetes-validate",
+        package: PYPI_KUBERNETES_VALIDATE,
+    },
 ];
+
+/// Where `kubernetes-validate` comes from: PyPI, not Debian.
+pub const PYPI_KUBERNETES_VALIDATE: &str = "pypi:kubernetes-validate";
 
 /// The default MariaDB URL of the agent's SQL source tests.
 pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
@@ -118,10 +136,10 @@ impl Need {
                 }
             }
             Need::Program { program, package } => {
-                let args: &[&str] = if *program == "openssl" {
-                    &["version"]
-                } else {
-                    &["--version"]
+                let args: &[&str] = match *program {
+                    "openssl" => &["version"],
+                    "kubectl" => &["version", "--client"],
+                    _ => &["--version"],
                 };
                 match Command::new(program).args(args).output() {
                     Ok(out) if out.status.success() => {
@@ -130,9 +148,14 @@ impl Need {
                         Ok(text.lines().next().unwrap_or("").trim().to_owned())
                     }
                     Ok(out) => Err(format!("`{program}` exits with {}", out.status)),
-                    Err(error) => Err(format!(
-                        "`{program}` cannot run ({error}); the Debian package {package} brings it"
-                    )),
+                    Err(error) => Err(match package.strip_prefix("pypi:") {
+                        Some(pypi) => format!(
+                            "`{program}` cannot run ({error}); `python3 -m pip install {pypi}` brings it"
+                        ),
+                        None => format!(
+                            "`{program}` cannot run ({error}); the Debian package {package} brings it"
+                        ),
+                    }),
                 }
             }
         }

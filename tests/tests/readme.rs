@@ -62,6 +62,11 @@ const COVERED: &[(&str, &str, &str)] = &[
         "\"respond\", \"extend\"",
     ),
     (
+        "kubectl kustomize deploy/kubernetes/overlays/example",
+        "tests/tests/kubernetes.rs",
+        "fn the_base_and_the_example_overlay_validate_against_the_kubernetes_schemas",
+    ),
+    (
         "duban-agent decide grant",
         "tests/tests/supervision.rs",
         "\"decide\", \"grant\"",

@@ -147,7 +147,10 @@ fn damaged_or(error: StoreError, path: &Path) -> StoreError {
 /// Refuses a damaged file before anything is read from it or written to it: `PRAGMA
 /// quick_check` reads every page and checks each b-tree (not that indexes match their tables,
 /// which `integrity_check` would, at several times the cost).
-async fn check_integrity(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
+pub(super) async fn check_integrity(
+    conn: &mut SqliteConnection,
+    path: &Path,
+) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let found: Vec<String> = sqlx::query_scalar("PRAGMA quick_check(20)")
         .fetch_all(&mut *conn)

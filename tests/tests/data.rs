@@ -1,0 +1,295 @@
+//! The data over the years of a plan, across real processes (docs/OPERATIONS.md): a running
+//! aggregator's SQLite database backed up with `sqlite3 .backup` and restored, a PostgreSQL
+//! one with `pg_dump` and `pg_restore`, and a SQLite database moved into PostgreSQL with
+//! `duban-aggregator migrate --from … --to …`, after which a real agent carries on. In each,
+//! the oracle of the fault harness finds every acknowledged report stored once, with its
+//! exact bytes, in what was restored or moved.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use duban_e2e::faults::field::{FieldAgent, signal};
+use duban_e2e::faults::oracle::{Oracle, check_agent};
+use duban_e2e::faults::senders::{Stream, Tally, on_own_runtime, send};
+use duban_e2e::faults::{Stage, eventually};
+use duban_e2e::{AggregatorProcess, binary, require_program};
+
+/// Every unit in `units` sends `rounds` reports to the aggregator and resends until each is
+/// acknowledged; the oracle remembers them.
+fn stream(aggregator: &AggregatorProcess, units: std::ops::Range<usize>, rounds: u64) -> Oracle {
+    stream_to(format!("http://{}", aggregator.grpc), units, rounds)
+}
+
+fn stream_to(endpoint: String, units: std::ops::Range<usize>, rounds: u64) -> Oracle {
+    let oracle = Oracle::default();
+    let tally = Tally::default();
+    let stream = Stream {
+        endpoints: vec![endpoint],
+        units,
+        rounds,
+        batch: 0,
+        timeout: Duration::from_secs(5),
+        give_up_after: Duration::from_secs(60),
+        stop: Default::default(),
+    };
+    let (o, t) = (oracle.clone(), tally.clone());
+    on_own_runtime(move || send(stream, o, t));
+    let (sent, acked) = oracle.counts();
+    assert_eq!(sent, acked, "every report acknowledged: {tally}");
+    oracle
+}
+
+fn output(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn succeed(command: &mut Command) -> String {
+    let out = command.output().expect("the program runs");
+    assert!(out.status.success(), "{command:?}: {}", output(&out));
+    output(&out)
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    succeed(Command::new("psql").args([url, "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]))
+}
+
+/// A database of its own on the test server, dropped when this is dropped.
+struct Database {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn create(admin: &str, name: &str) -> Self {
+        // Two commands: psql runs one -c with several statements in one transaction, which
+        // DROP DATABASE refuses.
+        psql(
+            admin,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+        psql(admin, &format!("CREATE DATABASE {name}"));
+        let url = match admin.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("a database URL: {admin}"),
+        };
+        Database {
+            admin: admin.to_owned(),
+            name: name.to_owned(),
+            url,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                self.admin.as_str(),
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+#[test]
+fn a_sqlite_backup_taken_while_the_aggregator_writes_restores_every_acknowledged_report() {
+    if !require_program("sqlite3", "sqlite3") {
+        return;
+    }
+    // Units 0 and 1 send before the backup, 2 and 3 while it is taken, 4 to the restored copy.
+    let stage = Stage::new(5, None);
+    let mut aggregator = stage.start(&[]);
+    let before = stream(&aggregator, 0..2, 40);
+    // The backup is taken while two other units keep sending.
+    let backup = stage.dir.path().join("backup.db");
+    let during = {
+        let endpoint = format!("http://{}", aggregator.grpc);
+        std::thread::spawn(move || stream_to(endpoint, 2..4, 200))
+    };
+    let db = stage.url.strip_prefix("sqlite://").unwrap().to_owned();
+    succeed(
+        Command::new("sqlite3")
+            .arg(&db)
+            .arg(format!(".backup '{}'", backup.display())),
+    );
+    during.join().unwrap();
+    aggregator.child.kill().unwrap();
+    let _ = aggregator.child.wait();
+
+    // Restored: the file checks whole, and holds every report acknowledged before it was
+    // taken, once, with its bytes.
+    let restored = stage.dir.path().join("restored.db");
+    std::fs::copy(&backup, &restored).unwrap();
+    let check = succeed(
+        Command::new("sqlite3")
+            .arg(&restored)
+            .arg("PRAGMA integrity_check"),
+    );
+    assert_eq!(check.trim(), "ok");
+    let found = before.check(&sqlite_url(&restored));
+    assert!(found.is_empty(), "{found:?}");
+    // An aggregator serves from it and stores what comes next.
+    let restarted = AggregatorProcess::start(&[
+        "--database-url",
+        &sqlite_url(&restored),
+        "--plan",
+        stage.plan.to_str().unwrap(),
+        "--insecure-plaintext",
+    ]);
+    let after = stream(&restarted, 4..5, 1);
+    let found = after.check(&sqlite_url(&restored));
+    assert!(found.is_empty(), "{found:?}");
+}
+
+#[test]
+fn a_postgresql_dump_restored_into_a_new_database_holds_every_acknowledged_report() {
+    let test = "a_postgresql_dump_restored_into_a_new_database_holds_every_acknowledged_report";
+    let Some(admin) = duban_testkit::postgres_url(test) else {
+        return;
+    };
+    if !require_program("pg_dump", "postgresql-client") {
+        return;
+    }
+    let pid = std::process::id();
+    let source = Database::create(&admin, &format!("duban_dump_{pid}"));
+    let target = Database::create(&admin, &format!("duban_restore_{pid}"));
+    // Units 0 to 2 send before the dump, unit 3 to the restored database.
+    let stage = Stage::new(4, Some(source.url.clone()));
+    let aggregator = stage.start(&[]);
+    let sent = stream(&aggregator, 0..3, 60);
+    // Dumped while the aggregator runs (pg_dump reads one snapshot).
+    let dump = stage.dir.path().join("duban.dump");
+    succeed(
+        Command::new("pg_dump")
+            .args(["--format=custom", "--file"])
+            .arg(&dump)
+            .arg(&source.url),
+    );
+    succeed(
+        Command::new("pg_restore")
+            .args(["--exit-on-error", "--no-owner", "--dbname", &target.url])
+            .arg(&dump),
+    );
+    let found = sent.check(&target.url);
+    assert!(found.is_empty(), "{found:?}");
+    drop(aggregator);
+    // An aggregator serves from the restored database and stores what comes next.
+    let restored = AggregatorProcess::start(&[
+        "--database-url",
+        &target.url,
+        "--plan",
+        stage.plan.to_str().unwrap(),
+        "--insecure-plaintext",
+    ]);
+    let more = stream(&restored, 3..4, 1);
+    let found = more.check(&target.url);
+    assert!(found.is_empty(), "{found:?}");
+}
+
+#[test]
+fn a_running_aggregators_sqlite_database_moves_to_postgresql_and_its_agent_carries_on() {
+    let test = "a_running_aggregators_sqlite_database_moves_to_postgresql_and_its_agent_carries_on";
+    let Some(admin) = duban_testkit::postgres_url(test) else {
+        return;
+    };
+    let target = Database::create(&admin, &format!("duban_moved_{}", std::process::id()));
+    let stage = Stage::new(3, None);
+    let aggregator = stage.start(&[]);
+    let old_endpoint = format!("http://{}", aggregator.grpc);
+    let mut agent = FieldAgent::new(&stage, 0, &old_endpoint, "", "");
+    let mut daemon = agent.spawn(&[]);
+    let delivered = |agent: &FieldAgent, url: &str| {
+        eventually(Duration::from_secs(60), || {
+            check_agent(url, &agent.setup, &agent.expected(), &mut Vec::new()).is_empty()
+        })
+    };
+    assert!(delivered(&agent, &stage.url), "{}", agent.setup.log());
+    signal(daemon.id(), "TERM");
+    let _ = daemon.wait();
+    let sent = stream(&aggregator, 1..3, 50);
+
+    // Moved while the SQLite aggregator still runs.
+    let aggregator_bin = binary("duban-aggregator");
+    let moved = succeed(Command::new(&aggregator_bin).args([
+        "migrate",
+        "--from",
+        &stage.url,
+        "--to",
+        &target.url,
+    ]));
+    assert!(moved.contains("reports: "), "{moved}");
+    assert!(moved.contains("in 14 tables"), "{moved}");
+    let found = sent.check(&target.url);
+    assert!(found.is_empty(), "{found:?}");
+    let reports = psql(&target.url, "SELECT count(*) FROM reports");
+
+    // A second copy into the same database is refused, and nothing is written.
+    let again = Command::new(&aggregator_bin)
+        .args(["migrate", "--from", &stage.url, "--to", &target.url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        output(&again).contains("is not empty: keys"),
+        "{}",
+        output(&again)
+    );
+    assert_eq!(psql(&target.url, "SELECT count(*) FROM reports"), reports);
+    // The other way round, or half a command, is refused with the reason.
+    let backwards = Command::new(&aggregator_bin)
+        .args(["migrate", "--from", &target.url, "--to", &stage.url])
+        .output()
+        .unwrap();
+    assert!(!backwards.status.success());
+    assert!(
+        output(&backwards).contains("--from must be a sqlite:// URL and --to a postgres:// URL"),
+        "{}",
+        output(&backwards)
+    );
+    let half = Command::new(&aggregator_bin)
+        .args(["migrate", "--from", &stage.url])
+        .output()
+        .unwrap();
+    assert_eq!(half.status.code(), Some(2), "{}", output(&half));
+    assert!(output(&half).contains("--to"), "{}", output(&half));
+    drop(aggregator);
+
+    // The agent, sent to an aggregator on PostgreSQL, carries on: new values accepted under
+    // the next seqs, nothing sent again, no seq refused as a replay.
+    let on_postgres = AggregatorProcess::start(&[
+        "--database-url",
+        &target.url,
+        "--plan",
+        stage.plan.to_str().unwrap(),
+        "--insecure-plaintext",
+    ]);
+    let config = std::fs::read_to_string(&agent.setup.config).unwrap();
+    std::fs::write(
+        &agent.setup.config,
+        config.replace(&old_endpoint, &format!("http://{}", on_postgres.grpc)),
+    )
+    .unwrap();
+    agent.next_round();
+    let mut daemon = agent.spawn(&[]);
+    let carried_on = delivered(&agent, &target.url);
+    signal(daemon.id(), "TERM");
+    let _ = daemon.wait();
+    assert!(carried_on, "{}", agent.setup.log());
+    assert!(
+        !agent.setup.log().contains("SEQ_REPLAY"),
+        "{}",
+        agent.setup.log()
+    );
+}
