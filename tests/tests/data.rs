@@ -221,14 +221,16 @@ fn a_running_aggregators_sqlite_database_moves_to_postgresql_and_its_agent_carri
     let sent = stream(&aggregator, 1..3, 50);
 
     // Moved while the SQLite aggregator still runs.
-    let aggregator_bin = binary("duban-aggregator");
-    let moved = succeed(Command::new(&aggregator_bin).args([
-        "migrate",
-        "--from",
-        &stage.url,
-        "--to",
-        &target.url,
-    ]));
+    let migrate = |args: &[&str]| {
+        Command::new(binary("duban-aggregator"))
+            .arg("migrate")
+            .args(args)
+            .output()
+            .expect("duban-aggregator runs")
+    };
+    let moved = migrate(&["--from", &stage.url, "--to", &target.url]);
+    assert!(moved.status.success(), "{}", output(&moved));
+    let moved = output(&moved);
     assert!(moved.contains("reports: "), "{moved}");
     assert!(moved.contains("in 14 tables"), "{moved}");
     let found = sent.check(&target.url);
@@ -236,10 +238,7 @@ fn a_running_aggregators_sqlite_database_moves_to_postgresql_and_its_agent_carri
     let reports = psql(&target.url, "SELECT count(*) FROM reports");
 
     // A second copy into the same database is refused, and nothing is written.
-    let again = Command::new(&aggregator_bin)
-        .args(["migrate", "--from", &stage.url, "--to", &target.url])
-        .output()
-        .unwrap();
+    let again = migrate(&["--from", &stage.url, "--to", &target.url]);
     assert!(!again.status.success());
     assert!(
         output(&again).contains("is not empty: keys"),
@@ -248,20 +247,14 @@ fn a_running_aggregators_sqlite_database_moves_to_postgresql_and_its_agent_carri
     );
     assert_eq!(psql(&target.url, "SELECT count(*) FROM reports"), reports);
     // The other way round, or half a command, is refused with the reason.
-    let backwards = Command::new(&aggregator_bin)
-        .args(["migrate", "--from", &target.url, "--to", &stage.url])
-        .output()
-        .unwrap();
+    let backwards = migrate(&["--from", &target.url, "--to", &stage.url]);
     assert!(!backwards.status.success());
     assert!(
         output(&backwards).contains("--from must be a sqlite:// URL and --to a postgres:// URL"),
         "{}",
         output(&backwards)
     );
-    let half = Command::new(&aggregator_bin)
-        .args(["migrate", "--from", &stage.url])
-        .output()
-        .unwrap();
+    let half = migrate(&["--from", &stage.url]);
     assert_eq!(half.status.code(), Some(2), "{}", output(&half));
     assert!(output(&half).contains("--to"), "{}", output(&half));
     drop(aggregator);

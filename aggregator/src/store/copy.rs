@@ -18,8 +18,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
-use sqlx::postgres::{PgConnection, PgRow};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::SqliteConnectOptions;
 // The SQL built here names only the tables of [`TABLES`] and the columns PostgreSQL lists for
 // them in information_schema (this program's own schema): no outside text reaches it.
 use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, SqliteConnection};
@@ -282,7 +282,16 @@ fn select(table: &str, columns: &[Column]) -> String {
     format!("SELECT {} FROM {table}", names.join(", "))
 }
 
-fn from_sqlite(row: &SqliteRow, columns: &[Column]) -> Result<Vec<Value>, sqlx::Error> {
+/// One row's values, read by the kind of each column (from either database). Floats are read
+/// unchecked: SQLite keeps a REAL that happens to be whole as it was written.
+fn values<R: Row>(row: &R, columns: &[Column]) -> Result<Vec<Value>, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<f64>: sqlx::Decode<'r, R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<Vec<u8>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     columns
         .iter()
         .enumerate()
@@ -292,22 +301,6 @@ fn from_sqlite(row: &SqliteRow, columns: &[Column]) -> Result<Vec<Value>, sqlx::
                 Kind::Float => row
                     .try_get_unchecked::<Option<f64>, _>(i)?
                     .map(Value::Float),
-                Kind::Text => row.try_get::<Option<String>, _>(i)?.map(Value::Text),
-                Kind::Bytes => row.try_get::<Option<Vec<u8>>, _>(i)?.map(Value::Bytes),
-            }
-            .unwrap_or(Value::Null))
-        })
-        .collect()
-}
-
-fn from_postgres(row: &PgRow, columns: &[Column]) -> Result<Vec<Value>, sqlx::Error> {
-    columns
-        .iter()
-        .enumerate()
-        .map(|(i, column)| {
-            Ok(match column.kind {
-                Kind::Int => row.try_get::<Option<i64>, _>(i)?.map(Value::Int),
-                Kind::Float => row.try_get::<Option<f64>, _>(i)?.map(Value::Float),
                 Kind::Text => row.try_get::<Option<String>, _>(i)?.map(Value::Text),
                 Kind::Bytes => row.try_get::<Option<Vec<u8>>, _>(i)?.map(Value::Bytes),
             }
@@ -327,7 +320,7 @@ async fn copy_table(
     let query = select(table, columns);
     let mut rows = sqlx::query(AssertSqlSafe(query)).fetch(&mut *source);
     while let Some(row) = rows.next().await {
-        let values = from_sqlite(&row?, columns)?;
+        let values = values(&row?, columns)?;
         hash.add(&values);
         batch.push(values);
         if batch.len() == BATCH_ROWS {
@@ -380,7 +373,7 @@ async fn read_back(
     let query = select(table, columns);
     let mut rows = sqlx::query(AssertSqlSafe(query)).fetch(&mut *target);
     while let Some(row) = rows.next().await {
-        hash.add(&from_postgres(&row?, columns)?);
+        hash.add(&values(&row?, columns)?);
     }
     Ok(hash)
 }
