@@ -106,6 +106,51 @@ pub(super) async fn run(command: Command) -> anyhow::Result<()> {
                 copied.tables.len()
             )
         }
+        Command::Archive {
+            out,
+            delete,
+            db,
+            plan,
+        } => {
+            let plan = db.plan(&plan)?;
+            let today = jiff::Timestamp::from_millisecond(now)?
+                .to_zoned(plan.tz.clone())
+                .date();
+            if delete && plan.window.end >= today {
+                anyhow::bail!(
+                    "plan {} runs until {} (its window); --delete removes only a closed plan, and nothing was written (without --delete, archive exports it)",
+                    plan.id,
+                    plan.window.end
+                );
+            }
+            let url = db.url()?;
+            let archived = duban_aggregator::store::archive::archive_plan(
+                &url,
+                &plan.id,
+                &out,
+                delete,
+                &mut std::io::stderr(),
+            )
+            .await?;
+            let rows: u64 = archived.tables.iter().map(|t| t.rows).sum();
+            let mut text = format!(
+                "plan {} archived into {}: {rows} rows in {} tables, each verified by row count and content hash\n",
+                plan.id,
+                out.display(),
+                archived.tables.len()
+            );
+            match archived.deleted {
+                Some(deleted) => text.push_str(&format!(
+                    "{deleted} rows of plan {} deleted from {}\n",
+                    plan.id,
+                    duban_aggregator::store::redact(&url)
+                )),
+                None => {
+                    text.push_str("nothing was deleted from the database (--delete does that)\n")
+                }
+            }
+            text
+        }
         Command::Migrate { db, .. } => {
             let url = db.url()?;
             AnyStore::open(&url).await?;

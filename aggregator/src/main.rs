@@ -72,6 +72,24 @@ enum Command {
         #[arg(long, value_name = "URL", requires = "from")]
         to: Option<String>,
     },
+    /// Export one plan's whole record into a new SQLite file of this program's schema (reports
+    /// with their original bytes and signatures, value and task history, current values and
+    /// tasks, audit, alerts, statements, and every key), verified by each table's row count
+    /// and content hash read back from the file. With --delete, then remove the plan's rows
+    /// from the database: only for a closed plan (its window ended before today), and only if
+    /// nothing changed since the export (docs/OPERATIONS.md, "Retention and archives").
+    Archive {
+        /// The archive file to write; refused if it exists.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// After the archive is written and verified, delete the plan's rows from the database.
+        #[arg(long)]
+        delete: bool,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        plan: PlanArg,
+    },
     /// The plan's state: indicators against target and expected, tasks lagging or overdue,
     /// completeness and timeliness per unit, active alerts, each alerted unit's 督办 record.
     Status {

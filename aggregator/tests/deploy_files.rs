@@ -96,11 +96,11 @@ fn the_license_and_both_systemd_units_are_shipped() {
     for (unit, exec) in [
         (
             "duban-aggregator.service",
-            "ExecStart=/usr/local/bin/duban-aggregator serve --config /etc/duban/aggregator.toml",
+            "ExecStart=/usr/bin/duban-aggregator serve --config /etc/duban/aggregator.toml",
         ),
         (
             "duban-agent.service",
-            "ExecStart=/usr/local/bin/duban-agent run --config /etc/duban/agent.toml",
+            "ExecStart=/usr/bin/duban-agent run --config /etc/duban/agent.toml",
         ),
     ] {
         let text = std::fs::read_to_string(format!("{root}/deploy/systemd/{unit}")).unwrap();

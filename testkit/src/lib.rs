@@ -46,7 +46,7 @@ pub enum Need {
 }
 
 /// Every need of the suites, in the order the environment table prints them.
-pub const NEEDS: [Need; 13] = [
+pub const NEEDS: [Need; 15] = [
     Need::Postgres,
     Need::Mariadb,
     Need::Program {
@@ -96,6 +96,16 @@ pub const NEEDS: [Need; 13] = [
     Need::Program {
         program: "kubernetes-validate",
         package: PYPI_KUBERNETES_VALIDATE,
+    },
+    // The Debian packages are installed into a root made by debootstrap (as root), and their
+    // units verified by systemd-analyze.
+    Need::Program {
+        program: "debootstrap",
+        package: "debootstrap",
+    },
+    Need::Program {
+        program: "systemd-analyze",
+        package: "systemd",
     },
 ];
 

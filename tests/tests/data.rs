@@ -286,3 +286,176 @@ fn a_running_aggregators_sqlite_database_moves_to_postgresql_and_its_agent_carri
         agent.setup.log()
     );
 }
+
+/// `SELECT count(*)` on either kind of database, through its own client.
+fn count(url: &str, sql: &str) -> u64 {
+    let out = match url.strip_prefix("sqlite://") {
+        Some(path) => succeed(Command::new("sqlite3").arg(path).arg(sql)),
+        None => psql(url, sql),
+    };
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{sql}: {out}"))
+}
+
+/// `duban-aggregator archive` of the stage's plan, on the stage's database: an archive taken
+/// while the aggregator runs holds every acknowledged report once with its bytes; an existing
+/// file, a plan still open and rows changed after the export each stop it with nothing lost;
+/// `--delete` of the closed plan leaves the database without the plan and the archive with
+/// all of it.
+fn archive_the_plan(stage: &Stage) {
+    if !require_program("sqlite3", "sqlite3") || !require_program("faketime", "faketime") {
+        return;
+    }
+    let plan_rows = format!(
+        "SELECT count(*) FROM reports WHERE plan_id = '{}'",
+        duban_e2e::faults::PLAN_ID
+    );
+    let archive = |now: Option<&str>, args: &[&str]| {
+        let mut command = match now {
+            Some(time) => {
+                let mut c = Command::new("faketime");
+                c.arg(time).arg(binary("duban-aggregator"));
+                c
+            }
+            None => Command::new(binary("duban-aggregator")),
+        };
+        command
+            .arg("archive")
+            .args(["--database-url", &stage.url])
+            .arg("--plan")
+            .arg(&stage.plan)
+            .args(args)
+            .output()
+            .expect("duban-aggregator runs")
+    };
+    let file = |name: &str| stage.dir.path().join(name);
+    let aggregator = stage.start(&[]);
+    let sent = stream(&aggregator, 0..2, 30);
+
+    // Taken while the aggregator runs; deletes nothing.
+    let first = file("first.db");
+    let out = archive(None, &["--out", first.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output(&out));
+    assert!(
+        output(&out).contains("reports: 60 rows archived and verified"),
+        "{}",
+        output(&out)
+    );
+    assert!(
+        output(&out).contains("nothing was deleted"),
+        "{}",
+        output(&out)
+    );
+    let found = sent.check(&sqlite_url(&first));
+    assert!(found.is_empty(), "{found:?}");
+    let found = sent.check(&stage.url);
+    assert!(found.is_empty(), "{found:?}");
+    // The archive is a database of this program's: its own commands read it.
+    succeed(
+        Command::new(binary("duban-aggregator"))
+            .args(["status", "--database-url", &sqlite_url(&first), "--plan"])
+            .arg(&stage.plan),
+    );
+
+    // An existing file is refused and left as it was.
+    let before = std::fs::read(&first).unwrap();
+    let again = archive(None, &["--out", first.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1), "{}", output(&again));
+    assert!(
+        output(&again).contains("exists: archive writes a new file only"),
+        "{}",
+        output(&again)
+    );
+    assert_eq!(std::fs::read(&first).unwrap(), before);
+
+    // While the plan runs (the clock inside its window), --delete is refused before anything
+    // is written.
+    let open = file("open.db");
+    let refused = archive(
+        Some("2025-06-01 12:00:00"),
+        &["--delete", "--out", open.to_str().unwrap()],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", output(&refused));
+    assert!(
+        output(&refused).contains("runs until 2025-12-31"),
+        "{}",
+        output(&refused)
+    );
+    assert!(!open.exists());
+
+    // Rows that change between the export and the delete stop the delete: nothing deleted.
+    let changed = file("changed.db");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let exported = runtime
+        .block_on(duban_aggregator::store::archive::export_plan(
+            &stage.url,
+            duban_e2e::faults::PLAN_ID,
+            &changed,
+            &mut std::io::sink(),
+        ))
+        .expect("exported");
+    let later = stream(&aggregator, 2..3, 5);
+    let stopped = runtime.block_on(duban_aggregator::store::archive::delete_archived(
+        &stage.url,
+        duban_e2e::faults::PLAN_ID,
+        &changed,
+        &exported,
+        &mut std::io::sink(),
+    ));
+    let error = stopped
+        .expect_err("rows changed after the export")
+        .to_string();
+    assert!(
+        error.contains("changed after the export") && error.contains("nothing was deleted"),
+        "{error}"
+    );
+    assert_eq!(count(&stage.url, &plan_rows), 65);
+    drop(aggregator);
+
+    // The plan closed (its window ended in 2025): archived, verified, then deleted.
+    let last = file("last.db");
+    let out = archive(None, &["--delete", "--out", last.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output(&out));
+    assert!(
+        output(&out).contains(&format!(
+            "rows of plan {} deleted from",
+            duban_e2e::faults::PLAN_ID
+        )),
+        "{}",
+        output(&out)
+    );
+    for oracle in [&sent, &later] {
+        let found = oracle.check(&sqlite_url(&last));
+        assert!(found.is_empty(), "{found:?}");
+    }
+    assert_eq!(count(&sqlite_url(&last), &plan_rows), 65);
+    assert_eq!(count(&stage.url, &plan_rows), 0);
+    for table in duban_aggregator::store::archive::PLAN_TABLES {
+        let rows = count(
+            &stage.url,
+            &format!(
+                "SELECT count(*) FROM {table} WHERE plan_id = '{}'",
+                duban_e2e::faults::PLAN_ID
+            ),
+        );
+        assert_eq!(rows, 0, "{table} still has the plan's rows");
+    }
+    // The keys stay: they are the units', not the plan's.
+    assert!(count(&stage.url, "SELECT count(*) FROM keys") >= 3);
+}
+
+#[test]
+fn a_closed_plan_is_archived_verified_and_only_then_deleted_on_sqlite() {
+    archive_the_plan(&Stage::new(3, None));
+}
+
+#[test]
+fn a_closed_plan_is_archived_verified_and_only_then_deleted_on_postgresql() {
+    let test = "a_closed_plan_is_archived_verified_and_only_then_deleted_on_postgresql";
+    let Some(admin) = duban_testkit::postgres_url(test) else {
+        return;
+    };
+    let database = Database::create(&admin, &format!("duban_archive_{}", std::process::id()));
+    archive_the_plan(&Stage::new(3, Some(database.url.clone())));
+}

@@ -61,6 +61,17 @@ const COVERED: &[(&str, &str, &str)] = &[
         "tests/tests/supervision.rs",
         "\"respond\", \"extend\"",
     ),
+    // The packages are built, installed, upgraded, removed and purged in a Debian root.
+    (
+        "deploy/debian/build",
+        "tests/tests/debian.rs",
+        "deploy/debian/build",
+    ),
+    (
+        "apt install ./duban-",
+        "tests/tests/debian.rs",
+        "\"apt-get\", \"install\"",
+    ),
     (
         "kubectl kustomize deploy/kubernetes/overlays/example",
         "tests/tests/kubernetes.rs",

@@ -46,7 +46,7 @@ pub const TABLES: [&str; 14] = [
 ];
 
 /// Rows per INSERT (under PostgreSQL's 65,535 binds for the widest table).
-const BATCH_ROWS: usize = 1_000;
+pub(super) const BATCH_ROWS: usize = 1_000;
 
 /// What was copied, table by table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub struct TableCopy {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Int,
     Float,
     Text,
@@ -72,14 +72,14 @@ enum Kind {
 }
 
 #[derive(Debug, Clone)]
-struct Column {
-    name: String,
-    kind: Kind,
+pub(super) struct Column {
+    pub(super) name: String,
+    pub(super) kind: Kind,
 }
 
 /// One value as both databases hold it.
 #[derive(Debug, Clone, PartialEq)]
-enum Value {
+pub(super) enum Value {
     Null,
     Int(i64),
     Float(f64),
@@ -116,13 +116,13 @@ impl Value {
 /// The sum of the rows' SHA-256 digests (as four 64-bit lanes, wrapping): the same for the
 /// same rows in any order.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct RowsHash {
-    rows: u64,
+pub(super) struct RowsHash {
+    pub(super) rows: u64,
     lanes: [u64; 4],
 }
 
 impl RowsHash {
-    fn add(&mut self, row: &[Value]) {
+    pub(super) fn add(&mut self, row: &[Value]) {
         let mut hasher = Sha256::new();
         for value in row {
             value.hash_into(&mut hasher);
@@ -134,7 +134,7 @@ impl RowsHash {
         self.rows += 1;
     }
 
-    fn hex(&self) -> String {
+    pub(super) fn hex(&self) -> String {
         self.lanes.iter().map(|l| format!("{l:016x}")).collect()
     }
 }
@@ -277,14 +277,14 @@ async fn columns(target: &mut PgConnection, table: &str) -> Result<Vec<Column>, 
         .collect()
 }
 
-fn select(table: &str, columns: &[Column]) -> String {
+pub(super) fn select(table: &str, columns: &[Column]) -> String {
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     format!("SELECT {} FROM {table}", names.join(", "))
 }
 
 /// One row's values, read by the kind of each column (from either database). Floats are read
 /// unchecked: SQLite keeps a REAL that happens to be whole as it was written.
-fn values<R: Row>(row: &R, columns: &[Column]) -> Result<Vec<Value>, sqlx::Error>
+pub(super) fn values<R: Row>(row: &R, columns: &[Column]) -> Result<Vec<Value>, sqlx::Error>
 where
     usize: sqlx::ColumnIndex<R>,
     for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -342,10 +342,35 @@ async fn insert(
     rows: &[Vec<Value>],
 ) -> Result<(), StoreError> {
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    let mut query = QueryBuilder::new(format!(
+    let prefix = format!(
         "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE ",
         names.join(", ")
-    ));
+    );
+    insert_query::<sqlx::Postgres>(prefix, columns, rows)
+        .build()
+        .execute(&mut *target)
+        .await?;
+    Ok(())
+}
+
+/// `prefix` followed by `VALUES (…), (…)` with every value of `rows` bound, NULLs typed by
+/// their column.
+pub(super) fn insert_query<DB: sqlx::Database>(
+    prefix: String,
+    columns: &[Column],
+    rows: &[Vec<Value>],
+) -> QueryBuilder<DB>
+where
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> f64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> Vec<u8>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> Option<i64>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> Option<f64>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> Option<String>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> Option<Vec<u8>>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let mut query = QueryBuilder::new(prefix);
     query.push_values(rows, |mut b, row| {
         for (value, column) in row.iter().zip(columns) {
             match (value, column.kind) {
@@ -360,8 +385,7 @@ async fn insert(
             };
         }
     });
-    query.build().execute(&mut *target).await?;
-    Ok(())
+    query
 }
 
 async fn read_back(

@@ -15,6 +15,7 @@
 //! schema lives in per-backend migrations under `aggregator/migrations/`.
 
 mod alerts;
+pub mod archive;
 pub mod copy;
 mod decide;
 mod postgres;
