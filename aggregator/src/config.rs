@@ -225,6 +225,29 @@ pub enum ConfigError {
     },
 }
 
+/// A `sqlite://` URL whose path is relative, made relative to `base` (the configuration file's
+/// directory); any other URL as it is.
+fn sqlite_relative_to(url: &str, base: &Path) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url.to_owned();
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path.starts_with('/') || path == ":memory:" {
+        return url.to_owned();
+    }
+    let joined = base.join(path);
+    match query {
+        Some(query) => format!("sqlite://{}?{query}", joined.display()),
+        None => format!("sqlite://{}", joined.display()),
+    }
+}
+
 impl ServeFile {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
@@ -241,6 +264,9 @@ impl ServeFile {
         };
         resolve(&mut parsed.plan);
         resolve(&mut parsed.database_url_file);
+        if let Some(url) = parsed.database_url.as_mut() {
+            *url = sqlite_relative_to(url, base);
+        }
         if let Some(tls) = parsed.tls.as_mut() {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
@@ -656,6 +682,36 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "a.toml: database_url: expected sqlite://PATH or postgres://USER@HOST/DB"
+        );
+    }
+
+    #[test]
+    fn a_relative_sqlite_path_in_the_file_is_relative_to_the_file() {
+        let base = Path::new("/etc/duban");
+        for (url, resolved) in [
+            ("sqlite://duban.db", "sqlite:///etc/duban/duban.db"),
+            (
+                "sqlite:data/duban.db?mode=rwc",
+                "sqlite:///etc/duban/data/duban.db?mode=rwc",
+            ),
+            (
+                "sqlite:///var/lib/duban/duban.db",
+                "sqlite:///var/lib/duban/duban.db",
+            ),
+            ("sqlite::memory:", "sqlite::memory:"),
+            ("postgres://duban@db/duban", "postgres://duban@db/duban"),
+        ] {
+            assert_eq!(sqlite_relative_to(url, base), resolved, "{url}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("aggregator.toml");
+        std::fs::write(&file, "database_url = \"sqlite://from-file.db\"\n").unwrap();
+        assert_eq!(
+            ServeFile::read(&file).unwrap().database_url,
+            Some(format!(
+                "sqlite://{}",
+                dir.path().join("from-file.db").display()
+            ))
         );
     }
 

@@ -78,10 +78,16 @@ fn flags_merge_with_the_configuration_file_key_by_key() {
         both(&out)
     );
 
-    // Where the database is: --database-url, else DUBAN_DATABASE_URL, else the file.
-    ok(aggregator(d, &["migrate", "--config", config_arg]));
+    // Where the database is: --database-url, else DUBAN_DATABASE_URL, else the file; a relative
+    // path in the file is relative to the file's directory, wherever the command runs.
+    let _ = std::fs::remove_file(d.join("from-file.db"));
+    let elsewhere = tempfile::tempdir().unwrap();
+    ok(aggregator(
+        elsewhere.path(),
+        &["migrate", "--config", config_arg],
+    ));
     assert!(
-        d.join("from-file.db").exists(),
+        d.join("from-file.db").exists() && !elsewhere.path().join("from-file.db").exists(),
         "relative to the file's directory"
     );
     let out = Command::new(binary("duban-aggregator"))
