@@ -167,9 +167,7 @@ async fn write(
     columns: &[Column],
     rows: &[Vec<copy::Value>],
 ) -> Result<(), StoreError> {
-    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    let prefix = format!("INSERT INTO {table} ({}) ", names.join(", "));
-    copy::insert_query::<sqlx::Sqlite>(prefix, columns, rows)
+    copy::insert_query::<sqlx::Sqlite>(table, "", columns, rows)
         .build()
         .execute(conn)
         .await?;
@@ -183,25 +181,19 @@ async fn columns(archive: &mut SqliteConnection, table: &str) -> Result<Vec<Colu
             .bind(table)
             .fetch_all(&mut *archive)
             .await?;
-    if rows.is_empty() {
-        return Err(archive_error(format!("the archive has no table {table}")));
-    }
-    rows.into_iter()
-        .map(|(name, declared)| {
-            let kind = match declared.to_ascii_uppercase().as_str() {
-                "INTEGER" => Kind::Int,
-                "REAL" => Kind::Float,
-                "TEXT" => Kind::Text,
-                "BLOB" => Kind::Bytes,
-                other => {
-                    return Err(archive_error(format!(
-                        "{table}.{name}: column type {other} is not one archive copies"
-                    )));
-                }
-            };
-            Ok(Column { name, kind })
-        })
-        .collect()
+    copy::typed_columns(
+        table,
+        "the archive",
+        rows,
+        "archive",
+        |declared| match declared.to_ascii_uppercase().as_str() {
+            "INTEGER" => Some(Kind::Int),
+            "REAL" => Some(Kind::Float),
+            "TEXT" => Some(Kind::Text),
+            "BLOB" => Some(Kind::Bytes),
+            _ => None,
+        },
+    )
 }
 
 fn select(table: &str, columns: &[Column], plan_id: &str) -> String {
@@ -339,12 +331,8 @@ async fn export(
     super::sqlite::check_integrity(&mut reread, out).await?;
     let mut tables = Vec::new();
     for (table, columns, hash) in sent {
-        let mut rows = sqlx::query(AssertSqlSafe(copy::select(table, &columns))).fetch(&mut reread);
-        let mut stored = RowsHash::default();
-        while let Some(row) = rows.next().await {
-            stored.add(&copy::values(&row?, &columns)?);
-        }
-        drop(rows);
+        let rows = sqlx::query(AssertSqlSafe(copy::select(table, &columns))).fetch(&mut reread);
+        let stored = drain(rows, &columns, None).await?;
         if stored != hash {
             return Err(archive_error(format!(
                 "{table}: the archive differs from the database ({} rows, hash {} read; {} rows, hash {} in the file); the file was removed",

@@ -256,23 +256,39 @@ async fn columns(target: &mut PgConnection, table: &str) -> Result<Vec<Column>, 
     .bind(table)
     .fetch_all(&mut *target)
     .await?;
+    typed_columns(
+        table,
+        "the target",
+        rows,
+        "migrate",
+        |data_type| match data_type {
+            "bigint" | "integer" | "smallint" => Some(Kind::Int),
+            "double precision" | "real" => Some(Kind::Float),
+            "text" | "character varying" => Some(Kind::Text),
+            "bytea" => Some(Kind::Bytes),
+            _ => None,
+        },
+    )
+}
+
+/// `(name, type)` rows of `table` in `database` as columns, each of the kind `kind_of` gives
+/// its type; a table without columns, or a type `command` does not copy, is an error.
+pub(super) fn typed_columns(
+    table: &str,
+    database: &str,
+    rows: Vec<(String, String)>,
+    command: &str,
+    kind_of: impl Fn(&str) -> Option<Kind>,
+) -> Result<Vec<Column>, StoreError> {
     if rows.is_empty() {
-        return Err(copy_error(format!("the target has no table {table}")));
+        return Err(copy_error(format!("{database} has no table {table}")));
     }
     rows.into_iter()
-        .map(|(name, data_type)| {
-            let kind = match data_type.as_str() {
-                "bigint" | "integer" | "smallint" => Kind::Int,
-                "double precision" | "real" => Kind::Float,
-                "text" | "character varying" => Kind::Text,
-                "bytea" => Kind::Bytes,
-                other => {
-                    return Err(copy_error(format!(
-                        "{table}.{name}: column type {other} is not one migrate copies"
-                    )));
-                }
-            };
-            Ok(Column { name, kind })
+        .map(|(name, data_type)| match kind_of(&data_type) {
+            Some(kind) => Ok(Column { name, kind }),
+            None => Err(copy_error(format!(
+                "{table}.{name}: column type {data_type} is not one {command} copies"
+            ))),
         })
         .collect()
 }
@@ -341,22 +357,18 @@ async fn insert(
     columns: &[Column],
     rows: &[Vec<Value>],
 ) -> Result<(), StoreError> {
-    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    let prefix = format!(
-        "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE ",
-        names.join(", ")
-    );
-    insert_query::<sqlx::Postgres>(prefix, columns, rows)
+    insert_query::<sqlx::Postgres>(table, "OVERRIDING SYSTEM VALUE", columns, rows)
         .build()
         .execute(&mut *target)
         .await?;
     Ok(())
 }
 
-/// `prefix` followed by `VALUES (…), (…)` with every value of `rows` bound, NULLs typed by
-/// their column.
+/// `INSERT INTO table (columns) <extra> VALUES (…), (…)` with every value of `rows` bound,
+/// NULLs typed by their column.
 pub(super) fn insert_query<DB: sqlx::Database>(
-    prefix: String,
+    table: &str,
+    extra: &str,
     columns: &[Column],
     rows: &[Vec<Value>],
 ) -> QueryBuilder<DB>
@@ -370,7 +382,11 @@ where
     for<'t> Option<String>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
     for<'t> Option<Vec<u8>>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
 {
-    let mut query = QueryBuilder::new(prefix);
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let mut query = QueryBuilder::new(format!(
+        "INSERT INTO {table} ({}) {extra} ",
+        names.join(", ")
+    ));
     query.push_values(rows, |mut b, row| {
         for (value, column) in row.iter().zip(columns) {
             match (value, column.kind) {
