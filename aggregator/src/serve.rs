@@ -11,8 +11,8 @@ use std::time::Duration;
 use duban_proto::pb::report_service_server::ReportServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::alerting::AlertSettings;
 use crate::app::App;
@@ -261,9 +261,8 @@ pub async fn run(
             tracing::warn!(
                 "serving gRPC WITHOUT TLS (--insecure-plaintext): reports and identities travel in clear; use only for tests"
             );
-            tokio::spawn(
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
-            )
+            let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped()))
         }
     };
     let routes = crate::http::router(app.clone(), token);

@@ -1,6 +1,6 @@
 //! The baselines every figure is compared with, measured in the same run: Ed25519 verification
-//! per core, raw SQLite inserts of the same rows, and Prometheus Pushgateway under the same
-//! concurrency. Also the bench plan.
+//! per core, raw SQLite (and PostgreSQL) inserts of the same rows, and Prometheus Pushgateway
+//! under the same concurrency. Also the bench plan.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -98,6 +98,93 @@ pub async fn raw_sqlite(path: &Path, values: usize, count: usize) -> anyhow::Res
             b.push_bind(pk).push_bind(id).push_bind(value);
         });
         q.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Reports per second written as raw inserts into PostgreSQL (`url`, a fresh schema): the same
+/// rows as [`raw_sqlite`], 100 reports per transaction, each table in one `INSERT .. SELECT
+/// FROM UNNEST` of typed arrays, with the server's own durability (`synchronous_commit` as
+/// configured): the floor of what duban's PostgreSQL write path can cost.
+pub async fn raw_postgres(url: &str, values: usize, count: usize) -> anyhow::Result<f64> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    conn.execute(
+        "CREATE TABLE reports (report_pk BIGINT PRIMARY KEY, unit_id TEXT NOT NULL,
+             report_id BYTEA NOT NULL, seq BIGINT NOT NULL, period TEXT NOT NULL,
+             payload BYTEA NOT NULL, signature BYTEA NOT NULL, UNIQUE (unit_id, report_id));
+         CREATE TABLE value_history (report_pk BIGINT NOT NULL, indicator_id TEXT NOT NULL,
+             value DOUBLE PRECISION NOT NULL, PRIMARY KEY (report_pk, indicator_id));",
+    )
+    .await?;
+    let signed = load::sign_reports("bench", 0, 1, count, values, 50);
+    let decoded: Vec<_> = signed
+        .iter()
+        .map(|s| envelope::decode_payload(s).expect("decodes"))
+        .collect();
+    let started = Instant::now();
+    let mut pk = 0i64;
+    for (reports, envelopes) in decoded.chunks(100).zip(signed.chunks(100)) {
+        let pks: Vec<i64> = (pk + 1..=pk + reports.len() as i64).collect();
+        pk += reports.len() as i64;
+        let mut tx = conn.begin().await?;
+        sqlx::query(
+            "INSERT INTO reports (report_pk, unit_id, report_id, seq, period, payload, signature)
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::bytea[], $4::int8[], $5::text[],
+             $6::bytea[], $7::bytea[])",
+        )
+        .bind(&pks)
+        .bind(
+            reports
+                .iter()
+                .map(|r| r.unit_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            reports
+                .iter()
+                .map(|r| r.report_id.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(reports.iter().map(|r| r.seq as i64).collect::<Vec<_>>())
+        .bind(
+            reports
+                .iter()
+                .map(|r| r.period.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            envelopes
+                .iter()
+                .map(|e| e.payload.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            envelopes
+                .iter()
+                .map(|e| e.signature.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+        let rows: Vec<(i64, &str, f64)> = reports
+            .iter()
+            .zip(&pks)
+            .flat_map(|(r, pk)| {
+                r.values
+                    .iter()
+                    .map(move |v| (*pk, v.indicator_id.as_str(), v.value))
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO value_history (report_pk, indicator_id, value)
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::float8[])",
+        )
+        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
     }
     Ok(count as f64 / started.elapsed().as_secs_f64())

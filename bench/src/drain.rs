@@ -28,6 +28,11 @@ pub struct AgentFigures {
     pub fill_seconds: f64,
     pub drain_seconds: f64,
     pub drain_peak_rss_mb: f64,
+    /// The aggregator's side of the drain: calls handled, seconds handling them (from the
+    /// arrival of a call to its answer) and seconds of those in the store.
+    pub centre_calls: f64,
+    pub centre_seconds: f64,
+    pub centre_store_seconds: f64,
     pub idle_rss_mb: f64,
     /// Of the idle RSS: anonymous (heap, stacks) and file-backed (the executable's pages).
     pub idle_anon_mb: f64,
@@ -99,6 +104,8 @@ pub async fn measure(
         );
     }
     daemon.stop();
+    let centre = http_get(&server.http, "/metrics")?;
+    let centre_metric = |name: &str| metric(&centre, name).unwrap_or(f64::NAN);
 
     // Idle: a fresh start with an empty outbox and nothing new to send, settled.
     let log = root.join("idle.log");
@@ -119,6 +126,9 @@ pub async fn measure(
         fill_seconds,
         drain_seconds,
         drain_peak_rss_mb,
+        centre_calls: centre_metric("duban_ingest_duration_seconds_count"),
+        centre_seconds: centre_metric("duban_ingest_duration_seconds_sum"),
+        centre_store_seconds: centre_metric("duban_store_duration_seconds_sum"),
         idle_rss_mb,
         idle_anon_mb,
         idle_file_mb,

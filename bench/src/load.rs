@@ -107,6 +107,9 @@ pub struct LoadResult {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
+    /// The generator's own CPU (user + system) over the timed calls, when it measured it.
+    #[serde(default)]
+    pub generator_cpu_seconds: f64,
 }
 
 impl LoadResult {
@@ -132,6 +135,7 @@ impl LoadResult {
             p50_ms: quantile(0.50),
             p99_ms: quantile(0.99),
             p999_ms: quantile(0.999),
+            generator_cpu_seconds: 0.0,
         }
     }
 
@@ -183,6 +187,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadResult> {
     }
     let deadline = Duration::from_secs_f64(args.seconds);
     let started = Instant::now();
+    let cpu_before = cpu_seconds("self")?;
     let mut tasks = Vec::new();
     for worker in 0..args.concurrency {
         let slot = worker % channels.len();
@@ -238,11 +243,23 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadResult> {
         sent += n;
         failed += f;
     }
-    Ok(LoadResult::from_latencies(
+    let mut result = LoadResult::from_latencies(
         latencies,
         sent,
         stored,
         failed,
         started.elapsed().as_secs_f64(),
-    ))
+    );
+    result.generator_cpu_seconds = cpu_seconds("self")? - cpu_before;
+    Ok(result)
+}
+
+/// CPU seconds (user + system) a process has used so far: `pid`, or "self".
+pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime, in clock ticks (100 a second on Linux).
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
 }

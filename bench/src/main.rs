@@ -246,12 +246,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut pg_rate = None;
     if let Some(base) = &args.postgres {
-        eprintln!("[5/{STEPS}] duban on PostgreSQL: unary Submit");
+        eprintln!(
+            "[5/{STEPS}] raw multi-row inserts into PostgreSQL, then duban on it: unary Submit"
+        );
+        let raw_url = baselines::fresh_pg_schema(base, "duban_bench_raw").await?;
+        let raw_pg = baselines::raw_postgres(
+            &raw_url,
+            args.values,
+            if args.quick { 5_000 } else { 100_000 },
+        )
+        .await?;
+        rows.push(Row {
+            what: "raw PostgreSQL UNNEST inserts (the server's durability), reports".into(),
+            rate: raw_pg,
+            detail: String::new(),
+        });
         let url = baselines::fresh_pg_schema(base, "duban_bench").await?;
         setup.register_keys(&url, 2 * args.channels).await?;
         let server = Server::start(&aggregator, &setup, &url)?;
         let pg = drive(&load(0, 0, server.endpoint()), &server)?;
-        pg_rate = Some(pg.load.per_second());
+        pg_rate = Some((pg.load.per_second(), raw_pg));
         rows.push(pg.row("duban, PostgreSQL, unary Submit"));
     } else {
         eprintln!("[5/{STEPS}] PostgreSQL: left out (no --postgres / DUBAN_BENCH_POSTGRES_URL)");
@@ -332,7 +346,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "| {} | {:.0} | {} | {} |",
             row.what,
             row.rate,
-            ratio_note(row, unary_rate, strict, raw),
+            ratio_note(row, unary_rate, strict, raw, pg_rate),
             row.detail
         );
     }
@@ -355,10 +369,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for (name, rate) in &push_rates {
         println!("duban unary / {name}: {:.2}", unary_rate / rate);
     }
-    if let Some(pg) = pg_rate {
+    if let Some((pg, raw_pg)) = pg_rate {
         println!(
-            "duban PostgreSQL unary / SQLite unary: {:.2}",
-            pg / unary_rate
+            "duban PostgreSQL unary / SQLite unary: {:.2}; / raw PostgreSQL inserts: {:.2}",
+            pg / unary_rate,
+            pg / raw_pg
         );
     }
     println!();
@@ -376,13 +391,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         held.peak_rss_mb
     );
     println!(
-        "| agent backlog of {} reports ({} values each) drained by `duban-agent run` (the centre's per-unit rate limit off) | {:.1} s ({:.0} reports/s); agent peak RSS {:.1} MB (built in {:.0} s) |",
+        "| agent backlog of {} reports ({} values each) drained by `duban-agent run` (the centre's per-unit rate limit off) | {:.1} s ({:.0} reports/s); agent peak RSS {:.1} MB (built in {:.0} s); the centre handled {:.0} calls in {:.1} s ({:.1} ms a call, {:.1} ms of it storing) |",
         agent_figures.reports,
         args.values,
         agent_figures.drain_seconds,
         agent_figures.reports as f64 / agent_figures.drain_seconds,
         agent_figures.drain_peak_rss_mb,
-        agent_figures.fill_seconds
+        agent_figures.fill_seconds,
+        agent_figures.centre_calls,
+        agent_figures.centre_seconds,
+        1000.0 * agent_figures.centre_seconds / agent_figures.centre_calls,
+        1000.0 * agent_figures.centre_store_seconds / agent_figures.centre_calls
     );
     println!(
         "| agent idle (CSV source, empty outbox, connected) | RSS {:.1} MB ({:.1} MB anonymous, {:.1} MB file-backed) |",
@@ -413,7 +432,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ratio_note(row: &Row, unary: f64, strict: f64, raw: f64) -> String {
+/// The ratio column: a duban or bare-server row against the baselines, a baseline row as the
+/// duban figure it bounds over it (the PostgreSQL rows against each other).
+fn ratio_note(row: &Row, unary: f64, strict: f64, raw: f64, pg: Option<(f64, f64)>) -> String {
+    if let Some((pg_unary, raw_pg)) = pg.filter(|_| row.what.contains("PostgreSQL")) {
+        return if row.what.starts_with("duban") {
+            format!(
+                "{:.2} × verify_strict, {:.2} × raw PostgreSQL",
+                row.rate / strict,
+                row.rate / raw_pg
+            )
+        } else {
+            format!("duban PostgreSQL unary = {:.2} ×", pg_unary / row.rate)
+        };
+    }
     if row.what.starts_with("duban") || row.what.starts_with("bare") {
         format!(
             "{:.2} × verify_strict, {:.2} × raw",
@@ -438,11 +470,12 @@ impl Driven {
             what: what.into(),
             rate: self.load.per_second(),
             detail: format!(
-                "p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms; server CPU {:.0} µs/report; peak RSS {:.0} MB; {} failed calls",
+                "p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms; server CPU {:.0} µs/report, generator {:.0} µs/report; peak RSS {:.0} MB; {} failed calls",
                 self.load.p50_ms,
                 self.load.p99_ms,
                 self.load.p999_ms,
                 self.cpu_ms_per_report * 1000.0,
+                self.load.generator_cpu_seconds * 1e6 / self.load.stored.max(1) as f64,
                 self.peak_rss_mb,
                 self.load.failed_calls
             ),
@@ -684,11 +717,7 @@ impl Server {
 
     /// User and system CPU of the server so far (`/proc/PID/stat`, at 100 ticks a second).
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let after_name = stat.rsplit(')').next().unwrap_or_default();
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        Ok(ticks / 100.0)
+        load::cpu_seconds(&self.child.id().to_string())
     }
 
     /// Peak resident memory (`VmHWM` of `/proc/PID/status`), in kB.

@@ -44,6 +44,7 @@ fn the_harness_measures_every_figure_in_quick_mode() {
         "duban, SQLite, SubmitBatch of 100",
         "bare tonic server (transport ceiling), unary",
         "bare tonic server (transport ceiling), batch of 100",
+        "raw PostgreSQL UNNEST inserts",
         "duban, PostgreSQL, unary Submit",
         "Pushgateway, PUT, default",
         "Pushgateway, PUT, --push.disable-consistency-check",
@@ -78,6 +79,14 @@ fn the_harness_measures_every_figure_in_quick_mode() {
         .unwrap();
     assert!(reports >= 500, "{drain}");
     assert!(drain.contains(" reports/s); agent peak RSS "), "{drain}");
+    // The centre's side of the drain, from its own metrics: at least one call, and its time.
+    let calls: f64 = drain
+        .split("the centre handled ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no centre figures in {drain}"));
+    assert!(calls >= 1.0, "{drain}");
     assert!(row("| agent idle").contains("RSS "));
     let plan =
         row("| synthetic plan: 50 units × 50 indicators × 12 months, 30000 values (stored in");

@@ -18,6 +18,7 @@ mod alerts;
 pub mod archive;
 pub mod copy;
 mod decide;
+mod group;
 mod postgres;
 mod presence;
 mod queries;
@@ -48,6 +49,9 @@ pub enum StoreError {
     KeyExists(KeyId),
     #[error("the store's writer has stopped")]
     WriterGone,
+    /// Another call of the same group commit failed for this reason (not for this call's rows).
+    #[error("the transaction this call was stored in failed: {0}")]
+    GroupFailed(String),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
     #[error(

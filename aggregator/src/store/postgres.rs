@@ -1,7 +1,11 @@
 //! PostgreSQL backend for scale-out: several aggregator replicas share one database, and the
-//! unique constraints there decide what is stored. Each ingest call is one transaction: every
-//! table it touches read in one statement, [`decide`] in memory, every table written in one
-//! statement (`UNNEST` of typed arrays, through a typed `PgPool`; see `group_sql`).
+//! unique constraints there decide what is stored.
+//!
+//! Ingest calls are committed in groups (see [`group`]) by [`WRITERS`] writer tasks, each with
+//! its own queue; a call goes to the writer of its unit, so that within one replica two
+//! transactions never wait for each other's locks. A group is one transaction: every table it
+//! touches read in one statement, [`decide`] in memory, every table written in one statement
+//! (`UNNEST` of typed arrays, through a typed `PgPool`; see `group_sql`).
 
 mod group_sql;
 
@@ -9,7 +13,10 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AnyPool, Connection, PgPool, Row};
 
+use tokio::sync::mpsc;
+
 use super::decide::decide;
+use super::group::{self, Commit};
 use super::types::*;
 use super::{AlertChanges, SqlBackend, StoreError, WantedAlert};
 
@@ -20,11 +27,14 @@ const NOTIFIER_LOCK: &str =
 const ALERT_SYNC_LOCK: &str =
     "SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':duban-alert-sync'))";
 
+/// How many transactions of one replica store reports at once (each a group of calls).
+const WRITERS: usize = 4;
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: AnyPool,
-    /// The ingest path's typed pool (array binds for `UNNEST`).
-    writers: PgPool,
+    /// The writers' queues, by unit (empty when opened read-only).
+    writers: Vec<mpsc::Sender<group::Job>>,
     /// A connection of its own that holds the notifier advisory lock once taken.
     notifier: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>>,
 }
@@ -41,11 +51,19 @@ impl PgStore {
             .run(&mut *conn)
             .await?;
         drop(conn);
-        let writers = PgPoolOptions::new()
+        // The ingest path's typed pool (array binds for `UNNEST`).
+        let typed = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await?;
+        let writers = (0..WRITERS)
+            .map(|_| {
+                let (writer, jobs) = mpsc::channel(group::QUEUE);
+                tokio::spawn(group::write_loop(Writer(typed.clone()), jobs));
+                writer
+            })
+            .collect();
         Ok(PgStore {
             pool,
             writers,
@@ -57,11 +75,9 @@ impl PgStore {
     pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
         let pool = connect(url, 4).await?;
         super::check_schema(&pool, &sqlx::migrate!("migrations/postgres"), url).await?;
-        // Lazy: a read-only handle never ingests, so it never connects.
-        let writers = PgPoolOptions::new().max_connections(1).connect_lazy(url)?;
         Ok(PgStore {
             pool,
-            writers,
+            writers: Vec::new(),
             notifier: Default::default(),
         })
     }
@@ -105,21 +121,52 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// a shorter timeout saw only their own deadline).
 const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-impl PgStore {
-    async fn ingest_once(&self, reports: &[NewReport]) -> Result<Vec<StoreOutcome>, StoreError> {
-        let mut tx = self.writers.begin().await?;
-        let group: Vec<&NewReport> = reports.iter().collect();
-        let mut known = group_sql::read_known(&mut tx, &group).await?;
-        let mut pks = group_sql::reserve_pks(&mut tx, group.len())
+/// A writer task's handle on the typed pool.
+struct Writer(PgPool);
+
+impl Writer {
+    async fn commit_once(&self, reports: &[&NewReport]) -> Result<Vec<StoreOutcome>, StoreError> {
+        let mut tx = self.0.begin().await?;
+        let mut known = group_sql::read_known(&mut tx, reports).await?;
+        let mut pks = group_sql::reserve_pks(&mut tx, reports.len())
             .await?
             .into_iter();
-        let decided = decide(group.iter().copied(), &mut known, || {
+        let decided = decide(reports.iter().copied(), &mut known, || {
             pks.next().expect("one report_pk reserved per report")
         });
         group_sql::write(&mut tx, &decided).await?;
         tx.commit().await?;
         Ok(decided.outcomes)
     }
+}
+
+impl Commit for Writer {
+    async fn commit(&mut self, reports: &[&NewReport]) -> Result<Vec<StoreOutcome>, StoreError> {
+        // Two replicas can race on the same current-value row (a unique violation) or lock
+        // rows in opposite orders (a deadlock); the transaction is then retried whole, and the
+        // constraints classify what the other replica committed meanwhile.
+        let mut attempt = 0;
+        loop {
+            match self.commit_once(reports).await {
+                Err(StoreError::Database(sqlx::Error::Database(e)))
+                    if attempt < 3
+                        && matches!(e.code().as_deref(), Some("23505" | "40P01" | "40001")) =>
+                {
+                    attempt += 1;
+                    tracing::debug!(code = ?e.code(), attempt, "retrying an ingest transaction that raced another replica");
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The writer of a call: by its first report's unit (a call's reports are one unit's when the
+/// client certificate names it).
+fn writer_of(unit_id: &str, writers: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(unit_id);
+    (hash % writers as u64) as usize
 }
 
 impl SqlBackend for PgStore {
@@ -131,25 +178,14 @@ impl SqlBackend for PgStore {
         false
     }
     async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError> {
-        if reports.is_empty() {
+        let Some(first) = reports.first() else {
             return Ok(Vec::new());
+        };
+        if self.writers.is_empty() {
+            return Err(StoreError::ReadOnly);
         }
-        // Two replicas can race on the same current-value row (a unique violation) or lock
-        // rows in opposite orders (a deadlock); the transaction is then retried whole, and the
-        // constraints classify what the other replica committed meanwhile.
-        let mut attempt = 0;
-        loop {
-            match self.ingest_once(&reports).await {
-                Err(StoreError::Database(sqlx::Error::Database(e)))
-                    if attempt < 3
-                        && matches!(e.code().as_deref(), Some("23505" | "40P01" | "40001")) =>
-                {
-                    attempt += 1;
-                    tracing::debug!(code = ?e.code(), attempt, "retrying an ingest transaction that raced another replica");
-                }
-                other => return other,
-            }
-        }
+        let writer = &self.writers[writer_of(&first.unit_id, self.writers.len())];
+        group::submit(writer, reports).await
     }
     async fn sync_alerts(
         &self,

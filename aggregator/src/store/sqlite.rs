@@ -1,12 +1,11 @@
 //! SQLite backend: one writer with group commit, a small pool of readers.
 //!
 //! The database is in WAL mode with `synchronous=FULL`, so a commit is on disk when it returns.
-//! Every ingest goes to a single writer task over a channel. The writer takes whatever has queued
-//! up (up to [`MAX_GROUP`] calls), runs them in one `BEGIN IMMEDIATE` transaction and commits
-//! once: concurrent callers share one fsync. Inside, the group is set-based: one read per table
-//! of every row the group touches, [`decide`] in memory, one multi-row write per table (typed
-//! `sqlx::Sqlite` binds; see `group_sql`). If the group fails, each call is retried alone so
-//! that one bad call cannot fail its neighbours. Callers are answered only after the commit.
+//! Every ingest goes to a single writer task over a channel, which commits the calls that have
+//! queued up together (see [`group`]) in one `BEGIN IMMEDIATE` transaction: concurrent callers
+//! share one fsync. Inside, the group is set-based: one read per table of every row the group
+//! touches, [`decide`] in memory, one multi-row write per table (typed `sqlx::Sqlite` binds; see
+//! `group_sql`). Callers are answered only after the commit.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -14,29 +13,20 @@ use std::str::FromStr;
 use sqlx::any::AnyPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor, SqliteConnection};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::SqlBackend;
 use super::decide::decide;
+use super::group::{self, Commit};
 use super::types::*;
 use super::{AlertChanges, StoreError, WantedAlert, queries};
 
 mod group_sql;
 
-/// The most ingest calls committed together.
-const MAX_GROUP: usize = 128;
-
-type Reply = oneshot::Sender<Result<Vec<StoreOutcome>, StoreError>>;
-
-struct Job {
-    reports: Vec<NewReport>,
-    reply: Reply,
-}
-
 #[derive(Clone)]
 pub struct SqliteStore {
     /// `None` when opened read-only.
-    writer: Option<mpsc::Sender<Job>>,
+    writer: Option<mpsc::Sender<group::Job>>,
     readers: AnyPool,
     path: PathBuf,
 }
@@ -65,8 +55,8 @@ impl SqliteStore {
             .after_connect(|conn, _| Box::pin(async move { pragmas(conn).await }))
             .connect(&url)
             .await?;
-        let (writer, jobs) = mpsc::channel(1024);
-        tokio::spawn(write_loop(conn, jobs));
+        let (writer, jobs) = mpsc::channel(group::QUEUE);
+        tokio::spawn(group::write_loop(Writer(conn), jobs));
         Ok(SqliteStore {
             writer: Some(writer),
             readers,
@@ -187,56 +177,35 @@ async fn connect_writer(url: &str) -> Result<SqliteConnection, StoreError> {
     Ok(options.connect().await?)
 }
 
-async fn write_loop(mut conn: SqliteConnection, mut jobs: mpsc::Receiver<Job>) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while jobs.recv_many(&mut group, MAX_GROUP).await > 0 {
-        match commit_group(&mut conn, &group).await {
-            Ok(outcomes) => {
-                for (job, outcome) in group.drain(..).zip(outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, calls = group.len(), "group commit failed; retrying each call alone");
-                for job in group.drain(..) {
-                    let result = commit_group(&mut conn, std::slice::from_ref(&job)).await;
-                    let _ = job
-                        .reply
-                        .send(result.map(|mut v| v.pop().unwrap_or_default()));
-                }
-            }
-        }
-    }
-}
+/// The writer's connection; one transaction per group (see [`group`]).
+struct Writer(SqliteConnection);
 
-/// One transaction for a group of calls: read what the group touches, decide, write each
-/// table in one statement (per [`MAX_BINDS`] binds), commit once.
-async fn commit_group(
-    conn: &mut SqliteConnection,
-    group: &[Job],
-) -> Result<Vec<Vec<StoreOutcome>>, StoreError> {
-    conn.execute("BEGIN IMMEDIATE").await?;
-    let result = write_group(conn, group).await;
-    let result = match result {
-        Ok(outcomes) => conn
-            .execute("COMMIT")
-            .await
-            .map(|_| outcomes)
-            .map_err(StoreError::from),
-        Err(error) => Err(error),
-    };
-    if result.is_err() {
-        let _ = conn.execute("ROLLBACK").await;
+impl Commit for Writer {
+    /// One transaction: read what the group touches, decide, write each table in one
+    /// statement (split where `group_sql` must), commit once.
+    async fn commit(&mut self, reports: &[&NewReport]) -> Result<Vec<StoreOutcome>, StoreError> {
+        let conn = &mut self.0;
+        conn.execute("BEGIN IMMEDIATE").await?;
+        let result = match write_group(conn, reports).await {
+            Ok(outcomes) => conn
+                .execute("COMMIT")
+                .await
+                .map(|_| outcomes)
+                .map_err(StoreError::from),
+            Err(error) => Err(error),
+        };
+        if result.is_err() {
+            let _ = conn.execute("ROLLBACK").await;
+        }
+        result
     }
-    result
 }
 
 async fn write_group(
     conn: &mut SqliteConnection,
-    group: &[Job],
-) -> Result<Vec<Vec<StoreOutcome>>, StoreError> {
-    let reports: Vec<&NewReport> = group.iter().flat_map(|job| &job.reports).collect();
-    let mut known = group_sql::read_known(conn, &reports).await?;
+    reports: &[&NewReport],
+) -> Result<Vec<StoreOutcome>, StoreError> {
+    let mut known = group_sql::read_known(conn, reports).await?;
     let mut next_pk: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(report_pk), 0) FROM reports")
         .fetch_one(&mut *conn)
         .await?;
@@ -245,11 +214,7 @@ async fn write_group(
         next_pk
     });
     group_sql::write(conn, &decided).await?;
-    let mut outcomes = decided.outcomes.into_iter();
-    Ok(group
-        .iter()
-        .map(|job| outcomes.by_ref().take(job.reports.len()).collect())
-        .collect())
+    Ok(decided.outcomes)
 }
 
 impl SqlBackend for SqliteStore {
@@ -264,14 +229,7 @@ impl SqlBackend for SqliteStore {
         if reports.is_empty() {
             return Ok(Vec::new());
         }
-        let (reply, answer) = oneshot::channel();
-        self.writer
-            .as_ref()
-            .ok_or(StoreError::ReadOnly)?
-            .send(Job { reports, reply })
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
+        group::submit(self.writer.as_ref().ok_or(StoreError::ReadOnly)?, reports).await
     }
     async fn sync_alerts(
         &self,
