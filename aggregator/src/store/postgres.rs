@@ -9,8 +9,10 @@
 
 mod group_sql;
 
+use std::str::FromStr;
+
 use sqlx::any::AnyPoolOptions;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AnyPool, Connection, PgPool, Row};
 
 use tokio::sync::mpsc;
@@ -55,7 +57,7 @@ impl PgStore {
         let typed = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(url)
+            .connect_with(writer_options(url)?)
             .await?;
         let writers = (0..WRITERS)
             .map(|_| {
@@ -111,6 +113,18 @@ async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, StoreError>
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect(url)
         .await?)
+}
+
+/// The writers' sessions. Every statement of a group finds its rows by a unique key, so they
+/// plan nothing but index lookups: a prepared statement's generic plan, made while the tables
+/// were still empty, otherwise kept scanning the whole of `reports` and `current_values` for
+/// each group as they grew (docs/PERFORMANCE.md, "Ingest").
+fn writer_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url)?.options([
+        ("enable_seqscan", "off"),
+        ("enable_hashjoin", "off"),
+        ("enable_mergejoin", "off"),
+    ]))
 }
 
 /// How long the first connection at start may take.
@@ -218,5 +232,58 @@ impl SqlBackend for PgStore {
             *held = Some(conn);
         }
         Ok(got)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, Executor, PgConnection};
+
+    use super::*;
+
+    /// The group's lookups, planned as a prepared statement's generic plan on empty tables (the
+    /// plan a writer keeps once the tables grow), search indexes only.
+    #[tokio::test]
+    async fn group_lookups_search_indexes_even_planned_on_empty_tables() {
+        let test = "group_lookups_search_indexes_even_planned_on_empty_tables";
+        let Some(base) = duban_testkit::postgres_url(test) else {
+            return;
+        };
+        let schema = format!("duban_plans_{}", std::process::id());
+        let mut admin = PgConnection::connect(&base).await.unwrap();
+        let reset = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}");
+        admin.execute(sqlx::AssertSqlSafe(reset)).await.unwrap();
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+        drop(PgStore::open_with(&url, 2).await.unwrap());
+
+        let mut conn = PgConnection::connect_with(&writer_options(&url).unwrap())
+            .await
+            .unwrap();
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+            .await
+            .unwrap();
+        for (name, sql) in group_sql::LOOKUPS {
+            let prepare = format!("PREPARE {name} AS {sql}");
+            conn.execute(sqlx::AssertSqlSafe(prepare)).await.unwrap();
+            let params = (1..)
+                .take_while(|n| sql.contains(&format!("${n}::")))
+                .map(|_| "NULL")
+                .collect::<Vec<_>>()
+                .join(", ");
+            let explain = format!("EXPLAIN EXECUTE {name}({params})");
+            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
+            assert!(plan.contains("Index"), "{name}:\n{plan}");
+        }
+        let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
+        admin
+            .execute(sqlx::AssertSqlSafe(drop_schema))
+            .await
+            .unwrap();
     }
 }

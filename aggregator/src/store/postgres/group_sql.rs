@@ -15,6 +15,76 @@ use crate::store::StoreError;
 use crate::store::decide::{Current, Decided, KeyState, Known, seq_i64};
 use crate::store::types::NewReport;
 
+/// The stored reports of the group's (unit, report id) pairs.
+pub(super) const BY_REPORT_ID: &str = "SELECT r.unit_id, r.report_id, r.payload_sha256 FROM reports r \
+         JOIN UNNEST($1::text[], $2::bytea[]) AS k (unit_id, report_id) \
+         ON r.unit_id = k.unit_id AND r.report_id = k.report_id";
+
+/// The stored reports of the group's (key, seq) pairs.
+pub(super) const BY_SEQ: &str = "SELECT r.key_id, r.seq, r.report_id FROM reports r \
+         JOIN UNNEST($1::bytea[], $2::int8[]) AS k (key_id, seq) \
+         ON r.key_id = k.key_id AND r.seq = k.seq";
+
+/// The current values the group touches, locked in key order.
+pub(super) const CURRENT_VALUES: &str = "SELECT c.plan_id, c.indicator_id, c.unit_id, c.period, c.value, c.revision, \
+             c.issued_at_ms, c.seq, c.report_pk FROM current_values c \
+             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
+                 AS k (plan_id, indicator_id, unit_id, period) \
+             ON c.plan_id = k.plan_id AND c.indicator_id = k.indicator_id \
+                 AND c.unit_id = k.unit_id AND c.period = k.period \
+             ORDER BY c.plan_id, c.indicator_id, c.unit_id, c.period FOR UPDATE OF c";
+
+/// The current task updates the group touches, locked in key order.
+pub(super) const CURRENT_TASKS: &str = "SELECT c.plan_id, c.task_id, c.milestone_id, c.unit_id, c.period, c.percent, \
+             c.revision, c.issued_at_ms, c.seq, c.report_pk FROM current_tasks c \
+             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                 AS k (plan_id, task_id, milestone_id, unit_id, period) \
+             ON c.plan_id = k.plan_id AND c.task_id = k.task_id \
+                 AND c.milestone_id = k.milestone_id AND c.unit_id = k.unit_id \
+                 AND c.period = k.period \
+             ORDER BY c.plan_id, c.task_id, c.milestone_id, c.unit_id, c.period FOR UPDATE OF c";
+
+/// Current values replaced by the group.
+pub(super) const UPDATE_VALUES: &str = "UPDATE current_values c SET value = u.value, note = u.note, revision = u.revision, \
+             issued_at_ms = u.issued_at_ms, seq = u.seq, report_pk = u.report_pk, \
+             updated_at_ms = u.updated_at_ms \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], \
+             $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
+             $12::int8[], $13::int8[]) AS u (plan_id, indicator_id, unit_id, period, value, \
+             note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms, \
+             first_issued_at_ms) \
+             WHERE c.plan_id = u.plan_id AND c.indicator_id = u.indicator_id \
+             AND c.unit_id = u.unit_id AND c.period = u.period";
+
+/// Current task updates replaced by the group.
+pub(super) const UPDATE_TASKS: &str = "UPDATE current_tasks c SET percent = u.percent, status = u.status, note = u.note, \
+             revision = u.revision, issued_at_ms = u.issued_at_ms, seq = u.seq, \
+             report_pk = u.report_pk, updated_at_ms = u.updated_at_ms \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::float8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], \
+             $12::int8[], $13::int8[], $14::int8[]) AS u (plan_id, task_id, milestone_id, \
+             unit_id, period, percent, status, note, revision, issued_at_ms, seq, report_pk, \
+             updated_at_ms, first_received_at_ms) \
+             WHERE c.plan_id = u.plan_id AND c.task_id = u.task_id \
+             AND c.milestone_id = u.milestone_id AND c.unit_id = u.unit_id AND c.period = u.period";
+
+/// The keys' highest seqs after the group.
+pub(super) const UPDATE_KEYS: &str = "UPDATE keys SET max_seq = u.max_seq \
+             FROM UNNEST($1::bytea[], $2::int8[]) AS u (key_id, max_seq) \
+             WHERE keys.key_id = u.key_id";
+
+/// The statements that find stored rows by key, for the test of their plans.
+#[cfg(test)]
+pub(super) const LOOKUPS: [(&str, &str); 7] = [
+    ("BY_REPORT_ID", BY_REPORT_ID),
+    ("BY_SEQ", BY_SEQ),
+    ("CURRENT_VALUES", CURRENT_VALUES),
+    ("CURRENT_TASKS", CURRENT_TASKS),
+    ("UPDATE_VALUES", UPDATE_VALUES),
+    ("UPDATE_TASKS", UPDATE_TASKS),
+    ("UPDATE_KEYS", UPDATE_KEYS),
+];
+
 fn key_id(bytes: Vec<u8>) -> Result<KeyId, StoreError> {
     KeyId::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
         table: "keys",
@@ -82,15 +152,11 @@ pub(super) async fn read_known(
     }
 
     let report_ids: Vec<Vec<u8>> = reports.iter().map(|r| r.report_id.to_vec()).collect();
-    let rows = sqlx::query(
-        "SELECT r.unit_id, r.report_id, r.payload_sha256 FROM reports r \
-         JOIN UNNEST($1::text[], $2::bytea[]) AS k (unit_id, report_id) \
-         ON r.unit_id = k.unit_id AND r.report_id = k.report_id",
-    )
-    .bind(&units)
-    .bind(&report_ids)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(BY_REPORT_ID)
+        .bind(&units)
+        .bind(&report_ids)
+        .fetch_all(&mut *conn)
+        .await?;
     for row in rows {
         let report_id: Vec<u8> = row.try_get(1)?;
         let hash: Vec<u8> = row.try_get(2)?;
@@ -106,15 +172,11 @@ pub(super) async fn read_known(
     }
 
     let seqs: Vec<i64> = reports.iter().map(|r| seq_i64(r.seq)).collect();
-    let rows = sqlx::query(
-        "SELECT r.key_id, r.seq, r.report_id FROM reports r \
-         JOIN UNNEST($1::bytea[], $2::int8[]) AS k (key_id, seq) \
-         ON r.key_id = k.key_id AND r.seq = k.seq",
-    )
-    .bind(&key_ids)
-    .bind(&seqs)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(BY_SEQ)
+        .bind(&key_ids)
+        .bind(&seqs)
+        .fetch_all(&mut *conn)
+        .await?;
     for row in rows {
         known
             .by_seq
@@ -133,21 +195,13 @@ pub(super) async fn read_known(
             columns[2].push(c);
             columns[3].push(d);
         }
-        let rows = sqlx::query(
-            "SELECT c.plan_id, c.indicator_id, c.unit_id, c.period, c.value, c.revision, \
-             c.issued_at_ms, c.seq, c.report_pk FROM current_values c \
-             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
-                 AS k (plan_id, indicator_id, unit_id, period) \
-             ON c.plan_id = k.plan_id AND c.indicator_id = k.indicator_id \
-                 AND c.unit_id = k.unit_id AND c.period = k.period \
-             ORDER BY c.plan_id, c.indicator_id, c.unit_id, c.period FOR UPDATE OF c",
-        )
-        .bind(&columns[0])
-        .bind(&columns[1])
-        .bind(&columns[2])
-        .bind(&columns[3])
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = sqlx::query(CURRENT_VALUES)
+            .bind(&columns[0])
+            .bind(&columns[1])
+            .bind(&columns[2])
+            .bind(&columns[3])
+            .fetch_all(&mut *conn)
+            .await?;
         for row in rows {
             let key = (
                 row.try_get(0)?,
@@ -172,23 +226,14 @@ pub(super) async fn read_known(
             columns[3].push(d);
             columns[4].push(e);
         }
-        let rows = sqlx::query(
-            "SELECT c.plan_id, c.task_id, c.milestone_id, c.unit_id, c.period, c.percent, \
-             c.revision, c.issued_at_ms, c.seq, c.report_pk FROM current_tasks c \
-             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-                 AS k (plan_id, task_id, milestone_id, unit_id, period) \
-             ON c.plan_id = k.plan_id AND c.task_id = k.task_id \
-                 AND c.milestone_id = k.milestone_id AND c.unit_id = k.unit_id \
-                 AND c.period = k.period \
-             ORDER BY c.plan_id, c.task_id, c.milestone_id, c.unit_id, c.period FOR UPDATE OF c",
-        )
-        .bind(&columns[0])
-        .bind(&columns[1])
-        .bind(&columns[2])
-        .bind(&columns[3])
-        .bind(&columns[4])
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = sqlx::query(CURRENT_TASKS)
+            .bind(&columns[0])
+            .bind(&columns[1])
+            .bind(&columns[2])
+            .bind(&columns[3])
+            .bind(&columns[4])
+            .fetch_all(&mut *conn)
+            .await?;
         for row in rows {
             let key = (
                 row.try_get(0)?,
@@ -381,16 +426,7 @@ pub(super) async fn write(conn: &mut PgConnection, d: &Decided<'_>) -> Result<()
              $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
              $12::int8[], $13::int8[])"
         } else {
-            "UPDATE current_values c SET value = u.value, note = u.note, revision = u.revision, \
-             issued_at_ms = u.issued_at_ms, seq = u.seq, report_pk = u.report_pk, \
-             updated_at_ms = u.updated_at_ms \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], \
-             $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
-             $12::int8[], $13::int8[]) AS u (plan_id, indicator_id, unit_id, period, value, \
-             note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms, \
-             first_issued_at_ms) \
-             WHERE c.plan_id = u.plan_id AND c.indicator_id = u.indicator_id \
-             AND c.unit_id = u.unit_id AND c.period = u.period"
+            UPDATE_VALUES
         };
         sqlx::query(sql)
             .bind(
@@ -467,16 +503,7 @@ pub(super) async fn write(conn: &mut PgConnection, d: &Decided<'_>) -> Result<()
              $6::float8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], \
              $12::int8[], $13::int8[], $14::int8[])"
         } else {
-            "UPDATE current_tasks c SET percent = u.percent, status = u.status, note = u.note, \
-             revision = u.revision, issued_at_ms = u.issued_at_ms, seq = u.seq, \
-             report_pk = u.report_pk, updated_at_ms = u.updated_at_ms \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::float8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], \
-             $12::int8[], $13::int8[], $14::int8[]) AS u (plan_id, task_id, milestone_id, \
-             unit_id, period, percent, status, note, revision, issued_at_ms, seq, report_pk, \
-             updated_at_ms, first_received_at_ms) \
-             WHERE c.plan_id = u.plan_id AND c.task_id = u.task_id \
-             AND c.milestone_id = u.milestone_id AND c.unit_id = u.unit_id AND c.period = u.period"
+            UPDATE_TASKS
         };
         sqlx::query(sql)
             .bind(
@@ -631,20 +658,16 @@ pub(super) async fn write(conn: &mut PgConnection, d: &Decided<'_>) -> Result<()
     }
 
     if !d.key_seqs.is_empty() {
-        sqlx::query(
-            "UPDATE keys SET max_seq = u.max_seq \
-             FROM UNNEST($1::bytea[], $2::int8[]) AS u (key_id, max_seq) \
-             WHERE keys.key_id = u.key_id",
-        )
-        .bind(
-            d.key_seqs
-                .iter()
-                .map(|(k, _)| k.as_bytes().as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(d.key_seqs.iter().map(|(_, s)| *s).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(UPDATE_KEYS)
+            .bind(
+                d.key_seqs
+                    .iter()
+                    .map(|(k, _)| k.as_bytes().as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(d.key_seqs.iter().map(|(_, s)| *s).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
