@@ -429,14 +429,27 @@ impl Background {
     }
 
     /// The address the program logged as `msg="Listening on" address=HOST:PORT`, as Prometheus
-    /// and Alertmanager do: started with port 0, the port the system gave it.
+    /// and Alertmanager do: started with port 0, the port the system gave it. Waits for the
+    /// line: Prometheus may log it after its "Server is ready" line (its web server starts in
+    /// a goroutine of its own).
     pub fn listening_on(&self) -> String {
-        let log = self.log();
-        log.lines()
-            .filter(|l| l.contains("Listening on"))
-            .find_map(|l| l.split("address=").nth(1))
-            .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
-            .unwrap_or_else(|| panic!("no \"Listening on\" line in:\n{log}"))
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            let found = log
+                .lines()
+                .filter(|l| l.contains("Listening on"))
+                .find_map(|l| l.split("address=").nth(1))
+                .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned());
+            if let Some(address) = found {
+                return address;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no \"Listening on\" line within 30 s in:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
