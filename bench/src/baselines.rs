@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use duban_proto::envelope::{self, PendingSignature};
+use duban_proto::pb;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -47,6 +48,17 @@ pub fn verify(values: usize, count: usize) -> (f64, f64) {
     (strict, batch)
 }
 
+/// `count` signed reports of `values` values each, and their decoded payloads: the rows of the
+/// raw insert baselines.
+fn signed_and_decoded(values: usize, count: usize) -> (Vec<pb::SignedReport>, Vec<pb::Report>) {
+    let signed = load::sign_reports("bench", 0, 1, count, values, 50);
+    let decoded = signed
+        .iter()
+        .map(|s| envelope::decode_payload(s).expect("decodes"))
+        .collect();
+    (signed, decoded)
+}
+
 /// Reports per second written as raw multi-row inserts (a report row and its value rows,
 /// 100 reports per transaction) into SQLite in WAL mode with `synchronous=FULL`: the floor of
 /// what duban's SQLite write path can cost.
@@ -62,11 +74,7 @@ pub async fn raw_sqlite(path: &Path, values: usize, count: usize) -> anyhow::Res
              value REAL NOT NULL, PRIMARY KEY (report_pk, indicator_id));",
     )
     .await?;
-    let signed = load::sign_reports("bench", 0, 1, count, values, 50);
-    let decoded: Vec<_> = signed
-        .iter()
-        .map(|s| envelope::decode_payload(s).expect("decodes"))
-        .collect();
+    let (signed, decoded) = signed_and_decoded(values, count);
     let started = Instant::now();
     let mut pk = 0i64;
     for (reports, envelopes) in decoded.chunks(100).zip(signed.chunks(100)) {
@@ -117,11 +125,7 @@ pub async fn raw_postgres(url: &str, values: usize, count: usize) -> anyhow::Res
              value DOUBLE PRECISION NOT NULL, PRIMARY KEY (report_pk, indicator_id));",
     )
     .await?;
-    let signed = load::sign_reports("bench", 0, 1, count, values, 50);
-    let decoded: Vec<_> = signed
-        .iter()
-        .map(|s| envelope::decode_payload(s).expect("decodes"))
-        .collect();
+    let (signed, decoded) = signed_and_decoded(values, count);
     let started = Instant::now();
     let mut pk = 0i64;
     for (reports, envelopes) in decoded.chunks(100).zip(signed.chunks(100)) {

@@ -14,7 +14,6 @@ use std::str::FromStr;
 use sqlx::any::AnyPoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AnyPool, Connection, PgPool, Row};
-
 use tokio::sync::mpsc;
 
 use super::decide::decide;
