@@ -116,12 +116,13 @@ impl ViewCache {
                 } else {
                     None
                 };
-                // Taken, not copied, unless a caller still holds the last view: then its
-                // progress cannot be updated in place and is computed whole.
+                // Taken, not copied, unless a caller still holds the last view (the alert
+                // evaluation deriving its alerts, a scrape rendering): then its progress is
+                // copied and the copy updated, a fraction of a whole computation.
                 let last = last.take().expect("the base is the last view");
                 let (snapshot, previous) = match Arc::try_unwrap(last) {
-                    Ok(view) => (view.snapshot, Some(view.progress)),
-                    Err(shared) => (shared.snapshot.clone(), None),
+                    Ok(view) => (view.snapshot, view.progress),
+                    Err(shared) => (shared.snapshot.clone(), shared.progress.clone()),
                 };
                 let (snapshot, changes, how) = if unchanged {
                     (snapshot, Changes::default(), "reused")
@@ -137,15 +138,8 @@ impl ViewCache {
                     }
                     (Arc::new(snapshot), changes, "changes")
                 };
-                let (progress, computation) = match previous {
-                    Some(previous) => {
-                        crate::progress::update(plan, &snapshot, previous, &changes, now_ms)
-                    }
-                    None => (
-                        crate::progress::compute(plan, &snapshot, now_ms),
-                        Computation::Whole,
-                    ),
-                };
+                let (progress, computation) =
+                    crate::progress::update(plan, &snapshot, previous, &changes, now_ms);
                 (snapshot, read, how, progress, computation)
             }
         };
@@ -302,6 +296,96 @@ mod tests {
             later.progress.cases.contains_key(&late.case_id),
             "the statement counts from its receipt on"
         );
+    }
+
+    /// Laoshan's PCT applications for 2018Q1, report `seq`, signed with a key the store holds.
+    async fn stored_report(store: &AnyStore, seq: u64, value: f64) {
+        use crate::store::{NewKey, NewReport, NewValue, StoreOutcome};
+        use sha2::Digest;
+        let key = duban_proto::SigningKey::from_seed(&[9; 32]);
+        if seq == 1 {
+            store
+                .add_key(NewKey {
+                    key_id: key.key_id(),
+                    unit_id: "laoshan".into(),
+                    public_key: *key.public_key().raw(),
+                    not_before_ms: None,
+                    not_after_ms: None,
+                    added_at_ms: 1,
+                })
+                .await
+                .unwrap();
+        }
+        let payload = format!("report {seq}").into_bytes();
+        let outcomes = store
+            .ingest(vec![NewReport {
+                plan_id: "qingdao-ip-2017".into(),
+                unit_id: "laoshan".into(),
+                report_id: [seq as u8; 16],
+                key_id: key.key_id(),
+                seq,
+                issued_at_ms: 1_000,
+                received_at_ms: 2_000,
+                period: "2018Q1".into(),
+                revision: seq as u32,
+                payload_sha256: sha2::Sha256::digest(&payload).into(),
+                payload,
+                payload_type: duban_proto::PAYLOAD_TYPE.into(),
+                signature: vec![7; 64],
+                values: vec![NewValue {
+                    indicator_id: "pct-applications".into(),
+                    value,
+                    note: String::new(),
+                }],
+                task_updates: Vec::new(),
+                refused_count: 0,
+            }])
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcomes[..], [StoreOutcome::Stored { .. }]),
+            "{outcomes:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_view_still_held_elsewhere_is_updated_from_a_copy_not_computed_whole() {
+        let (_dir, store, plan, metrics, views) = fixture().await;
+        store.beat("centre", 0, i64::MAX / 4).await.unwrap();
+        let now = 1_600_000_000_000;
+        stored_report(&store, 1, 10.0).await;
+        let computations = |how: &str| {
+            metrics
+                .progress_computations
+                .with_label_values(&[how])
+                .get()
+        };
+        // Held, as the alert evaluation holds the view while it derives its alerts.
+        let held = views.view(&store, &plan, &metrics, now, 0).await.unwrap();
+        assert_eq!((computations("whole"), computations("updated")), (1, 0));
+        stored_report(&store, 2, 20.0).await;
+        let next = views
+            .view(&store, &plan, &metrics, now + 1, 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            (computations("whole"), computations("updated")),
+            (1, 1),
+            "the held view's progress copied and updated"
+        );
+        let whole = crate::progress::compute(&plan, &next.snapshot, now + 1);
+        let json = |progress: &Progress| serde_json::to_value(progress).unwrap();
+        assert_eq!(json(&next.progress), json(&whole));
+        let value = |view: &View| {
+            view.snapshot
+                .values
+                .iter()
+                .find(|v| v.indicator_id == "pct-applications")
+                .map(|v| v.value)
+        };
+        assert_eq!(value(&next), Some(20.0));
+        assert_eq!(value(&held), Some(10.0), "the held view is left as it was");
+        assert_eq!(held.at_ms, now);
     }
 
     #[tokio::test]

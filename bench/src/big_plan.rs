@@ -29,6 +29,9 @@ pub struct PlanFigures {
     pub indicators: usize,
     pub values: u64,
     pub fill_seconds: f64,
+    /// The store's whole read of the current values, in this process (what the aggregator's
+    /// first view after a start reads before it computes).
+    pub read_ms: f64,
     /// `GET /metrics` when nothing was computed yet (progress included).
     pub metrics_cold_ms: f64,
     /// `GET /metrics` again, nothing written since.
@@ -73,6 +76,8 @@ pub async fn measure(
     eprintln!(
         "  {values} values of {units} units × {indicators} indicators × 12 months stored in {fill_seconds:.0} s"
     );
+    let read_ms = read_alone(&url, units, indicators, 1).await?[0];
+    eprintln!("  read back whole in {read_ms:.0} ms");
     let big = Setup {
         plan,
         certs: setup.certs.clone(),
@@ -151,6 +156,7 @@ pub async fn measure(
         indicators,
         values,
         fill_seconds,
+        read_ms,
         metrics_cold_ms,
         metrics_warm_ms,
         progress_api_ms,
@@ -213,6 +219,33 @@ async fn fill(url: &str, units: usize, indicators: usize) -> anyhow::Result<u64>
         anyhow::bail!("{changed} values stored, {expected} sent");
     }
     Ok(changed)
+}
+
+/// Times the store's whole read of the synthetic plan's current values from the SQLite file
+/// at `url` (what the aggregator's first view after a start reads), `runs` times, in ms; the
+/// file is filled first (see [`fill`]) when it holds none of them.
+pub async fn read_alone(
+    url: &str,
+    units: usize,
+    indicators: usize,
+    runs: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let expected = units * indicators * 12;
+    let store = SqliteStore::open(url).await?;
+    if store.write_marker().await?.reports == 0 {
+        eprintln!("  storing {expected} values in {url}");
+        fill(url, units, indicators).await?;
+    }
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        let values = store.current_values(PLAN_ID, None).await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        if values.len() != expected {
+            anyhow::bail!("{} values read back, {expected} stored", values.len());
+        }
+    }
+    Ok(times)
 }
 
 /// The values a group's reports stored; an error if any report was not stored.

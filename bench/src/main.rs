@@ -59,6 +59,11 @@ struct ProgressArgs {
     /// Computations, one after another.
     #[arg(long, value_name = "N", default_value_t = 3)]
     runs: usize,
+    /// Also time the store's whole read of the plan's values (what the aggregator's first view
+    /// after a start reads) from this SQLite file, `--runs` times; the file is filled first,
+    /// through the store's ingest, when it holds no report, and kept for the next run.
+    #[arg(long, value_name = "FILE")]
+    store: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -135,6 +140,22 @@ fn main() -> anyhow::Result<()> {
                     run + 1,
                     args.plan_units
                 );
+            }
+            if let Some(file) = &args.store {
+                let url = format!("sqlite://{}", file.display());
+                let reads = runtime.block_on(big_plan::read_alone(
+                    &url,
+                    args.plan_units,
+                    INDICATORS,
+                    args.runs,
+                ))?;
+                for (run, ms) in reads.iter().enumerate() {
+                    println!(
+                        "run {}: {} stored values read back whole in {ms:.0} ms",
+                        run + 1,
+                        args.plan_units * INDICATORS * 12
+                    );
+                }
             }
             Ok(())
         }
@@ -408,11 +429,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         agent_figures.idle_rss_mb, agent_figures.idle_anon_mb, agent_figures.idle_file_mb
     );
     println!(
-        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s) | progress computed in {:.0} ms (the engine alone, in process: {:.0} ms, and updated after one unit's correction {:.1} ms); first /metrics {:.0} ms, again {:.0} ms; /api/v1/progress {:.0} ms, without the obligations {:.0} ms; /metrics after one unit's correction {:.0} ms (progress computations {}); {} series ({} of plan state, budget {}) |",
+        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s, read back whole in {:.0} ms) | progress computed in {:.0} ms (the engine alone, in process: {:.0} ms, and updated after one unit's correction {:.1} ms); first /metrics {:.0} ms, again {:.0} ms; /api/v1/progress {:.0} ms, without the obligations {:.0} ms; /metrics after one unit's correction {:.0} ms (progress computations {}); {} series ({} of plan state, budget {}) |",
         plan.units,
         plan.indicators,
         plan.values,
         plan.fill_seconds,
+        plan.read_ms,
         plan.progress_ms,
         engine_ms,
         engine_updated_ms,

@@ -271,6 +271,15 @@ mod backend {
         }
         /// See [`Store::ids_follow_commits`](super::Store::ids_follow_commits).
         fn ids_follow_commits(&self) -> bool;
+        /// See [`Store::current_values`](super::Store::current_values): millions of rows
+        /// on a large plan, so a backend may read them its own faster way.
+        async fn read_current_values(
+            &self,
+            plan_id: &str,
+            indicator_id: Option<&str>,
+        ) -> Result<Vec<ValueRow>, StoreError> {
+            queries::current_values(self.read_pool(), plan_id, indicator_id).await
+        }
     }
 }
 
@@ -330,7 +339,7 @@ impl<B: SqlBackend> Store for B {
         plan_id: &str,
         indicator_id: Option<&str>,
     ) -> Result<Vec<ValueRow>, StoreError> {
-        queries::current_values(self.read_pool(), plan_id, indicator_id).await
+        SqlBackend::read_current_values(self, plan_id, indicator_id).await
     }
     async fn current_tasks(&self, plan_id: &str) -> Result<Vec<TaskRow>, StoreError> {
         queries::current_tasks(self.read_pool(), plan_id).await
@@ -595,6 +604,13 @@ impl SqlBackend for AnyStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         delegate!(self, ping())
+    }
+    async fn read_current_values(
+        &self,
+        plan_id: &str,
+        indicator_id: Option<&str>,
+    ) -> Result<Vec<ValueRow>, StoreError> {
+        delegate!(self, read_current_values(plan_id, indicator_id))
     }
     fn ids_follow_commits(&self) -> bool {
         matches!(self, AnyStore::Sqlite(_))

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor, SqliteConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor, SqliteConnection, SqlitePool};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 
 use super::SqlBackend;
 use super::decide::decide;
@@ -28,8 +29,28 @@ pub struct SqliteStore {
     /// `None` when opened read-only.
     writer: Option<mpsc::Sender<group::Job>>,
     readers: AnyPool,
+    /// Whole reads of the current values (see [`bulk_reader`]).
+    bulk: SqlitePool,
     path: PathBuf,
 }
+
+/// The connection of whole reads of the current values: millions of rows on a large plan,
+/// the first view after a start reading them all. Typed, so that no row is converted to
+/// `Any`'s, and with its rows handed from sqlx's worker thread in runs of thousands rather
+/// than fifty (each hand-off a thread wake-up).
+async fn bulk_reader(url: &str) -> Result<SqlitePool, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .read_only(true)
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .row_buffer_size(BULK_ROWS);
+    Ok(SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?)
+}
+
+/// Rows the bulk reader's worker thread may hold ready for the caller.
+const BULK_ROWS: usize = 4096;
 
 impl SqliteStore {
     /// Opens `sqlite://PATH` (or `sqlite:PATH`), creating the file and its directory if
@@ -55,11 +76,13 @@ impl SqliteStore {
             .after_connect(|conn, _| Box::pin(async move { pragmas(conn).await }))
             .connect(&url)
             .await?;
+        let bulk = bulk_reader(&url).await?;
         let (writer, jobs) = mpsc::channel(group::QUEUE);
         tokio::spawn(group::write_loop(Writer(conn), jobs));
         Ok(SqliteStore {
             writer: Some(writer),
             readers,
+            bulk,
             path,
         })
     }
@@ -86,6 +109,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: None,
             readers,
+            bulk: bulk_reader(&url).await?,
             path,
         })
     }
@@ -254,6 +278,22 @@ impl SqlBackend for SqliteStore {
     }
     async fn is_notifier(&self) -> Result<bool, StoreError> {
         Ok(true)
+    }
+    async fn read_current_values(
+        &self,
+        plan_id: &str,
+        indicator_id: Option<&str>,
+    ) -> Result<Vec<crate::progress::input::ValueRow>, StoreError> {
+        let mut rows = sqlx::query_as::<_, queries::ValueColumns>(queries::CURRENT_VALUES)
+            .bind(plan_id)
+            .bind(indicator_id)
+            .fetch(&self.bulk);
+        let mut values = Vec::new();
+        while let Some(columns) = rows.next().await {
+            values.push(queries::value_of_columns(columns?));
+        }
+        queries::in_snapshot_order(&mut values);
+        Ok(values)
     }
     async fn ping(&self) -> Result<(), StoreError> {
         if self.writer.as_ref().is_some_and(|w| w.is_closed()) {
