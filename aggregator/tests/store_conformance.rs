@@ -837,9 +837,9 @@ async fn a_view_updated_with_the_changes_equals_one_read_whole(store: &AnyStore)
                 .get()
         })
     };
-    // Round one with the first view still held (the rows are copied, the progress computed
-    // whole), round two with none held (they are taken): a correction and a new key, then a
-    // statement (whole again: a statement may move deadlines) and a correction, then a
+    // Round one with the first view still held (the rows and the progress are copied, the
+    // copy updated), round two with none held (they are taken): a correction and a new key,
+    // then a statement (whole: a statement may move deadlines) and a correction, then a
     // correction alone (the last progress updated with it).
     let mut new_period = report(3, 3, 0, 3_000, 7.0);
     new_period.period = "2018Q2".into();
@@ -851,7 +851,7 @@ async fn a_view_updated_with_the_changes_equals_one_read_whole(store: &AnyStore)
         ),
         (vec![report(6, 6, 3, 6_000, 43.0)], None),
     ];
-    let expected_computations = [[2, 0], [3, 0], [3, 1]];
+    let expected_computations = [[1, 1], [2, 1], [2, 2]];
     let mut held = Some(first);
     for (round, (reports, said)) in rounds.into_iter().enumerate() {
         let at = now + 1 + round as i64;
