@@ -203,56 +203,6 @@ pub(super) fn in_snapshot_order(values: &mut [ValueRow]) {
     }
 }
 
-/// The columns of [`CURRENT_VALUES`], in order, as a typed driver decodes them.
-pub(super) type ValueColumns = (
-    String,
-    String,
-    String,
-    String,
-    f64,
-    String,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-);
-
-pub(super) fn value_of_columns(columns: ValueColumns) -> ValueRow {
-    let (
-        plan_id,
-        indicator_id,
-        unit_id,
-        period,
-        value,
-        note,
-        revision,
-        issued_at_ms,
-        seq,
-        report_pk,
-        updated_at_ms,
-        first_received_at_ms,
-        first_issued_at_ms,
-    ) = columns;
-    ValueRow {
-        plan_id,
-        indicator_id,
-        unit_id,
-        period,
-        value,
-        note,
-        revision,
-        issued_at_ms,
-        seq,
-        report_pk,
-        updated_at_ms,
-        first_received_at_ms,
-        first_issued_at_ms,
-    }
-}
-
 pub(super) async fn current_values(
     pool: &AnyPool,
     plan_id: &str,

@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor, SqliteConnection, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor, SqliteConnection};
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt as _;
 
 use super::SqlBackend;
 use super::decide::decide;
@@ -29,28 +28,85 @@ pub struct SqliteStore {
     /// `None` when opened read-only.
     writer: Option<mpsc::Sender<group::Job>>,
     readers: AnyPool,
-    /// Whole reads of the current values (see [`bulk_reader`]).
-    bulk: SqlitePool,
+    bulk: std::sync::Arc<BulkReader>,
     path: PathBuf,
 }
 
-/// The connection of whole reads of the current values: millions of rows on a large plan,
-/// the first view after a start reading them all. Typed, so that no row is converted to
-/// `Any`'s, and with its rows handed from sqlx's worker thread in runs of thousands rather
-/// than fifty (each hand-off a thread wake-up).
-async fn bulk_reader(url: &str) -> Result<SqlitePool, StoreError> {
-    let options = SqliteConnectOptions::from_str(url)?
-        .read_only(true)
-        .busy_timeout(std::time::Duration::from_secs(10))
-        .row_buffer_size(BULK_ROWS);
-    Ok(SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await?)
+/// The whole reads of the current values: millions of rows on a large plan, the first view
+/// after a start reading them all. Through `rusqlite` on a blocking thread, each row decoded
+/// where SQLite steps it: through sqlx, every column of every row was copied once more
+/// (`sqlite3_value_dup`) and every row handed from its worker thread to the reader, most of
+/// the read's time (docs/PERFORMANCE.md, "The whole read"). Read-only; one connection kept
+/// between reads, another opened while it is in use.
+struct BulkReader {
+    path: PathBuf,
+    idle: std::sync::Mutex<Option<rusqlite::Connection>>,
 }
 
-/// Rows the bulk reader's worker thread may hold ready for the caller.
-const BULK_ROWS: usize = 4096;
+impl BulkReader {
+    fn new(path: &Path) -> Result<Self, StoreError> {
+        let connection = Self::connect(path)?;
+        Ok(BulkReader {
+            path: path.to_owned(),
+            idle: std::sync::Mutex::new(Some(connection)),
+        })
+    }
+
+    fn connect(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
+        use rusqlite::OpenFlags;
+        let connection = rusqlite::Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // As the other readers: a checkpoint or recovery in progress is waited for.
+        connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(connection)
+    }
+
+    /// [`queries::CURRENT_VALUES`], in its order (the primary key's).
+    fn current_values(
+        &self,
+        plan_id: &str,
+        indicator_id: Option<&str>,
+    ) -> Result<Vec<crate::progress::input::ValueRow>, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let connection = match idle {
+            Some(connection) => connection,
+            None => Self::connect(&self.path)?,
+        };
+        let values = {
+            let mut statement = connection.prepare(queries::CURRENT_VALUES)?;
+            let rows = statement.query_map((plan_id, indicator_id), |row| {
+                Ok(crate::progress::input::ValueRow {
+                    plan_id: row.get(0)?,
+                    indicator_id: row.get(1)?,
+                    unit_id: row.get(2)?,
+                    period: row.get(3)?,
+                    value: row.get(4)?,
+                    note: row.get(5)?,
+                    revision: row.get(6)?,
+                    issued_at_ms: row.get(7)?,
+                    seq: row.get(8)?,
+                    report_pk: row.get(9)?,
+                    updated_at_ms: row.get(10)?,
+                    first_received_at_ms: row.get(11)?,
+                    first_issued_at_ms: row.get(12)?,
+                })
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()
+        };
+        *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
+        values.map_err(|error| match error {
+            rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt {
+                table: "current_values",
+                detail: error.to_string(),
+            },
+            other => other.into(),
+        })
+    }
+}
 
 impl SqliteStore {
     /// Opens `sqlite://PATH` (or `sqlite:PATH`), creating the file and its directory if
@@ -76,7 +132,7 @@ impl SqliteStore {
             .after_connect(|conn, _| Box::pin(async move { pragmas(conn).await }))
             .connect(&url)
             .await?;
-        let bulk = bulk_reader(&url).await?;
+        let bulk = std::sync::Arc::new(BulkReader::new(&path)?);
         let (writer, jobs) = mpsc::channel(group::QUEUE);
         tokio::spawn(group::write_loop(Writer(conn), jobs));
         Ok(SqliteStore {
@@ -109,7 +165,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: None,
             readers,
-            bulk: bulk_reader(&url).await?,
+            bulk: std::sync::Arc::new(BulkReader::new(&path)?),
             path,
         })
     }
@@ -284,16 +340,20 @@ impl SqlBackend for SqliteStore {
         plan_id: &str,
         indicator_id: Option<&str>,
     ) -> Result<Vec<crate::progress::input::ValueRow>, StoreError> {
-        let mut rows = sqlx::query_as::<_, queries::ValueColumns>(queries::CURRENT_VALUES)
-            .bind(plan_id)
-            .bind(indicator_id)
-            .fetch(&self.bulk);
-        let mut values = Vec::new();
-        while let Some(columns) = rows.next().await {
-            values.push(queries::value_of_columns(columns?));
+        let (bulk, plan_id, indicator_id) = (
+            self.bulk.clone(),
+            plan_id.to_owned(),
+            indicator_id.map(str::to_owned),
+        );
+        let read = tokio::task::spawn_blocking(move || {
+            let mut values = bulk.current_values(&plan_id, indicator_id.as_deref())?;
+            queries::in_snapshot_order(&mut values);
+            Ok(values)
+        });
+        match read.await {
+            Ok(values) => values,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
-        queries::in_snapshot_order(&mut values);
-        Ok(values)
     }
     async fn ping(&self) -> Result<(), StoreError> {
         if self.writer.as_ref().is_some_and(|w| w.is_closed()) {
@@ -319,5 +379,70 @@ mod tests {
         );
         assert!(path_of("sqlite::memory:").is_err());
         assert!(path_of("mysql://x").is_err());
+    }
+
+    /// Inserts a current value as any writer could have left it, `value` as SQL.
+    fn insert_value(path: &Path, unit_id: &str, value: &str) {
+        let db = rusqlite::Connection::open(path).unwrap();
+        db.execute_batch(&format!(
+            "PRAGMA foreign_keys = OFF; INSERT INTO current_values (plan_id, indicator_id, unit_id, period, value, note, revision, \
+             issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms) \
+             VALUES ('p', 'i1', '{unit_id}', '2020', {value}, '', 1, 10, 1, 7, 20, 20)"
+        ))
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_whole_read_sees_later_commits_and_names_a_corrupt_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("duban.db");
+        let store = SqliteStore::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .read_current_values("p", None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // The connection kept from the first read holds no snapshot: a later commit is read.
+        insert_value(&path, "u2", "2.5");
+        insert_value(&path, "u1", "1");
+        let values = store.read_current_values("p", None).await.unwrap();
+        let read: Vec<_> = values
+            .iter()
+            .map(|v| (v.unit_id.as_str(), v.value))
+            .collect();
+        assert_eq!(read, [("u1", 1.0), ("u2", 2.5)]);
+        assert_eq!(
+            values[0].first_issued_at_ms, 10,
+            "COALESCEd from issued_at_ms"
+        );
+        assert!(
+            store
+                .read_current_values("q", None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .read_current_values("p", Some("i2"))
+                .await
+                .unwrap()
+                .len(),
+            0
+        );
+
+        insert_value(&path, "u3", "'many'");
+        match store.read_current_values("p", Some("i1")).await {
+            Err(StoreError::Corrupt { table, detail }) => {
+                assert_eq!(table, "current_values");
+                assert!(detail.contains("value"), "{detail}");
+            }
+            other => panic!("expected a corrupt row, got {other:?}"),
+        }
     }
 }
