@@ -63,7 +63,7 @@ impl BulkReader {
         Ok(connection)
     }
 
-    /// [`queries::CURRENT_VALUES`], in its order (the primary key's).
+    /// [`queries::CURRENT_VALUES`], as stored.
     fn current_values(
         &self,
         plan_id: &str,
