@@ -36,6 +36,8 @@ pub struct PlanFigures {
     pub metrics_cold_ms: f64,
     /// `GET /metrics` again, nothing written since.
     pub metrics_warm_ms: f64,
+    /// The progress computations from the first scrape to the second, by how they were made.
+    pub warm: String,
     /// `GET /api/v1/progress`, nothing written since.
     pub progress_api_ms: f64,
     /// `GET /api/v1/progress?obligations=false`, right after.
@@ -90,7 +92,7 @@ pub async fn measure(
         let body = http_get(&http, path)?;
         Ok((body, started.elapsed().as_secs_f64() * 1000.0))
     };
-    let (_, metrics_cold_ms) = timed("/metrics")?;
+    let (cold, metrics_cold_ms) = timed("/metrics")?;
     let (warm, metrics_warm_ms) = timed("/metrics")?;
     let (_, progress_api_ms) = timed("/api/v1/progress")?;
     let (_, summary_api_ms) = timed("/api/v1/progress?obligations=false")?;
@@ -117,15 +119,8 @@ pub async fn measure(
     }
     // The computations between the scrape before the write and the one after it (the alert
     // evaluation's included): whether the scrape's progress was updated or made whole.
-    let computed = |how: &str| {
-        let name = format!("duban_progress_computations_total{{how=\"{how}\"}}");
-        metric(&body, &name).unwrap_or(0.0) - metric(&warm, &name).unwrap_or(0.0)
-    };
-    let after_write = format!(
-        "since the scrape before: {} updated, {} whole",
-        computed("updated"),
-        computed("whole")
-    );
+    let after_write = computations_between(&warm, &body);
+    let warm = computations_between(&cold, &warm);
     let sum = metric(&body, "duban_progress_duration_seconds_sum").unwrap_or(0.0);
     let count = metric(&body, "duban_progress_duration_seconds_count").unwrap_or(0.0);
     let series: Vec<&str> = body
@@ -159,6 +154,7 @@ pub async fn measure(
         read_ms,
         metrics_cold_ms,
         metrics_warm_ms,
+        warm,
         progress_api_ms,
         summary_api_ms,
         metrics_after_write_ms,
@@ -246,6 +242,20 @@ pub async fn read_alone(
         }
     }
     Ok(times)
+}
+
+/// The progress computations counted in the `/metrics` body `after` since the body
+/// `before`, by how they were made (updated with what changed, or whole).
+fn computations_between(before: &str, after: &str) -> String {
+    let computed = |how: &str| {
+        let name = format!("duban_progress_computations_total{{how=\"{how}\"}}");
+        metric(after, &name).unwrap_or(0.0) - metric(before, &name).unwrap_or(0.0)
+    };
+    format!(
+        "since the scrape before: {} updated, {} whole",
+        computed("updated"),
+        computed("whole")
+    )
 }
 
 /// The values a group's reports stored; an error if any report was not stored.

@@ -429,7 +429,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         agent_figures.idle_rss_mb, agent_figures.idle_anon_mb, agent_figures.idle_file_mb
     );
     println!(
-        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s, read back whole in {:.0} ms) | progress computed in {:.0} ms (the engine alone, in process: {:.0} ms, and updated after one unit's correction {:.1} ms); first /metrics {:.0} ms, again {:.0} ms; /api/v1/progress {:.0} ms, without the obligations {:.0} ms; /metrics after one unit's correction {:.0} ms (progress computations {}); {} series ({} of plan state, budget {}) |",
+        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s, read back whole in {:.0} ms) | progress computed in {:.0} ms (the engine alone, in process: {:.0} ms, and updated after one unit's correction {:.1} ms); first /metrics {:.0} ms, again {:.0} ms (progress computations {}); /api/v1/progress {:.0} ms, without the obligations {:.0} ms; /metrics after one unit's correction {:.0} ms (progress computations {}); {} series ({} of plan state, budget {}) |",
         plan.units,
         plan.indicators,
         plan.values,
@@ -440,6 +440,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         engine_updated_ms,
         plan.metrics_cold_ms,
         plan.metrics_warm_ms,
+        plan.warm,
         plan.progress_api_ms,
         plan.summary_api_ms,
         plan.metrics_after_write_ms,
