@@ -54,7 +54,8 @@ pub struct ViewCache {
 }
 
 impl ViewCache {
-    /// The view at `now_ms`. The last one whole when the store's [`WriteMarker`] is unchanged
+    /// The view at `now_ms` (or at the last view's time, for a caller that waited for it:
+    /// see [`now_after_wait`]). The last one whole when the store's [`WriteMarker`] is unchanged
     /// and the clock moved less than `max_age_ms` (never backwards); else progress computed
     /// afresh at `now_ms`, from the last snapshot updated with what was written since (the
     /// current rows of later reports, the statements when one was added, the outages always),
@@ -68,7 +69,10 @@ impl ViewCache {
         now_ms: i64,
         max_age_ms: i64,
     ) -> Result<Arc<View>, StoreError> {
+        let asked = std::time::Instant::now();
         let mut last = self.last.lock().await;
+        let waited_ms = i64::try_from(asked.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let now_ms = now_after_wait(now_ms, last.as_ref().map(|view| view.at_ms), waited_ms);
         // Read before the snapshot: a write landing in between leaves a view newer than its
         // marker, which the next call reads again (idempotent: a changed row replaces the row
         // of its key); never one older.
@@ -118,7 +122,8 @@ impl ViewCache {
                 };
                 // Taken, not copied, unless a caller still holds the last view (the alert
                 // evaluation deriving its alerts, a scrape rendering): then its progress is
-                // copied and the copy updated, a fraction of a whole computation.
+                // copied and the copy updated, its obligations shared until a changed value
+                // touches them (then copied too): a fraction of a whole computation.
                 let last = last.take().expect("the base is the last view");
                 let (snapshot, previous) = match Arc::try_unwrap(last) {
                     Ok(view) => (view.snapshot, view.progress),
@@ -163,6 +168,19 @@ impl ViewCache {
     }
 }
 
+/// The time a caller of [`ViewCache::view`] gets a view at: the one it asked for, unless it
+/// read its clock, then waited `waited_ms` for the cache while the last view was computed at
+/// a slightly later time; then that view's time, as if it had read the clock after the wait.
+/// Progress at a time before the last view's is computed whole, not updated, and a caller
+/// queued behind a computation of many seconds would otherwise pay a second one. A clock that
+/// went back by more than the wait is taken as it is.
+fn now_after_wait(now_ms: i64, last_at_ms: Option<i64>, waited_ms: i64) -> i64 {
+    match last_at_ms {
+        Some(at_ms) if now_ms < at_ms && at_ms - now_ms <= waited_ms => at_ms,
+        _ => now_ms,
+    }
+}
+
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "App(plan {}, {})", self.plan.id, self.store.backend())
@@ -199,6 +217,20 @@ impl App {
 mod tests {
     use super::*;
     use crate::store::NewStatement;
+
+    #[test]
+    fn a_caller_that_waited_for_a_later_view_gets_its_time() {
+        // Asked 40 ms before the last view, after waiting 50 ms for it: the view's time.
+        assert_eq!(now_after_wait(1_000, Some(1_040), 50), 1_040);
+        assert_eq!(now_after_wait(1_000, Some(1_050), 50), 1_050);
+        // Further back than it waited: a clock that went back, taken as it is.
+        assert_eq!(now_after_wait(1_000, Some(1_051), 50), 1_000);
+        assert_eq!(now_after_wait(1_000, Some(1_001), 0), 1_000);
+        // At or after the last view, or with none: its own time.
+        assert_eq!(now_after_wait(1_000, Some(1_000), 50), 1_000);
+        assert_eq!(now_after_wait(1_000, Some(900), 50), 1_000);
+        assert_eq!(now_after_wait(1_000, None, 50), 1_000);
+    }
 
     fn statement(seq: i64) -> NewStatement {
         NewStatement {

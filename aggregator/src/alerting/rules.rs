@@ -231,7 +231,7 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
         });
     };
 
-    for o in &progress.obligations {
+    for o in progress.obligations.iter() {
         let Some(indicator) = plan.indicator(&o.indicator) else {
             continue;
         };

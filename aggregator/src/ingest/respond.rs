@@ -397,7 +397,7 @@ impl Inner {
         let mut obligations: std::collections::HashMap<String, &crate::progress::Obligation> =
             Default::default();
         if by_case.keys().any(|id| id.starts_with("report/")) {
-            for o in &progress.obligations {
+            for o in progress.obligations.iter() {
                 let id = cases::report_case(&o.indicator, &o.period, &o.unit);
                 if by_case.contains_key(&id) {
                     obligations.entry(id).or_insert(o);

@@ -267,7 +267,7 @@ pub fn plan_metrics(
     }
     // Per unit in one pass each, so that a scrape is linear in the plan's size.
     let mut overdue_by_unit: HashMap<&str, usize> = HashMap::new();
-    for o in &progress.obligations {
+    for o in progress.obligations.iter() {
         if o.status == progress::ObligationStatus::Overdue {
             *overdue_by_unit.entry(o.unit.as_str()).or_default() += 1;
         }

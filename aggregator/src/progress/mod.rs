@@ -32,6 +32,7 @@ mod time;
 pub use time::{DAY_MS, date_of_ms, end_of_day_ms, start_of_day_ms};
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use duban_proto::period::{Period, PeriodType};
 use serde::Serialize;
@@ -60,8 +61,9 @@ pub struct Snapshot {
     /// The 督办 statements, in the order received.
     pub statements: Vec<StatementRow>,
     /// Whether `values` and `tasks` are known to be in key order, as
-    /// [`Snapshot::apply_changes`] leaves them (so that it checks the order once, not at every
-    /// write). Rows changed any other way must come with `Order::default()` again.
+    /// [`Snapshot::in_key_order`] and [`Snapshot::apply_changes`] leave them (so that the
+    /// order is not checked at every write). Rows changed any other way must come with
+    /// `Order::default()` again.
     pub order: Order,
 }
 
@@ -80,19 +82,47 @@ impl Snapshot {
         let changes = Changes::of(&values, &tasks);
         let sorted = self.order.sorted;
         input::upsert_sorted(&mut self.values, values, sorted, |a, b| {
-            (&a.indicator_id, &a.period, &a.unit_id).cmp(&(&b.indicator_id, &b.period, &b.unit_id))
+            value_key(a).cmp(&value_key(b))
         });
         input::upsert_sorted(&mut self.tasks, tasks, sorted, |a, b| {
-            (&a.task_id, &a.milestone_id, &a.period, &a.unit_id).cmp(&(
-                &b.task_id,
-                &b.milestone_id,
-                &b.period,
-                &b.unit_id,
-            ))
+            task_key(a).cmp(&task_key(b))
         });
         self.order.sorted = true;
         changes
     }
+
+    /// The rows read whole from the store: `values` in key order, as `Store::current_values`
+    /// returns them; `tasks` put in key order here (a database's collation may sort text
+    /// otherwise). Known to be in order, so that the first [`Snapshot::apply_changes`] does
+    /// not walk millions of rows to find out.
+    pub fn in_key_order(
+        values: Vec<ValueRow>,
+        mut tasks: Vec<TaskRow>,
+        outages: Vec<Outage>,
+        statements: Vec<StatementRow>,
+    ) -> Snapshot {
+        debug_assert!(values.is_sorted_by(|a, b| value_key(a) <= value_key(b)));
+        if !tasks.is_sorted_by(|a, b| task_key(a) <= task_key(b)) {
+            tasks.sort_by(|a, b| task_key(a).cmp(&task_key(b)));
+        }
+        Snapshot {
+            values,
+            tasks,
+            outages,
+            statements,
+            order: Order { sorted: true },
+        }
+    }
+}
+
+/// A current value's key, in the order of [`Snapshot::values`]: each part by its bytes.
+fn value_key(v: &ValueRow) -> (&str, &str, &str) {
+    (&v.indicator_id, &v.period, &v.unit_id)
+}
+
+/// A task update's key, in the order of [`Snapshot::tasks`].
+fn task_key(t: &TaskRow) -> (&str, &str, &str, &str) {
+    (&t.task_id, &t.milestone_id, &t.period, &t.unit_id)
 }
 
 /// Received and on-time counts against what was expected by now.
@@ -254,7 +284,10 @@ pub struct MilestoneProgress {
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
     pub now_ms: i64,
-    pub obligations: Vec<Obligation>,
+    /// Shared between the progress of views that did not change them: a copy of a progress
+    /// (see [`update`]) copies them only when a changed value touches them.
+    #[serde(serialize_with = "serialize_shared")]
+    pub obligations: Arc<Vec<Obligation>>,
     pub indicators: Vec<IndicatorProgress>,
     pub milestones: Vec<MilestoneProgress>,
     pub by_unit: BTreeMap<String, Rates>,
@@ -265,6 +298,14 @@ pub struct Progress {
     /// What [`update`] starts from.
     #[serde(skip)]
     kept: Kept,
+}
+
+/// What is shared serialized as itself.
+fn serialize_shared<T: Serialize, S: serde::Serializer>(
+    shared: &Arc<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    T::serialize(shared, serializer)
 }
 
 /// [`Progress`] without its obligations (one per reporter × indicator × period, millions in a
@@ -400,7 +441,7 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
     };
     Progress {
         now_ms,
-        obligations,
+        obligations: Arc::new(obligations),
         indicators,
         milestones,
         by_unit: owned(by_unit),

@@ -233,7 +233,7 @@ fn an_outage_of_the_centre_at_a_deadline_does_not_make_units_late_or_overdue() {
             at,
         )
         .obligations
-        .into_iter()
+        .iter()
         .find(|o| o.indicator == "m" && o.period == "2020-02")
         .unwrap()
         .status
@@ -457,9 +457,9 @@ fn no_report_is_overdue_before_the_plan_was_issued() {
     let overdue = |now: &str| -> Vec<(String, i64)> {
         compute(&plan, &Snapshot::default(), ms(now))
             .obligations
-            .into_iter()
+            .iter()
             .filter(|o| o.indicator == "m" && o.status == ObligationStatus::Overdue)
-            .map(|o| (o.period, o.due_ms))
+            .map(|o| (o.period.clone(), o.due_ms))
             .collect()
     };
     assert_eq!(overdue("2020-03-05T00:00:00Z"), []);

@@ -165,7 +165,8 @@ pub fn update(
         };
         // Every obligation of this unit and period (a unit listed twice has two).
         let run = block.start + p * block.units..block.start + (p + 1) * block.units;
-        for o in obligations[run]
+        // Copied here, and only here, when another progress shares them.
+        for o in Arc::make_mut(obligations)[run]
             .iter_mut()
             .skip(u)
             .filter(|o| o.unit == *unit)

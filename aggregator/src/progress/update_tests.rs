@@ -245,3 +245,96 @@ fn a_write_updates_the_progress_and_only_a_deadline_new_statement_or_outage_comp
     let (_, how) = update(&plan, &snapshot, progress, &Changes::default(), next_due);
     assert_eq!(how, Computation::Whole);
 }
+
+#[test]
+fn a_progress_held_elsewhere_keeps_its_obligations_and_shares_them_while_unchanged() {
+    let plan = qingdao();
+    let indicator = plan
+        .indicators
+        .iter()
+        .find(|i| !i.reporter_units.is_empty())
+        .unwrap();
+    let unit = &indicator.reporter_units[0];
+    let period = plan_periods(&plan, indicator.period)[0].to_string();
+    let now = ms("2018-01-20T00:00:00Z");
+    let mut snapshot = Snapshot::default();
+    let held = compute(&plan, &snapshot, now);
+
+    // Only the clock moved: the copy's obligations are the held ones, not copied.
+    let (later, how) = updated(&plan, &snapshot, held.clone(), &Changes::default(), now + 1);
+    assert_eq!(how, Computation::Updated);
+    assert!(Arc::ptr_eq(&later.obligations, &held.obligations));
+
+    // A value received: the copy's obligations are copied and changed; the held ones not.
+    let changes =
+        snapshot.apply_changes(vec![row(&indicator.id, unit, &period, 12.5, now)], vec![]);
+    let (changed, how) = updated(&plan, &snapshot, held.clone(), &changes, now + 2);
+    assert_eq!(how, Computation::Updated);
+    assert!(!Arc::ptr_eq(&changed.obligations, &held.obligations));
+    let received = |progress: &Progress| {
+        progress
+            .obligations
+            .iter()
+            .find(|o| o.indicator == indicator.id && o.unit == *unit && o.period == period)
+            .unwrap()
+            .received_ms
+    };
+    assert_eq!(received(&changed), Some(now));
+    assert_eq!(received(&held), None);
+}
+
+#[test]
+fn a_snapshot_read_whole_puts_its_tasks_in_key_order_and_takes_changes_in_place() {
+    let plan = qingdao();
+    let indicator = plan
+        .indicators
+        .iter()
+        .find(|i| i.reporter_units.len() > 1)
+        .unwrap();
+    let period = plan_periods(&plan, indicator.period)[0].to_string();
+    let now = ms("2018-01-20T00:00:00Z");
+    let mut values: Vec<ValueRow> = indicator
+        .reporter_units
+        .iter()
+        .map(|unit| row(&indicator.id, unit, &period, 1.0, now))
+        .collect();
+    values.sort_by(|a, b| value_key(a).cmp(&value_key(b)));
+    // Tasks as a database's collation may give them: not by their bytes.
+    let tasks = vec![
+        task("b", 10.0, now),
+        task("B", 20.0, now),
+        task("a", 30.0, now),
+    ];
+    let mut snapshot = Snapshot::in_key_order(values.clone(), tasks, vec![], vec![]);
+    let units: Vec<&str> = snapshot.tasks.iter().map(|t| t.unit_id.as_str()).collect();
+    assert_eq!(units, ["B", "a", "b"]);
+
+    // A correction and a new row land where a snapshot sorting as it goes puts them.
+    let unit = &indicator.reporter_units[1];
+    let changed = (
+        vec![row(&indicator.id, unit, &period, 9.0, now + 1)],
+        vec![task("a", 40.0, now + 1), task("A", 50.0, now + 1)],
+    );
+    snapshot.apply_changes(changed.0.clone(), changed.1.clone());
+    let mut sorting = Snapshot {
+        values,
+        tasks: vec![
+            task("b", 10.0, now),
+            task("B", 20.0, now),
+            task("a", 30.0, now),
+        ],
+        ..Snapshot::default()
+    };
+    sorting.apply_changes(changed.0, changed.1);
+    assert_eq!(snapshot.values, sorting.values);
+    assert_eq!(snapshot.tasks, sorting.tasks);
+    let percents: Vec<(&str, f64)> = snapshot
+        .tasks
+        .iter()
+        .map(|t| (t.unit_id.as_str(), t.percent))
+        .collect();
+    assert_eq!(
+        percents,
+        [("A", 50.0), ("B", 20.0), ("a", 40.0), ("b", 10.0)]
+    );
+}

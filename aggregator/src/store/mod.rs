@@ -163,6 +163,8 @@ pub trait Store {
     async fn admin_actions(&self) -> Result<Vec<AdminAction>, StoreError>;
     async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError>;
     async fn reports(&self, filter: &ReportFilter) -> Result<Vec<ReportRow>, StoreError>;
+    /// A plan's current values (of one indicator, or all), in key order: by indicator,
+    /// period and unit, each by its bytes, whatever the database's collation.
     async fn current_values(
         &self,
         plan_id: &str,
@@ -475,13 +477,12 @@ pub async fn snapshot_with_statements_until(
     now_ms: i64,
     statements_until_ms: i64,
 ) -> Result<crate::progress::Snapshot, StoreError> {
-    Ok(crate::progress::Snapshot {
-        values: store.current_values(&plan.id, None).await?,
-        tasks: store.current_tasks(&plan.id).await?,
-        outages: store.outages(now_ms).await?,
-        statements: store.statements(&plan.id, statements_until_ms).await?,
-        order: Default::default(),
-    })
+    Ok(crate::progress::Snapshot::in_key_order(
+        store.current_values(&plan.id, None).await?,
+        store.current_tasks(&plan.id).await?,
+        store.outages(now_ms).await?,
+        store.statements(&plan.id, statements_until_ms).await?,
+    ))
 }
 
 /// The state as it stood at `as_of_ms`: only the values, task updates and statements received

@@ -319,7 +319,7 @@ pub fn reporting(plan: &Plan, data: &Data) -> Vec<UnitReporting> {
         reports.entry(r.unit_id.as_str()).or_default().push(r);
     }
     let mut overdue: HashMap<&str, Vec<String>> = HashMap::new();
-    for o in &progress.obligations {
+    for o in progress.obligations.iter() {
         if o.status == ObligationStatus::Overdue {
             overdue
                 .entry(o.unit.as_str())
