@@ -35,6 +35,17 @@ fn task(unit: &str, percent: f64, at_ms: i64) -> TaskRow {
     }
 }
 
+/// The first indicator with reporters, its first reporter and its first period.
+fn first_obligation(plan: &Plan) -> (&Indicator, &String, String) {
+    let indicator = plan
+        .indicators
+        .iter()
+        .find(|i| !i.reporter_units.is_empty())
+        .unwrap();
+    let period = plan_periods(plan, indicator.period)[0].to_string();
+    (indicator, &indicator.reporter_units[0], period)
+}
+
 /// Every field the engine computes, as the API serves it.
 fn json(progress: &Progress) -> serde_json::Value {
     serde_json::to_value(progress).unwrap()
@@ -160,13 +171,7 @@ proptest! {
 #[test]
 fn a_write_updates_the_progress_and_only_a_deadline_new_statement_or_outage_computes_it_whole() {
     let plan = qingdao();
-    let indicator = plan
-        .indicators
-        .iter()
-        .find(|i| !i.reporter_units.is_empty())
-        .unwrap();
-    let unit = &indicator.reporter_units[0];
-    let period = plan_periods(&plan, indicator.period)[0].to_string();
+    let (indicator, unit, period) = first_obligation(&plan);
     let now = ms("2018-01-20T00:00:00Z");
     let mut snapshot = Snapshot::default();
     let progress = compute(&plan, &snapshot, now);
@@ -249,13 +254,7 @@ fn a_write_updates_the_progress_and_only_a_deadline_new_statement_or_outage_comp
 #[test]
 fn a_progress_held_elsewhere_keeps_its_obligations_and_shares_them_while_unchanged() {
     let plan = qingdao();
-    let indicator = plan
-        .indicators
-        .iter()
-        .find(|i| !i.reporter_units.is_empty())
-        .unwrap();
-    let unit = &indicator.reporter_units[0];
-    let period = plan_periods(&plan, indicator.period)[0].to_string();
+    let (indicator, unit, period) = first_obligation(&plan);
     let now = ms("2018-01-20T00:00:00Z");
     let mut snapshot = Snapshot::default();
     let held = compute(&plan, &snapshot, now);
