@@ -364,14 +364,11 @@ pub fn compute_alone(units: usize, indicators: usize, runs: usize) -> anyhow::Re
             }
         }
     }
-    // In the store's order, as a snapshot read from it is.
+    // In the store's order, and known to be, as a snapshot read whole from it is.
     values.sort_by(|a, b| {
         (&a.indicator_id, &a.period, &a.unit_id).cmp(&(&b.indicator_id, &b.period, &b.unit_id))
     });
-    let mut snapshot = progress::Snapshot {
-        values,
-        ..Default::default()
-    };
+    let mut snapshot = progress::Snapshot::in_key_order(values, Vec::new(), Vec::new(), Vec::new());
     let mut alone = Alone {
         whole: Vec::new(),
         updated: Vec::new(),

@@ -260,11 +260,11 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
         } else {
             "lead"
         };
-        let mut recipients = vec![(o.unit.clone(), "reporter")];
+        let mut recipients = vec![(o.unit.to_string(), "reporter")];
         recipients.extend(
             leads
                 .iter()
-                .filter(|lead| **lead != o.unit)
+                .filter(|lead| o.unit != **lead)
                 .map(|lead| (lead.clone(), copy_role)),
         );
         let all_leads = if indicator.lead_units.is_empty() {

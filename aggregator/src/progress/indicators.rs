@@ -2,18 +2,20 @@
 //! the path from baseline to target, and the status judged against it.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::*;
 
-/// The stored values, to look up by (indicator, unit, period) and to aggregate per indicator:
-/// each aggregation reads only its indicator's rows, so computing a plan is linear in its
-/// values, not in indicators × values.
+/// The stored values, to look up by (indicator, period) and to aggregate per indicator: each
+/// aggregation reads only its indicator's rows, so computing a plan is linear in its values,
+/// not in indicators × values.
 pub struct Values<'a> {
-    by_key: FastMap<(&'a str, &'a str, &'a str), &'a ValueRow>,
-    /// Each indicator's rows with their periods parsed, in (period, unit) order (rows whose
-    /// period does not parse are left out: they belong to no period of the plan).
-    by_indicator: FastMap<&'a str, Vec<(Period, &'a ValueRow)>>,
+    /// Every row in (indicator, period, unit) order, one per key.
+    rows: Vec<&'a ValueRow>,
+    /// Each indicator's runs of `rows` of one period text, in order, with the period parsed
+    /// (runs whose period does not parse are left out: they belong to no period of the plan).
+    by_indicator: FastMap<&'a str, Vec<(Period, Range<usize>)>>,
     /// Each indicator's per-period sums once computed: the value, the series, the baseline,
     /// the data date and the source gap all start from them. Kept from one computation to the
     /// next by [`super::update`], which recomputes only the periods that changed.
@@ -92,8 +94,10 @@ pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub(super) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 impl<'a> Values<'a> {
-    /// Indexes `rows`; of two rows with one key, the later wins.
-    pub fn new(rows: &'a [ValueRow]) -> Self {
+    /// Indexes `rows`; of two rows with one key, the later wins. `known_sorted` when they
+    /// are in key order already, one row per key (see `Snapshot::order`): neither is then
+    /// checked again.
+    pub fn new(rows: &'a [ValueRow], known_sorted: bool) -> Self {
         let key = |v: &'a ValueRow| {
             (
                 v.indicator_id.as_str(),
@@ -104,21 +108,33 @@ impl<'a> Values<'a> {
         // In (indicator, period, unit) order, as the store and `Snapshot::apply_changes` give
         // them, so that every computation sums a period's values in one order.
         let mut sorted: Vec<&ValueRow> = rows.iter().collect();
-        if !sorted.is_sorted_by(|a, b| key(a) <= key(b)) {
+        if !known_sorted && !sorted.is_sorted_by(|a, b| key(a) <= key(b)) {
             sorted.sort_by(|a, b| key(a).cmp(&key(b)));
         }
-        let mut by_key = FastMap::with_capacity_and_hasher(rows.len(), Default::default());
-        let mut by_indicator: FastMap<&str, Vec<(Period, &ValueRow)>> = FastMap::default();
+        // Of two rows with one key, the later (stable sort: the later given) wins. The unit is
+        // compared first: it is what differs between neighbours.
+        if !known_sorted {
+            sorted.dedup_by(|later, kept| {
+                let same = later.unit_id == kept.unit_id
+                    && later.period == kept.period
+                    && later.indicator_id == kept.indicator_id;
+                if same {
+                    *kept = *later;
+                }
+                same
+            });
+        }
+        let mut by_indicator: FastMap<&str, Vec<(Period, Range<usize>)>> = FastMap::default();
         // A plan has few distinct periods: each is parsed once.
         let mut parsed: FastMap<&str, Option<Period>> = FastMap::default();
         let mut canonical_periods = true;
-        for (i, &row) in sorted.iter().enumerate() {
-            // Of two rows with one key, the later (stable sort: the later given) wins.
-            if sorted.get(i + 1).is_some_and(|&next| key(next) == key(row)) {
-                continue;
-            }
-            let (indicator, period, unit) = key(row);
-            by_key.insert((indicator, unit, period), row);
+        let mut start = 0;
+        while let Some(first) = sorted.get(start) {
+            let end = start
+                + sorted[start..].partition_point(|row| {
+                    row.period == first.period && row.indicator_id == first.indicator_id
+                });
+            let period = first.period.as_str();
             let period = *parsed.entry(period).or_insert_with(|| {
                 let parsed = period.parse::<Period>().ok();
                 canonical_periods &= parsed.is_none_or(|p| p.to_string() == period);
@@ -126,13 +142,14 @@ impl<'a> Values<'a> {
             });
             if let Some(period) = period {
                 by_indicator
-                    .entry(indicator)
+                    .entry(first.indicator_id.as_str())
                     .or_default()
-                    .push((period, row));
+                    .push((period, start..end));
             }
+            start = end;
         }
         Values {
-            by_key,
+            rows: sorted,
             by_indicator,
             aggregates: RefCell::default(),
             canonical_periods,
@@ -142,15 +159,28 @@ impl<'a> Values<'a> {
     /// No rows, only each indicator's sums as kept from an earlier computation.
     pub(super) fn summed(sums: FastMap<String, Arc<PeriodSums>>) -> Values<'static> {
         Values {
-            by_key: FastMap::default(),
+            rows: Vec::new(),
             by_indicator: FastMap::default(),
             aggregates: RefCell::new(sums),
             canonical_periods: true,
         }
     }
 
-    pub fn get(&self, indicator: &str, unit: &str, period: &str) -> Option<&'a ValueRow> {
-        self.by_key.get(&(indicator, unit, period)).copied()
+    /// Every row, in key order.
+    pub fn rows(&self) -> &[&'a ValueRow] {
+        &self.rows
+    }
+
+    /// Where the rows of `indicator` and the period written `period` are in
+    /// [`Values::rows`] (in unit order).
+    pub fn run_of(&self, indicator: &str, period: &str) -> Range<usize> {
+        fn key<'r>(row: &&'r ValueRow) -> (&'r str, &'r str) {
+            (row.indicator_id.as_str(), row.period.as_str())
+        }
+        let wanted = (indicator, period);
+        let from = self.rows.partition_point(|row| key(row) < wanted);
+        let len = self.rows[from..].partition_point(|row| key(row) == wanted);
+        from..from + len
     }
 
     /// The sums of `indicator`'s values per period, computed once per computation.
@@ -158,16 +188,14 @@ impl<'a> Values<'a> {
         if let Some(held) = self.aggregates.borrow().get(indicator.id.as_str()) {
             return held.clone();
         }
-        let rows = self.by_indicator.get(indicator.id.as_str());
+        let runs = self.by_indicator.get(indicator.id.as_str());
         let reporters = reporter_set(indicator);
         let mut sums = PeriodSums::new();
-        for group in rows
-            .map_or(&[][..], Vec::as_slice)
-            .chunk_by(|a, b| a.0 == b.0)
-        {
-            let sum = PeriodSum::of(indicator, &reporters, group.iter().map(|(_, row)| *row));
-            // Two spellings of one period are two groups (see `canonical_periods`).
-            sums.entry(group[0].0)
+        for (period, run) in runs.map_or(&[][..], Vec::as_slice) {
+            let rows = self.rows[run.clone()].iter().copied();
+            let sum = PeriodSum::of(indicator, &reporters, rows);
+            // Two spellings of one period are two runs (see `canonical_periods`).
+            sums.entry(*period)
                 .and_modify(|held| held.add(sum))
                 .or_insert(sum);
         }

@@ -66,16 +66,26 @@ pub struct StatementRow {
 
 /// Puts each of `changed` in place of the row of `rows` with its key (`cmp` equal), or among
 /// them in `cmp` order; of two changed rows with one key, the later wins. `rows` ends sorted by
-/// `cmp` (sorted first if it was not: a database may order text by another collation), which
-/// is only checked when they are not `known_sorted` already.
+/// `cmp`, one row per key (sorted first if it was not: a database may order text by another
+/// collation; of two rows with one key, the later kept), which is only checked when they are
+/// not `known_sorted` already.
 pub(super) fn upsert_sorted<T>(
     rows: &mut Vec<T>,
     mut changed: Vec<T>,
     known_sorted: bool,
     cmp: impl Fn(&T, &T) -> Ordering,
 ) {
-    if !known_sorted && !rows.is_sorted_by(|a, b| cmp(a, b) != Ordering::Greater) {
-        rows.sort_by(&cmp);
+    if !known_sorted {
+        if !rows.is_sorted_by(|a, b| cmp(a, b) != Ordering::Greater) {
+            rows.sort_by(&cmp);
+        }
+        rows.dedup_by(|later, kept| {
+            let same = cmp(later, kept) == Ordering::Equal;
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
     }
     if changed.is_empty() {
         return;
@@ -159,6 +169,14 @@ mod tests {
         let mut rows = owned(&[(5, "e"), (1, "a")]);
         upsert_sorted(&mut rows, Vec::new(), true, |a, b| a.0.cmp(&b.0));
         assert_eq!(rows, owned(&[(5, "e"), (1, "a")]));
+    }
+
+    #[test]
+    fn rows_not_known_sorted_end_with_one_row_per_key_the_later_kept() {
+        assert_eq!(
+            upsert(&[(3, "c"), (1, "a"), (3, "C"), (1, "A")], &[(2, "b")]),
+            owned(&[(1, "A"), (2, "b"), (3, "C")])
+        );
     }
 
     #[test]

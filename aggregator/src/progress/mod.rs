@@ -32,6 +32,7 @@ mod time;
 pub use time::{DAY_MS, date_of_ms, end_of_day_ms, start_of_day_ms};
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::sync::Arc;
 
 use duban_proto::period::{Period, PeriodType};
@@ -60,9 +61,9 @@ pub struct Snapshot {
     pub outages: Vec<Outage>,
     /// The 督办 statements, in the order received.
     pub statements: Vec<StatementRow>,
-    /// Whether `values` and `tasks` are known to be in key order, as
-    /// [`Snapshot::in_key_order`] and [`Snapshot::apply_changes`] leave them (so that the
-    /// order is not checked at every write). Rows changed any other way must come with
+    /// Whether `values` and `tasks` are known to be in key order with one row per key, as
+    /// [`Snapshot::in_key_order`] and [`Snapshot::apply_changes`] leave them (so that neither
+    /// is checked at every write or computation). Rows changed any other way must come with
     /// `Order::default()` again.
     pub order: Order,
 }
@@ -91,8 +92,8 @@ impl Snapshot {
         changes
     }
 
-    /// The rows read whole from the store: `values` in key order, as `Store::current_values`
-    /// returns them; `tasks` put in key order here (a database's collation may sort text
+    /// The rows read whole from the store: `values` in key order, one per key (the store's
+    /// primary key), as `Store::current_values` returns them; `tasks` put in key order here (a database's collation may sort text
     /// otherwise). Known to be in order, so that the first [`Snapshot::apply_changes`] does
     /// not walk millions of rows to find out.
     pub fn in_key_order(
@@ -101,7 +102,7 @@ impl Snapshot {
         outages: Vec<Outage>,
         statements: Vec<StatementRow>,
     ) -> Snapshot {
-        debug_assert!(values.is_sorted_by(|a, b| value_key(a) <= value_key(b)));
+        debug_assert!(values.is_sorted_by(|a, b| value_key(a) < value_key(b)));
         if !tasks.is_sorted_by(|a, b| task_key(a) <= task_key(b)) {
             tasks.sort_by(|a, b| task_key(a).cmp(&task_key(b)));
         }
@@ -142,6 +143,13 @@ impl Rates {
     }
     fn add(&mut self, obligation: &Obligation) {
         self.count(obligation.status, 1);
+    }
+
+    /// Counts what `other` counted.
+    fn merge(&mut self, other: Rates) {
+        self.expected += other.expected;
+        self.received += other.received;
+        self.on_time += other.on_time;
     }
 
     /// Takes back what [`Rates::add`] counted for an obligation of `status`.
@@ -346,7 +354,15 @@ impl Progress {
     }
 }
 
-pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
+/// A reporting unit's counts in [`compute`].
+struct Tally<'a> {
+    unit: &'a str,
+    rates: Rates,
+    /// The latest `updated_at_ms` of the values its obligations hold.
+    last_report_ms: Option<i64>,
+}
+
+pub fn compute<'a>(plan: &'a Plan, snapshot: &'a Snapshot, now_ms: i64) -> Progress {
     let cases = cases::cases_by(&snapshot.statements, now_ms);
     // The deadline granted for a case, at the end of that day.
     let granted = |case: &str| {
@@ -355,43 +371,93 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
             .and_then(|c| c.extended_to)
             .map(|d| end_of_day_ms(d, &plan.tz))
     };
-    let values = Values::new(&snapshot.values);
-    let mut last_report: FastMap<&str, i64> = FastMap::default();
-    let updates = (snapshot
-        .values
+    let values = Values::new(&snapshot.values, snapshot.order.sorted);
+    let periods: Vec<Vec<Period>> = plan
+        .indicators
         .iter()
-        .map(|v| (v.unit_id.as_str(), v.updated_at_ms)))
-    .chain(
-        snapshot
-            .tasks
+        .map(|indicator| plan_periods(plan, indicator.period))
+        .collect();
+    let mut obligations = Vec::with_capacity(
+        plan.indicators
             .iter()
-            .map(|t| (t.unit_id.as_str(), t.updated_at_ms)),
+            .zip(&periods)
+            .map(|(indicator, periods)| indicator.reporter_units.len() * periods.len())
+            .sum(),
     );
-    for (unit, at) in updates {
-        let last = last_report.entry(unit).or_insert(at);
-        *last = (*last).max(at);
-    }
-    let last_report_ms = owned(last_report);
-
-    let mut obligations = Vec::new();
     let mut blocks = Vec::with_capacity(plan.indicators.len());
     let mut next_due_ms = i64::MAX;
-    // Counted under borrowed names (one lookup, no allocation, per obligation), then sorted.
-    let mut by_unit: FastMap<&str, Rates> = FastMap::default();
+    // Each unit's name made once, and its rates and last report counted in a slot found once
+    // per indicator (not looked up by name per obligation); then put under the names, sorted.
+    let mut names: FastMap<&str, (Name, usize)> = FastMap::default();
+    let mut tallies: Vec<Tally> = Vec::new();
+    // The last report of the rows no reporter's obligation holds, and of the task updates.
+    let mut last_elsewhere: FastMap<&str, i64> = FastMap::default();
+    let mut note = |unit: &'a str, at: i64| {
+        let last = last_elsewhere.entry(unit).or_insert(at);
+        *last = (*last).max(at);
+    };
+    // The runs of `values` the obligations hold.
+    let mut held: Vec<Range<usize>> = Vec::new();
     let mut by_lead_unit: FastMap<&str, Rates> = FastMap::default();
     let mut indicators = Vec::new();
-    for indicator in &plan.indicators {
+    // Which reporter each of a period's rows belongs to (reused between periods).
+    let mut found: Vec<Option<&ValueRow>> = Vec::new();
+    for (indicator, periods) in plan.indicators.iter().zip(&periods) {
         let mut rates = Rates::default();
-        let periods = plan_periods(plan, indicator.period);
         let block = update::Block {
             start: obligations.len(),
             units: indicator.reporter_units.len(),
             periods: periods.iter().map(Period::to_string).collect(),
         };
+        let reporters: Vec<(Name, usize)> = if periods.is_empty() {
+            Vec::new()
+        } else {
+            (indicator.reporter_units.iter())
+                .map(|unit| {
+                    let (name, slot) = names.entry(unit).or_insert_with(|| {
+                        tallies.push(Tally {
+                            unit,
+                            rates: Rates::default(),
+                            last_report_ms: None,
+                        });
+                        (Name::from(unit.as_str()), tallies.len() - 1)
+                    });
+                    (name.clone(), *slot)
+                })
+                .collect()
+        };
+        // The reporters in the byte order of their names, the order of a period's rows, so
+        // that each period's rows are matched to them in one merge.
+        let mut in_row_order: Vec<usize> = (0..indicator.reporter_units.len()).collect();
+        in_row_order.sort_by_key(|&u| indicator.reporter_units[u].as_str());
+        let indicator_name = Name::from(indicator.id.as_str());
         for (period, period_text) in periods.iter().zip(&block.periods) {
             // Nothing is overdue before the plan was issued.
             let original_due = due_ms(plan, indicator, period).max(issued_end_ms(plan));
-            for unit in &indicator.reporter_units {
+            let period_name = Name::from(period_text.as_str());
+            let run = values.run_of(&indicator.id, period_text);
+            let rows = &values.rows()[run.clone()];
+            held.push(run);
+            found.clear();
+            found.resize(indicator.reporter_units.len(), None);
+            // `rows[next]` is the first row not passed yet, and `matched` whether a reporter
+            // holds it; a row passed unmatched belongs to no reporter.
+            let (mut next, mut matched) = (0, false);
+            for &u in &in_row_order {
+                let unit = indicator.reporter_units[u].as_str();
+                while let Some(row) = rows.get(next).filter(|row| row.unit_id.as_str() < unit) {
+                    if !matched {
+                        note(&row.unit_id, row.updated_at_ms);
+                    }
+                    (next, matched) = (next + 1, false);
+                }
+                found[u] = rows.get(next).filter(|row| row.unit_id == unit).copied();
+                matched |= found[u].is_some();
+            }
+            for row in rows.iter().skip(next + usize::from(matched)) {
+                note(&row.unit_id, row.updated_at_ms);
+            }
+            for (u, unit) in indicator.reporter_units.iter().enumerate() {
                 // A deadline the office extended for this unit is the granted date.
                 let granted_due = if cases.is_empty() {
                     None
@@ -400,13 +466,17 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
                 };
                 let due = granted_due.unwrap_or(original_due);
                 let extended_to_ms = extended_deadline(&snapshot.outages, due);
-                let received = values
-                    .get(&indicator.id, unit, period_text)
-                    .map(|v| (v.first_received_at_ms, v.first_issued_at_ms));
+                let received = found[u].map(|v| (v.first_received_at_ms, v.first_issued_at_ms));
+                let (unit_name, slot) = &reporters[u];
+                let tally = &mut tallies[*slot];
+                if let Some(row) = found[u] {
+                    let last = tally.last_report_ms.get_or_insert(row.updated_at_ms);
+                    *last = (*last).max(row.updated_at_ms);
+                }
                 let obligation = Obligation {
-                    unit: unit.clone(),
-                    indicator: indicator.id.clone(),
-                    period: String::clone(period_text),
+                    unit: unit_name.clone(),
+                    indicator: indicator_name.clone(),
+                    period: period_name.clone(),
                     due_ms: due,
                     original_due_ms: granted_due.map(|_| original_due),
                     extended_to_ms,
@@ -417,15 +487,42 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
                     next_due_ms = next_due_ms.min(obligation.overdue_after_ms());
                 }
                 rates.add(&obligation);
-                by_unit.entry(unit).or_default().add(&obligation);
-                for lead in &indicator.lead_units {
-                    by_lead_unit.entry(lead).or_default().add(&obligation);
-                }
+                tally.rates.add(&obligation);
                 obligations.push(obligation);
+            }
+        }
+        // A lead unit counts every obligation of its indicators: the indicator's own rates.
+        if block.units > 0 && !periods.is_empty() {
+            for lead in &indicator.lead_units {
+                by_lead_unit.entry(lead).or_default().merge(rates);
             }
         }
         blocks.push(block);
         indicators.push(indicator_progress(plan, indicator, &values, now_ms, rates));
+    }
+    // The rows between the runs held, and the task updates.
+    held.sort_by_key(|run| run.start);
+    let mut from = 0;
+    for run in held
+        .iter()
+        .chain([&(values.rows().len()..values.rows().len())])
+    {
+        for row in values.rows().get(from..run.start).unwrap_or_default() {
+            note(&row.unit_id, row.updated_at_ms);
+        }
+        from = from.max(run.end);
+    }
+    for task in &snapshot.tasks {
+        note(&task.unit_id, task.updated_at_ms);
+    }
+    let mut last_report_ms = owned(last_elsewhere);
+    let mut by_unit = BTreeMap::new();
+    for tally in tallies {
+        if let Some(at) = tally.last_report_ms {
+            let last = last_report_ms.entry(tally.unit.to_owned()).or_insert(at);
+            *last = (*last).max(at);
+        }
+        by_unit.insert(tally.unit.to_owned(), tally.rates);
     }
     let milestones = milestones(plan, &snapshot.tasks, &cases, now_ms);
     // Every indicator's sums, for the next update (a ratio's own are never asked for above).
@@ -444,7 +541,7 @@ pub fn compute(plan: &Plan, snapshot: &Snapshot, now_ms: i64) -> Progress {
         obligations: Arc::new(obligations),
         indicators,
         milestones,
-        by_unit: owned(by_unit),
+        by_unit,
         by_lead_unit: owned(by_lead_unit),
         last_report_ms,
         cases,

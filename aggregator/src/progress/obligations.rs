@@ -18,9 +18,9 @@ pub enum ObligationStatus {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Obligation {
-    pub unit: String,
-    pub indicator: String,
-    pub period: String,
+    pub unit: Name,
+    pub indicator: Name,
+    pub period: Name,
     pub due_ms: i64,
     /// The plan's deadline, when the office granted this unit another (`due_ms`).
     pub original_due_ms: Option<i64>,
@@ -30,6 +30,79 @@ pub struct Obligation {
     pub extended_to_ms: Option<i64>,
     pub status: ObligationStatus,
     pub received_ms: Option<i64>,
+}
+
+/// A name many obligations share (a unit's, an indicator's, a period's): one allocation per
+/// distinct name in a computation, not three per obligation (a large plan has millions).
+/// Reads, compares and serializes as the text itself.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Name {
+    fn from(text: &str) -> Self {
+        Name(Arc::from(text))
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
 }
 
 impl Obligation {

@@ -459,7 +459,7 @@ fn no_report_is_overdue_before_the_plan_was_issued() {
             .obligations
             .iter()
             .filter(|o| o.indicator == "m" && o.status == ObligationStatus::Overdue)
-            .map(|o| (o.period.clone(), o.due_ms))
+            .map(|o| (o.period.to_string(), o.due_ms))
             .collect()
     };
     assert_eq!(overdue("2020-03-05T00:00:00Z"), []);
@@ -545,4 +545,148 @@ fn the_summary_is_the_progress_without_its_obligations_field_for_field() {
     let obligations = full.as_object_mut().unwrap().remove("obligations").unwrap();
     assert!(!obligations.as_array().unwrap().is_empty());
     assert_eq!(serde_json::to_value(progress.summary()).unwrap(), full);
+}
+
+/// A plan whose reporters are not listed in the order of their names, for the merge of a
+/// period's rows with them.
+fn three_unit_plan() -> Plan {
+    let text = r#"
+[plan]
+id = "t"
+name = "t"
+start = "2020-01"
+end = "2020-06"
+
+[[unit]]
+id = "z"
+name = "乙"
+kind = "district"
+
+[[unit]]
+id = "a"
+name = "甲"
+kind = "district"
+
+[[unit]]
+id = "m"
+name = "丙"
+kind = "district"
+
+[[indicator]]
+id = "q"
+name = "月度指标"
+measure = "件"
+period = "month"
+timely_days = 0
+reporters = ["z", "a", "m"]
+lead_units = ["a", "z"]
+aggregation = "sum"
+
+[[indicator]]
+id = "y"
+name = "年度指标"
+measure = "件"
+period = "year"
+timely_days = 0
+reporters = ["m"]
+lead_units = ["m"]
+aggregation = "latest"
+"#;
+    plan::load_str(text, "t.toml").unwrap().plan
+}
+
+#[test]
+fn obligations_rates_and_last_reports_count_every_row_once_whatever_its_order() {
+    let plan = three_unit_plan();
+    let at = |day: u32| ms(&format!("2020-03-{day:02}T00:00:00Z"));
+    let mut rows = vec![
+        value("q", "z", "2020-02", 1.0, at(1)),
+        value("q", "b", "2020-02", 2.0, at(9)), // no reporter of "q"
+        value("q", "a", "2019-12", 3.0, at(8)), // before the plan
+        value("zz", "a", "2020-01", 4.0, at(7)), // no indicator of the plan
+        value("q", "m", "2020-02", 5.0, at(2)),
+        value("q", "z", "2020-01", 6.0, at(3)),
+        value("y", "m", "2020", 7.0, at(4)),
+        value("q", "a", "2020-02", 8.0, at(5)),
+        value("q", "a", "2020-02", 9.0, at(6)), // the same key again: the later wins
+        value("q", "0", "2020-01", 1.0, at(10)), // no reporter, before every reporter's name
+    ];
+    rows.push(value("q", "zz", "2020-02", 1.0, at(11))); // no reporter, after them
+    let task = TaskRow {
+        plan_id: "t".into(),
+        task_id: "t1".into(),
+        milestone_id: "m1".into(),
+        unit_id: "task-only".into(),
+        period: "2020-03".into(),
+        percent: 10.0,
+        status: "in_progress".into(),
+        note: String::new(),
+        revision: 0,
+        issued_at_ms: at(12),
+        seq: 1,
+        report_pk: 1,
+        updated_at_ms: at(12),
+        first_received_at_ms: at(12),
+    };
+    let now = ms("2020-04-15T00:00:00Z");
+    let given = Snapshot {
+        values: rows.clone(),
+        tasks: vec![task.clone()],
+        ..Default::default()
+    };
+    // The same rows as the store reads them: in key order, one per key.
+    let mut read: Vec<ValueRow> = Vec::new();
+    for row in &rows {
+        read.retain(|r| value_key(r) != value_key(row));
+        read.push(row.clone());
+    }
+    read.sort_by(|a, b| value_key(a).cmp(&value_key(b)));
+    let read = Snapshot::in_key_order(read, vec![task.clone()], Vec::new(), Vec::new());
+
+    // What each count must be, counted the plain way.
+    let mut last_report: BTreeMap<String, i64> = BTreeMap::new();
+    for (unit, at) in (rows.iter().map(|r| (&r.unit_id, r.updated_at_ms)))
+        .chain([(&task.unit_id, task.updated_at_ms)])
+    {
+        let last = last_report.entry(unit.clone()).or_insert(at);
+        *last = (*last).max(at);
+    }
+    for snapshot in [&given, &read] {
+        let progress = compute(&plan, snapshot, now);
+        assert_eq!(progress.last_report_ms, last_report);
+        let mut by_unit: BTreeMap<String, Rates> = BTreeMap::new();
+        let mut by_lead_unit: BTreeMap<String, Rates> = BTreeMap::new();
+        for o in progress.obligations.iter() {
+            let received = rows
+                .iter()
+                .rfind(|r| {
+                    (&*r.indicator_id, &*r.unit_id, &*r.period)
+                        == (&o.indicator, &o.unit, &o.period)
+                })
+                .map(|r| r.first_received_at_ms);
+            assert_eq!(o.received_ms, received, "{o:?}");
+            by_unit.entry(o.unit.to_string()).or_default().add(o);
+            for lead in &plan.indicator(&o.indicator).unwrap().lead_units {
+                by_lead_unit.entry(lead.clone()).or_default().add(o);
+            }
+        }
+        assert_eq!(progress.by_unit, by_unit);
+        assert_eq!(progress.by_lead_unit, by_lead_unit);
+        let q = &progress.indicators[0];
+        assert_eq!(q.indicator, "q");
+        // Every period received (December's before the plan too): January z's 6 ("0", no
+        // reporter, left out); February z 1 + a 9 (the later) + m 5.
+        let series: Vec<(&str, f64)> = (q.series.iter())
+            .map(|p| (p.period.as_str(), p.value))
+            .collect();
+        assert_eq!(
+            series,
+            [("2019-12", 3.0), ("2020-01", 6.0), ("2020-02", 15.0)]
+        );
+    }
+    assert_eq!(
+        last_report.get("a"),
+        Some(&at(8)),
+        "a row before the plan still counts as a report"
+    );
 }

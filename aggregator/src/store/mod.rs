@@ -163,8 +163,8 @@ pub trait Store {
     async fn admin_actions(&self) -> Result<Vec<AdminAction>, StoreError>;
     async fn keys(&self, unit_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError>;
     async fn reports(&self, filter: &ReportFilter) -> Result<Vec<ReportRow>, StoreError>;
-    /// A plan's current values (of one indicator, or all), in key order: by indicator,
-    /// period and unit, each by its bytes, whatever the database's collation.
+    /// A plan's current values (of one indicator, or all), one per key, in key order: by
+    /// indicator, period and unit, each by its bytes, whatever the database's collation.
     async fn current_values(
         &self,
         plan_id: &str,

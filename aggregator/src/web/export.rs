@@ -122,10 +122,10 @@ fn indicators(plan: &Plan, data: &Data) -> Table {
                 ObligationStatus::Overdue => "overdue",
             };
             Some(vec![
-                Cell::text(&o.indicator),
+                Cell::text(o.indicator.as_str()),
                 Cell::text(&indicator.name),
-                Cell::text(&o.period),
-                Cell::text(&o.unit),
+                Cell::text(o.period.as_str()),
+                Cell::text(o.unit.as_str()),
                 Cell::text(plan.party_name(&o.unit)),
                 Cell::number(value.map(|v| v.value)),
                 Cell::text(&indicator.measure),
