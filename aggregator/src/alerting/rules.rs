@@ -232,9 +232,6 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
     };
 
     for o in progress.obligations.iter() {
-        let Some(indicator) = plan.indicator(&o.indicator) else {
-            continue;
-        };
         let deadline = o.overdue_after_ms();
         let soon = o.status == ObligationStatus::NotDue
             && deadline - now <= policy.due_soon_days * DAY_MS
@@ -243,6 +240,9 @@ pub fn derive(plan: &Plan, progress: &Progress, policy: &AlertPolicy) -> Evaluat
         if !soon && !overdue {
             continue;
         }
+        let Some(indicator) = plan.indicator(&o.indicator) else {
+            continue;
+        };
         if o.due_ms < go_live {
             before_go_live += 1;
             continue;
