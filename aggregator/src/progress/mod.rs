@@ -300,6 +300,8 @@ pub struct Progress {
     pub milestones: Vec<MilestoneProgress>,
     pub by_unit: BTreeMap<String, Rates>,
     pub by_lead_unit: BTreeMap<String, Rates>,
+    /// Each unit's latest `updated_at_ms` over its current values (one per key: a row
+    /// replaced by a later one of its key does not count) and its task updates.
     pub last_report_ms: BTreeMap<String, i64>,
     /// The 督办 record per case id (see [`cases`]).
     pub cases: BTreeMap<String, cases::Case>,

@@ -607,8 +607,9 @@ fn obligations_rates_and_last_reports_count_every_row_once_whatever_its_order() 
         value("q", "m", "2020-02", 5.0, at(2)),
         value("q", "z", "2020-01", 6.0, at(3)),
         value("y", "m", "2020", 7.0, at(4)),
-        value("q", "a", "2020-02", 8.0, at(5)),
-        value("q", "a", "2020-02", 9.0, at(6)), // the same key again: the later wins
+        // The same key twice: the later given wins, though the earlier is stamped later.
+        value("q", "a", "2020-02", 8.0, at(13)),
+        value("q", "a", "2020-02", 9.0, at(6)),
         value("q", "0", "2020-01", 1.0, at(10)), // no reporter, before every reporter's name
     ];
     rows.push(value("q", "zz", "2020-02", 1.0, at(11))); // no reporter, after them
@@ -641,11 +642,13 @@ fn obligations_rates_and_last_reports_count_every_row_once_whatever_its_order() 
         read.push(row.clone());
     }
     read.sort_by(|a, b| value_key(a).cmp(&value_key(b)));
+    let kept = read.clone();
     let read = Snapshot::in_key_order(read, vec![task.clone()], Vec::new(), Vec::new());
 
-    // What each count must be, counted the plain way.
+    // What each count must be, counted the plain way: a unit's last report over the rows kept
+    // (a row replaced by a later one of its key is no longer a current value).
     let mut last_report: BTreeMap<String, i64> = BTreeMap::new();
-    for (unit, at) in (rows.iter().map(|r| (&r.unit_id, r.updated_at_ms)))
+    for (unit, at) in (kept.iter().map(|r| (&r.unit_id, r.updated_at_ms)))
         .chain([(&task.unit_id, task.updated_at_ms)])
     {
         let last = last_report.entry(unit.clone()).or_insert(at);
@@ -687,6 +690,6 @@ fn obligations_rates_and_last_reports_count_every_row_once_whatever_its_order() 
     assert_eq!(
         last_report.get("a"),
         Some(&at(8)),
-        "a row before the plan still counts as a report"
+        "a row before the plan still counts as a report, a replaced one does not"
     );
 }
