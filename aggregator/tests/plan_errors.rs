@@ -416,3 +416,18 @@ fn a_milestone_from_a_phase_needs_a_track() {
     assert_eq!(error.key, r#"task "t1".milestone "m1".from_phase"#);
     assert!(error.message.contains("the task has no track"), "{error}");
 }
+
+#[test]
+fn a_unit_named_again_through_a_group_reports_once_in_the_order_first_named() {
+    let text = BASE.replacen(
+        r#"reporters = ["sci"]"#,
+        r#"reporters = ["north", "districts", "sci"]"#,
+        1,
+    );
+    let loaded = plan::load_str(&text, "repeats.toml");
+    let reporters = match &loaded {
+        Ok(loaded) => &loaded.plan.indicator("patents").unwrap().reporter_units,
+        Err(errors) => panic!("{errors:?}"),
+    };
+    assert_eq!(reporters, &["north", "sci"]);
+}

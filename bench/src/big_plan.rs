@@ -330,10 +330,15 @@ pub struct Alone {
 pub fn compute_alone(units: usize, indicators: usize, runs: usize) -> anyhow::Result<Alone> {
     use duban_aggregator::progress::{self, Computation, ValueRow};
     let text = duban_testkit::synthetic::plan_toml(PLAN_ID, units, indicators);
+    let started = Instant::now();
     let plan = match duban_aggregator::plan::load_str(&text, "big-plan.toml") {
         Ok(loaded) => loaded.plan,
         Err(errors) => anyhow::bail!("the synthetic plan: {errors:?}"),
     };
+    eprintln!(
+        "  the plan checked and loaded in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
     let now = now_ms();
     let row = |unit: usize, month: u64, i: usize, value: f64, at: i64| ValueRow {
         plan_id: PLAN_ID.into(),

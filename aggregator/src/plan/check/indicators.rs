@@ -35,14 +35,17 @@ impl Checker<'_> {
                 }
             }
             let lead_units = self.references(&r.lead_units, &format!("{key}.lead_units"), parties);
+            // Each unit once, in the order first named (a set beside the list: a plan may
+            // name thousands of reporters).
             let mut reporter_units = Vec::new();
+            let mut named = HashSet::new();
             for id in &reporters {
                 for unit in group_members
                     .get(id)
                     .cloned()
                     .unwrap_or_else(|| vec![id.clone()])
                 {
-                    if !reporter_units.contains(&unit) {
+                    if named.insert(unit.clone()) {
                         reporter_units.push(unit);
                     }
                 }
