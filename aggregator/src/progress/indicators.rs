@@ -98,31 +98,12 @@ impl<'a> Values<'a> {
     /// are in key order already, one row per key (see `Snapshot::order`): neither is then
     /// checked again.
     pub fn new(rows: &'a [ValueRow], known_sorted: bool) -> Self {
-        let key = |v: &'a ValueRow| {
-            (
-                v.indicator_id.as_str(),
-                v.period.as_str(),
-                v.unit_id.as_str(),
-            )
-        };
-        // In (indicator, period, unit) order, as the store and `Snapshot::apply_changes` give
-        // them, so that every computation sums a period's values in one order.
+        // In (indicator, period, unit) order, one row per key, as the store and
+        // `Snapshot::apply_changes` give them, so that every computation sums a period's values
+        // in one order.
         let mut sorted: Vec<&ValueRow> = rows.iter().collect();
-        if !known_sorted && !sorted.is_sorted_by(|a, b| key(a) <= key(b)) {
-            sorted.sort_by(|a, b| key(a).cmp(&key(b)));
-        }
-        // Of two rows with one key, the later (stable sort: the later given) wins. The unit is
-        // compared first: it is what differs between neighbours.
         if !known_sorted {
-            sorted.dedup_by(|later, kept| {
-                let same = later.unit_id == kept.unit_id
-                    && later.period == kept.period
-                    && later.indicator_id == kept.indicator_id;
-                if same {
-                    *kept = *later;
-                }
-                same
-            });
+            input::in_key_order(&mut sorted, |a, b| value_key(a).cmp(&value_key(b)));
         }
         let mut by_indicator: FastMap<&str, Vec<(Period, Range<usize>)>> = FastMap::default();
         // A plan has few distinct periods: each is parsed once.

@@ -64,6 +64,21 @@ pub struct StatementRow {
     pub about_unit: String,
 }
 
+/// Sorts `rows` by `cmp` (stable, and only when they are not in order already) and keeps one
+/// row per key: of two with one key, the later given.
+pub(super) fn in_key_order<T>(rows: &mut Vec<T>, cmp: impl Fn(&T, &T) -> Ordering) {
+    if !rows.is_sorted_by(|a, b| cmp(a, b) != Ordering::Greater) {
+        rows.sort_by(&cmp);
+    }
+    rows.dedup_by(|later, kept| {
+        let same = cmp(later, kept) == Ordering::Equal;
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+}
+
 /// Puts each of `changed` in place of the row of `rows` with its key (`cmp` equal), or among
 /// them in `cmp` order; of two changed rows with one key, the later wins. `rows` ends sorted by
 /// `cmp`, one row per key (sorted first if it was not: a database may order text by another
@@ -76,16 +91,7 @@ pub(super) fn upsert_sorted<T>(
     cmp: impl Fn(&T, &T) -> Ordering,
 ) {
     if !known_sorted {
-        if !rows.is_sorted_by(|a, b| cmp(a, b) != Ordering::Greater) {
-            rows.sort_by(&cmp);
-        }
-        rows.dedup_by(|later, kept| {
-            let same = cmp(later, kept) == Ordering::Equal;
-            if same {
-                std::mem::swap(later, kept);
-            }
-            same
-        });
+        in_key_order(rows, &cmp);
     }
     if changed.is_empty() {
         return;

@@ -93,9 +93,9 @@ impl Snapshot {
     }
 
     /// The rows read whole from the store: `values` in key order, one per key (the store's
-    /// primary key), as `Store::current_values` returns them; `tasks` put in key order here (a database's collation may sort text
-    /// otherwise). Known to be in order, so that the first [`Snapshot::apply_changes`] does
-    /// not walk millions of rows to find out.
+    /// primary key), as `Store::current_values` returns them; `tasks` put in key order here
+    /// (a database's collation may sort text otherwise). Known to be in order, so that the
+    /// first [`Snapshot::apply_changes`] does not walk millions of rows to find out.
     pub fn in_key_order(
         values: Vec<ValueRow>,
         mut tasks: Vec<TaskRow>,
@@ -103,9 +103,7 @@ impl Snapshot {
         statements: Vec<StatementRow>,
     ) -> Snapshot {
         debug_assert!(values.is_sorted_by(|a, b| value_key(a) < value_key(b)));
-        if !tasks.is_sorted_by(|a, b| task_key(a) <= task_key(b)) {
-            tasks.sort_by(|a, b| task_key(a).cmp(&task_key(b)));
-        }
+        input::in_key_order(&mut tasks, |a, b| task_key(a).cmp(&task_key(b)));
         Snapshot {
             values,
             tasks,
@@ -494,7 +492,7 @@ pub fn compute<'a>(plan: &'a Plan, snapshot: &'a Snapshot, now_ms: i64) -> Progr
             }
         }
         // A lead unit counts every obligation of its indicators: the indicator's own rates.
-        if block.units > 0 && !periods.is_empty() {
+        if !reporters.is_empty() {
             for lead in &indicator.lead_units {
                 by_lead_unit.entry(lead).or_default().merge(rates);
             }
