@@ -260,10 +260,10 @@ fn plan_state_metrics_stay_within_the_documented_series_budget() {
         .iter()
         .enumerate()
         .map(|(n, o)| ValueRow {
-            plan_id: plan.id.clone(),
-            indicator_id: o.indicator.to_string(),
-            unit_id: o.unit.to_string(),
-            period: o.period.to_string(),
+            plan_id: plan.id.as_str().into(),
+            indicator_id: o.indicator.clone(),
+            unit_id: o.unit.clone(),
+            period: o.period.clone(),
             value: 1.0,
             note: String::new(),
             revision: 0,

@@ -340,11 +340,13 @@ pub fn compute_alone(units: usize, indicators: usize, runs: usize) -> anyhow::Re
         started.elapsed().as_secs_f64() * 1000.0
     );
     let now = now_ms();
-    let row = |unit: usize, month: u64, i: usize, value: f64, at: i64| ValueRow {
-        plan_id: PLAN_ID.into(),
-        indicator_id: indicator_id(i),
-        unit_id: unit_id(unit),
-        period: format!("2025-{month:02}"),
+    // Equal names shared, as the store's whole read shares them.
+    let mut names = progress::Names::default();
+    let mut row = |unit: usize, month: u64, i: usize, value: f64, at: i64| ValueRow {
+        plan_id: names.get(PLAN_ID),
+        indicator_id: names.get(&indicator_id(i)),
+        unit_id: names.get(&unit_id(unit)),
+        period: names.get(&format!("2025-{month:02}")),
         value,
         note: String::new(),
         revision: 0,

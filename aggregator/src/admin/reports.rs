@@ -91,9 +91,9 @@ pub async fn values_show(
             .map(|i| i.measure.clone())
             .unwrap_or_default();
         rows.push(vec![
-            v.indicator_id.clone(),
-            v.unit_id.clone(),
-            v.period.clone(),
+            v.indicator_id.to_string(),
+            v.unit_id.to_string(),
+            v.period.to_string(),
             v.value.to_string(),
             measure,
             v.revision.to_string(),

@@ -248,7 +248,7 @@ fn lip_agencies_at(value: f64, now: &str) -> (Evaluated, crate::progress::Indica
     let plan = crate::plan::embedded().plan;
     let received = at("2018-12-20T00:00:00Z");
     let row = crate::progress::ValueRow {
-        plan_id: plan.id.clone(),
+        plan_id: plan.id.as_str().into(),
         indicator_id: "lip-service-agencies".into(),
         unit_id: "laoshan".into(),
         period: "2018Q4".into(),

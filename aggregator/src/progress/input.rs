@@ -4,14 +4,129 @@
 
 use std::cmp::Ordering;
 
+use std::sync::Arc;
+
 use serde::Serialize;
+
+/// A name many rows and obligations share (a plan's, a unit's, an indicator's, a period's):
+/// one allocation per distinct name, not one per row or obligation (a large plan has millions
+/// of each; [`Names`] gives equal names one allocation). Reads, compares and serializes as the
+/// text itself.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Name {
+    fn from(text: &str) -> Self {
+        Name(Arc::from(text))
+    }
+}
+
+impl From<String> for Name {
+    fn from(text: String) -> Self {
+        Name(Arc::from(text))
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// Gives equal names one [`Name`] within a read of many rows: a name seen before is looked up,
+/// not allocated again. Each distinct name is numbered as it is first seen (0, 1, ...).
+#[derive(Default)]
+pub struct Names(std::collections::HashMap<Name, u32, foldhash::fast::RandomState>);
+
+impl Names {
+    pub fn get(&mut self, text: &str) -> Name {
+        self.numbered(text).0
+    }
+
+    /// The name and its number.
+    pub fn numbered(&mut self, text: &str) -> (Name, u32) {
+        if let Some((name, &number)) = self.0.get_key_value(text) {
+            return (name.clone(), number);
+        }
+        let name = Name::from(text);
+        let number = u32::try_from(self.0.len()).expect("fewer than 2^32 distinct names");
+        self.0.insert(name.clone(), number);
+        (name, number)
+    }
+
+    /// Each number's rank among the names in byte order: `ranks()[number]`.
+    pub fn ranks(&self) -> Vec<u32> {
+        let mut names: Vec<(&Name, u32)> = self.0.iter().map(|(n, &i)| (n, i)).collect();
+        names.sort_unstable();
+        let mut ranks = vec![0; names.len()];
+        for (rank, (_, number)) in (0..).zip(names) {
+            ranks[number as usize] = rank;
+        }
+        ranks
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ValueRow {
-    pub plan_id: String,
-    pub indicator_id: String,
-    pub unit_id: String,
-    pub period: String,
+    pub plan_id: Name,
+    pub indicator_id: Name,
+    pub unit_id: Name,
+    pub period: Name,
     pub value: f64,
     pub note: String,
     pub revision: i64,
@@ -191,5 +306,27 @@ mod tests {
             upsert(&[(5, "e"), (1, "a"), (3, "c")], &[(3, "C"), (2, "b")]),
             owned(&[(1, "a"), (2, "b"), (3, "C"), (5, "e")])
         );
+    }
+
+    #[test]
+    fn equal_names_share_one_allocation_numbered_as_first_seen_and_ranked_by_their_bytes() {
+        let mut names = Names::default();
+        let read = ["u2", "u10", "区", "u2", "a", "u10"].map(|text| names.numbered(text));
+        let numbers: Vec<u32> = read.iter().map(|(_, number)| *number).collect();
+        assert_eq!(numbers, [0, 1, 2, 0, 3, 1]);
+        assert_eq!(
+            read[0].0.as_ptr(),
+            read[3].0.as_ptr(),
+            "one allocation for u2"
+        );
+        assert_eq!(
+            read[1].0.as_ptr(),
+            read[5].0.as_ptr(),
+            "one allocation for u10"
+        );
+        assert_eq!(read[3].0, "u2");
+        // Byte order: "a" < "u10" < "u2" < "区".
+        assert_eq!(names.ranks(), [2, 1, 3, 0]);
+        assert_eq!(names.get("u10").as_ptr(), read[1].0.as_ptr());
     }
 }

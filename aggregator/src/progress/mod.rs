@@ -39,7 +39,7 @@ use duban_proto::period::{Period, PeriodType};
 use serde::Serialize;
 
 use crate::plan::{Aggregation, Comparator, Indicator, Plan};
-pub use input::{Outage, StatementRow, TaskRow, ValueRow};
+pub use input::{Name, Names, Outage, StatementRow, TaskRow, ValueRow};
 
 mod indicators;
 mod milestones;

@@ -648,10 +648,10 @@ fn obligations_rates_and_last_reports_count_every_row_once_whatever_its_order() 
     // What each count must be, counted the plain way: a unit's last report over the rows kept
     // (a row replaced by a later one of its key is no longer a current value).
     let mut last_report: BTreeMap<String, i64> = BTreeMap::new();
-    for (unit, at) in (kept.iter().map(|r| (&r.unit_id, r.updated_at_ms)))
-        .chain([(&task.unit_id, task.updated_at_ms)])
+    for (unit, at) in (kept.iter().map(|r| (r.unit_id.as_str(), r.updated_at_ms)))
+        .chain([(task.unit_id.as_str(), task.updated_at_ms)])
     {
-        let last = last_report.entry(unit.clone()).or_insert(at);
+        let last = last_report.entry(unit.to_owned()).or_insert(at);
         *last = (*last).max(at);
     }
     for snapshot in [&given, &read] {

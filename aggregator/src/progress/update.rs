@@ -63,8 +63,8 @@ impl Computation {
 /// sorted as the sums below need.
 #[derive(Debug, Default)]
 pub struct Changes {
-    values: Vec<(String, String, String, (i64, i64))>,
-    reported: Vec<(String, i64)>,
+    values: Vec<(Name, Name, Name, (i64, i64))>,
+    reported: Vec<(Name, i64)>,
 }
 
 impl Changes {
@@ -84,7 +84,11 @@ impl Changes {
             reported: values
                 .iter()
                 .map(|v| (v.unit_id.clone(), v.updated_at_ms))
-                .chain(tasks.iter().map(|t| (t.unit_id.clone(), t.updated_at_ms)))
+                .chain(
+                    tasks
+                        .iter()
+                        .map(|t| (Name::from(t.unit_id.as_str()), t.updated_at_ms)),
+                )
                 .collect(),
         }
     }
@@ -111,7 +115,7 @@ pub fn update(
         && changes.values.iter().all(|(_, _, period, _)| {
             period
                 .parse::<Period>()
-                .is_ok_and(|p| p.to_string() == *period)
+                .is_ok_and(|p| *period == p.to_string())
         });
     if !incremental {
         return (compute(plan, snapshot, now_ms), Computation::Whole);
@@ -129,7 +133,7 @@ pub fn update(
 
     for (unit, at) in &changes.reported {
         let at = *at;
-        let last = last_report_ms.entry(unit.clone()).or_insert(at);
+        let last = last_report_ms.entry(unit.to_string()).or_insert(at);
         *last = (*last).max(at);
     }
 
@@ -147,9 +151,9 @@ pub fn update(
             continue;
         };
         let indicator = &plan.indicators[i];
-        periods.insert((i, period.clone()));
+        periods.insert((i, period.to_string()));
         let block = &kept.blocks[i];
-        let Some(p) = block.periods.iter().position(|text| text == period) else {
+        let Some(p) = block.periods.iter().position(|text| period == text) else {
             continue;
         };
         let place = places.entry(i).or_insert_with(|| {
@@ -177,7 +181,7 @@ pub fn update(
                 rates.count(status, 1);
             };
             recount(&mut indicators[i].rates);
-            by_unit.get_mut(unit).map(recount);
+            by_unit.get_mut(unit.as_str()).map(recount);
             for lead in &indicator.lead_units {
                 by_lead_unit.get_mut(lead).map(recount);
             }

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use rusqlite::types::ValueRef;
 use sqlx::any::AnyPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor, SqliteConnection};
@@ -20,6 +21,7 @@ use super::decide::decide;
 use super::group::{self, Commit};
 use super::types::*;
 use super::{AlertChanges, StoreError, WantedAlert, queries};
+use crate::progress::input::{Name, Names, ValueRow};
 
 mod group_sql;
 
@@ -63,25 +65,58 @@ impl BulkReader {
         Ok(connection)
     }
 
-    /// [`queries::CURRENT_VALUES`], as stored.
+    /// [`queries::CURRENT_VALUES`], in the snapshot's order ([`queries::in_snapshot_order`]).
+    /// Each distinct name is allocated once, from the text SQLite holds for the row, and
+    /// numbered as it is read; the rows are then sorted by their names' ranks, found once per
+    /// distinct name (the plan's name is the one asked for).
     fn current_values(
         &self,
         plan_id: &str,
         indicator_id: Option<&str>,
-    ) -> Result<Vec<crate::progress::input::ValueRow>, StoreError> {
+    ) -> Result<Vec<ValueRow>, StoreError> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
         let connection = match idle {
             Some(connection) => connection,
             None => Self::connect(&self.path)?,
         };
-        let values = {
+        let plan = Name::from(plan_id);
+        // Of columns 1 to 3: the indicator, the unit, the period.
+        let mut names: [Names; 3] = Default::default();
+        let mut places: Vec<queries::Place> = Vec::new();
+        let mut values = Vec::new();
+        let read = (|| -> rusqlite::Result<()> {
             let mut statement = connection.prepare(queries::CURRENT_VALUES)?;
-            let rows = statement.query_map((plan_id, indicator_id), |row| {
-                Ok(crate::progress::input::ValueRow {
-                    plan_id: row.get(0)?,
-                    indicator_id: row.get(1)?,
-                    unit_id: row.get(2)?,
-                    period: row.get(3)?,
+            let mut rows = statement.query((plan_id, indicator_id))?;
+            while let Some(row) = rows.next()? {
+                let mut name = |column: usize| -> rusqlite::Result<(Name, u32)> {
+                    match row.get_ref(column)? {
+                        ValueRef::Text(text) => Ok(names[column - 1].numbered(
+                            std::str::from_utf8(text).map_err(|error| {
+                                rusqlite::Error::FromSqlConversionFailure(
+                                    column,
+                                    rusqlite::types::Type::Text,
+                                    Box::new(error),
+                                )
+                            })?,
+                        )),
+                        // As `Row::get` says it, naming the column.
+                        other => Err(rusqlite::Error::InvalidColumnType(
+                            column,
+                            row.as_ref().column_name(column)?.to_owned(),
+                            other.data_type(),
+                        )),
+                    }
+                };
+                let (indicator_id, indicator) = name(1)?;
+                let (unit_id, unit) = name(2)?;
+                let (period, period_number) = name(3)?;
+                let at = u32::try_from(values.len()).expect("fewer than 2^32 rows");
+                places.push((indicator, period_number, unit, at));
+                values.push(ValueRow {
+                    plan_id: plan.clone(),
+                    indicator_id,
+                    unit_id,
+                    period,
                     value: row.get(4)?,
                     note: row.get(5)?,
                     revision: row.get(6)?,
@@ -91,12 +126,12 @@ impl BulkReader {
                     updated_at_ms: row.get(10)?,
                     first_received_at_ms: row.get(11)?,
                     first_issued_at_ms: row.get(12)?,
-                })
-            })?;
-            rows.collect::<Result<Vec<_>, _>>()
-        };
+                });
+            }
+            Ok(())
+        })();
         *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
-        values.map_err(|error| match error {
+        read.map_err(|error| match error {
             rusqlite::Error::InvalidColumnType(..)
             | rusqlite::Error::FromSqlConversionFailure(..)
             | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt {
@@ -104,7 +139,18 @@ impl BulkReader {
                 detail: error.to_string(),
             },
             other => other.into(),
-        })
+        })?;
+        let [indicators, units, periods] = names.map(|names| names.ranks());
+        for place in &mut places {
+            *place = (
+                indicators[place.0 as usize],
+                periods[place.1 as usize],
+                units[place.2 as usize],
+                place.3,
+            );
+        }
+        queries::in_order_of_places(&mut values, places);
+        Ok(values)
     }
 }
 
@@ -346,9 +392,7 @@ impl SqlBackend for SqliteStore {
             indicator_id.map(str::to_owned),
         );
         let read = tokio::task::spawn_blocking(move || {
-            let mut values = bulk.current_values(&plan_id, indicator_id.as_deref())?;
-            queries::in_snapshot_order(&mut values);
-            Ok(values)
+            bulk.current_values(&plan_id, indicator_id.as_deref())
         });
         match read.await {
             Ok(values) => values,
@@ -441,6 +485,21 @@ mod tests {
             Err(StoreError::Corrupt { table, detail }) => {
                 assert_eq!(table, "current_values");
                 assert!(detail.contains("value"), "{detail}");
+            }
+            other => panic!("expected a corrupt row, got {other:?}"),
+        }
+
+        // A name that is not text (a blob), read where names are shared.
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch(
+            "DELETE FROM current_values WHERE unit_id = 'u3'; \
+             UPDATE current_values SET unit_id = X'7531' WHERE unit_id = 'u1'",
+        )
+        .unwrap();
+        match store.read_current_values("p", None).await {
+            Err(StoreError::Corrupt { table, detail }) => {
+                assert_eq!(table, "current_values");
+                assert!(detail.contains("unit_id"), "{detail}");
             }
             other => panic!("expected a corrupt row, got {other:?}"),
         }

@@ -96,9 +96,10 @@ async fn check(url: &str, sent: SentReports) -> Vec<String> {
         Err(e) => return vec![format!("cannot read the stored reports: {e}")],
     };
     // Only the units this oracle sent for: other units (real agents) have their own check.
-    let units: std::collections::HashSet<&String> = sent.keys().map(|(unit, _)| unit).collect();
+    let units: std::collections::HashSet<&str> =
+        sent.keys().map(|(unit, _)| unit.as_str()).collect();
     let mut copies: HashMap<(String, Vec<u8>), usize> = HashMap::new();
-    for row in stored.iter().filter(|r| units.contains(&r.unit_id)) {
+    for row in stored.iter().filter(|r| units.contains(r.unit_id.as_str())) {
         *copies
             .entry((row.unit_id.clone(), row.report_id.clone()))
             .or_default() += 1;
@@ -162,8 +163,15 @@ async fn check(url: &str, sent: SentReports) -> Vec<String> {
         Err(e) => return vec![format!("cannot read the current values: {e}")],
     };
     let mut seen: BTreeMap<(String, String, String), f64> = BTreeMap::new();
-    for row in current.into_iter().filter(|r| units.contains(&r.unit_id)) {
-        let key = (row.unit_id, row.indicator_id, row.period);
+    for row in current
+        .into_iter()
+        .filter(|r| units.contains(r.unit_id.as_str()))
+    {
+        let key = (
+            row.unit_id.to_string(),
+            row.indicator_id.to_string(),
+            row.period.to_string(),
+        );
         if seen.insert(key.clone(), row.value).is_some() {
             problems.push(format!("{key:?} has more than one current value"));
         }
@@ -296,7 +304,7 @@ pub fn check_agent(
     let mine: BTreeMap<(String, String), f64> = current
         .into_iter()
         .filter(|r| r.unit_id == agent.unit)
-        .map(|r| ((r.indicator_id, r.period), r.value))
+        .map(|r| ((r.indicator_id.to_string(), r.period.to_string()), r.value))
         .collect();
     if &mine != expected {
         let wrong: Vec<String> = expected
