@@ -48,8 +48,14 @@ pub struct PlanFigures {
     /// The progress computations from the scrape before the write to the one after it, by
     /// how they were made (the alert evaluation's included).
     pub after_write: String,
-    /// `duban_progress_duration_seconds`: reading the store and computing progress, each time.
-    pub progress_ms: f64,
+    /// The views made (`duban_progress_duration_seconds`: the store read, whole or what changed,
+    /// and progress computed) up to the first scrape's answer: nothing was computed before,
+    /// so these are whole. How many, and their mean time.
+    pub first_views: Views,
+    /// The views made after the first scrape's answer, to the last scrape's, and how they
+    /// were made (updated or whole).
+    pub later_views: Views,
+    pub later: String,
     /// Series in one scrape, all of them; and those of the plan state alone.
     pub series: usize,
     pub plan_series: usize,
@@ -121,8 +127,6 @@ pub async fn measure(
     // evaluation's included): whether the scrape's progress was updated or made whole.
     let after_write = computations_between(&warm, &body);
     let warm = computations_between(&cold, &warm);
-    let sum = metric(&body, "duban_progress_duration_seconds_sum").unwrap_or(0.0);
-    let count = metric(&body, "duban_progress_duration_seconds_count").unwrap_or(0.0);
     let series: Vec<&str> = body
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -159,11 +163,9 @@ pub async fn measure(
         summary_api_ms,
         metrics_after_write_ms,
         after_write,
-        progress_ms: if count > 0.0 {
-            sum * 1000.0 / count
-        } else {
-            0.0
-        },
+        first_views: Views::between(None, &cold),
+        later_views: Views::between(Some(&cold), &body),
+        later: computations_between(&cold, &body),
         series: series.len(),
         plan_series,
         budget,
@@ -246,13 +248,40 @@ pub async fn read_alone(
 
 /// The progress computations counted in the `/metrics` body `after` since the body
 /// `before`, by how they were made (updated with what changed, or whole).
+/// Views made between two scrapes (from the start when `before` is `None`), from
+/// `duban_progress_duration_seconds`.
+#[derive(Debug, Clone, Copy)]
+pub struct Views {
+    pub count: f64,
+    pub mean_ms: f64,
+}
+
+impl Views {
+    fn between(before: Option<&str>, after: &str) -> Self {
+        let read = |body: Option<&str>, what: &str| {
+            body.and_then(|body| metric(body, &format!("duban_progress_duration_seconds_{what}")))
+                .unwrap_or(0.0)
+        };
+        let count = read(Some(after), "count") - read(before, "count");
+        let sum = read(Some(after), "sum") - read(before, "sum");
+        Views {
+            count,
+            mean_ms: if count > 0.0 {
+                sum * 1000.0 / count
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
 fn computations_between(before: &str, after: &str) -> String {
     let computed = |how: &str| {
         let name = format!("duban_progress_computations_total{{how=\"{how}\"}}");
         metric(after, &name).unwrap_or(0.0) - metric(before, &name).unwrap_or(0.0)
     };
     format!(
-        "since the scrape before: {} updated, {} whole",
+        "{} updated, {} whole",
         computed("updated"),
         computed("whole")
     )

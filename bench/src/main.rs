@@ -429,13 +429,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         agent_figures.idle_rss_mb, agent_figures.idle_anon_mb, agent_figures.idle_file_mb
     );
     println!(
-        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s, read back whole in {:.0} ms) | progress computed in {:.0} ms (the engine alone, in process: {:.0} ms, and updated after one unit's correction {:.1} ms); first /metrics {:.0} ms, again {:.0} ms (progress computations {}); /api/v1/progress {:.0} ms, without the obligations {:.0} ms; /metrics after one unit's correction {:.0} ms (progress computations {}); {} series ({} of plan state, budget {}) |",
+        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s, read back whole in {:.0} ms) | views (the store read, then progress) made before the first /metrics answered: {:.0}, {:.0} ms each; made after it: {:.0} ({}), {:.1} ms each on average; the engine alone, in process: computed whole {:.0} ms, updated after one unit's correction {:.1} ms; first /metrics {:.0} ms, again {:.0} ms (progress computations since the scrape before: {}); /api/v1/progress {:.0} ms, without the obligations {:.0} ms; /metrics after one unit's correction {:.0} ms (progress computations since the scrape before: {}); {} series ({} of plan state, budget {}) |",
         plan.units,
         plan.indicators,
         plan.values,
         plan.fill_seconds,
         plan.read_ms,
-        plan.progress_ms,
+        plan.first_views.count,
+        plan.first_views.mean_ms,
+        plan.later_views.count,
+        plan.later,
+        plan.later_views.mean_ms,
         engine_ms,
         engine_updated_ms,
         plan.metrics_cold_ms,

@@ -91,6 +91,14 @@ fn the_harness_measures_every_figure_in_quick_mode() {
     let plan =
         row("| synthetic plan: 50 units × 50 indicators × 12 months, 30000 values (stored in");
     assert!(plan.contains(" series ("), "{plan}");
+    // The first scrape's answer needed progress: at least one view was made before it.
+    let first_views: f64 = plan
+        .split("made before the first /metrics answered: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no views before the first scrape in {plan}"));
+    assert!(first_views >= 1.0, "{plan}");
     // The harness itself checks that this scrape took in the changed rows alone.
     assert!(
         plan.contains("/metrics after one unit's correction "),
