@@ -145,13 +145,13 @@ pub fn update(
         .collect();
     // Built for the indicators touched: their reporters' places, and which periods changed.
     let mut places: FastMap<usize, FastMap<&str, usize>> = FastMap::default();
-    let mut periods: std::collections::BTreeSet<(usize, String)> = Default::default();
+    let mut periods: std::collections::BTreeSet<(usize, Name)> = Default::default();
     for (indicator_id, unit, period, received) in &changes.values {
         let Some(&i) = position.get(indicator_id.as_str()) else {
             continue;
         };
         let indicator = &plan.indicators[i];
-        periods.insert((i, period.to_string()));
+        periods.insert((i, period.clone()));
         let block = &kept.blocks[i];
         let Some(p) = block.periods.iter().position(|text| period == text) else {
             continue;

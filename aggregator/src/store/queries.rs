@@ -188,82 +188,54 @@ pub(super) const CURRENT_VALUES: &str = concat!(
     " FROM current_values WHERE plan_id = $1 AND ($2 IS NULL OR indicator_id = $2)"
 );
 
-/// A row's place in the snapshot's order, then where it is: the ranks of its indicator,
-/// period and unit among the distinct ones (each name's rank in byte order), and its index.
+/// Where a row goes in the snapshot's order, and where it is: the numbers its indicator,
+/// period and unit got from their [`Names`] as the rows were read, and its index.
 pub(super) type Place = (u32, u32, u32, u32);
 
 /// Puts a plan's current values, read in any order, in the snapshot's: by indicator, period
-/// and unit, each by its bytes. Each distinct indicator, period and unit (a few thousand at
-/// most) is ranked first, so that millions of rows are sorted by three integers each, not by
-/// three strings. Names are told apart by the address of their [`Name`], not by their text:
-/// the reads give equal names one allocation ([`Names`]), so that a plan's few thousand names
-/// are compared as text once, not at every row. Rows whose equal names are apart rank the
-/// same all the same, only with more addresses to rank. A plan's keys are unique.
+/// and unit, each by its bytes. Each distinct indicator, period and unit is numbered and ranked
+/// once ([`in_order_of_places`]), so that millions of rows are sorted by three integers each,
+/// not by three strings. A plan's keys are unique.
 pub(super) fn in_snapshot_order(values: &mut [ValueRow]) {
-    /// Numbers each distinct address of a name as first seen.
-    #[derive(Default)]
-    struct Numbered<'a> {
-        at: std::collections::HashMap<*const u8, u32, foldhash::fast::RandomState>,
-        names: Vec<&'a Name>,
-    }
-    impl<'a> Numbered<'a> {
-        fn number(&mut self, name: &'a Name) -> u32 {
-            let names = &mut self.names;
-            *self.at.entry(name.as_ptr()).or_insert_with(|| {
-                names.push(name);
-                u32::try_from(names.len() - 1).expect("fewer than 2^32 names")
-            })
-        }
-        /// Each number's rank by its name's text, equal texts at different addresses one rank.
-        fn ranks(&self) -> Vec<u32> {
-            let mut order: Vec<usize> = (0..self.names.len()).collect();
-            order.sort_unstable_by_key(|&n| self.names[n]);
-            let mut ranks = vec![0; order.len()];
-            let mut rank = 0;
-            for (i, &n) in order.iter().enumerate() {
-                if i > 0 && self.names[order[i - 1]] != self.names[n] {
-                    rank += 1;
-                }
-                ranks[n] = rank;
-            }
-            ranks
-        }
-    }
     let in_order = values.is_sorted_by(|a, b| {
         (&a.indicator_id, &a.period, &a.unit_id) < (&b.indicator_id, &b.period, &b.unit_id)
     });
     if in_order {
         return;
     }
-    let [mut indicators, mut periods, mut units] = <[Numbered; 3]>::default();
-    let places: Vec<Place> = values
+    let [mut indicators, mut periods, mut units] = <[Names; 3]>::default();
+    let places = values
         .iter()
         .zip(0..)
         .map(|(v, at)| {
             (
-                indicators.number(&v.indicator_id),
-                periods.number(&v.period),
-                units.number(&v.unit_id),
+                indicators.numbered(&v.indicator_id).1,
+                periods.numbered(&v.period).1,
+                units.numbered(&v.unit_id).1,
                 at,
             )
         })
         .collect();
-    let ranks = [indicators.ranks(), periods.ranks(), units.ranks()];
-    let places = places
-        .into_iter()
-        .map(|(i, p, u, at)| {
-            let rank = |field: usize, number: u32| ranks[field][number as usize];
-            (rank(0, i), rank(1, p), rank(2, u), at)
-        })
-        .collect();
-    in_order_of_places(values, places);
+    in_order_of_places(values, places, [&indicators, &periods, &units]);
 }
 
-/// Puts each row where its [`Place`] says, `places[i]` being row i's: the places sorted, then
-/// each row moved once (the permutation's cycles walked, as `slice::sort_by_cached_key` does),
-/// not the rows themselves sorted (a row is about 150 bytes, a place 16).
-pub(super) fn in_order_of_places(values: &mut [ValueRow], mut places: Vec<Place>) {
+/// Puts each row where its [`Place`] says, `places[i]` being row i's, its numbers those of
+/// `names` (the indicators', the periods', the units'): each number ranked by its name's bytes,
+/// the places sorted by the ranks, then each row moved once (the permutation's cycles walked,
+/// as `slice::sort_by_cached_key` does), not the rows themselves sorted (a row is about 150
+/// bytes, a place 16).
+pub(super) fn in_order_of_places(
+    values: &mut [ValueRow],
+    mut places: Vec<Place>,
+    names: [&Names; 3],
+) {
     assert_eq!(values.len(), places.len(), "a place for each row");
+    let [indicators, periods, units] = names.map(Names::ranks);
+    for place in &mut places {
+        place.0 = indicators[place.0 as usize];
+        place.1 = periods[place.1 as usize];
+        place.2 = units[place.2 as usize];
+    }
     places.sort_unstable();
     for i in 0..places.len() {
         // The row to go to i was at places[i].3, or, if that is before i, moved since from

@@ -67,8 +67,9 @@ impl BulkReader {
 
     /// [`queries::CURRENT_VALUES`], in the snapshot's order ([`queries::in_snapshot_order`]).
     /// Each distinct name is allocated once, from the text SQLite holds for the row, and
-    /// numbered as it is read; the rows are then sorted by their names' ranks, found once per
-    /// distinct name (the plan's name is the one asked for).
+    /// numbered as it is read, so that the rows are put in order by those numbers
+    /// ([`queries::in_order_of_places`]) without looking their names up again (the plan's name
+    /// is the one asked for).
     fn current_values(
         &self,
         plan_id: &str,
@@ -140,16 +141,8 @@ impl BulkReader {
             },
             other => other.into(),
         })?;
-        let [indicators, units, periods] = names.map(|names| names.ranks());
-        for place in &mut places {
-            *place = (
-                indicators[place.0 as usize],
-                periods[place.1 as usize],
-                units[place.2 as usize],
-                place.3,
-            );
-        }
-        queries::in_order_of_places(&mut values, places);
+        let [indicators, units, periods] = &names;
+        queries::in_order_of_places(&mut values, places, [indicators, periods, units]);
         Ok(values)
     }
 }
