@@ -246,8 +246,6 @@ pub async fn read_alone(
     Ok(times)
 }
 
-/// The progress computations counted in the `/metrics` body `after` since the body
-/// `before`, by how they were made (updated with what changed, or whole).
 /// Views made between two scrapes (from the start when `before` is `None`), from
 /// `duban_progress_duration_seconds`.
 #[derive(Debug, Clone, Copy)]
@@ -275,6 +273,8 @@ impl Views {
     }
 }
 
+/// The progress computations counted in the `/metrics` body `after` since the body
+/// `before`, by how they were made (updated with what changed, or whole).
 fn computations_between(before: &str, after: &str) -> String {
     let computed = |how: &str| {
         let name = format!("duban_progress_computations_total{{how=\"{how}\"}}");
