@@ -89,7 +89,9 @@ pub(super) async fn write_loop(mut committer: impl Commit, mut jobs: mpsc::Recei
 fn in_the_data(error: &StoreError) -> bool {
     matches!(
         error,
-        StoreError::Database(sqlx::Error::Database(_)) | StoreError::Corrupt { .. }
+        StoreError::Database(sqlx::Error::Database(_))
+            | StoreError::Sqlite(rusqlite::Error::SqliteFailure(..))
+            | StoreError::Corrupt { .. }
     )
 }
 
@@ -181,6 +183,21 @@ mod tests {
         }
         let sizes = sizes.lock().unwrap().clone();
         (results, sizes)
+    }
+
+    /// What SQLite itself refuses for a row (here a unique key) may be one call's fault, and
+    /// is retried call by call; a writer that is gone is not.
+    #[test]
+    fn a_row_sqlite_refuses_is_in_the_data() {
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        db.execute_batch("CREATE TABLE t (a INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)")
+            .unwrap();
+        let refused = db.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
+        assert!(in_the_data(&StoreError::from(refused)));
+        assert!(!in_the_data(&StoreError::WriterGone));
+        assert!(!in_the_data(&StoreError::Database(
+            sqlx::Error::PoolTimedOut
+        )));
     }
 
     #[tokio::test]

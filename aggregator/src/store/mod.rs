@@ -41,9 +41,10 @@ use sqlx::AnyPool;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    /// From the SQLite backend's whole reads of the current values (`sqlite::BulkReader`).
+    /// From the SQLite backend's writer and its whole reads of the current values, which go
+    /// through `rusqlite` (the other SQL goes through sqlx).
     #[error("database error: {0}")]
-    Read(#[from] rusqlite::Error),
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database url {0:?}: expected sqlite://PATH or postgres://...")]

@@ -1,11 +1,13 @@
 //! SQLite backend: one writer with group commit, a small pool of readers.
 //!
 //! The database is in WAL mode with `synchronous=FULL`, so a commit is on disk when it returns.
-//! Every ingest goes to a single writer task over a channel, which commits the calls that have
-//! queued up together (see [`group`]) in one `BEGIN IMMEDIATE` transaction: concurrent callers
-//! share one fsync. Inside, the group is set-based: one read per table of every row the group
-//! touches, [`decide`] in memory, one multi-row write per table (typed `sqlx::Sqlite` binds; see
-//! `group_sql`). Callers are answered only after the commit.
+//! Every ingest goes over a channel to a single writer, on a thread of its own with its own
+//! `rusqlite` connection, which commits the calls that have queued up together (see [`group`])
+//! in one `BEGIN IMMEDIATE` transaction: concurrent callers share one fsync. Inside, the group
+//! is set-based: one read per table of every row the group touches, [`decide`] in memory, one
+//! multi-row write per table, each statement prepared once and kept (see `group_sql`). Callers
+//! are answered only after the commit. The other SQL (migrations, reads, keys, statements,
+//! alerts) goes through sqlx.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -13,7 +15,7 @@ use std::str::FromStr;
 use rusqlite::types::ValueRef;
 use sqlx::any::AnyPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor, SqliteConnection};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor, SqliteConnection};
 use tokio::sync::mpsc;
 
 use super::SqlBackend;
@@ -166,6 +168,7 @@ impl SqliteStore {
             .map_err(|e| damaged_or(e, &path))?;
         check_integrity(&mut conn, &path).await?;
         sqlx::migrate!("migrations/sqlite").run(&mut conn).await?;
+        conn.close().await?;
         let readers = AnyPoolOptions::new()
             .max_connections(4)
             .after_connect(|conn, _| Box::pin(async move { pragmas(conn).await }))
@@ -173,7 +176,7 @@ impl SqliteStore {
             .await?;
         let bulk = std::sync::Arc::new(BulkReader::new(&path)?);
         let (writer, jobs) = mpsc::channel(group::QUEUE);
-        tokio::spawn(group::write_loop(Writer(conn), jobs));
+        Writer::start(&path, jobs)?;
         Ok(SqliteStore {
             writer: Some(writer),
             readers,
@@ -281,59 +284,68 @@ pub(super) async fn check_integrity(
     })
 }
 
+/// The connection that creates and migrates the file, before the writer takes it over.
 async fn connect_writer(url: &str) -> Result<SqliteConnection, StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(std::time::Duration::from_secs(10))
         .foreign_keys(true)
-        // A multi-row statement that may fail half-way keeps a statement journal; in memory,
-        // not in a temporary file written for every group (measured: docs/PERFORMANCE.md).
-        .pragma("temp_store", "MEMORY")
-        // 64 MiB of page cache for the indexes every group searches and extends.
-        .pragma("cache_size", "-65536")
         .disable_statement_logging();
     Ok(options.connect().await?)
 }
 
 /// The writer's connection; one transaction per group (see [`group`]).
-struct Writer(SqliteConnection);
+struct Writer(rusqlite::Connection);
 
-impl Commit for Writer {
-    /// One transaction: read what the group touches, decide, write each table in one
-    /// statement (split where `group_sql` must), commit once.
-    async fn commit(&mut self, reports: &[&NewReport]) -> Result<Vec<StoreOutcome>, StoreError> {
-        let conn = &mut self.0;
-        conn.execute("BEGIN IMMEDIATE").await?;
-        let result = match write_group(conn, reports).await {
-            Ok(outcomes) => conn
-                .execute("COMMIT")
-                .await
-                .map(|_| outcomes)
-                .map_err(StoreError::from),
-            Err(error) => Err(error),
-        };
-        if result.is_err() {
-            let _ = conn.execute("ROLLBACK").await;
-        }
-        result
+impl Writer {
+    /// Opens the writer's connection and starts its thread, which commits `jobs` group by
+    /// group until every sender is gone. The thread runs [`group::write_loop`] itself, so a
+    /// group's statements are plain calls into SQLite: no hand-off to another thread per
+    /// statement, nothing copied between the caller's values and SQLite's.
+    fn start(path: &Path, jobs: mpsc::Receiver<group::Job>) -> Result<(), StoreError> {
+        let connection = rusqlite::Connection::open(path)?;
+        connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        connection.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON",
+        )?;
+        // A multi-row statement that may fail half-way keeps a statement journal; in memory,
+        // not in a temporary file written for every group (measured: docs/PERFORMANCE.md).
+        connection.pragma_update(None, "temp_store", "MEMORY")?;
+        // 64 MiB of page cache for the indexes every group searches and extends.
+        connection.pragma_update(None, "cache_size", -65536)?;
+        connection.set_prepared_statement_cache_capacity(group_sql::CACHED_STATEMENTS);
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("duban-sqlite-writer".into())
+            .spawn(move || runtime.block_on(group::write_loop(Writer(connection), jobs)))
+            .map_err(|error| {
+                StoreError::Database(sqlx::Error::Configuration(
+                    format!("cannot start the SQLite writer's thread: {error}").into(),
+                ))
+            })?;
+        Ok(())
     }
 }
 
-async fn write_group(
-    conn: &mut SqliteConnection,
-    reports: &[&NewReport],
-) -> Result<Vec<StoreOutcome>, StoreError> {
-    let mut known = group_sql::read_known(conn, reports).await?;
-    let mut next_pk: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(report_pk), 0) FROM reports")
-        .fetch_one(&mut *conn)
-        .await?;
-    let decided = decide(reports.iter().copied(), &mut known, || {
-        next_pk += 1;
-        next_pk
-    });
-    group_sql::write(conn, &decided).await?;
-    Ok(decided.outcomes)
+impl Commit for Writer {
+    /// One transaction: read what the group touches, decide, write each table in one
+    /// statement (per rung of `group_sql::LADDER`), commit once. Dropped uncommitted, the
+    /// transaction rolls back.
+    async fn commit(&mut self, reports: &[&NewReport]) -> Result<Vec<StoreOutcome>, StoreError> {
+        let transaction = self
+            .0
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut known = group_sql::read_known(&transaction, reports)?;
+        let mut next_pk = group_sql::last_report_pk(&transaction)?;
+        let decided = decide(reports.iter().copied(), &mut known, || {
+            next_pk += 1;
+            next_pk
+        });
+        group_sql::write_decided(&transaction, &decided)?;
+        transaction.commit()?;
+        Ok(decided.outcomes)
+    }
 }
 
 impl SqlBackend for SqliteStore {
