@@ -110,6 +110,9 @@ pub struct LoadResult {
     /// The generator's own CPU (user + system) over the timed calls, when it measured it.
     #[serde(default)]
     pub generator_cpu_seconds: f64,
+    /// The status of the first call that failed, if any: what to look at first.
+    #[serde(default)]
+    pub first_failure: Option<String>,
 }
 
 impl LoadResult {
@@ -136,6 +139,7 @@ impl LoadResult {
             p99_ms: quantile(0.99),
             p999_ms: quantile(0.999),
             generator_cpu_seconds: 0.0,
+            first_failure: None,
         }
     }
 
@@ -198,6 +202,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadResult> {
             let (queue, next) = &queues[slot];
             let mut latencies = Vec::new();
             let (mut stored, mut sent, mut failed) = (0u64, 0u64, 0u64);
+            let mut first_failure = None;
             while started.elapsed() < deadline {
                 let take = batch.max(1);
                 let from = next.fetch_add(take, Ordering::Relaxed);
@@ -228,20 +233,27 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadResult> {
                             .filter(|r| r.outcome == pb::Outcome::Accepted as i32)
                             .count() as u64;
                     }
-                    Err(_) => failed += 1,
+                    Err(status) => {
+                        failed += 1;
+                        first_failure.get_or_insert_with(|| {
+                            format!("{:?}: {}", status.code(), status.message())
+                        });
+                    }
                 }
             }
-            (latencies, stored, sent, failed)
+            (latencies, stored, sent, failed, first_failure)
         }));
     }
     let mut latencies = Vec::new();
     let (mut stored, mut sent, mut failed) = (0, 0, 0);
+    let mut first_failure = None;
     for task in tasks {
-        let (l, s, n, f) = task.await?;
+        let (l, s, n, f, first) = task.await?;
         latencies.extend(l);
         stored += s;
         sent += n;
         failed += f;
+        first_failure = first_failure.or(first);
     }
     let mut result = LoadResult::from_latencies(
         latencies,
@@ -251,6 +263,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadResult> {
         started.elapsed().as_secs_f64(),
     );
     result.generator_cpu_seconds = cpu_seconds("self")? - cpu_before;
+    result.first_failure = first_failure;
     Ok(result)
 }
 

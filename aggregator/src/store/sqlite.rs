@@ -163,7 +163,7 @@ impl SqliteStore {
             })?;
         }
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        let mut conn = connect_writer(&url)
+        let mut conn = connect_to_migrate(&url)
             .await
             .map_err(|e| damaged_or(e, &path))?;
         check_integrity(&mut conn, &path).await?;
@@ -237,7 +237,6 @@ async fn pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The writer: a typed connection (typed binds, no `Any` conversions), WAL, `synchronous=FULL`.
 /// A connection refused because the file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB, with
 /// their extended codes) is said to be so; other errors are left as they are.
 fn damaged_or(error: StoreError, path: &Path) -> StoreError {
@@ -285,7 +284,7 @@ pub(super) async fn check_integrity(
 }
 
 /// The connection that creates and migrates the file, before the writer takes it over.
-async fn connect_writer(url: &str) -> Result<SqliteConnection, StoreError> {
+async fn connect_to_migrate(url: &str) -> Result<SqliteConnection, StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
