@@ -134,18 +134,24 @@ impl BulkReader {
             Ok(())
         })();
         *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
-        read.map_err(|error| match error {
-            rusqlite::Error::InvalidColumnType(..)
-            | rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt {
-                table: "current_values",
-                detail: error.to_string(),
-            },
-            other => other.into(),
-        })?;
+        read.map_err(|error| corrupt_or("current_values", error))?;
         let [indicators, units, periods] = &names;
         queries::in_order_of_places(&mut values, places, [indicators, periods, units]);
         Ok(values)
+    }
+}
+
+/// A column of the wrong type or size, read through `rusqlite`, is a corrupt row of `table`;
+/// other errors are left as they are.
+fn corrupt_or(table: &'static str, error: rusqlite::Error) -> StoreError {
+    match error {
+        rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt {
+            table,
+            detail: error.to_string(),
+        },
+        other => other.into(),
     }
 }
 

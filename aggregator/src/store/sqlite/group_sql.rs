@@ -12,8 +12,9 @@ use std::collections::BTreeSet;
 
 use duban_proto::KeyId;
 use rusqlite::types::ToSql;
-use rusqlite::{Connection, Row, Statement};
+use rusqlite::{CachedStatement, Connection, Row, Statement};
 
+use super::corrupt_or;
 use crate::store::StoreError;
 use crate::store::decide::{Current, Decided, KeyState, Known, seq_i64};
 use crate::store::types::NewReport;
@@ -80,17 +81,27 @@ fn write<T>(
     mut bind: impl FnMut(&mut Binds, &T) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
     for chunk in rungs(rows) {
-        let mut statement = conn.prepare_cached(&shape.sql(chunk.len()))?;
-        let mut binds = Binds {
-            statement: &mut statement,
-            at: 0,
-        };
-        for row in chunk {
-            bind(&mut binds, row)?;
-        }
-        statement.raw_execute()?;
+        bound(conn, shape, chunk, &mut bind)?.raw_execute()?;
     }
     Ok(())
+}
+
+/// `shape`'s statement for `chunk`, prepared (or taken from the cache) with every row bound.
+fn bound<'c, T>(
+    conn: &'c Connection,
+    shape: &Shape,
+    chunk: &[T],
+    bind: &mut impl FnMut(&mut Binds, &T) -> rusqlite::Result<()>,
+) -> rusqlite::Result<CachedStatement<'c>> {
+    let mut statement = conn.prepare_cached(&shape.sql(chunk.len()))?;
+    let mut binds = Binds {
+        statement: &mut statement,
+        at: 0,
+    };
+    for row in chunk {
+        bind(&mut binds, row)?;
+    }
+    Ok(statement)
 }
 
 /// Reads with `shape` for `keys`, binding each key with `bind` and handing each row found to
@@ -104,39 +115,17 @@ fn read<T>(
     mut bind: impl FnMut(&mut Binds, &T) -> rusqlite::Result<()>,
     mut found: impl FnMut(&Row) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    let corrupt = |error| corrupt_or(table, error);
     for chunk in rungs(keys) {
-        let mut statement = conn.prepare_cached(&shape.sql(chunk.len()))?;
-        let mut binds = Binds {
-            statement: &mut statement,
-            at: 0,
-        };
-        for key in chunk {
-            bind(&mut binds, key)?;
-        }
+        let mut statement = bound(conn, shape, chunk, &mut bind)?;
         let mut rows = statement.raw_query();
         while let Some(row) = rows.next()? {
             found(row).map_err(|error| match error {
-                StoreError::Sqlite(error) => corrupt(error),
+                StoreError::Sqlite(error) => corrupt_or(table, error),
                 other => other,
             })?;
         }
     }
     Ok(())
-}
-
-/// A column of the wrong type or size is a corrupt row of `table`; other errors are left as
-/// they are.
-fn corrupt_or(table: &'static str, error: rusqlite::Error) -> StoreError {
-    match error {
-        rusqlite::Error::InvalidColumnType(..)
-        | rusqlite::Error::FromSqlConversionFailure(..)
-        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt {
-            table,
-            detail: error.to_string(),
-        },
-        other => other.into(),
-    }
 }
 
 fn key_id(bytes: Vec<u8>) -> Result<KeyId, StoreError> {
