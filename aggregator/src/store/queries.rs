@@ -177,15 +177,37 @@ macro_rules! task_columns {
     };
 }
 
-/// A plan's current values (of one indicator when `$2` is not null) in the order they are
-/// stored: on SQLite a scan of the table, where the key's order walked its index and looked
-/// each row up in the table (a third of the whole read's time on a large plan), and ordered
-/// by indicator, period and unit it sorted them in a temporary B-tree (two thirds).
-/// [`in_snapshot_order`] sorts them.
-pub(super) const CURRENT_VALUES: &str = concat!(
+/// A plan's current values, in no particular order: ordered by indicator, period and unit,
+/// SQLite sorted them in a temporary B-tree (two thirds of the whole read's time on a large
+/// plan); [`in_snapshot_order`] sorts them. SQLite reads a whole plan with
+/// [`PLAN_VALUES_AS_STORED`] instead.
+pub(super) const PLAN_VALUES: &str = concat!(
     "SELECT ",
     value_columns!(),
-    " FROM current_values WHERE plan_id = $1 AND ($2 IS NULL OR indicator_id = $2)"
+    " FROM current_values WHERE plan_id = $1"
+);
+
+/// One indicator's current values, found by the key (plan, indicator, unit, period). Not one
+/// statement with the whole plan's (`$2 IS NULL OR indicator_id = $2`): planned for either, it
+/// used no index for the indicator, and SQLite walked the whole plan by
+/// `current_values_by_report` (0.8 s for 120,000 rows on the 10,000-unit plan, against
+/// milliseconds).
+pub(super) const INDICATOR_VALUES: &str = concat!(
+    "SELECT ",
+    value_columns!(),
+    " FROM current_values WHERE plan_id = $1 AND indicator_id = $2"
+);
+
+/// A whole plan's current values on SQLite, as the table stores them (`NOT INDEXED`: a scan of
+/// the table). By either index that begins with the plan (its key, `current_values_by_report`)
+/// SQLite walks the index and looks each row up in the table, out of the table's order; and
+/// the rows a correction rewrote move in `current_values_by_report`'s order, away from where
+/// the table holds them. On the 10,000-unit plan with a third of its rows rewritten, 8.0 s
+/// by that index against 2.2 s for the scan (docs/PERFORMANCE.md, "The whole read").
+pub(super) const PLAN_VALUES_AS_STORED: &str = concat!(
+    "SELECT ",
+    value_columns!(),
+    " FROM current_values NOT INDEXED WHERE plan_id = $1"
 );
 
 /// Where a row goes in the snapshot's order, and where it is: the numbers its indicator,
@@ -255,9 +277,13 @@ pub(super) async fn current_values(
     indicator_id: Option<&str>,
 ) -> Result<Vec<ValueRow>, StoreError> {
     let mut names = Names::default();
-    let mut values = sqlx::query(CURRENT_VALUES)
-        .bind(plan_id.to_owned())
-        .bind(indicator_id.map(str::to_owned))
+    let query = match indicator_id {
+        None => sqlx::query(PLAN_VALUES).bind(plan_id.to_owned()),
+        Some(indicator_id) => sqlx::query(INDICATOR_VALUES)
+            .bind(plan_id.to_owned())
+            .bind(indicator_id.to_owned()),
+    };
+    let mut values = query
         .fetch_all(pool)
         .await?
         .iter()

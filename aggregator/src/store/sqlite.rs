@@ -67,7 +67,9 @@ impl BulkReader {
         Ok(connection)
     }
 
-    /// [`queries::CURRENT_VALUES`], in the snapshot's order ([`queries::in_snapshot_order`]).
+    /// [`queries::PLAN_VALUES_AS_STORED`] for a whole plan, [`queries::INDICATOR_VALUES`] for
+    /// one indicator, in the snapshot's order
+    /// ([`queries::in_snapshot_order`]).
     /// Each distinct name is allocated once, from the text SQLite holds for the row, and
     /// numbered as it is read, so that the rows are put in order by those numbers
     /// ([`queries::in_order_of_places`]) without looking their names up again (the plan's name
@@ -88,8 +90,17 @@ impl BulkReader {
         let mut places: Vec<queries::Place> = Vec::new();
         let mut values = Vec::new();
         let read = (|| -> rusqlite::Result<()> {
-            let mut statement = connection.prepare(queries::CURRENT_VALUES)?;
-            let mut rows = statement.query((plan_id, indicator_id))?;
+            let mut statement;
+            let mut rows = match indicator_id {
+                None => {
+                    statement = connection.prepare(queries::PLAN_VALUES_AS_STORED)?;
+                    statement.query([plan_id])?
+                }
+                Some(indicator_id) => {
+                    statement = connection.prepare(queries::INDICATOR_VALUES)?;
+                    statement.query((plan_id, indicator_id))?
+                }
+            };
             while let Some(row) = rows.next()? {
                 let mut name = |column: usize| -> rusqlite::Result<(Name, u32)> {
                     match row.get_ref(column)? {

@@ -620,6 +620,23 @@ mod tests {
         }
     }
 
+    /// The whole read of a plan's current values scans the table as stored, never an index
+    /// that begins with the plan (it would look every row up in the table, out of order); one
+    /// indicator's values are found by the key.
+    #[tokio::test]
+    async fn a_whole_plan_is_read_as_stored_and_one_indicator_by_the_key() {
+        let (_dir, conn) = migrated().await;
+        assert_eq!(
+            plan(&conn, crate::store::queries::PLAN_VALUES_AS_STORED),
+            ["SCAN current_values"]
+        );
+        let one = plan(&conn, crate::store::queries::INDICATOR_VALUES);
+        assert!(
+            matches!(&one[..], [step] if step.starts_with("SEARCH current_values USING INDEX sqlite_autoindex_current_values_1 (plan_id=? AND indicator_id=?")),
+            "{one:?}"
+        );
+    }
+
     #[tokio::test]
     async fn the_rows_changed_after_a_report_are_read_through_an_index() {
         let (_dir, conn) = migrated().await;
