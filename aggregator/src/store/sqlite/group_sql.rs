@@ -267,9 +267,19 @@ pub(super) fn read_known(conn: &Connection, reports: &[&NewReport]) -> Result<Kn
         &mut key_row,
     )?;
 
+    // Each key once, its names borrowed from the reports.
     let values: Vec<_> = reports
         .iter()
-        .flat_map(|r| r.values.iter().map(move |v| Known::value_key(r, v)))
+        .flat_map(|r| {
+            r.values.iter().map(move |v| {
+                (
+                    r.plan_id.as_str(),
+                    v.indicator_id.as_str(),
+                    r.unit_id.as_str(),
+                    r.period.as_str(),
+                )
+            })
+        })
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -278,13 +288,7 @@ pub(super) fn read_known(conn: &Connection, reports: &[&NewReport]) -> Result<Kn
         "current_values",
         &CURRENT_VALUES,
         &values,
-        |b, k| {
-            b.bind(k.0.as_str())?
-                .bind(k.1.as_str())?
-                .bind(k.2.as_str())?
-                .bind(k.3.as_str())
-                .map(drop)
-        },
+        |b, k| b.bind(k.0)?.bind(k.1)?.bind(k.2)?.bind(k.3).map(drop),
         |row| {
             let key = (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
             known.values.insert(key, current(row, 4)?);
@@ -294,7 +298,17 @@ pub(super) fn read_known(conn: &Connection, reports: &[&NewReport]) -> Result<Kn
 
     let tasks: Vec<_> = reports
         .iter()
-        .flat_map(|r| r.task_updates.iter().map(move |t| Known::task_key(r, t)))
+        .flat_map(|r| {
+            r.task_updates.iter().map(move |t| {
+                (
+                    r.plan_id.as_str(),
+                    t.task_id.as_str(),
+                    t.milestone_id.as_str(),
+                    r.unit_id.as_str(),
+                    r.period.as_str(),
+                )
+            })
+        })
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -304,11 +318,11 @@ pub(super) fn read_known(conn: &Connection, reports: &[&NewReport]) -> Result<Kn
         &CURRENT_TASKS,
         &tasks,
         |b, k| {
-            b.bind(k.0.as_str())?
-                .bind(k.1.as_str())?
-                .bind(k.2.as_str())?
-                .bind(k.3.as_str())?
-                .bind(k.4.as_str())
+            b.bind(k.0)?
+                .bind(k.1)?
+                .bind(k.2)?
+                .bind(k.3)?
+                .bind(k.4)
                 .map(drop)
         },
         |row| {
