@@ -49,9 +49,11 @@ pub struct PlanFigures {
     /// how they were made (the alert evaluation's included).
     pub after_write: String,
     /// The views made (`duban_progress_duration_seconds`: the store read, whole or what changed,
-    /// and progress computed) up to the first scrape's answer: nothing was computed before,
-    /// so these are whole. How many, and their mean time.
+    /// and progress computed) up to the first scrape's answer. How many, and their mean time.
     pub first_views: Views,
+    /// Their progress computations, by how they were made (the first is whole: nothing was
+    /// computed before).
+    pub first: String,
     /// The views made after the first scrape's answer, to the last scrape's, and how they
     /// were made (updated or whole).
     pub later_views: Views,
@@ -164,6 +166,7 @@ pub async fn measure(
         metrics_after_write_ms,
         after_write,
         first_views: Views::between(None, &cold),
+        first: computations_between("", &cold),
         later_views: Views::between(Some(&cold), &body),
         later: computations_between(&cold, &body),
         series: series.len(),
@@ -274,7 +277,8 @@ impl Views {
 }
 
 /// The progress computations counted in the `/metrics` body `after` since the body
-/// `before`, by how they were made (updated with what changed, or whole).
+/// `before` (since the start when empty), by how they were made (updated with what changed,
+/// or whole).
 fn computations_between(before: &str, after: &str) -> String {
     let computed = |how: &str| {
         let name = format!("duban_progress_computations_total{{how=\"{how}\"}}");

@@ -60,7 +60,8 @@ struct ProgressArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     runs: usize,
     /// Also time the store's whole read of the plan's values (what the aggregator's first view
-    /// after a start reads) from this SQLite file, `--runs` times; the file is filled first,
+    /// after a start reads) from this SQLite file, `--runs` times, before the computations (so
+    /// that the first read runs in a fresh process, as at a start); the file is filled first,
     /// through the store's ingest, when it holds no report, and kept for the next run.
     #[arg(long, value_name = "FILE")]
     store: Option<PathBuf>,
@@ -138,14 +139,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bare(args) => runtime.block_on(bare::serve(args)),
         Cmd::Connections(args) => runtime.block_on(connections::run(args)),
         Cmd::Progress(args) => {
-            let alone = big_plan::compute_alone(args.plan_units, INDICATORS, args.runs)?;
-            for (run, (whole, updated)) in alone.whole.iter().zip(&alone.updated).enumerate() {
-                println!(
-                    "run {}: progress of {} units × {INDICATORS} indicators × 12 months computed in {whole:.0} ms; after one unit's correction of a month, updated in {updated:.1} ms",
-                    run + 1,
-                    args.plan_units
-                );
-            }
             if let Some(file) = &args.store {
                 let url = format!("sqlite://{}", file.display());
                 let reads = runtime.block_on(big_plan::read_alone(
@@ -161,6 +154,14 @@ fn main() -> anyhow::Result<()> {
                         args.plan_units * INDICATORS * 12
                     );
                 }
+            }
+            let alone = big_plan::compute_alone(args.plan_units, INDICATORS, args.runs)?;
+            for (run, (whole, updated)) in alone.whole.iter().zip(&alone.updated).enumerate() {
+                println!(
+                    "run {}: progress of {} units × {INDICATORS} indicators × 12 months computed in {whole:.0} ms; after one unit's correction of a month, updated in {updated:.1} ms",
+                    run + 1,
+                    args.plan_units
+                );
             }
             Ok(())
         }
@@ -434,13 +435,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         agent_figures.idle_rss_mb, agent_figures.idle_anon_mb, agent_figures.idle_file_mb
     );
     println!(
-        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s, read back whole in {:.0} ms) | views (the store read, then progress) made before the first /metrics answered: {:.0}, {:.0} ms each; made after it: {:.0} ({}), {:.1} ms each on average; the engine alone, in process: computed whole {:.0} ms, updated after one unit's correction {:.1} ms; first /metrics {:.0} ms, again {:.0} ms (progress computations since the scrape before: {}); /api/v1/progress {:.0} ms, without the obligations {:.0} ms; /metrics after one unit's correction {:.0} ms (progress computations since the scrape before: {}); {} series ({} of plan state, budget {}) |",
+        "| synthetic plan: {} units × {} indicators × 12 months, {} values (stored in {:.0} s, read back whole in {:.0} ms) | views (the store read, then progress) made before the first /metrics answered: {:.0} ({}), {:.0} ms each; made after it: {:.0} ({}), {:.1} ms each on average; the engine alone, in process: computed whole {:.0} ms, updated after one unit's correction {:.1} ms; first /metrics {:.0} ms, again {:.0} ms (progress computations since the scrape before: {}); /api/v1/progress {:.0} ms, without the obligations {:.0} ms; /metrics after one unit's correction {:.0} ms (progress computations since the scrape before: {}); {} series ({} of plan state, budget {}) |",
         plan.units,
         plan.indicators,
         plan.values,
         plan.fill_seconds,
         plan.read_ms,
         plan.first_views.count,
+        plan.first,
         plan.first_views.mean_ms,
         plan.later_views.count,
         plan.later,
