@@ -91,14 +91,24 @@ fn the_harness_measures_every_figure_in_quick_mode() {
     let plan =
         row("| synthetic plan: 50 units × 50 indicators × 12 months, 30000 values (stored in");
     assert!(plan.contains(" series ("), "{plan}");
-    // The first scrape's answer needed progress: at least one view was made before it.
-    let first_views: f64 = plan
+    // The first scrape's answer needed progress: at least one view was made before it, the
+    // first of them computed whole ("N (U updated, W whole)").
+    let first = plan
         .split("made before the first /metrics answered: ")
         .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no views before the first scrape in {plan}"));
+    let number = |text: &str| -> f64 {
+        text.parse()
+            .unwrap_or_else(|_| panic!("{text:?} is not a number in {plan}"))
+    };
+    let first_views = number(first.split(' ').next().unwrap_or_default());
     assert!(first_views >= 1.0, "{plan}");
+    let whole = first
+        .split(" updated, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no computations before the first scrape in {plan}"));
+    assert!(number(whole) >= 1.0, "{plan}");
     // The harness itself checks that this scrape took in the changed rows alone.
     assert!(
         plan.contains("/metrics after one unit's correction "),
