@@ -12,7 +12,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use duban_aggregator::store::{NewKey, NewReport, NewValue, SqliteStore, Store, StoreOutcome};
+use duban_aggregator::store::{
+    AnyStore, NewKey, NewReport, NewValue, SqliteStore, Store, StoreOutcome,
+};
 use duban_proto::pb;
 use prost::Message as _;
 use tokio::sync::Semaphore;
@@ -177,7 +179,7 @@ pub async fn measure(
 
 /// Every unit's key, then every unit's twelve monthly reports, through the store's ingest.
 async fn fill(url: &str, units: usize, indicators: usize) -> anyhow::Result<u64> {
-    let store = Arc::new(SqliteStore::open(url).await?);
+    let store = Arc::new(AnyStore::open(url).await?);
     let now = now_ms();
     for unit in 0..units {
         let key = unit_key(unit);
@@ -223,8 +225,8 @@ async fn fill(url: &str, units: usize, indicators: usize) -> anyhow::Result<u64>
 }
 
 /// Times the store's whole read of the synthetic plan's current values from the SQLite file
-/// at `url` (what the aggregator's first view after a start reads), `runs` times, in ms; the
-/// file is filled first (see [`fill`]) when it holds none of them.
+/// at `url` (what the aggregator's first view after a start reads; SQLite or PostgreSQL),
+/// `runs` times, in ms; the database is filled first (see [`fill`]) when it holds no report.
 pub async fn read_alone(
     url: &str,
     units: usize,
@@ -232,9 +234,12 @@ pub async fn read_alone(
     runs: usize,
 ) -> anyhow::Result<Vec<f64>> {
     let expected = units * indicators * 12;
-    let store = SqliteStore::open(url).await?;
+    let store = AnyStore::open(url).await?;
     if store.write_marker().await?.reports == 0 {
-        eprintln!("  storing {expected} values in {url}");
+        eprintln!(
+            "  storing {expected} values in {}",
+            duban_aggregator::store::redact(url)
+        );
         fill(url, units, indicators).await?;
     }
     let mut times = Vec::with_capacity(runs);

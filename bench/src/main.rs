@@ -65,6 +65,11 @@ struct ProgressArgs {
     /// through the store's ingest, when it holds no report, and kept for the next run.
     #[arg(long, value_name = "FILE")]
     store: Option<PathBuf>,
+    /// As `--store`, on this database instead of a file: a `sqlite://` or `postgres://` URL,
+    /// as `duban-aggregator serve --database-url` takes it (on PostgreSQL, a schema of its own
+    /// by `?options=-c%20search_path%3DNAME`).
+    #[arg(long, value_name = "URL", conflicts_with = "store")]
+    database_url: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,8 +144,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bare(args) => runtime.block_on(bare::serve(args)),
         Cmd::Connections(args) => runtime.block_on(connections::run(args)),
         Cmd::Progress(args) => {
-            if let Some(file) = &args.store {
-                let url = format!("sqlite://{}", file.display());
+            let url = match (&args.store, &args.database_url) {
+                (Some(file), _) => Some(format!("sqlite://{}", file.display())),
+                (None, url) => url.clone(),
+            };
+            if let Some(url) = url {
                 let reads = runtime.block_on(big_plan::read_alone(
                     &url,
                     args.plan_units,
