@@ -278,14 +278,12 @@ mod backend {
         /// See [`Store::ids_follow_commits`](super::Store::ids_follow_commits).
         fn ids_follow_commits(&self) -> bool;
         /// See [`Store::current_values`](super::Store::current_values): millions of rows
-        /// on a large plan, so a backend may read them its own faster way.
+        /// on a large plan, so each backend reads them its own fastest way.
         async fn read_current_values(
             &self,
             plan_id: &str,
             indicator_id: Option<&str>,
-        ) -> Result<Vec<ValueRow>, StoreError> {
-            queries::current_values(self.read_pool(), plan_id, indicator_id).await
-        }
+        ) -> Result<Vec<ValueRow>, StoreError>;
     }
 }
 

@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use super::decide::decide;
 use super::group::{self, Commit};
 use super::types::*;
-use super::{AlertChanges, SqlBackend, StoreError, WantedAlert};
+use super::{AlertChanges, SqlBackend, StoreError, WantedAlert, queries};
+use crate::progress::input::{Name, Names, ValueRow};
 
 /// Advisory lock keys are derived from the schema, so that deployments (and test schemas)
 /// sharing one database do not contend; replicas of one deployment share a schema.
@@ -34,6 +35,9 @@ const WRITERS: usize = 4;
 #[derive(Clone)]
 pub struct PgStore {
     pool: AnyPool,
+    /// The whole reads of the current values, typed (see [`SqlBackend::read_current_values`]);
+    /// connected when first used.
+    bulk: PgPool,
     /// The writers' queues, by unit (empty when opened read-only).
     writers: Vec<mpsc::Sender<group::Job>>,
     /// A connection of its own that holds the notifier advisory lock once taken.
@@ -67,6 +71,7 @@ impl PgStore {
             .collect();
         Ok(PgStore {
             pool,
+            bulk: bulk_pool(url)?,
             writers,
             notifier: Default::default(),
         })
@@ -78,6 +83,7 @@ impl PgStore {
         super::check_schema(&pool, &sqlx::migrate!("migrations/postgres"), url).await?;
         Ok(PgStore {
             pool,
+            bulk: bulk_pool(url)?,
             writers: Vec::new(),
             notifier: Default::default(),
         })
@@ -124,6 +130,16 @@ fn writer_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
         ("enable_hashjoin", "off"),
         ("enable_mergejoin", "off"),
     ]))
+}
+
+/// The pool of the whole reads, connected at the first read, with the planner's defaults (a
+/// whole plan is a sequential scan, not the writers' index lookups). The views make one read
+/// at a time; the web view's past states and the CLI make theirs besides.
+fn bulk_pool(url: &str) -> Result<PgPool, StoreError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(PgConnectOptions::from_str(url)?))
 }
 
 /// How long the first connection at start may take.
@@ -189,6 +205,60 @@ impl SqlBackend for PgStore {
     /// Sequences hand out ids before commit, to replicas writing at once.
     fn ids_follow_commits(&self) -> bool {
         false
+    }
+    /// Through a typed connection, each row decoded from PostgreSQL's binary format as it
+    /// arrives, its names shared and numbered as they are read, then put in the snapshot's
+    /// order ([`queries::in_order_of_places`]), as SQLite's whole read does. Through sqlx's
+    /// `Any` driver, each row was first converted into an `AnyRow` (docs/PERFORMANCE.md,
+    /// "The whole read on PostgreSQL").
+    async fn read_current_values(
+        &self,
+        plan_id: &str,
+        indicator_id: Option<&str>,
+    ) -> Result<Vec<ValueRow>, StoreError> {
+        use tokio_stream::StreamExt as _;
+        let query = match indicator_id {
+            None => sqlx::query(queries::PLAN_VALUES).bind(plan_id),
+            Some(indicator_id) => sqlx::query(queries::INDICATOR_VALUES)
+                .bind(plan_id)
+                .bind(indicator_id),
+        };
+        let plan = Name::from(plan_id);
+        // Of columns 1 to 3: the indicator, the unit, the period.
+        let mut names: [Names; 3] = Default::default();
+        let mut places: Vec<queries::Place> = Vec::new();
+        let mut values = Vec::new();
+        let mut rows = query.fetch(&self.bulk);
+        while let Some(row) = rows.next().await {
+            let row = row?;
+            let mut name = |column: usize| -> Result<(Name, u32), sqlx::Error> {
+                Ok(names[column - 1].numbered(row.try_get::<&str, _>(column)?))
+            };
+            let (indicator_id, indicator) = name(1)?;
+            let (unit_id, unit) = name(2)?;
+            let (period, period_number) = name(3)?;
+            let at = u32::try_from(values.len()).expect("fewer than 2^32 rows");
+            places.push((indicator, period_number, unit, at));
+            values.push(ValueRow {
+                plan_id: plan.clone(),
+                indicator_id,
+                unit_id,
+                period,
+                value: row.try_get(4)?,
+                note: row.try_get(5)?,
+                revision: row.try_get(6)?,
+                issued_at_ms: row.try_get(7)?,
+                seq: row.try_get(8)?,
+                report_pk: row.try_get(9)?,
+                updated_at_ms: row.try_get(10)?,
+                first_received_at_ms: row.try_get(11)?,
+                first_issued_at_ms: row.try_get(12)?,
+            });
+        }
+        drop(rows);
+        let [indicators, units, periods] = &names;
+        queries::in_order_of_places(&mut values, places, [indicators, periods, units]);
+        Ok(values)
     }
     async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError> {
         let Some(first) = reports.first() else {

@@ -179,7 +179,7 @@ macro_rules! task_columns {
 
 /// A plan's current values, in no particular order: ordered by indicator, period and unit,
 /// SQLite sorted them in a temporary B-tree (two thirds of the whole read's time on a large
-/// plan); [`in_snapshot_order`] sorts them. SQLite reads a whole plan with
+/// plan); the readers sort them ([`in_order_of_places`]). SQLite reads a whole plan with
 /// [`PLAN_VALUES_AS_STORED`] instead.
 pub(super) const PLAN_VALUES: &str = concat!(
     "SELECT ",
@@ -217,8 +217,10 @@ pub(super) type Place = (u32, u32, u32, u32);
 /// Puts a plan's current values, read in any order, in the snapshot's: by indicator, period
 /// and unit, each by its bytes. Each distinct indicator, period and unit is numbered and ranked
 /// once ([`in_order_of_places`]), so that millions of rows are sorted by three integers each,
-/// not by three strings. A plan's keys are unique.
-pub(super) fn in_snapshot_order(values: &mut [ValueRow]) {
+/// not by three strings. A plan's keys are unique. The readers number the names as they read
+/// them and call [`in_order_of_places`] themselves; this is its test's way in.
+#[cfg(test)]
+fn in_snapshot_order(values: &mut [ValueRow]) {
     let in_order = values.is_sorted_by(|a, b| {
         (&a.indicator_id, &a.period, &a.unit_id) < (&b.indicator_id, &b.period, &b.unit_id)
     });
@@ -269,28 +271,6 @@ pub(super) fn in_order_of_places(
         places[i].3 = u32::try_from(from).expect("fewer than 2^32 rows");
         values.swap(i, from);
     }
-}
-
-pub(super) async fn current_values(
-    pool: &AnyPool,
-    plan_id: &str,
-    indicator_id: Option<&str>,
-) -> Result<Vec<ValueRow>, StoreError> {
-    let mut names = Names::default();
-    let query = match indicator_id {
-        None => sqlx::query(PLAN_VALUES).bind(plan_id.to_owned()),
-        Some(indicator_id) => sqlx::query(INDICATOR_VALUES)
-            .bind(plan_id.to_owned())
-            .bind(indicator_id.to_owned()),
-    };
-    let mut values = query
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|row| value_row(row, &mut names))
-        .collect::<Result<Vec<_>, _>>()?;
-    in_snapshot_order(&mut values);
-    Ok(values)
 }
 
 pub(super) async fn current_tasks(

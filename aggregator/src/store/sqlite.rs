@@ -68,7 +68,7 @@ impl BulkReader {
     }
 
     /// [`queries::PLAN_VALUES_AS_STORED`] for a whole plan, [`queries::INDICATOR_VALUES`] for
-    /// one indicator, in the snapshot's order ([`queries::in_snapshot_order`]).
+    /// one indicator, in the snapshot's order.
     /// Each distinct name is allocated once, from the text SQLite holds for the row, and
     /// numbered as it is read, so that the rows are put in order by those numbers
     /// ([`queries::in_order_of_places`]) without looking their names up again (the plan's name
