@@ -47,7 +47,8 @@ enum Cmd {
     #[command(hide = true)]
     Connections(connections::ConnectArgs),
     /// The progress engine alone on the synthetic plan, every value present, in this process
-    /// (no store, no HTTP): prints each run's time. For profiling the computation.
+    /// (no HTTP): prints each run's time; with --store or --database-url, first the store's
+    /// whole read. For profiling.
     Progress(ProgressArgs),
 }
 

@@ -20,7 +20,7 @@ use super::decide::decide;
 use super::group::{self, Commit};
 use super::types::*;
 use super::{AlertChanges, SqlBackend, StoreError, WantedAlert, queries};
-use crate::progress::input::{Name, Names, ValueRow};
+use crate::progress::input::ValueRow;
 
 /// Advisory lock keys are derived from the schema, so that deployments (and test schemas)
 /// sharing one database do not contend; replicas of one deployment share a schema.
@@ -207,8 +207,8 @@ impl SqlBackend for PgStore {
         false
     }
     /// Through a typed connection, each row decoded from PostgreSQL's binary format as it
-    /// arrives, its names shared and numbered as they are read, then put in the snapshot's
-    /// order ([`queries::in_order_of_places`]), as SQLite's whole read does. Through sqlx's
+    /// arrives, then put in the snapshot's order ([`queries::ValuesRead`]), as SQLite's whole
+    /// read does. Through sqlx's
     /// `Any` driver, each row was first converted into an `AnyRow` (docs/PERFORMANCE.md,
     /// "The whole read on PostgreSQL").
     async fn read_current_values(
@@ -223,42 +223,35 @@ impl SqlBackend for PgStore {
                 .bind(plan_id)
                 .bind(indicator_id),
         };
-        let plan = Name::from(plan_id);
-        // Of columns 1 to 3: the indicator, the unit, the period.
-        let mut names: [Names; 3] = Default::default();
-        let mut places: Vec<queries::Place> = Vec::new();
-        let mut values = Vec::new();
+        let mut read = queries::ValuesRead::new(plan_id);
         let mut rows = query.fetch(&self.bulk);
         while let Some(row) = rows.next().await {
             let row = row?;
-            let mut name = |column: usize| -> Result<(Name, u32), sqlx::Error> {
-                Ok(names[column - 1].numbered(row.try_get::<&str, _>(column)?))
-            };
-            let (indicator_id, indicator) = name(1)?;
-            let (unit_id, unit) = name(2)?;
-            let (period, period_number) = name(3)?;
-            let at = u32::try_from(values.len()).expect("fewer than 2^32 rows");
-            places.push((indicator, period_number, unit, at));
-            values.push(ValueRow {
-                plan_id: plan.clone(),
-                indicator_id,
-                unit_id,
-                period,
-                value: row.try_get(4)?,
-                note: row.try_get(5)?,
-                revision: row.try_get(6)?,
-                issued_at_ms: row.try_get(7)?,
-                seq: row.try_get(8)?,
-                report_pk: row.try_get(9)?,
-                updated_at_ms: row.try_get(10)?,
-                first_received_at_ms: row.try_get(11)?,
-                first_issued_at_ms: row.try_get(12)?,
-            });
+            let name = |column: usize| row.try_get::<&str, _>(column);
+            read.push(
+                [name(1)?, name(2)?, name(3)?],
+                |(plan_id, indicator_id, unit_id, period)| -> Result<ValueRow, sqlx::Error> {
+                    Ok(ValueRow {
+                        plan_id,
+                        indicator_id,
+                        unit_id,
+                        period,
+                        value: row.try_get(4)?,
+                        note: row.try_get(5)?,
+                        revision: row.try_get(6)?,
+                        issued_at_ms: row.try_get(7)?,
+                        seq: row.try_get(8)?,
+                        report_pk: row.try_get(9)?,
+                        updated_at_ms: row.try_get(10)?,
+                        first_received_at_ms: row.try_get(11)?,
+                        first_issued_at_ms: row.try_get(12)?,
+                    })
+                },
+            )?;
         }
+        // The connection back to the pool before the rows are sorted.
         drop(rows);
-        let [indicators, units, periods] = &names;
-        queries::in_order_of_places(&mut values, places, [indicators, periods, units]);
-        Ok(values)
+        Ok(read.in_snapshot_order())
     }
     async fn ingest(&self, reports: Vec<NewReport>) -> Result<Vec<StoreOutcome>, StoreError> {
         let Some(first) = reports.first() else {

@@ -214,6 +214,60 @@ pub(super) const PLAN_VALUES_AS_STORED: &str = concat!(
 /// period and unit got from their [`Names`] as the rows were read, and its index.
 pub(super) type Place = (u32, u32, u32, u32);
 
+/// A plan's current values as a backend's whole read takes them in, row by row in any order:
+/// each distinct indicator, unit and period allocated once and numbered as it comes, so that
+/// [`ValuesRead::in_snapshot_order`] sorts the rows by those numbers
+/// ([`in_order_of_places`]) without looking their names up again.
+pub(super) struct ValuesRead {
+    plan: Name,
+    /// The indicators', the units', the periods'.
+    names: [Names; 3],
+    places: Vec<Place>,
+    values: Vec<ValueRow>,
+}
+
+impl ValuesRead {
+    /// For the rows of `plan_id` (whose name they all share).
+    pub(super) fn new(plan_id: &str) -> Self {
+        ValuesRead {
+            plan: Name::from(plan_id),
+            names: Default::default(),
+            places: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    /// Takes in one row: its indicator, unit and period, and the row `make` builds with the
+    /// shared names `(plan_id, indicator_id, unit_id, period)`.
+    pub(super) fn push<E>(
+        &mut self,
+        [indicator_id, unit_id, period]: [&str; 3],
+        make: impl FnOnce((Name, Name, Name, Name)) -> Result<ValueRow, E>,
+    ) -> Result<(), E> {
+        let [indicators, units, periods] = &mut self.names;
+        let (indicator_id, indicator) = indicators.numbered(indicator_id);
+        let (unit_id, unit) = units.numbered(unit_id);
+        let (period, period_number) = periods.numbered(period);
+        let at = u32::try_from(self.values.len()).expect("fewer than 2^32 rows");
+        self.values
+            .push(make((self.plan.clone(), indicator_id, unit_id, period))?);
+        self.places.push((indicator, period_number, unit, at));
+        Ok(())
+    }
+
+    /// The rows taken in, in the snapshot's order: by indicator, period and unit.
+    pub(super) fn in_snapshot_order(self) -> Vec<ValueRow> {
+        let ValuesRead {
+            names: [indicators, units, periods],
+            places,
+            mut values,
+            ..
+        } = self;
+        in_order_of_places(&mut values, places, [&indicators, &periods, &units]);
+        values
+    }
+}
+
 /// Puts a plan's current values, read in any order, in the snapshot's: by indicator, period
 /// and unit, each by its bytes. Each distinct indicator, period and unit is numbered and ranked
 /// once ([`in_order_of_places`]), so that millions of rows are sorted by three integers each,

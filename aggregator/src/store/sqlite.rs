@@ -23,7 +23,7 @@ use super::decide::decide;
 use super::group::{self, Commit};
 use super::types::*;
 use super::{AlertChanges, StoreError, WantedAlert, queries};
-use crate::progress::input::{Name, Names, ValueRow};
+use crate::progress::input::ValueRow;
 
 mod group_sql;
 
@@ -68,11 +68,8 @@ impl BulkReader {
     }
 
     /// [`queries::PLAN_VALUES_AS_STORED`] for a whole plan, [`queries::INDICATOR_VALUES`] for
-    /// one indicator, in the snapshot's order.
-    /// Each distinct name is allocated once, from the text SQLite holds for the row, and
-    /// numbered as it is read, so that the rows are put in order by those numbers
-    /// ([`queries::in_order_of_places`]) without looking their names up again (the plan's name
-    /// is the one asked for).
+    /// one indicator, in the snapshot's order ([`queries::ValuesRead`]: each distinct name
+    /// allocated once, from the text SQLite holds for the row).
     fn current_values(
         &self,
         plan_id: &str,
@@ -83,12 +80,8 @@ impl BulkReader {
             Some(connection) => connection,
             None => Self::connect(&self.path)?,
         };
-        let plan = Name::from(plan_id);
-        // Of columns 1 to 3: the indicator, the unit, the period.
-        let mut names: [Names; 3] = Default::default();
-        let mut places: Vec<queries::Place> = Vec::new();
-        let mut values = Vec::new();
-        let read = (|| -> rusqlite::Result<()> {
+        let mut read = queries::ValuesRead::new(plan_id);
+        let result = (|| -> rusqlite::Result<()> {
             let mut statement;
             let mut rows = match indicator_id {
                 None => {
@@ -101,17 +94,15 @@ impl BulkReader {
                 }
             };
             while let Some(row) = rows.next()? {
-                let mut name = |column: usize| -> rusqlite::Result<(Name, u32)> {
+                let name = |column: usize| -> rusqlite::Result<&str> {
                     match row.get_ref(column)? {
-                        ValueRef::Text(text) => Ok(names[column - 1].numbered(
-                            std::str::from_utf8(text).map_err(|error| {
-                                rusqlite::Error::FromSqlConversionFailure(
-                                    column,
-                                    rusqlite::types::Type::Text,
-                                    Box::new(error),
-                                )
-                            })?,
-                        )),
+                        ValueRef::Text(text) => std::str::from_utf8(text).map_err(|error| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                column,
+                                rusqlite::types::Type::Text,
+                                Box::new(error),
+                            )
+                        }),
                         // As `Row::get` says it, naming the column.
                         other => Err(rusqlite::Error::InvalidColumnType(
                             column,
@@ -120,34 +111,32 @@ impl BulkReader {
                         )),
                     }
                 };
-                let (indicator_id, indicator) = name(1)?;
-                let (unit_id, unit) = name(2)?;
-                let (period, period_number) = name(3)?;
-                let at = u32::try_from(values.len()).expect("fewer than 2^32 rows");
-                places.push((indicator, period_number, unit, at));
-                values.push(ValueRow {
-                    plan_id: plan.clone(),
-                    indicator_id,
-                    unit_id,
-                    period,
-                    value: row.get(4)?,
-                    note: row.get(5)?,
-                    revision: row.get(6)?,
-                    issued_at_ms: row.get(7)?,
-                    seq: row.get(8)?,
-                    report_pk: row.get(9)?,
-                    updated_at_ms: row.get(10)?,
-                    first_received_at_ms: row.get(11)?,
-                    first_issued_at_ms: row.get(12)?,
-                });
+                read.push(
+                    [name(1)?, name(2)?, name(3)?],
+                    |(plan_id, indicator_id, unit_id, period)| -> rusqlite::Result<ValueRow> {
+                        Ok(ValueRow {
+                            plan_id,
+                            indicator_id,
+                            unit_id,
+                            period,
+                            value: row.get(4)?,
+                            note: row.get(5)?,
+                            revision: row.get(6)?,
+                            issued_at_ms: row.get(7)?,
+                            seq: row.get(8)?,
+                            report_pk: row.get(9)?,
+                            updated_at_ms: row.get(10)?,
+                            first_received_at_ms: row.get(11)?,
+                            first_issued_at_ms: row.get(12)?,
+                        })
+                    },
+                )?;
             }
             Ok(())
         })();
         *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
-        read.map_err(|error| corrupt_or("current_values", error))?;
-        let [indicators, units, periods] = &names;
-        queries::in_order_of_places(&mut values, places, [indicators, periods, units]);
-        Ok(values)
+        result.map_err(|error| corrupt_or("current_values", error))?;
+        Ok(read.in_snapshot_order())
     }
 }
 

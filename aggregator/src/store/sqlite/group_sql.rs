@@ -228,18 +228,8 @@ pub(super) fn read_known(conn: &Connection, reports: &[&NewReport]) -> Result<Kn
         },
     )?;
 
-    let units: Vec<&str> = reports
-        .iter()
-        .map(|r| r.unit_id.as_str())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let keys: Vec<&[u8]> = reports
-        .iter()
-        .map(|r| r.key_id.as_bytes().as_slice())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let units = distinct(reports.iter().map(|r| r.unit_id.as_str()));
+    let keys = distinct(reports.iter().map(|r| r.key_id.as_bytes().as_slice()));
     let mut key_row = |row: &Row| -> Result<(), StoreError> {
         known.keys.insert(
             key_id(row.get(0)?)?,
@@ -267,22 +257,17 @@ pub(super) fn read_known(conn: &Connection, reports: &[&NewReport]) -> Result<Kn
         &mut key_row,
     )?;
 
-    // Each key once, its names borrowed from the reports.
-    let values: Vec<_> = reports
-        .iter()
-        .flat_map(|r| {
-            r.values.iter().map(move |v| {
-                (
-                    r.plan_id.as_str(),
-                    v.indicator_id.as_str(),
-                    r.unit_id.as_str(),
-                    r.period.as_str(),
-                )
-            })
+    // Their names borrowed from the reports.
+    let values = distinct(reports.iter().flat_map(|r| {
+        r.values.iter().map(move |v| {
+            (
+                r.plan_id.as_str(),
+                v.indicator_id.as_str(),
+                r.unit_id.as_str(),
+                r.period.as_str(),
+            )
         })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    }));
     read(
         conn,
         "current_values",
@@ -296,22 +281,17 @@ pub(super) fn read_known(conn: &Connection, reports: &[&NewReport]) -> Result<Kn
         },
     )?;
 
-    let tasks: Vec<_> = reports
-        .iter()
-        .flat_map(|r| {
-            r.task_updates.iter().map(move |t| {
-                (
-                    r.plan_id.as_str(),
-                    t.task_id.as_str(),
-                    t.milestone_id.as_str(),
-                    r.unit_id.as_str(),
-                    r.period.as_str(),
-                )
-            })
+    let tasks = distinct(reports.iter().flat_map(|r| {
+        r.task_updates.iter().map(move |t| {
+            (
+                r.plan_id.as_str(),
+                t.task_id.as_str(),
+                t.milestone_id.as_str(),
+                r.unit_id.as_str(),
+                r.period.as_str(),
+            )
         })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    }));
     read(
         conn,
         "current_tasks",
@@ -338,6 +318,11 @@ pub(super) fn read_known(conn: &Connection, reports: &[&NewReport]) -> Result<Kn
         },
     )?;
     Ok(known)
+}
+
+/// Each item once, in order.
+fn distinct<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
+    items.collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 /// Value (or percent), revision, issued_at_ms, seq, report_pk from column `at` on.
