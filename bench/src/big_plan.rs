@@ -34,6 +34,8 @@ pub struct PlanFigures {
     /// The store's whole read of the current values, in this process (what the aggregator's
     /// first view after a start reads before it computes).
     pub read_ms: f64,
+    /// Its floor, right after it: [`bare_scan`] of the same rows.
+    pub bare_scan_ms: f64,
     /// `GET /metrics` when nothing was computed yet (progress included).
     pub metrics_cold_ms: f64,
     /// `GET /metrics` again, nothing written since.
@@ -88,8 +90,11 @@ pub async fn measure(
     eprintln!(
         "  {values} values of {units} units × {indicators} indicators × 12 months stored in {fill_seconds:.0} s"
     );
-    let read_ms = read_alone(&url, units, indicators, 1).await?[0];
-    eprintln!("  read back whole in {read_ms:.0} ms");
+    let read = read_alone(&url, units, indicators, 1).await?[0];
+    let (read_ms, bare_scan_ms) = (read.ms, read.bare_ms.unwrap_or(f64::NAN));
+    eprintln!(
+        "  read back whole in {read_ms:.0} ms (SQLite's bare scan of the rows: {bare_scan_ms:.0} ms)"
+    );
     let big = Setup {
         plan,
         certs: setup.certs.clone(),
@@ -160,6 +165,7 @@ pub async fn measure(
         values,
         fill_seconds,
         read_ms,
+        bare_scan_ms,
         metrics_cold_ms,
         metrics_warm_ms,
         warm,
@@ -224,15 +230,23 @@ async fn fill(url: &str, units: usize, indicators: usize) -> anyhow::Result<u64>
     Ok(changed)
 }
 
-/// Times the store's whole read of the synthetic plan's current values from the SQLite file
-/// at `url` (what the aggregator's first view after a start reads; SQLite or PostgreSQL),
-/// `runs` times, in ms; the database is filled first (see [`fill`]) when it holds no report.
+/// One whole read of the synthetic plan's current values, in ms; on SQLite beside it, right
+/// after it, the floor of that read: [`bare_scan`] of the same rows of the same file.
+#[derive(Debug, Clone, Copy)]
+pub struct Read {
+    pub ms: f64,
+    pub bare_ms: Option<f64>,
+}
+
+/// Times the store's whole read of the synthetic plan's current values from the database at
+/// `url` (what the aggregator's first view after a start reads; SQLite or PostgreSQL), `runs`
+/// times; the database is filled first (see [`fill`]) when it holds no report.
 pub async fn read_alone(
     url: &str,
     units: usize,
     indicators: usize,
     runs: usize,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<Vec<Read>> {
     let expected = units * indicators * 12;
     let store = AnyStore::open(url).await?;
     if store.write_marker().await?.reports == 0 {
@@ -242,16 +256,68 @@ pub async fn read_alone(
         );
         fill(url, units, indicators).await?;
     }
-    let mut times = Vec::with_capacity(runs);
+    let file = match &store {
+        AnyStore::Sqlite(sqlite) => Some(sqlite.path().to_owned()),
+        AnyStore::Postgres(_) => None,
+    };
+    let mut reads = Vec::with_capacity(runs);
     for _ in 0..runs {
         let started = Instant::now();
         let values = store.current_values(PLAN_ID, None).await?;
-        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
         if values.len() != expected {
             anyhow::bail!("{} values read back, {expected} stored", values.len());
         }
+        drop(values);
+        let bare_ms = match &file {
+            Some(file) => {
+                let file = file.clone();
+                let (ms, rows) = tokio::task::spawn_blocking(move || bare_scan(&file)).await??;
+                if rows != expected {
+                    anyhow::bail!("{rows} rows scanned bare, {expected} stored");
+                }
+                Some(ms)
+            }
+            None => None,
+        };
+        reads.push(Read { ms, bare_ms });
     }
-    Ok(times)
+    Ok(reads)
+}
+
+/// The floor of SQLite's whole read: SQLite alone stepping the plan's rows of the file at
+/// `path` as the table stores them, every column of each row taken (its number, or where its
+/// text is and how long), nothing kept; what the store's read adds to it is sharing the names,
+/// building the rows and putting them in the snapshot's order. In ms, with the rows counted.
+pub fn bare_scan(path: &Path) -> anyhow::Result<(f64, usize)> {
+    use rusqlite::types::ValueRef;
+    let started = Instant::now();
+    // Opened as the store's whole read opens its connection.
+    let connection = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let mut statement = connection.prepare(
+        "SELECT plan_id, indicator_id, unit_id, period, value, note, revision, issued_at_ms, \
+         seq, report_pk, updated_at_ms, first_received_at_ms, first_issued_at_ms \
+         FROM current_values NOT INDEXED WHERE plan_id = ?1",
+    )?;
+    let columns = statement.column_count();
+    let mut rows = statement.query([PLAN_ID])?;
+    let (mut count, mut sum) = (0usize, 0u64);
+    while let Some(row) = rows.next()? {
+        count += 1;
+        for column in 0..columns {
+            sum = sum.wrapping_add(match row.get_ref(column)? {
+                ValueRef::Null => 0,
+                ValueRef::Integer(i) => i as u64,
+                ValueRef::Real(r) => r.to_bits(),
+                ValueRef::Text(bytes) | ValueRef::Blob(bytes) => bytes.len() as u64,
+            });
+        }
+    }
+    std::hint::black_box(sum);
+    Ok((started.elapsed().as_secs_f64() * 1000.0, count))
 }
 
 /// Views made between two scrapes (from the start when `before` is `None`), from

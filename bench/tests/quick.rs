@@ -91,6 +91,16 @@ fn the_harness_measures_every_figure_in_quick_mode() {
     let plan =
         row("| synthetic plan: 50 units × 50 indicators × 12 months, 30000 values (stored in");
     assert!(plan.contains(" series ("), "{plan}");
+    // The whole read beside its floor, SQLite's bare scan of the same rows, both timed.
+    let bare = plan
+        .split("× SQLite's bare scan of the same rows, ")
+        .nth(1)
+        .and_then(|rest| rest.split(" ms").next())
+        .unwrap_or_else(|| panic!("no bare scan in {plan}"));
+    assert!(
+        bare.parse::<f64>().is_ok_and(|ms| ms >= 0.0),
+        "{bare:?} in {plan}"
+    );
     // The first scrape's answer needed progress: at least one view was made before it, the
     // first of them computed whole ("N (U updated, W whole)").
     let first = plan

@@ -109,6 +109,15 @@ impl Names {
         (name, number)
     }
 
+    /// The names by their numbers: `by_number()[number]`.
+    pub fn by_number(&self) -> Vec<Name> {
+        let mut names = vec![None; self.0.len()];
+        for (name, &number) in &self.0 {
+            names[number as usize] = Some(name.clone());
+        }
+        names.into_iter().flatten().collect()
+    }
+
     /// Each number's rank among the names in byte order: `ranks()[number]`.
     pub fn ranks(&self) -> Vec<u32> {
         let mut names: Vec<(&Name, u32)> = self.0.iter().map(|(n, &i)| (n, i)).collect();

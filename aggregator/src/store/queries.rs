@@ -210,6 +210,20 @@ pub(super) const PLAN_VALUES_AS_STORED: &str = concat!(
     " FROM current_values NOT INDEXED WHERE plan_id = $1"
 );
 
+/// [`PLAN_VALUES_AS_STORED`] for the rows before a rowid (`$2`), and from it: the two halves
+/// of a large plan, read at once (`sqlite.rs`, `BulkReader::whole_plan`). Each a search of
+/// the table by its rowid, no other index.
+pub(super) const PLAN_VALUES_AS_STORED_BEFORE: &str = concat!(
+    "SELECT ",
+    value_columns!(),
+    " FROM current_values NOT INDEXED WHERE plan_id = $1 AND rowid < $2"
+);
+pub(super) const PLAN_VALUES_AS_STORED_FROM: &str = concat!(
+    "SELECT ",
+    value_columns!(),
+    " FROM current_values NOT INDEXED WHERE plan_id = $1 AND rowid >= $2"
+);
+
 /// Where a row goes in the snapshot's order, and where it is: the numbers its indicator,
 /// period and unit got from their [`Names`] as the rows were read, and its index.
 pub(super) type Place = (u32, u32, u32, u32);
@@ -253,6 +267,49 @@ impl ValuesRead {
             .push(make((self.plan.clone(), indicator_id, unit_id, period))?);
         self.places.push((indicator, period_number, unit, at));
         Ok(())
+    }
+
+    /// Takes in the rows `other` read (of the same plan, from the same snapshot) after these:
+    /// its names numbered among these, each of its rows given the names this read holds.
+    pub(super) fn append(&mut self, other: ValuesRead) {
+        let ValuesRead {
+            names,
+            places,
+            values,
+            ..
+        } = other;
+        // Each of `other`'s numbers, as this read's name and number.
+        let [indicators, units, periods] = names;
+        let [our_indicators, our_units, our_periods] = &mut self.names;
+        let renumber = |theirs: Names, ours: &mut Names| -> Vec<(Name, u32)> {
+            theirs
+                .by_number()
+                .iter()
+                .map(|name| ours.numbered(name))
+                .collect()
+        };
+        let indicators = renumber(indicators, our_indicators);
+        let units = renumber(units, our_units);
+        let periods = renumber(periods, our_periods);
+        let after = u32::try_from(self.values.len()).expect("fewer than 2^32 rows");
+        self.values.reserve(values.len());
+        self.places.reserve(places.len());
+        for ((indicator, period, unit, at), row) in places.into_iter().zip(values) {
+            let (indicator, period, unit) = (
+                &indicators[indicator as usize],
+                &periods[period as usize],
+                &units[unit as usize],
+            );
+            self.values.push(ValueRow {
+                plan_id: self.plan.clone(),
+                indicator_id: indicator.0.clone(),
+                unit_id: unit.0.clone(),
+                period: period.0.clone(),
+                ..row
+            });
+            let at = after.checked_add(at).expect("fewer than 2^32 rows");
+            self.places.push((indicator.1, period.1, unit.1, at));
+        }
     }
 
     /// The rows taken in, in the snapshot's order: by indicator, period and unit.

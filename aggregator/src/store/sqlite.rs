@@ -40,18 +40,30 @@ pub struct SqliteStore {
 /// after a start reading them all. Through `rusqlite` on a blocking thread, each row decoded
 /// where SQLite steps it: through sqlx, every column of every row was copied once more
 /// (`sqlite3_value_dup`) and every row handed from its worker thread to the reader, most of
-/// the read's time (docs/PERFORMANCE.md, "The whole read"). Read-only; one connection kept
-/// between reads, another opened while it is in use.
+/// the read's time (docs/PERFORMANCE.md, "The whole read"). A large plan is read in two halves
+/// at once, on two connections, from one snapshot ([`BulkReader::whole_plan`]). Reads through
+/// read-only connections; one kept between reads, others opened while it is in use.
 struct BulkReader {
     path: PathBuf,
+    /// Whether a whole read may take the write lock for a moment, to begin its two halves
+    /// from one snapshot: the store's own file, not one opened read-only.
+    may_lock: bool,
+    /// [`SPLIT_FROM_ROWS`], smaller in tests.
+    split_from: i64,
     idle: std::sync::Mutex<Option<rusqlite::Connection>>,
 }
 
+/// A plan is read in two halves at once when its table spans this many rowids or more:
+/// below it, a second connection and thread are not worth their start.
+const SPLIT_FROM_ROWS: i64 = 100_000;
+
 impl BulkReader {
-    fn new(path: &Path) -> Result<Self, StoreError> {
+    fn new(path: &Path, may_lock: bool) -> Result<Self, StoreError> {
         let connection = Self::connect(path)?;
         Ok(BulkReader {
             path: path.to_owned(),
+            may_lock,
+            split_from: SPLIT_FROM_ROWS,
             idle: std::sync::Mutex::new(Some(connection)),
         })
     }
@@ -67,9 +79,10 @@ impl BulkReader {
         Ok(connection)
     }
 
-    /// [`queries::PLAN_VALUES_AS_STORED`] for a whole plan, [`queries::INDICATOR_VALUES`] for
-    /// one indicator, in the snapshot's order ([`queries::ValuesRead`]: each distinct name
-    /// allocated once, from the text SQLite holds for the row).
+    /// [`queries::PLAN_VALUES_AS_STORED`] for a whole plan ([`Self::whole_plan`]),
+    /// [`queries::INDICATOR_VALUES`] for one indicator, in the snapshot's order
+    /// ([`queries::ValuesRead`]: each distinct name allocated once, from the text SQLite holds
+    /// for the row).
     fn current_values(
         &self,
         plan_id: &str,
@@ -80,64 +93,170 @@ impl BulkReader {
             Some(connection) => connection,
             None => Self::connect(&self.path)?,
         };
-        let mut read = queries::ValuesRead::new(plan_id);
-        let result = (|| -> rusqlite::Result<()> {
-            let mut statement;
-            let mut rows = match indicator_id {
-                None => {
-                    statement = connection.prepare(queries::PLAN_VALUES_AS_STORED)?;
-                    statement.query([plan_id])?
-                }
-                Some(indicator_id) => {
-                    statement = connection.prepare(queries::INDICATOR_VALUES)?;
-                    statement.query((plan_id, indicator_id))?
-                }
-            };
-            while let Some(row) = rows.next()? {
-                let name = |column: usize| -> rusqlite::Result<&str> {
-                    match row.get_ref(column)? {
-                        ValueRef::Text(text) => std::str::from_utf8(text).map_err(|error| {
-                            rusqlite::Error::FromSqlConversionFailure(
-                                column,
-                                rusqlite::types::Type::Text,
-                                Box::new(error),
-                            )
-                        }),
-                        // As `Row::get` says it, naming the column.
-                        other => Err(rusqlite::Error::InvalidColumnType(
-                            column,
-                            row.as_ref().column_name(column)?.to_owned(),
-                            other.data_type(),
-                        )),
-                    }
-                };
-                read.push(
-                    [name(1)?, name(2)?, name(3)?],
-                    |(plan_id, indicator_id, unit_id, period)| -> rusqlite::Result<ValueRow> {
-                        Ok(ValueRow {
-                            plan_id,
-                            indicator_id,
-                            unit_id,
-                            period,
-                            value: row.get(4)?,
-                            note: row.get(5)?,
-                            revision: row.get(6)?,
-                            issued_at_ms: row.get(7)?,
-                            seq: row.get(8)?,
-                            report_pk: row.get(9)?,
-                            updated_at_ms: row.get(10)?,
-                            first_received_at_ms: row.get(11)?,
-                            first_issued_at_ms: row.get(12)?,
-                        })
-                    },
-                )?;
+        let read = match indicator_id {
+            None => self.whole_plan(&connection, plan_id),
+            Some(indicator_id) => {
+                let key = (plan_id, indicator_id);
+                read_values(&connection, plan_id, queries::INDICATOR_VALUES, key, || ())
             }
-            Ok(())
-        })();
+        };
         *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
-        result.map_err(|error| corrupt_or("current_values", error))?;
-        Ok(read.in_snapshot_order())
+        Ok(read
+            .map_err(|error| corrupt_or("current_values", error))?
+            .in_snapshot_order())
     }
+
+    /// A whole plan's values. When the table is large, in two halves at once, each on its own
+    /// connection and thread, split by rowid (each a scan of its part of the table as stored,
+    /// [`queries::PLAN_VALUES_AS_STORED_BEFORE`] and `_FROM`): stepping and decoding the rows
+    /// is most of the read, and a start has both cores for it. The two must read one snapshot,
+    /// or a row rewritten between their beginnings could be read twice or not at all, so both
+    /// begin (step their first row, which fixes what a WAL reader sees) while a third
+    /// connection holds the write lock (`BEGIN IMMEDIATE`, rolled back as soon as both have
+    /// begun: the writer waits for that moment, through its busy timeout). Where that lock
+    /// cannot be had (a store opened read-only, the file not writable), on one connection.
+    fn whole_plan(
+        &self,
+        first: &rusqlite::Connection,
+        plan_id: &str,
+    ) -> rusqlite::Result<queries::ValuesRead> {
+        let whole = || {
+            read_values(
+                first,
+                plan_id,
+                queries::PLAN_VALUES_AS_STORED,
+                [plan_id],
+                || (),
+            )
+        };
+        let (low, high): (Option<i64>, Option<i64>) = first.query_row(
+            "SELECT min(rowid), max(rowid) FROM current_values",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let split = match (low, high) {
+            (Some(low), Some(high)) if high - low >= self.split_from => low + (high - low) / 2,
+            _ => return whole(),
+        };
+        let Some(lock) = self.write_lock() else {
+            return whole();
+        };
+        let second = Self::connect(&self.path)?;
+        std::thread::scope(|scope| {
+            let (begun, second_begun) = std::sync::mpsc::sync_channel::<()>(1);
+            let later = scope.spawn(move || {
+                let sql = queries::PLAN_VALUES_AS_STORED_FROM;
+                read_values(&second, plan_id, sql, (plan_id, split), || {
+                    let _ = begun.send(());
+                })
+            });
+            let earlier = read_values(
+                first,
+                plan_id,
+                queries::PLAN_VALUES_AS_STORED_BEFORE,
+                (plan_id, split),
+                move || {
+                    // Until the other half has begun too (or failed before it could: its
+                    // sender dropped), then the writer may go on.
+                    let _ = second_begun.recv();
+                    drop(lock);
+                },
+            );
+            let later = later
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let mut read = earlier?;
+            read.append(later?);
+            Ok(read)
+        })
+    }
+
+    /// A connection of its own holding the database's write lock, for [`Self::whole_plan`];
+    /// dropping it rolls back (nothing was written). `None` when it cannot be had.
+    fn write_lock(&self) -> Option<rusqlite::Connection> {
+        use rusqlite::OpenFlags;
+        if !self.may_lock {
+            return None;
+        }
+        let lock = || -> rusqlite::Result<rusqlite::Connection> {
+            let connection = rusqlite::Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            // Not the readers' 10 s: a writer committing back to back leaves few gaps, and
+            // one connection reads as well as two waiting.
+            connection.busy_timeout(std::time::Duration::from_millis(500))?;
+            connection.execute_batch("BEGIN IMMEDIATE")?;
+            Ok(connection)
+        };
+        lock()
+            .inspect_err(|error| {
+                tracing::debug!(%error, "the whole read on one connection: no write lock");
+            })
+            .ok()
+    }
+}
+
+/// Every row `sql` returns for `params` (rows of `plan_id`), taken into a
+/// [`queries::ValuesRead`]; `begun` is called once the statement has stepped its first row (or
+/// found none), when its snapshot is fixed.
+fn read_values(
+    connection: &rusqlite::Connection,
+    plan_id: &str,
+    sql: &str,
+    params: impl rusqlite::Params,
+    begun: impl FnOnce(),
+) -> rusqlite::Result<queries::ValuesRead> {
+    let mut read = queries::ValuesRead::new(plan_id);
+    let mut statement = connection.prepare(sql)?;
+    let mut rows = statement.query(params)?;
+    let mut begun = Some(begun);
+    while let Some(row) = rows.next()? {
+        if let Some(begun) = begun.take() {
+            begun();
+        }
+        let name = |column: usize| -> rusqlite::Result<&str> {
+            match row.get_ref(column)? {
+                ValueRef::Text(text) => std::str::from_utf8(text).map_err(|error| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        column,
+                        rusqlite::types::Type::Text,
+                        Box::new(error),
+                    )
+                }),
+                // As `Row::get` says it, naming the column.
+                other => Err(rusqlite::Error::InvalidColumnType(
+                    column,
+                    row.as_ref().column_name(column)?.to_owned(),
+                    other.data_type(),
+                )),
+            }
+        };
+        read.push(
+            [name(1)?, name(2)?, name(3)?],
+            |(plan_id, indicator_id, unit_id, period)| -> rusqlite::Result<ValueRow> {
+                Ok(ValueRow {
+                    plan_id,
+                    indicator_id,
+                    unit_id,
+                    period,
+                    value: row.get(4)?,
+                    note: row.get(5)?,
+                    revision: row.get(6)?,
+                    issued_at_ms: row.get(7)?,
+                    seq: row.get(8)?,
+                    report_pk: row.get(9)?,
+                    updated_at_ms: row.get(10)?,
+                    first_received_at_ms: row.get(11)?,
+                    first_issued_at_ms: row.get(12)?,
+                })
+            },
+        )?;
+    }
+    if let Some(begun) = begun.take() {
+        begun();
+    }
+    Ok(read)
 }
 
 /// A column of the wrong type or size, read through `rusqlite`, is a corrupt row of `table`;
@@ -179,7 +298,7 @@ impl SqliteStore {
             .after_connect(|conn, _| Box::pin(async move { pragmas(conn).await }))
             .connect(&url)
             .await?;
-        let bulk = std::sync::Arc::new(BulkReader::new(&path)?);
+        let bulk = std::sync::Arc::new(BulkReader::new(&path, true)?);
         let (writer, jobs) = mpsc::channel(group::QUEUE);
         Writer::start(&path, jobs)?;
         Ok(SqliteStore {
@@ -212,7 +331,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: None,
             readers,
-            bulk: std::sync::Arc::new(BulkReader::new(&path)?),
+            bulk: std::sync::Arc::new(BulkReader::new(&path, false)?),
             path,
         })
     }
@@ -443,6 +562,90 @@ mod tests {
              VALUES ('p', 'i1', '{unit_id}', '2020', {value}, '', 1, 10, 1, 7, 20, 20)"
         ))
         .unwrap();
+    }
+
+    /// A plan read in two halves at once while a writer rewrites every row in each commit:
+    /// each read sees every key once, all from one commit, never the halves of two.
+    #[tokio::test]
+    async fn a_whole_plan_read_in_two_halves_is_one_snapshot() {
+        const ROWS: usize = 2_000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("duban.db");
+        let _store = SqliteStore::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch("PRAGMA foreign_keys = OFF; BEGIN")
+            .unwrap();
+        // Stored out of the keys' order (7919 is prime to ROWS), so that each half's rows are
+        // put in order and the halves among each other.
+        for unit in (0..ROWS).map(|i| i * 7919 % ROWS) {
+            db.execute(
+                "INSERT INTO current_values (plan_id, indicator_id, unit_id, period, value, \
+                 note, revision, issued_at_ms, seq, report_pk, updated_at_ms, \
+                 first_received_at_ms) VALUES ('p', 'i1', ?1, '2020', 0, '', 1, 10, 1, 7, 20, 20)",
+                [format!("u{unit:04}")],
+            )
+            .unwrap();
+        }
+        db.execute_batch("COMMIT").unwrap();
+        let reader = BulkReader {
+            split_from: 2,
+            ..BulkReader::new(&path, true).unwrap()
+        };
+        assert!(reader.write_lock().is_some(), "the halves' lock can be had");
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                db.execute_batch("PRAGMA synchronous = OFF").unwrap();
+                db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    db.execute_batch(
+                        "BEGIN IMMEDIATE; UPDATE current_values SET value = value + 1; COMMIT",
+                    )
+                    .unwrap();
+                    // A writer's pace, not a wait for anything: back to back, its commits
+                    // would leave the reads' lock (polled by SQLite's busy handler) no gap.
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        });
+        // 300 reads at least, and until they have seen 20 of the writer's commits, so that it
+        // committed while they ran. (Begun apart, the halves held two commits within about
+        // a hundred reads.)
+        let units: Vec<String> = (0..ROWS).map(|unit| format!("u{unit:04}")).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for reads in 1..100_000 {
+            let values = reader.current_values("p", None).unwrap();
+            let read: Vec<&str> = values.iter().map(|v| v.unit_id.as_str()).collect();
+            assert_eq!(read, units, "every key once, in order");
+            let shared = |name: fn(&ValueRow) -> &str| {
+                values
+                    .iter()
+                    .all(|v| std::ptr::eq(name(v), name(&values[0])))
+            };
+            assert!(shared(|v| &v.plan_id), "one plan name for both halves");
+            assert!(
+                shared(|v| &v.indicator_id),
+                "one indicator name for both halves"
+            );
+            let commit = values[0].value;
+            let other = values.iter().find(|v| v.value != commit);
+            assert!(
+                other.is_none(),
+                "one read holds rows of two commits: {commit} and {:?}",
+                other.map(|v| v.value)
+            );
+            seen.insert(commit as u64);
+            if reads >= 300 && seen.len() >= 20 {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(seen.len() >= 20, "the writer's commits seen: {seen:?}");
     }
 
     #[tokio::test]
