@@ -62,8 +62,10 @@ struct ProgressArgs {
     runs: usize,
     /// Also time the store's whole read of the plan's values (what the aggregator's first view
     /// after a start reads) from this SQLite file, `--runs` times, before the computations (so
-    /// that the first read runs in a fresh process, as at a start); the file is filled first,
-    /// through the store's ingest, when it holds no report, and kept for the next run.
+    /// that the first read runs in a fresh process, as at a start), each read followed by
+    /// SQLite's bare scan of the same rows (its floor: every column stepped, nothing kept); the
+    /// file is filled first, through the store's ingest, when it holds no report, and kept for
+    /// the next run.
     #[arg(long, value_name = "FILE")]
     store: Option<PathBuf>,
     /// As `--store`, on this database instead of a file: a `sqlite://` or `postgres://` URL,
