@@ -40,9 +40,10 @@ pub struct SqliteStore {
 /// after a start reading them all. Through `rusqlite` on a blocking thread, each row decoded
 /// where SQLite steps it: through sqlx, every column of every row was copied once more
 /// (`sqlite3_value_dup`) and every row handed from its worker thread to the reader, most of
-/// the read's time (docs/PERFORMANCE.md, "The whole read"). A large plan is read in two halves
-/// at once, on two connections, from one snapshot ([`BulkReader::whole_plan`]). Reads through
-/// read-only connections; one kept between reads, others opened while it is in use.
+/// the read's time (docs/PERFORMANCE.md, "The whole read"). A plan in a large table is read in
+/// two halves at once, on two connections, from one snapshot ([`BulkReader::whole_plan`]).
+/// Reads through read-only connections; one kept between reads, others opened while it is in
+/// use.
 struct BulkReader {
     path: PathBuf,
     /// Whether a whole read may take the write lock for a moment, to begin its two halves
@@ -94,10 +95,12 @@ impl BulkReader {
             None => Self::connect(&self.path)?,
         };
         let read = match indicator_id {
-            None => self.whole_plan(&connection, plan_id),
+            None => self
+                .whole_plan(&connection, plan_id)
+                .map(|(read, _halves)| read),
             Some(indicator_id) => {
                 let key = (plan_id, indicator_id);
-                read_values(&connection, plan_id, queries::INDICATOR_VALUES, key, || ())
+                read_values(&connection, plan_id, queries::INDICATOR_VALUES, key)
             }
         };
         *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
@@ -106,28 +109,26 @@ impl BulkReader {
             .in_snapshot_order())
     }
 
-    /// A whole plan's values. When the table is large, in two halves at once, each on its own
-    /// connection and thread, split by rowid (each a scan of its part of the table as stored,
-    /// [`queries::PLAN_VALUES_AS_STORED_BEFORE`] and `_FROM`): stepping and decoding the rows
-    /// is most of the read, and a start has both cores for it. The two must read one snapshot,
-    /// or a row rewritten between their beginnings could be read twice or not at all, so both
-    /// begin (step their first row, which fixes what a WAL reader sees) while a third
-    /// connection holds the write lock (`BEGIN IMMEDIATE`, rolled back as soon as both have
-    /// begun: the writer waits for that moment, through its busy timeout). Where that lock
-    /// cannot be had (a store opened read-only, the file not writable), on one connection.
+    /// A whole plan's values, and whether they were read in two halves. When the table is
+    /// large (spans [`SPLIT_FROM_ROWS`] rowids, whatever plans it holds), in two halves at
+    /// once, each on its own connection and thread, split by rowid (each a scan of its part of
+    /// the table as stored, [`queries::PLAN_VALUES_AS_STORED_BEFORE`] and `_FROM`): stepping
+    /// and decoding the rows is most of the read, and a start has both cores for it. The two
+    /// must read one snapshot, or a row rewritten between their beginnings could be read twice
+    /// or not at all, so each connection begins its read transaction (`BEGIN` and a read of
+    /// the schema, which fixes what a WAL reader sees) while a third connection holds the
+    /// write lock (`BEGIN IMMEDIATE`, rolled back as soon as both have begun: the writer waits
+    /// that moment, through its busy timeout). Where that lock cannot be had (a store opened
+    /// read-only, the file not writable, a writer that leaves no gap for 500 ms), or a second
+    /// connection cannot be opened, on one connection.
     fn whole_plan(
         &self,
         first: &rusqlite::Connection,
         plan_id: &str,
-    ) -> rusqlite::Result<queries::ValuesRead> {
+    ) -> rusqlite::Result<(queries::ValuesRead, bool)> {
         let whole = || {
-            read_values(
-                first,
-                plan_id,
-                queries::PLAN_VALUES_AS_STORED,
-                [plan_id],
-                || (),
-            )
+            read_values(first, plan_id, queries::PLAN_VALUES_AS_STORED, [plan_id])
+                .map(|read| (read, false))
         };
         let (low, high): (Option<i64>, Option<i64>) = first.query_row(
             "SELECT min(rowid), max(rowid) FROM current_values",
@@ -135,39 +136,37 @@ impl BulkReader {
             |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
         let split = match (low, high) {
-            (Some(low), Some(high)) if high - low >= self.split_from => low + (high - low) / 2,
+            (Some(low), Some(high)) if high.saturating_sub(low) >= self.split_from => {
+                low.midpoint(high)
+            }
             _ => return whole(),
+        };
+        let Ok(second) = Self::connect(&self.path) else {
+            return whole();
         };
         let Some(lock) = self.write_lock() else {
             return whole();
         };
-        let second = Self::connect(&self.path)?;
+        // The first connection goes back to be kept, so its read transaction must end (or
+        // every later read would see this snapshot); the second's ends as it is closed.
+        let earlier = ReadTransaction::begin(first);
+        let later = second.execute_batch(concat!("BEGIN; ", begin_reading!()));
+        drop(lock);
+        let _earlier = earlier?;
+        later?;
         std::thread::scope(|scope| {
-            let (begun, second_begun) = std::sync::mpsc::sync_channel::<()>(1);
             let later = scope.spawn(move || {
                 let sql = queries::PLAN_VALUES_AS_STORED_FROM;
-                read_values(&second, plan_id, sql, (plan_id, split), || {
-                    let _ = begun.send(());
-                })
+                read_values(&second, plan_id, sql, (plan_id, split))
             });
-            let earlier = read_values(
-                first,
-                plan_id,
-                queries::PLAN_VALUES_AS_STORED_BEFORE,
-                (plan_id, split),
-                move || {
-                    // Until the other half has begun too (or failed before it could: its
-                    // sender dropped), then the writer may go on.
-                    let _ = second_begun.recv();
-                    drop(lock);
-                },
-            );
+            let sql = queries::PLAN_VALUES_AS_STORED_BEFORE;
+            let earlier = read_values(first, plan_id, sql, (plan_id, split));
             let later = later
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             let mut read = earlier?;
             read.append(later?);
-            Ok(read)
+            Ok((read, true))
         })
     }
 
@@ -197,24 +196,50 @@ impl BulkReader {
     }
 }
 
+/// A read transaction begun by [`BulkReader::whole_plan`] (`BEGIN` and a first read), ended
+/// when dropped: a read-only transaction has nothing to commit, so it is rolled back.
+struct ReadTransaction<'c>(&'c rusqlite::Connection);
+
+/// A first read, of the schema: in a transaction begun with `BEGIN`, it fixes the snapshot
+/// the transaction's reads see.
+macro_rules! begin_reading {
+    () => {
+        "SELECT count(*) FROM sqlite_schema"
+    };
+}
+use begin_reading;
+
+impl<'c> ReadTransaction<'c> {
+    fn begin(connection: &'c rusqlite::Connection) -> rusqlite::Result<Self> {
+        connection.execute_batch("BEGIN")?;
+        let transaction = ReadTransaction(connection);
+        connection.execute_batch(begin_reading!())?;
+        Ok(transaction)
+    }
+}
+
+impl Drop for ReadTransaction<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_autocommit()
+            && let Err(error) = self.0.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(%error, "ending the whole read's transaction");
+        }
+    }
+}
+
 /// Every row `sql` returns for `params` (rows of `plan_id`), taken into a
-/// [`queries::ValuesRead`]; `begun` is called once the statement has stepped its first row (or
-/// found none), when its snapshot is fixed.
+/// [`queries::ValuesRead`].
 fn read_values(
     connection: &rusqlite::Connection,
     plan_id: &str,
     sql: &str,
     params: impl rusqlite::Params,
-    begun: impl FnOnce(),
 ) -> rusqlite::Result<queries::ValuesRead> {
     let mut read = queries::ValuesRead::new(plan_id);
     let mut statement = connection.prepare(sql)?;
     let mut rows = statement.query(params)?;
-    let mut begun = Some(begun);
     while let Some(row) = rows.next()? {
-        if let Some(begun) = begun.take() {
-            begun();
-        }
         let name = |column: usize| -> rusqlite::Result<&str> {
             match row.get_ref(column)? {
                 ValueRef::Text(text) => std::str::from_utf8(text).map_err(|error| {
@@ -252,9 +277,6 @@ fn read_values(
                 })
             },
         )?;
-    }
-    if let Some(begun) = begun.take() {
-        begun();
     }
     Ok(read)
 }
@@ -612,13 +634,17 @@ mod tests {
                 }
             }
         });
-        // 300 reads at least, and until they have seen 20 of the writer's commits, so that it
-        // committed while they ran. (Begun apart, the halves held two commits within about
-        // a hundred reads.)
+        // 300 reads in halves at least (the lock missed, a read is made on one connection),
+        // and until they have seen 20 of the writer's commits, so that it committed while they
+        // ran. (Begun apart, the halves held two commits within a few hundred reads.)
         let units: Vec<String> = (0..ROWS).map(|unit| format!("u{unit:04}")).collect();
         let mut seen = std::collections::BTreeSet::new();
-        for reads in 1..100_000 {
-            let values = reader.current_values("p", None).unwrap();
+        let connection = BulkReader::connect(&path).unwrap();
+        let mut halves = 0;
+        for _ in 0..100_000 {
+            let (read, in_halves) = reader.whole_plan(&connection, "p").unwrap();
+            halves += usize::from(in_halves);
+            let values = read.in_snapshot_order();
             let read: Vec<&str> = values.iter().map(|v| v.unit_id.as_str()).collect();
             assert_eq!(read, units, "every key once, in order");
             let shared = |name: fn(&ValueRow) -> &str| {
@@ -639,13 +665,16 @@ mod tests {
                 other.map(|v| v.value)
             );
             seen.insert(commit as u64);
-            if reads >= 300 && seen.len() >= 20 {
+            if halves >= 300 && seen.len() >= 20 {
                 break;
             }
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
         assert!(seen.len() >= 20, "the writer's commits seen: {seen:?}");
+        assert!(halves >= 300, "{halves} reads in halves");
+        // The kept connection's transaction ended with the read: it sees a later commit.
+        assert!(connection.is_autocommit());
     }
 
     #[tokio::test]

@@ -629,6 +629,21 @@ mod tests {
             plan(&conn, crate::store::queries::PLAN_VALUES_AS_STORED),
             ["SCAN current_values"]
         );
+        // A large plan's two halves: each a search of the table by its rowid, no index.
+        for (sql, range) in [
+            (
+                crate::store::queries::PLAN_VALUES_AS_STORED_BEFORE,
+                "rowid<?",
+            ),
+            (crate::store::queries::PLAN_VALUES_AS_STORED_FROM, "rowid>?"),
+        ] {
+            assert_eq!(
+                plan(&conn, sql),
+                [format!(
+                    "SEARCH current_values USING INTEGER PRIMARY KEY ({range})"
+                )]
+            );
+        }
         let one = plan(&conn, crate::store::queries::INDICATOR_VALUES);
         assert!(
             matches!(&one[..], [step] if step.starts_with("SEARCH current_values USING INDEX sqlite_autoindex_current_values_1 (plan_id=? AND indicator_id=?")),
