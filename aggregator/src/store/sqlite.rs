@@ -150,7 +150,9 @@ impl BulkReader {
         // The first connection goes back to be kept, so its read transaction must end (or
         // every later read would see this snapshot); the second's ends as it is closed.
         let earlier = ReadTransaction::begin(first);
-        let later = second.execute_batch(concat!("BEGIN; ", begin_reading!()));
+        let later = second
+            .execute_batch("BEGIN")
+            .and_then(|()| second.execute_batch(FIRST_READ));
         drop(lock);
         let _earlier = earlier?;
         later?;
@@ -202,18 +204,13 @@ struct ReadTransaction<'c>(&'c rusqlite::Connection);
 
 /// A first read, of the schema: in a transaction begun with `BEGIN`, it fixes the snapshot
 /// the transaction's reads see.
-macro_rules! begin_reading {
-    () => {
-        "SELECT count(*) FROM sqlite_schema"
-    };
-}
-use begin_reading;
+const FIRST_READ: &str = "SELECT count(*) FROM sqlite_schema";
 
 impl<'c> ReadTransaction<'c> {
     fn begin(connection: &'c rusqlite::Connection) -> rusqlite::Result<Self> {
         connection.execute_batch("BEGIN")?;
         let transaction = ReadTransaction(connection);
-        connection.execute_batch(begin_reading!())?;
+        connection.execute_batch(FIRST_READ)?;
         Ok(transaction)
     }
 }
