@@ -749,15 +749,42 @@ impl Server {
         let stderr = child.stderr.take().context("server stderr")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(serving) {
-                    let _ = tx.send(line);
+            let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+            for line in lines.by_ref() {
+                let serves = line.contains(serving);
+                if tx.send(line).is_err() || serves {
+                    break;
                 }
             }
+            // Read on, so that the server never blocks on a full pipe.
+            lines.for_each(drop);
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .with_context(|| format!("no \"{serving}\" within 60 s"))?;
+        // The server's last lines, for the error when it does not come up.
+        let mut last = std::collections::VecDeque::with_capacity(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let line = loop {
+            let why = match rx
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            {
+                Ok(line) if line.contains(serving) => break line,
+                Ok(line) => {
+                    if last.len() == 20 {
+                        last.pop_front();
+                    }
+                    last.push_back(line);
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => "within 60 s",
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => "before it exited",
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            let last: Vec<String> = last.into();
+            bail!(
+                "no \"{serving}\" {why}; its last lines on stderr:\n{}",
+                last.join("\n")
+            );
+        };
         let grpc = line
             .split("grpc=")
             .nth(1)

@@ -284,6 +284,14 @@ mod backend {
             plan_id: &str,
             indicator_id: Option<&str>,
         ) -> Result<Vec<ValueRow>, StoreError>;
+        /// See [`Store::changed_after`](super::Store::changed_after): a few rows among
+        /// millions, found by index lookups ([`queries::CHANGED_VALUES`]), which each backend
+        /// has planned its own way.
+        async fn changed_after(
+            &self,
+            plan_id: &str,
+            report_pk: i64,
+        ) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError>;
     }
 }
 
@@ -353,7 +361,7 @@ impl<B: SqlBackend> Store for B {
         plan_id: &str,
         report_pk: i64,
     ) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError> {
-        queries::changed_after(self.read_pool(), plan_id, report_pk).await
+        SqlBackend::changed_after(self, plan_id, report_pk).await
     }
     fn ids_follow_commits(&self) -> bool {
         SqlBackend::ids_follow_commits(self)
@@ -614,6 +622,13 @@ impl SqlBackend for AnyStore {
         indicator_id: Option<&str>,
     ) -> Result<Vec<ValueRow>, StoreError> {
         delegate!(self, read_current_values(plan_id, indicator_id))
+    }
+    async fn changed_after(
+        &self,
+        plan_id: &str,
+        report_pk: i64,
+    ) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError> {
+        delegate!(self, changed_after(plan_id, report_pk))
     }
     fn ids_follow_commits(&self) -> bool {
         matches!(self, AnyStore::Sqlite(_))

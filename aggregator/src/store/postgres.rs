@@ -20,7 +20,7 @@ use super::decide::decide;
 use super::group::{self, Commit};
 use super::types::*;
 use super::{AlertChanges, SqlBackend, StoreError, WantedAlert, queries};
-use crate::progress::input::ValueRow;
+use crate::progress::input::{TaskRow, ValueRow};
 
 /// Advisory lock keys are derived from the schema, so that deployments (and test schemas)
 /// sharing one database do not contend; replicas of one deployment share a schema.
@@ -125,11 +125,23 @@ async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, StoreError>
 /// were still empty, otherwise kept scanning the whole of `reports` and `current_values` for
 /// each group as they grew (docs/PERFORMANCE.md, "Ingest").
 fn writer_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
-    Ok(PgConnectOptions::from_str(url)?.options([
-        ("enable_seqscan", "off"),
-        ("enable_hashjoin", "off"),
-        ("enable_mergejoin", "off"),
-    ]))
+    Ok(PgConnectOptions::from_str(url)?.options(INDEX_LOOKUPS_ONLY))
+}
+
+/// The planner's settings for statements that find their rows by unique keys: no sequential
+/// scans, no hash or merge joins (a nested loop of index lookups).
+const INDEX_LOOKUPS_ONLY: [(&str, &str); 3] = [
+    ("enable_seqscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
+
+/// [`INDEX_LOOKUPS_ONLY`] for the rest of a transaction.
+fn index_lookups_only_local() -> String {
+    INDEX_LOOKUPS_ONLY
+        .iter()
+        .map(|(name, value)| format!("SET LOCAL {name} = {value};"))
+        .collect()
 }
 
 /// The pool of the whole reads, connected at the first read, with the planner's defaults (a
@@ -205,6 +217,24 @@ impl SqlBackend for PgStore {
     /// Sequences hand out ids before commit, to replicas writing at once.
     fn ids_follow_commits(&self) -> bool {
         false
+    }
+    /// Each key's lookup a subquery of its own ([`queries::CHANGED_VALUES_PG`]), in a
+    /// transaction planned for index lookups only ([`INDEX_LOOKUPS_ONLY`]): the statements are
+    /// prepared, and a generic plan made while the tables were small (or had no statistics:
+    /// this machine's PostgreSQL runs without autovacuum) is kept as they grow.
+    async fn changed_after(
+        &self,
+        plan_id: &str,
+        report_pk: i64,
+    ) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(index_lookups_only_local()))
+            .execute(&mut *tx)
+            .await?;
+        let sql = [queries::CHANGED_VALUES_PG, queries::CHANGED_TASKS_PG];
+        let changed = queries::changed_after(&mut tx, sql, plan_id, report_pk).await?;
+        tx.commit().await?;
+        Ok(changed)
     }
     /// Through a typed connection, each row decoded from PostgreSQL's binary format as it
     /// arrives, then put in the snapshot's order ([`queries::ValuesRead`]), as SQLite's whole
@@ -303,22 +333,47 @@ mod tests {
 
     use super::*;
 
-    /// The group's lookups, planned as a prepared statement's generic plan on empty tables (the
-    /// plan a writer keeps once the tables grow), search indexes only.
-    #[tokio::test]
-    async fn group_lookups_search_indexes_even_planned_on_empty_tables() {
-        let test = "group_lookups_search_indexes_even_planned_on_empty_tables";
-        let Some(base) = duban_testkit::postgres_url(test) else {
-            return;
-        };
-        let schema = format!("duban_plans_{}", std::process::id());
+    /// A new schema named after `tag`, migrated, on the test server for `test`: the admin
+    /// connection (to drop it), the URL of the schema, its name. None when there is no server
+    /// (the test says why).
+    async fn migrated(test: &str, tag: &str) -> Option<(PgConnection, String, String)> {
+        let base = duban_testkit::postgres_url(test)?;
+        let schema = format!("duban_{tag}_{}", std::process::id());
         let mut admin = PgConnection::connect(&base).await.unwrap();
         let reset = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}");
         admin.execute(sqlx::AssertSqlSafe(reset)).await.unwrap();
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
         drop(PgStore::open_with(&url, 2).await.unwrap());
+        Some((admin, url, schema))
+    }
 
+    /// The plan of the prepared statement `name` of `sql` (every parameter NULL), planned
+    /// generic on `conn` (set to `plan_cache_mode = force_generic_plan`).
+    async fn generic_plan(conn: &mut PgConnection, name: &str, sql: &str, params: usize) -> String {
+        let prepare = format!("PREPARE {name} AS {sql}");
+        conn.execute(sqlx::AssertSqlSafe(prepare)).await.unwrap();
+        let params = vec!["NULL"; params].join(", ");
+        let explain = format!("EXPLAIN EXECUTE {name}({params})");
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        plan.join("\n")
+    }
+
+    /// The group's lookups, planned as a prepared statement's generic plan on empty tables (the
+    /// plan a writer keeps once the tables grow), search indexes only.
+    #[tokio::test]
+    async fn group_lookups_search_indexes_even_planned_on_empty_tables() {
+        let Some((mut admin, url, schema)) = migrated(
+            "group_lookups_search_indexes_even_planned_on_empty_tables",
+            "plans",
+        )
+        .await
+        else {
+            return;
+        };
         let mut conn = PgConnection::connect_with(&writer_options(&url).unwrap())
             .await
             .unwrap();
@@ -326,21 +381,93 @@ mod tests {
             .await
             .unwrap();
         for (name, sql) in group_sql::LOOKUPS {
-            let prepare = format!("PREPARE {name} AS {sql}");
-            conn.execute(sqlx::AssertSqlSafe(prepare)).await.unwrap();
             let params = (1..)
                 .take_while(|n| sql.contains(&format!("${n}::")))
-                .map(|_| "NULL")
-                .collect::<Vec<_>>()
-                .join(", ");
-            let explain = format!("EXPLAIN EXECUTE {name}({params})");
-            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
-            let plan = plan.join("\n");
+                .count();
+            let plan = generic_plan(&mut conn, name, sql, params).await;
             assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
             assert!(plan.contains("Index"), "{name}:\n{plan}");
+        }
+        let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
+        admin
+            .execute(sqlx::AssertSqlSafe(drop_schema))
+            .await
+            .unwrap();
+    }
+
+    /// The rows changed after a report, planned as `changed_after` plans them (in a
+    /// transaction set to index lookups only) and as the generic plan a prepared statement
+    /// keeps, are found by index lookups, the history by report and each current row by its
+    /// key: on empty tables without statistics (a new database; this machine's PostgreSQL runs
+    /// without autovacuum), and on analysed tables where one plan holds every row.
+    #[tokio::test]
+    async fn the_rows_changed_after_a_report_are_found_by_index_lookups() {
+        let Some((mut admin, url, schema)) = migrated(
+            "the_rows_changed_after_a_report_are_found_by_index_lookups",
+            "changed",
+        )
+        .await
+        else {
+            return;
+        };
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        for state in ["empty", "analysed"] {
+            if state == "analysed" {
+                // Rows without their reports (no foreign-key checks in this session).
+                conn.execute(
+                    "SET session_replication_role = replica; \
+                     INSERT INTO value_history SELECT g, 'p', 'i' || g % 50, 'u' || g / 50, \
+                     '2020-01', 1, '' FROM generate_series(1, 20000) AS g; \
+                     INSERT INTO current_values (plan_id, indicator_id, unit_id, period, value, \
+                     note, revision, issued_at_ms, seq, report_pk, updated_at_ms, \
+                     first_received_at_ms) SELECT plan_id, indicator_id, unit_id, period, value, \
+                     note, 1, 1, 1, report_pk, 1, 1 FROM value_history; \
+                     INSERT INTO task_history SELECT g, 'p', 't' || g % 50, 'm', 'u' || g / 50, \
+                     '2020-01', 50, 'on_track', '' FROM generate_series(1, 20000) AS g; \
+                     INSERT INTO current_tasks (plan_id, task_id, milestone_id, unit_id, period, \
+                     percent, status, note, revision, issued_at_ms, seq, report_pk, \
+                     updated_at_ms, first_received_at_ms) SELECT plan_id, task_id, \
+                     milestone_id, unit_id, period, percent, status, note, 1, 1, 1, report_pk, \
+                     1, 1 FROM task_history; \
+                     ANALYZE",
+                )
+                .await
+                .unwrap();
+            }
+            let mut tx = conn.begin().await.unwrap();
+            tx.execute(sqlx::AssertSqlSafe(index_lookups_only_local()))
+                .await
+                .unwrap();
+            tx.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                .await
+                .unwrap();
+            for (name, sql, history) in [
+                (
+                    "changed_values",
+                    queries::CHANGED_VALUES_PG,
+                    "value_history",
+                ),
+                ("changed_tasks", queries::CHANGED_TASKS_PG, "task_history"),
+            ] {
+                let plan = generic_plan(&mut tx, &format!("{name}_{state}"), sql, 2).await;
+                let context = format!("{name}, {state}:\n{plan}");
+                assert!(!plan.contains("Seq Scan"), "{context}");
+                // The history searched by report, each current row by its whole key (not read
+                // for the plan and filtered).
+                assert!(
+                    plan.lines()
+                        .any(|line| line.contains("Index Cond") && line.contains("report_pk > $2")),
+                    "{context}"
+                );
+                let by_key = format!("(period = {history}.period))");
+                assert!(
+                    plan.lines()
+                        .any(|line| line.contains("Index Cond") && line.contains(&by_key)),
+                    "{context}"
+                );
+                assert!(!plan.contains("Join Filter"), "{context}");
+            }
+            tx.rollback().await.unwrap();
         }
         let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
         admin

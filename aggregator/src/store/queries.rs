@@ -2,7 +2,7 @@
 
 use duban_proto::KeyId;
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::StoreError;
 use super::types::*;
@@ -189,9 +189,9 @@ pub(super) const PLAN_VALUES: &str = concat!(
 
 /// One indicator's current values, found by the key (plan, indicator, unit, period). Not one
 /// statement with the whole plan's (`$2 IS NULL OR indicator_id = $2`): planned for either, it
-/// used no index for the indicator, and SQLite walked the whole plan by
-/// `current_values_by_report` (0.8 s for 120,000 rows on the 10,000-unit plan, against
-/// milliseconds).
+/// used no index for the indicator, and SQLite walked the whole plan by the index of the
+/// current rows by report of that time (0.8 s for 120,000 rows on the 10,000-unit plan,
+/// against milliseconds).
 pub(super) const INDICATOR_VALUES: &str = concat!(
     "SELECT ",
     value_columns!(),
@@ -199,11 +199,10 @@ pub(super) const INDICATOR_VALUES: &str = concat!(
 );
 
 /// A whole plan's current values on SQLite, as the table stores them (`NOT INDEXED`: a scan of
-/// the table). By either index that begins with the plan (its key, `current_values_by_report`)
-/// SQLite walks the index and looks each row up in the table, out of the table's order; and
-/// the rows a correction rewrote move in `current_values_by_report`'s order, away from where
-/// the table holds them. On the 10,000-unit plan with a third of its rows rewritten, 8.0 s
-/// by that index against 2.2 s for the scan (docs/PERFORMANCE.md, "The whole read").
+/// the table). By an index that begins with the plan (its key) SQLite walks the index and
+/// looks each row up in the table, out of the table's order. On the 10,000-unit plan with a
+/// third of its rows rewritten, 8.0 s by the index of the current rows by report (until
+/// migration 0007) against 2.2 s for the scan (docs/PERFORMANCE.md, "The whole read").
 pub(super) const PLAN_VALUES_AS_STORED: &str = concat!(
     "SELECT ",
     value_columns!(),
@@ -401,39 +400,73 @@ pub(super) async fn current_tasks(
     .collect()
 }
 
-/// The current values and task updates last written by a report stored after `report_pk`
-/// (every write of a current row sets its `report_pk` to the report that wrote it).
-/// The current values and task updates written by reports after `$2` (through the
-/// `*_by_report` indexes of migration 0006).
+/// The current values and task updates last written by a report stored after `$2` (every
+/// write of a current row sets its `report_pk` to the report that wrote it): the keys that the
+/// reports after `$2` carried, from their history (its primary key begins with the report),
+/// each looked up by its key in the current rows, the history first. Until migration 0007 they were
+/// found through an index of the current rows by report; every write changes that column, so
+/// on PostgreSQL that index kept each update of a current row from being heap-only
+/// (docs/PERFORMANCE.md, "Ingest").
+///
+/// SQLite: a `CROSS JOIN`, whose order SQLite keeps.
 pub(super) const CHANGED_VALUES: &str = concat!(
     "SELECT ",
     value_columns!(),
-    " FROM current_values WHERE plan_id = $1 AND report_pk > $2"
+    " FROM (SELECT DISTINCT indicator_id AS h_indicator, unit_id AS h_unit, period AS h_period \
+     FROM value_history WHERE plan_id = $1 AND report_pk > $2) AS h \
+     CROSS JOIN current_values WHERE plan_id = $1 AND indicator_id = h_indicator \
+     AND unit_id = h_unit AND period = h_period AND report_pk > $2"
 );
 pub(super) const CHANGED_TASKS: &str = concat!(
     "SELECT ",
     task_columns!(),
-    " FROM current_tasks WHERE plan_id = $1 AND report_pk > $2"
+    " FROM (SELECT DISTINCT task_id AS h_task, milestone_id AS h_milestone, unit_id AS h_unit, \
+     period AS h_period FROM task_history WHERE plan_id = $1 AND report_pk > $2) AS h \
+     CROSS JOIN current_tasks WHERE plan_id = $1 AND task_id = h_task \
+     AND milestone_id = h_milestone AND unit_id = h_unit AND period = h_period AND report_pk > $2"
+);
+/// [`CHANGED_VALUES`] on PostgreSQL: each lookup a `LATERAL` subquery that cannot be merged
+/// into the join (`OFFSET 0`), so that it is planned as a search of the key. As a join, the
+/// generic plan kept by a prepared statement (made on small tables) read every current row of
+/// the plan for each key, the key a filter on them.
+pub(super) const CHANGED_VALUES_PG: &str = concat!(
+    "SELECT c.* FROM (SELECT DISTINCT indicator_id, unit_id, period FROM value_history \
+     WHERE plan_id = $1 AND report_pk > $2) AS h CROSS JOIN LATERAL (SELECT ",
+    value_columns!(),
+    " FROM current_values WHERE plan_id = $1 AND indicator_id = h.indicator_id \
+     AND unit_id = h.unit_id AND period = h.period AND report_pk > $2 OFFSET 0) AS c"
+);
+/// [`CHANGED_TASKS`] on PostgreSQL, as [`CHANGED_VALUES_PG`].
+pub(super) const CHANGED_TASKS_PG: &str = concat!(
+    "SELECT c.* FROM (SELECT DISTINCT task_id, milestone_id, unit_id, period FROM task_history \
+     WHERE plan_id = $1 AND report_pk > $2) AS h CROSS JOIN LATERAL (SELECT ",
+    task_columns!(),
+    " FROM current_tasks WHERE plan_id = $1 AND task_id = h.task_id \
+     AND milestone_id = h.milestone_id AND unit_id = h.unit_id AND period = h.period \
+     AND report_pk > $2 OFFSET 0) AS c"
 );
 
+/// The rows changed after `report_pk` on `conn`, by `values_sql` and `tasks_sql`
+/// ([`CHANGED_VALUES`] and [`CHANGED_TASKS`], or their PostgreSQL forms).
 pub(super) async fn changed_after(
-    pool: &AnyPool,
+    conn: &mut AnyConnection,
+    [values_sql, tasks_sql]: [&'static str; 2],
     plan_id: &str,
     report_pk: i64,
 ) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError> {
     let mut names = Names::default();
-    let values = sqlx::query(CHANGED_VALUES)
+    let values = sqlx::query(values_sql)
         .bind(plan_id.to_owned())
         .bind(report_pk)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?
         .iter()
         .map(|row| value_row(row, &mut names))
         .collect::<Result<_, _>>()?;
-    let tasks = sqlx::query(CHANGED_TASKS)
+    let tasks = sqlx::query(tasks_sql)
         .bind(plan_id.to_owned())
         .bind(report_pk)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?
         .iter()
         .map(task_row)

@@ -23,7 +23,7 @@ use super::decide::decide;
 use super::group::{self, Commit};
 use super::types::*;
 use super::{AlertChanges, StoreError, WantedAlert, queries};
-use crate::progress::input::ValueRow;
+use crate::progress::input::{TaskRow, ValueRow};
 
 mod group_sql;
 
@@ -545,6 +545,15 @@ impl SqlBackend for SqliteStore {
             Ok(values) => values,
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
+    }
+    async fn changed_after(
+        &self,
+        plan_id: &str,
+        report_pk: i64,
+    ) -> Result<(Vec<ValueRow>, Vec<TaskRow>), StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        let sql = [queries::CHANGED_VALUES, queries::CHANGED_TASKS];
+        queries::changed_after(&mut conn, sql, plan_id, report_pk).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         if self.writer.as_ref().is_some_and(|w| w.is_closed()) {
