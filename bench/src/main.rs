@@ -749,15 +749,18 @@ impl Server {
         let stderr = child.stderr.take().context("server stderr")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
-            for line in lines.by_ref() {
-                let serves = line.contains(serving);
-                if tx.send(line).is_err() || serves {
+            let mut stderr = BufReader::new(stderr);
+            let mut line = Vec::new();
+            while matches!(stderr.read_until(b'\n', &mut line), Ok(1..)) {
+                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                line.clear();
+                let serves = text.contains(serving);
+                if tx.send(text).is_err() || serves {
                     break;
                 }
             }
-            // Read on, so that the server never blocks on a full pipe.
-            lines.for_each(drop);
+            // Read on, whatever the bytes, so that the server never blocks on a full pipe.
+            let _ = std::io::copy(&mut stderr, &mut std::io::sink());
         });
         // The server's last lines, for the error when it does not come up.
         let mut last = std::collections::VecDeque::with_capacity(20);

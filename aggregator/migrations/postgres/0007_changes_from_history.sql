@@ -5,7 +5,8 @@
 -- each update from being heap-only (a new entry in every index of the table, and a dead one
 -- left behind in each until a vacuum). The current tables keep a fifth of each page free for
 -- their rows' new versions, so that an update stays on its page and the page is pruned of old
--- versions as it is read.
+-- versions as it is read (pages already full gain that room as their old versions are pruned
+-- or vacuumed away).
 DROP INDEX current_values_by_report;
 DROP INDEX current_tasks_by_report;
 ALTER TABLE current_values SET (fillfactor = 80);
