@@ -333,10 +333,26 @@ mod tests {
 
     use super::*;
 
-    /// A new schema named after `tag`, migrated, on the test server for `test`: the admin
-    /// connection (to drop it), the URL of the schema, its name. None when there is no server
-    /// (the test says why).
-    async fn migrated(test: &str, tag: &str) -> Option<(PgConnection, String, String)> {
+    /// A schema of the test server, migrated, dropped by [`TestSchema::drop`].
+    struct TestSchema {
+        admin: PgConnection,
+        url: String,
+        name: String,
+    }
+
+    impl TestSchema {
+        async fn drop(mut self) {
+            let drop_schema = format!("DROP SCHEMA {} CASCADE", self.name);
+            self.admin
+                .execute(sqlx::AssertSqlSafe(drop_schema))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// A new schema named after `tag`, migrated, on the test server for `test`. None when
+    /// there is no server (the test says why).
+    async fn migrated(test: &str, tag: &str) -> Option<TestSchema> {
         let base = duban_testkit::postgres_url(test)?;
         let schema = format!("duban_{tag}_{}", std::process::id());
         let mut admin = PgConnection::connect(&base).await.unwrap();
@@ -345,7 +361,11 @@ mod tests {
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
         drop(PgStore::open_with(&url, 2).await.unwrap());
-        Some((admin, url, schema))
+        Some(TestSchema {
+            admin,
+            url,
+            name: schema,
+        })
     }
 
     /// The plan of the prepared statement `name` of `sql` (every parameter NULL), planned
@@ -366,7 +386,7 @@ mod tests {
     /// plan a writer keeps once the tables grow), search indexes only.
     #[tokio::test]
     async fn group_lookups_search_indexes_even_planned_on_empty_tables() {
-        let Some((mut admin, url, schema)) = migrated(
+        let Some(schema) = migrated(
             "group_lookups_search_indexes_even_planned_on_empty_tables",
             "plans",
         )
@@ -374,7 +394,7 @@ mod tests {
         else {
             return;
         };
-        let mut conn = PgConnection::connect_with(&writer_options(&url).unwrap())
+        let mut conn = PgConnection::connect_with(&writer_options(&schema.url).unwrap())
             .await
             .unwrap();
         conn.execute("SET plan_cache_mode = force_generic_plan")
@@ -388,11 +408,7 @@ mod tests {
             assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
             assert!(plan.contains("Index"), "{name}:\n{plan}");
         }
-        let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
-        admin
-            .execute(sqlx::AssertSqlSafe(drop_schema))
-            .await
-            .unwrap();
+        schema.drop().await;
     }
 
     /// The rows changed after a report, planned as `changed_after` plans them (in a
@@ -402,7 +418,7 @@ mod tests {
     /// without autovacuum), and on analysed tables where one plan holds every row.
     #[tokio::test]
     async fn the_rows_changed_after_a_report_are_found_by_index_lookups() {
-        let Some((mut admin, url, schema)) = migrated(
+        let Some(schema) = migrated(
             "the_rows_changed_after_a_report_are_found_by_index_lookups",
             "changed",
         )
@@ -410,7 +426,7 @@ mod tests {
         else {
             return;
         };
-        let mut conn = PgConnection::connect(&url).await.unwrap();
+        let mut conn = PgConnection::connect(&schema.url).await.unwrap();
         for state in ["empty", "analysed"] {
             if state == "analysed" {
                 // Rows without their reports (no foreign-key checks in this session).
@@ -469,10 +485,6 @@ mod tests {
             }
             tx.rollback().await.unwrap();
         }
-        let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
-        admin
-            .execute(sqlx::AssertSqlSafe(drop_schema))
-            .await
-            .unwrap();
+        schema.drop().await;
     }
 }
