@@ -3,9 +3,10 @@
 //!
 //! Ingest calls are committed in groups (see [`group`]) by [`WRITERS`] writer tasks, each with
 //! its own queue; a call goes to the writer of its unit, so that within one replica two
-//! transactions never wait for each other's locks. A group is one transaction: every table it
-//! touches read in one statement, [`decide`] in memory, every table written in one statement
-//! (`UNNEST` of typed arrays, through a typed `PgPool`; see `group_sql`).
+//! transactions never wait for each other's locks. A group is one transaction: its units and
+//! keys locked, every table it touches read in one statement, [`decide`] in memory, and every
+//! table written in one statement together (`UNNEST` of typed arrays, through a typed `PgPool`;
+//! see `group_sql`).
 
 mod group_sql;
 
@@ -29,8 +30,10 @@ const NOTIFIER_LOCK: &str =
 const ALERT_SYNC_LOCK: &str =
     "SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':duban-alert-sync'))";
 
-/// How many transactions of one replica store reports at once (each a group of calls).
-const WRITERS: usize = 4;
+/// How many transactions of one replica store reports at once (each a group of calls): two,
+/// so that one group is read and decided while the other's commit is flushed. One and four
+/// both did less on two cores (docs/PERFORMANCE.md, "Ingest").
+const WRITERS: usize = 2;
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -400,7 +403,7 @@ mod tests {
         conn.execute("SET plan_cache_mode = force_generic_plan")
             .await
             .unwrap();
-        for (name, sql) in group_sql::LOOKUPS {
+        for (name, sql) in group_sql::lookups() {
             let params = (1..)
                 .take_while(|n| sql.contains(&format!("${n}::")))
                 .count();

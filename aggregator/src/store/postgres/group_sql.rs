@@ -1,5 +1,6 @@
-//! The PostgreSQL statements of one ingest call: each table read and written in one statement,
-//! the rows passed as typed arrays and spread by `UNNEST`.
+//! The PostgreSQL statements of a group of ingest calls: its units and keys locked, each table
+//! it touches read in one statement, and everything it writes in one more ([`WRITE`]), the rows
+//! passed as typed arrays and spread by `UNNEST`.
 //!
 //! Between replicas: key rows and existing current rows are read `FOR UPDATE` (in key order,
 //! so replicas lock alike); reports and new current rows are plain inserts, so a row another
@@ -7,13 +8,14 @@
 //! retries it whole, reading what the other replica stored.
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 use duban_proto::KeyId;
 use sqlx::{PgConnection, Row};
 
 use crate::store::StoreError;
-use crate::store::decide::{Current, Decided, KeyState, Known, seq_i64};
-use crate::store::types::NewReport;
+use crate::store::decide::{Current, CurrentWrite, Decided, KeyState, Known, seq_i64};
+use crate::store::types::{NewReport, NewTaskUpdate, NewValue};
 
 /// The stored reports of the group's (unit, report id) pairs.
 pub(super) const BY_REPORT_ID: &str = "SELECT r.unit_id, r.report_id, r.payload_sha256 FROM reports r \
@@ -44,46 +46,181 @@ pub(super) const CURRENT_TASKS: &str = "SELECT c.plan_id, c.task_id, c.milestone
                  AND c.period = k.period \
              ORDER BY c.plan_id, c.task_id, c.milestone_id, c.unit_id, c.period FOR UPDATE OF c";
 
-/// Current values replaced by the group.
-pub(super) const UPDATE_VALUES: &str = "UPDATE current_values c SET value = u.value, note = u.note, revision = u.revision, \
-             issued_at_ms = u.issued_at_ms, seq = u.seq, report_pk = u.report_pk, \
-             updated_at_ms = u.updated_at_ms \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], \
-             $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
-             $12::int8[], $13::int8[]) AS u (plan_id, indicator_id, unit_id, period, value, \
-             note, revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms, \
-             first_issued_at_ms) \
-             WHERE c.plan_id = u.plan_id AND c.indicator_id = u.indicator_id \
-             AND c.unit_id = u.unit_id AND c.period = u.period";
+/// One table's rows in the group's write ([`WRITE`]): a data-modifying statement whose rows are
+/// `UNNEST` of typed arrays, one array per column.
+struct Part {
+    /// The statement up to `UNNEST(`.
+    head: &'static str,
+    /// Each array's element type, in bind order.
+    types: &'static [&'static str],
+    /// The statement after `UNNEST(..)`.
+    tail: &'static str,
+}
 
-/// Current task updates replaced by the group.
-pub(super) const UPDATE_TASKS: &str = "UPDATE current_tasks c SET percent = u.percent, status = u.status, note = u.note, \
-             revision = u.revision, issued_at_ms = u.issued_at_ms, seq = u.seq, \
-             report_pk = u.report_pk, updated_at_ms = u.updated_at_ms \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::float8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], \
-             $12::int8[], $13::int8[], $14::int8[]) AS u (plan_id, task_id, milestone_id, \
-             unit_id, period, percent, status, note, revision, issued_at_ms, seq, report_pk, \
-             updated_at_ms, first_received_at_ms) \
-             WHERE c.plan_id = u.plan_id AND c.task_id = u.task_id \
-             AND c.milestone_id = u.milestone_id AND c.unit_id = u.unit_id AND c.period = u.period";
+const REPORTS: Part = Part {
+    head: "INSERT INTO reports (report_pk, plan_id, unit_id, report_id, key_id, seq, issued_at_ms, \
+           received_at_ms, period, revision, payload, payload_type, signature, payload_sha256, \
+           values_count, task_updates_count, refused_count) OVERRIDING SYSTEM VALUE \
+           SELECT * FROM UNNEST(",
+    types: &[
+        "int8", "text", "text", "bytea", "bytea", "int8", "int8", "int8", "text", "int8", "bytea",
+        "text", "bytea", "bytea", "int8", "int8", "int8",
+    ],
+    tail: ")",
+};
 
-/// The keys' highest seqs after the group.
-pub(super) const UPDATE_KEYS: &str = "UPDATE keys SET max_seq = u.max_seq \
-             FROM UNNEST($1::bytea[], $2::int8[]) AS u (key_id, max_seq) \
-             WHERE keys.key_id = u.key_id";
+const VALUE_HISTORY: Part = Part {
+    head: "INSERT INTO value_history (report_pk, plan_id, indicator_id, unit_id, period, value, \
+           note) SELECT * FROM UNNEST(",
+    types: &["int8", "text", "text", "text", "text", "float8", "text"],
+    tail: ")",
+};
+
+const TASK_HISTORY: Part = Part {
+    head: "INSERT INTO task_history (report_pk, plan_id, task_id, milestone_id, unit_id, period, \
+           percent, status, note) SELECT * FROM UNNEST(",
+    types: &[
+        "int8", "text", "text", "text", "text", "text", "float8", "text", "text",
+    ],
+    tail: ")",
+};
+
+/// The columns of a current value written, in bind order ([`bind_values`]).
+const VALUE_TYPES: &[&str] = &[
+    "text", "text", "text", "text", "float8", "text", "int8", "int8", "int8", "int8", "int8",
+    "int8", "int8",
+];
+
+/// New current values. Another replica's insert of the same row meanwhile is a unique
+/// violation: the group is retried, and reads the row.
+const INSERT_VALUES: Part = Part {
+    head: "INSERT INTO current_values (plan_id, indicator_id, unit_id, period, value, note, \
+           revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms, \
+           first_issued_at_ms) SELECT * FROM UNNEST(",
+    types: VALUE_TYPES,
+    tail: ")",
+};
+
+/// Current values replaced (locked since the group read them).
+const UPDATE_VALUES: Part = Part {
+    head: "UPDATE current_values c SET value = u.value, note = u.note, revision = u.revision, \
+           issued_at_ms = u.issued_at_ms, seq = u.seq, report_pk = u.report_pk, \
+           updated_at_ms = u.updated_at_ms FROM UNNEST(",
+    types: VALUE_TYPES,
+    tail: ") AS u (plan_id, indicator_id, unit_id, period, value, note, revision, issued_at_ms, \
+           seq, report_pk, updated_at_ms, first_received_at_ms, first_issued_at_ms) \
+           WHERE c.plan_id = u.plan_id AND c.indicator_id = u.indicator_id \
+           AND c.unit_id = u.unit_id AND c.period = u.period",
+};
+
+/// The columns of a current task update written, in bind order ([`bind_tasks`]).
+const TASK_TYPES: &[&str] = &[
+    "text", "text", "text", "text", "text", "float8", "text", "text", "int8", "int8", "int8",
+    "int8", "int8", "int8",
+];
+
+const INSERT_TASKS: Part = Part {
+    head: "INSERT INTO current_tasks (plan_id, task_id, milestone_id, unit_id, period, percent, \
+           status, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, \
+           first_received_at_ms) SELECT * FROM UNNEST(",
+    types: TASK_TYPES,
+    tail: ")",
+};
+
+const UPDATE_TASKS: Part = Part {
+    head: "UPDATE current_tasks c SET percent = u.percent, status = u.status, note = u.note, \
+           revision = u.revision, issued_at_ms = u.issued_at_ms, seq = u.seq, \
+           report_pk = u.report_pk, updated_at_ms = u.updated_at_ms FROM UNNEST(",
+    types: TASK_TYPES,
+    tail: ") AS u (plan_id, task_id, milestone_id, unit_id, period, percent, status, note, \
+           revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms) \
+           WHERE c.plan_id = u.plan_id AND c.task_id = u.task_id \
+           AND c.milestone_id = u.milestone_id AND c.unit_id = u.unit_id AND c.period = u.period",
+};
+
+/// Audit rows, numbered in the order they were decided.
+const AUDIT: Part = Part {
+    head: "INSERT INTO audit (at_ms, plan_id, kind, subject, unit_id, period, new_value, \
+           new_report_pk, old_value, old_report_pk) SELECT at_ms, plan_id, kind, subject, \
+           unit_id, period, new_value, new_report_pk, old_value, old_report_pk FROM UNNEST(",
+    types: &[
+        "int8", "text", "text", "text", "text", "text", "float8", "int8", "float8", "int8",
+    ],
+    tail: ") WITH ORDINALITY AS u (at_ms, plan_id, kind, subject, unit_id, period, new_value, \
+           new_report_pk, old_value, old_report_pk, n) ORDER BY n",
+};
+
+const SECURITY_EVENTS: Part = Part {
+    head: "INSERT INTO security_events (at_ms, kind, unit_id, key_id, report_id, detail) \
+           SELECT at_ms, kind, unit_id, key_id, report_id, detail FROM UNNEST(",
+    types: &["int8", "text", "text", "bytea", "bytea", "text"],
+    tail: ") WITH ORDINALITY AS u (at_ms, kind, unit_id, key_id, report_id, detail, n) ORDER BY n",
+};
+
+/// The keys' highest seqs after the group (locked since the group read them).
+const UPDATE_KEYS: Part = Part {
+    head: "UPDATE keys SET max_seq = u.max_seq FROM UNNEST(",
+    types: &["bytea", "int8"],
+    tail: ") AS u (key_id, max_seq) WHERE keys.key_id = u.key_id",
+};
+
+/// What a group writes, in the order of [`write`]'s binds.
+const PARTS: [&Part; 10] = [
+    &REPORTS,
+    &VALUE_HISTORY,
+    &TASK_HISTORY,
+    &INSERT_VALUES,
+    &UPDATE_VALUES,
+    &INSERT_TASKS,
+    &UPDATE_TASKS,
+    &AUDIT,
+    &SECURITY_EVENTS,
+    &UPDATE_KEYS,
+];
+
+/// Everything a group writes, in one statement (one round trip): each table's rows in a
+/// data-modifying `WITH` query of its own, the last part the main statement. The parts run
+/// on one snapshot and do not see each other's rows, which none needs (a group writes each
+/// current row once, inserted or updated, never both); the foreign keys are checked at the
+/// end of the statement, when every part's rows are in. A part whose arrays are empty writes
+/// nothing.
+pub(super) static WRITE: LazyLock<String> = LazyLock::new(|| {
+    let mut next = 0;
+    let mut parts = PARTS.iter().map(|part| {
+        let arrays: Vec<String> = part
+            .types
+            .iter()
+            .map(|ty| {
+                next += 1;
+                format!("${next}::{ty}[]")
+            })
+            .collect();
+        format!("{}{}{}", part.head, arrays.join(", "), part.tail)
+    });
+    let mut sql = String::from("WITH ");
+    for n in 0..PARTS.len() - 1 {
+        let part = parts.next().expect("one statement per part");
+        sql.push_str(&format!(
+            "{}w{n} AS ({part})",
+            if n > 0 { ", " } else { "" }
+        ));
+    }
+    sql.push(' ');
+    sql.push_str(&parts.next().expect("the main statement"));
+    sql
+});
 
 /// The statements that find stored rows by key, for the test of their plans.
 #[cfg(test)]
-pub(super) const LOOKUPS: [(&str, &str); 7] = [
-    ("BY_REPORT_ID", BY_REPORT_ID),
-    ("BY_SEQ", BY_SEQ),
-    ("CURRENT_VALUES", CURRENT_VALUES),
-    ("CURRENT_TASKS", CURRENT_TASKS),
-    ("UPDATE_VALUES", UPDATE_VALUES),
-    ("UPDATE_TASKS", UPDATE_TASKS),
-    ("UPDATE_KEYS", UPDATE_KEYS),
-];
+pub(super) fn lookups() -> [(&'static str, &'static str); 5] {
+    [
+        ("BY_REPORT_ID", BY_REPORT_ID),
+        ("BY_SEQ", BY_SEQ),
+        ("CURRENT_VALUES", CURRENT_VALUES),
+        ("CURRENT_TASKS", CURRENT_TASKS),
+        ("WRITE", WRITE.as_str()),
+    ]
+}
 
 fn key_id(bytes: Vec<u8>) -> Result<KeyId, StoreError> {
     KeyId::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
@@ -259,18 +396,17 @@ pub(super) async fn reserve_pks(conn: &mut PgConnection, n: usize) -> Result<Vec
     .await?)
 }
 
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Writes what `decide` decided: [`WRITE`], its arrays bound part by part in the order of
+/// [`PARTS`]. Nothing is sent when there is nothing to write (every call a duplicate).
 pub(super) async fn write(conn: &mut PgConnection, d: &Decided<'_>) -> Result<(), StoreError> {
-    if !d.reports.is_empty() {
-        let rs = &d.reports;
-        sqlx::query(
-            "INSERT INTO reports (report_pk, plan_id, unit_id, report_id, key_id, seq, \
-             issued_at_ms, received_at_ms, period, revision, payload, payload_type, signature, \
-             payload_sha256, values_count, task_updates_count, refused_count) \
-             OVERRIDING SYSTEM VALUE \
-             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], \
-             $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::int8[], $11::bytea[], \
-             $12::text[], $13::bytea[], $14::bytea[], $15::int8[], $16::int8[], $17::int8[])",
-        )
+    if d.reports.is_empty() && d.security.is_empty() && d.key_seqs.is_empty() {
+        return Ok(());
+    }
+    let query = sqlx::query(WRITE.as_str());
+    let rs = &d.reports;
+    let query = query
         .bind(rs.iter().map(|(pk, _)| *pk).collect::<Vec<i64>>())
         .bind(
             rs.iter()
@@ -339,37 +475,40 @@ pub(super) async fn write(conn: &mut PgConnection, d: &Decided<'_>) -> Result<()
             rs.iter()
                 .map(|(_, r)| i64::from(r.refused_count))
                 .collect::<Vec<_>>(),
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
+        );
 
-    if !d.value_history.is_empty() {
-        let h = &d.value_history;
-        sqlx::query(
-            "INSERT INTO value_history (report_pk, plan_id, indicator_id, unit_id, period, value, note) \
-             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::float8[], $7::text[])",
-        )
+    let h = &d.value_history;
+    let query = query
         .bind(h.iter().map(|(pk, _, _)| *pk).collect::<Vec<i64>>())
-        .bind(h.iter().map(|(_, r, _)| r.plan_id.as_str()).collect::<Vec<_>>())
-        .bind(h.iter().map(|(_, _, v)| v.indicator_id.as_str()).collect::<Vec<_>>())
-        .bind(h.iter().map(|(_, r, _)| r.unit_id.as_str()).collect::<Vec<_>>())
-        .bind(h.iter().map(|(_, r, _)| r.period.as_str()).collect::<Vec<_>>())
-        .bind(h.iter().map(|(_, _, v)| v.value).collect::<Vec<f64>>())
-        .bind(h.iter().map(|(_, _, v)| v.note.as_str()).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-
-    if !d.task_history.is_empty() {
-        let h = &d.task_history;
-        sqlx::query(
-            "INSERT INTO task_history (report_pk, plan_id, task_id, milestone_id, unit_id, period, \
-             percent, status, note) \
-             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::text[], $7::float8[], $8::text[], $9::text[])",
+        .bind(
+            h.iter()
+                .map(|(_, r, _)| r.plan_id.as_str())
+                .collect::<Vec<_>>(),
         )
+        .bind(
+            h.iter()
+                .map(|(_, _, v)| v.indicator_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            h.iter()
+                .map(|(_, r, _)| r.unit_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            h.iter()
+                .map(|(_, r, _)| r.period.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(h.iter().map(|(_, _, v)| v.value).collect::<Vec<f64>>())
+        .bind(
+            h.iter()
+                .map(|(_, _, v)| v.note.as_str())
+                .collect::<Vec<_>>(),
+        );
+
+    let h = &d.task_history;
+    let query = query
         .bind(h.iter().map(|(pk, _, _)| *pk).collect::<Vec<i64>>())
         .bind(
             h.iter()
@@ -406,184 +545,15 @@ pub(super) async fn write(conn: &mut PgConnection, d: &Decided<'_>) -> Result<()
             h.iter()
                 .map(|(_, _, t)| t.note.as_str())
                 .collect::<Vec<_>>(),
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
+        );
 
-    // New rows are inserted (a unique violation if another replica inserted one meanwhile: the
-    // call is retried), existing ones, locked since the read, are updated.
-    for insert in [true, false] {
-        let rows: Vec<_> = d.values.iter().filter(|w| w.insert == insert).collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let sql = if insert {
-            "INSERT INTO current_values (plan_id, indicator_id, unit_id, period, value, note, \
-             revision, issued_at_ms, seq, report_pk, updated_at_ms, first_received_at_ms, \
-             first_issued_at_ms) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], \
-             $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
-             $12::int8[], $13::int8[])"
-        } else {
-            UPDATE_VALUES
-        };
-        sqlx::query(sql)
-            .bind(
-                rows.iter()
-                    .map(|w| w.report.plan_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.item.indicator_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.report.unit_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.report.period.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|w| w.item.value).collect::<Vec<f64>>())
-            .bind(
-                rows.iter()
-                    .map(|w| w.item.note.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| i64::from(w.report.revision))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.report.issued_at_ms)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| seq_i64(w.report.seq))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|w| w.report_pk).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|w| w.report.received_at_ms)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.first_received_at_ms)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.first_issued_at_ms)
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut *conn)
-            .await?;
-    }
+    let (inserted, updated): (Vec<_>, Vec<_>) = d.values.iter().partition(|w| w.insert);
+    let query = bind_values(bind_values(query, &inserted), &updated);
+    let (inserted, updated): (Vec<_>, Vec<_>) = d.tasks.iter().partition(|w| w.insert);
+    let query = bind_tasks(bind_tasks(query, &inserted), &updated);
 
-    for insert in [true, false] {
-        let rows: Vec<_> = d.tasks.iter().filter(|w| w.insert == insert).collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let sql = if insert {
-            "INSERT INTO current_tasks (plan_id, task_id, milestone_id, unit_id, period, percent, \
-             status, note, revision, issued_at_ms, seq, report_pk, updated_at_ms, \
-             first_received_at_ms) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::float8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], \
-             $12::int8[], $13::int8[], $14::int8[])"
-        } else {
-            UPDATE_TASKS
-        };
-        sqlx::query(sql)
-            .bind(
-                rows.iter()
-                    .map(|w| w.report.plan_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.item.task_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.item.milestone_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.report.unit_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.report.period.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|w| w.item.percent).collect::<Vec<f64>>())
-            .bind(
-                rows.iter()
-                    .map(|w| w.item.status.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.item.note.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| i64::from(w.report.revision))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.report.issued_at_ms)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| seq_i64(w.report.seq))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|w| w.report_pk).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|w| w.report.received_at_ms)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|w| w.first_received_at_ms)
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut *conn)
-            .await?;
-    }
-
-    if !d.audit.is_empty() {
-        let a = &d.audit;
-        sqlx::query(
-            "INSERT INTO audit (at_ms, plan_id, kind, subject, unit_id, period, new_value, \
-             new_report_pk, old_value, old_report_pk) \
-             SELECT at_ms, plan_id, kind, subject, unit_id, period, new_value, new_report_pk, \
-             old_value, old_report_pk \
-             FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-             $7::float8[], $8::int8[], $9::float8[], $10::int8[]) WITH ORDINALITY \
-             AS u (at_ms, plan_id, kind, subject, unit_id, period, new_value, new_report_pk, \
-             old_value, old_report_pk, n) ORDER BY n",
-        )
+    let a = &d.audit;
+    let query = query
         .bind(
             a.iter()
                 .map(|x| x.report.received_at_ms)
@@ -617,20 +587,10 @@ pub(super) async fn write(conn: &mut PgConnection, d: &Decided<'_>) -> Result<()
             a.iter()
                 .map(|x| x.old.map(|o| o.1))
                 .collect::<Vec<Option<i64>>>(),
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
+        );
 
-    if !d.security.is_empty() {
-        let e = &d.security;
-        sqlx::query(
-            "INSERT INTO security_events (at_ms, kind, unit_id, key_id, report_id, detail) \
-             SELECT at_ms, kind, unit_id, key_id, report_id, detail \
-             FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], \
-             $6::text[]) WITH ORDINALITY \
-             AS u (at_ms, kind, unit_id, key_id, report_id, detail, n) ORDER BY n",
-        )
+    let e = &d.security;
+    let query = query
         .bind(
             e.iter()
                 .map(|x| x.report.received_at_ms)
@@ -652,22 +612,146 @@ pub(super) async fn write(conn: &mut PgConnection, d: &Decided<'_>) -> Result<()
                 .map(|x| x.report.report_id.as_slice())
                 .collect::<Vec<_>>(),
         )
-        .bind(e.iter().map(|x| x.detail.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|x| x.detail.as_str()).collect::<Vec<_>>());
+
+    let k = &d.key_seqs;
+    query
+        .bind(
+            k.iter()
+                .map(|(k, _)| k.as_bytes().as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(k.iter().map(|(_, s)| *s).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
-    }
-
-    if !d.key_seqs.is_empty() {
-        sqlx::query(UPDATE_KEYS)
-            .bind(
-                d.key_seqs
-                    .iter()
-                    .map(|(k, _)| k.as_bytes().as_slice())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(d.key_seqs.iter().map(|(_, s)| *s).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-    }
     Ok(())
+}
+
+/// The arrays of [`VALUE_TYPES`].
+fn bind_values<'q>(query: PgQuery<'q>, rows: &[&'q CurrentWrite<'q, NewValue>]) -> PgQuery<'q> {
+    query
+        .bind(
+            rows.iter()
+                .map(|w| w.report.plan_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.item.indicator_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.report.unit_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.report.period.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|w| w.item.value).collect::<Vec<f64>>())
+        .bind(
+            rows.iter()
+                .map(|w| w.item.note.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| i64::from(w.report.revision))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.report.issued_at_ms)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| seq_i64(w.report.seq))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|w| w.report_pk).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|w| w.report.received_at_ms)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.first_received_at_ms)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.first_issued_at_ms)
+                .collect::<Vec<_>>(),
+        )
+}
+
+/// The arrays of [`TASK_TYPES`].
+fn bind_tasks<'q>(query: PgQuery<'q>, rows: &[&'q CurrentWrite<'q, NewTaskUpdate>]) -> PgQuery<'q> {
+    query
+        .bind(
+            rows.iter()
+                .map(|w| w.report.plan_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.item.task_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.item.milestone_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.report.unit_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.report.period.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|w| w.item.percent).collect::<Vec<f64>>())
+        .bind(
+            rows.iter()
+                .map(|w| w.item.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.item.note.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| i64::from(w.report.revision))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.report.issued_at_ms)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| seq_i64(w.report.seq))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|w| w.report_pk).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|w| w.report.received_at_ms)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|w| w.first_received_at_ms)
+                .collect::<Vec<_>>(),
+        )
 }
