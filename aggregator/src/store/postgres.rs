@@ -32,7 +32,7 @@ const ALERT_SYNC_LOCK: &str =
 
 /// How many transactions of one replica store reports at once (each a group of calls): two,
 /// so that one group is read and decided while the other's commit is flushed. One and four
-/// both did less on two cores (docs/PERFORMANCE.md, "Ingest").
+/// did less on two cores, three no more (docs/PERFORMANCE.md, "Ingest").
 const WRITERS: usize = 2;
 
 #[derive(Clone)]
