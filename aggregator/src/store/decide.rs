@@ -11,8 +11,9 @@
 //!    task update goes to history and replaces the current row only when its
 //!    `(revision, issued_at_ms, seq)` is greater, with an audit row.
 //!
-//! The backends (`sqlite.rs`, `postgres.rs`) only read [`Known`] and write [`Decided`], one
-//! statement per table for a whole group.
+//! The backends (`sqlite.rs`, `postgres.rs`) only read [`Known`] and write [`Decided`] for a
+//! whole group: SQLite in statements per table (of a few fixed sizes), PostgreSQL in one
+//! statement for every table.
 
 use std::collections::HashMap;
 

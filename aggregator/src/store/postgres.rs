@@ -410,6 +410,13 @@ mod tests {
             let plan = generic_plan(&mut conn, name, sql, params).await;
             assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
             assert!(plan.contains("Index"), "{name}:\n{plan}");
+            if name == "WRITE" {
+                // Each row the group's write updates found by its table's primary key.
+                for table in ["current_values", "current_tasks", "keys"] {
+                    let by_key = format!("Index Scan using {table}_pkey on {table} ");
+                    assert!(plan.contains(&by_key), "{name}, {table}:\n{plan}");
+                }
+            }
         }
         schema.drop().await;
     }

@@ -210,7 +210,7 @@ pub(super) static WRITE: LazyLock<String> = LazyLock::new(|| {
     sql
 });
 
-/// The statements that find stored rows by key, for the test of their plans.
+/// The group's statements whose plans must search indexes, for the test of their plans.
 #[cfg(test)]
 pub(super) fn lookups() -> [(&'static str, &'static str); 5] {
     [
@@ -629,129 +629,43 @@ pub(super) async fn write(conn: &mut PgConnection, d: &Decided<'_>) -> Result<()
 
 /// The arrays of [`VALUE_TYPES`].
 fn bind_values<'q>(query: PgQuery<'q>, rows: &[&'q CurrentWrite<'q, NewValue>]) -> PgQuery<'q> {
-    query
-        .bind(
-            rows.iter()
-                .map(|w| w.report.plan_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.item.indicator_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.report.unit_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.report.period.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|w| w.item.value).collect::<Vec<f64>>())
-        .bind(
-            rows.iter()
-                .map(|w| w.item.note.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| i64::from(w.report.revision))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.report.issued_at_ms)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| seq_i64(w.report.seq))
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|w| w.report_pk).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|w| w.report.received_at_ms)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.first_received_at_ms)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.first_issued_at_ms)
-                .collect::<Vec<_>>(),
-        )
+    let query = query
+        .bind(column(rows, |w| w.report.plan_id.as_str()))
+        .bind(column(rows, |w| w.item.indicator_id.as_str()))
+        .bind(column(rows, |w| w.report.unit_id.as_str()))
+        .bind(column(rows, |w| w.report.period.as_str()))
+        .bind(column(rows, |w| w.item.value))
+        .bind(column(rows, |w| w.item.note.as_str()));
+    bind_current(query, rows).bind(column(rows, |w| w.first_issued_at_ms))
 }
 
 /// The arrays of [`TASK_TYPES`].
 fn bind_tasks<'q>(query: PgQuery<'q>, rows: &[&'q CurrentWrite<'q, NewTaskUpdate>]) -> PgQuery<'q> {
+    let query = query
+        .bind(column(rows, |w| w.report.plan_id.as_str()))
+        .bind(column(rows, |w| w.item.task_id.as_str()))
+        .bind(column(rows, |w| w.item.milestone_id.as_str()))
+        .bind(column(rows, |w| w.report.unit_id.as_str()))
+        .bind(column(rows, |w| w.report.period.as_str()))
+        .bind(column(rows, |w| w.item.percent))
+        .bind(column(rows, |w| w.item.status.as_str()))
+        .bind(column(rows, |w| w.item.note.as_str()));
+    bind_current(query, rows)
+}
+
+/// The arrays that a current value and a current task update share, after their own columns:
+/// revision, issued at, seq, report, updated at, first received at.
+fn bind_current<'q, T>(query: PgQuery<'q>, rows: &[&'q CurrentWrite<'q, T>]) -> PgQuery<'q> {
     query
-        .bind(
-            rows.iter()
-                .map(|w| w.report.plan_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.item.task_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.item.milestone_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.report.unit_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.report.period.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|w| w.item.percent).collect::<Vec<f64>>())
-        .bind(
-            rows.iter()
-                .map(|w| w.item.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.item.note.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| i64::from(w.report.revision))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.report.issued_at_ms)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| seq_i64(w.report.seq))
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|w| w.report_pk).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|w| w.report.received_at_ms)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|w| w.first_received_at_ms)
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(rows, |w| i64::from(w.report.revision)))
+        .bind(column(rows, |w| w.report.issued_at_ms))
+        .bind(column(rows, |w| seq_i64(w.report.seq)))
+        .bind(column(rows, |w| w.report_pk))
+        .bind(column(rows, |w| w.report.received_at_ms))
+        .bind(column(rows, |w| w.first_received_at_ms))
+}
+
+/// One array of a part: `cell` of each row.
+fn column<'q, R: ?Sized, C>(rows: &[&'q R], cell: impl Fn(&'q R) -> C) -> Vec<C> {
+    rows.iter().map(|&row| cell(row)).collect()
 }
