@@ -404,148 +404,47 @@ pub(super) async fn write(conn: &mut PgConnection, d: &Decided<'_>) -> Result<()
     if d.reports.is_empty() && d.security.is_empty() && d.key_seqs.is_empty() {
         return Ok(());
     }
-    let query = sqlx::query(WRITE.as_str());
     let rs = &d.reports;
-    let query = query
-        .bind(rs.iter().map(|(pk, _)| *pk).collect::<Vec<i64>>())
-        .bind(
-            rs.iter()
-                .map(|(_, r)| r.plan_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rs.iter()
-                .map(|(_, r)| r.unit_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rs.iter()
-                .map(|(_, r)| r.report_id.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rs.iter()
-                .map(|(_, r)| r.key_id.as_bytes().as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rs.iter().map(|(_, r)| seq_i64(r.seq)).collect::<Vec<_>>())
-        .bind(rs.iter().map(|(_, r)| r.issued_at_ms).collect::<Vec<_>>())
-        .bind(rs.iter().map(|(_, r)| r.received_at_ms).collect::<Vec<_>>())
-        .bind(
-            rs.iter()
-                .map(|(_, r)| r.period.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rs.iter()
-                .map(|(_, r)| i64::from(r.revision))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rs.iter()
-                .map(|(_, r)| r.payload.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rs.iter()
-                .map(|(_, r)| r.payload_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rs.iter()
-                .map(|(_, r)| r.signature.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rs.iter()
-                .map(|(_, r)| r.payload_sha256.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rs.iter()
-                .map(|(_, r)| r.values.len() as i64)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rs.iter()
-                .map(|(_, r)| r.task_updates.len() as i64)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rs.iter()
-                .map(|(_, r)| i64::from(r.refused_count))
-                .collect::<Vec<_>>(),
-        );
+    let query = sqlx::query(WRITE.as_str())
+        .bind(column(rs, |(pk, _)| *pk))
+        .bind(column(rs, |(_, r)| r.plan_id.as_str()))
+        .bind(column(rs, |(_, r)| r.unit_id.as_str()))
+        .bind(column(rs, |(_, r)| r.report_id.as_slice()))
+        .bind(column(rs, |(_, r)| r.key_id.as_bytes().as_slice()))
+        .bind(column(rs, |(_, r)| seq_i64(r.seq)))
+        .bind(column(rs, |(_, r)| r.issued_at_ms))
+        .bind(column(rs, |(_, r)| r.received_at_ms))
+        .bind(column(rs, |(_, r)| r.period.as_str()))
+        .bind(column(rs, |(_, r)| i64::from(r.revision)))
+        .bind(column(rs, |(_, r)| r.payload.as_slice()))
+        .bind(column(rs, |(_, r)| r.payload_type.as_str()))
+        .bind(column(rs, |(_, r)| r.signature.as_slice()))
+        .bind(column(rs, |(_, r)| r.payload_sha256.as_slice()))
+        .bind(column(rs, |(_, r)| r.values.len() as i64))
+        .bind(column(rs, |(_, r)| r.task_updates.len() as i64))
+        .bind(column(rs, |(_, r)| i64::from(r.refused_count)));
 
     let h = &d.value_history;
     let query = query
-        .bind(h.iter().map(|(pk, _, _)| *pk).collect::<Vec<i64>>())
-        .bind(
-            h.iter()
-                .map(|(_, r, _)| r.plan_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            h.iter()
-                .map(|(_, _, v)| v.indicator_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            h.iter()
-                .map(|(_, r, _)| r.unit_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            h.iter()
-                .map(|(_, r, _)| r.period.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(h.iter().map(|(_, _, v)| v.value).collect::<Vec<f64>>())
-        .bind(
-            h.iter()
-                .map(|(_, _, v)| v.note.as_str())
-                .collect::<Vec<_>>(),
-        );
+        .bind(column(h, |(pk, _, _)| *pk))
+        .bind(column(h, |(_, r, _)| r.plan_id.as_str()))
+        .bind(column(h, |(_, _, v)| v.indicator_id.as_str()))
+        .bind(column(h, |(_, r, _)| r.unit_id.as_str()))
+        .bind(column(h, |(_, r, _)| r.period.as_str()))
+        .bind(column(h, |(_, _, v)| v.value))
+        .bind(column(h, |(_, _, v)| v.note.as_str()));
 
     let h = &d.task_history;
     let query = query
-        .bind(h.iter().map(|(pk, _, _)| *pk).collect::<Vec<i64>>())
-        .bind(
-            h.iter()
-                .map(|(_, r, _)| r.plan_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            h.iter()
-                .map(|(_, _, t)| t.task_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            h.iter()
-                .map(|(_, _, t)| t.milestone_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            h.iter()
-                .map(|(_, r, _)| r.unit_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            h.iter()
-                .map(|(_, r, _)| r.period.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(h.iter().map(|(_, _, t)| t.percent).collect::<Vec<f64>>())
-        .bind(
-            h.iter()
-                .map(|(_, _, t)| t.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            h.iter()
-                .map(|(_, _, t)| t.note.as_str())
-                .collect::<Vec<_>>(),
-        );
+        .bind(column(h, |(pk, _, _)| *pk))
+        .bind(column(h, |(_, r, _)| r.plan_id.as_str()))
+        .bind(column(h, |(_, _, t)| t.task_id.as_str()))
+        .bind(column(h, |(_, _, t)| t.milestone_id.as_str()))
+        .bind(column(h, |(_, r, _)| r.unit_id.as_str()))
+        .bind(column(h, |(_, r, _)| r.period.as_str()))
+        .bind(column(h, |(_, _, t)| t.percent))
+        .bind(column(h, |(_, _, t)| t.status.as_str()))
+        .bind(column(h, |(_, _, t)| t.note.as_str()));
 
     let (inserted, updated): (Vec<_>, Vec<_>) = d.values.iter().partition(|w| w.insert);
     let query = bind_values(bind_values(query, &inserted), &updated);
@@ -554,74 +453,30 @@ pub(super) async fn write(conn: &mut PgConnection, d: &Decided<'_>) -> Result<()
 
     let a = &d.audit;
     let query = query
-        .bind(
-            a.iter()
-                .map(|x| x.report.received_at_ms)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            a.iter()
-                .map(|x| x.report.plan_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(a.iter().map(|x| x.kind).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.subject.as_str()).collect::<Vec<_>>())
-        .bind(
-            a.iter()
-                .map(|x| x.report.unit_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            a.iter()
-                .map(|x| x.report.period.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(a.iter().map(|x| x.new_value).collect::<Vec<f64>>())
-        .bind(a.iter().map(|x| x.report_pk).collect::<Vec<_>>())
-        .bind(
-            a.iter()
-                .map(|x| x.old.map(|o| o.0))
-                .collect::<Vec<Option<f64>>>(),
-        )
-        .bind(
-            a.iter()
-                .map(|x| x.old.map(|o| o.1))
-                .collect::<Vec<Option<i64>>>(),
-        );
+        .bind(column(a, |x| x.report.received_at_ms))
+        .bind(column(a, |x| x.report.plan_id.as_str()))
+        .bind(column(a, |x| x.kind))
+        .bind(column(a, |x| x.subject.as_str()))
+        .bind(column(a, |x| x.report.unit_id.as_str()))
+        .bind(column(a, |x| x.report.period.as_str()))
+        .bind(column(a, |x| x.new_value))
+        .bind(column(a, |x| x.report_pk))
+        .bind(column(a, |x| x.old.map(|o| o.0)))
+        .bind(column(a, |x| x.old.map(|o| o.1)));
 
     let e = &d.security;
     let query = query
-        .bind(
-            e.iter()
-                .map(|x| x.report.received_at_ms)
-                .collect::<Vec<_>>(),
-        )
-        .bind(e.iter().map(|x| x.kind).collect::<Vec<_>>())
-        .bind(
-            e.iter()
-                .map(|x| x.report.unit_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            e.iter()
-                .map(|x| x.report.key_id.as_bytes().as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            e.iter()
-                .map(|x| x.report.report_id.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(e.iter().map(|x| x.detail.as_str()).collect::<Vec<_>>());
+        .bind(column(e, |x| x.report.received_at_ms))
+        .bind(column(e, |x| x.kind))
+        .bind(column(e, |x| x.report.unit_id.as_str()))
+        .bind(column(e, |x| x.report.key_id.as_bytes().as_slice()))
+        .bind(column(e, |x| x.report.report_id.as_slice()))
+        .bind(column(e, |x| x.detail.as_str()));
 
     let k = &d.key_seqs;
     query
-        .bind(
-            k.iter()
-                .map(|(k, _)| k.as_bytes().as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(k.iter().map(|(_, s)| *s).collect::<Vec<_>>())
+        .bind(column(k, |(key, _)| key.as_bytes().as_slice()))
+        .bind(column(k, |(_, max_seq)| *max_seq))
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -666,6 +521,6 @@ fn bind_current<'q, T>(query: PgQuery<'q>, rows: &[&'q CurrentWrite<'q, T>]) -> 
 }
 
 /// One array of a part: `cell` of each row.
-fn column<'q, R: ?Sized, C>(rows: &[&'q R], cell: impl Fn(&'q R) -> C) -> Vec<C> {
-    rows.iter().map(|&row| cell(row)).collect()
+fn column<'a, R, C>(rows: &'a [R], cell: impl Fn(&'a R) -> C) -> Vec<C> {
+    rows.iter().map(cell).collect()
 }
