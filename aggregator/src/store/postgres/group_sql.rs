@@ -186,28 +186,27 @@ const PARTS: [&Part; 10] = [
 /// nothing.
 pub(super) static WRITE: LazyLock<String> = LazyLock::new(|| {
     let mut next = 0;
-    let mut parts = PARTS.iter().map(|part| {
-        let arrays: Vec<String> = part
-            .types
-            .iter()
-            .map(|ty| {
-                next += 1;
-                format!("${next}::{ty}[]")
-            })
-            .collect();
-        format!("{}{}{}", part.head, arrays.join(", "), part.tail)
-    });
-    let mut sql = String::from("WITH ");
-    for n in 0..PARTS.len() - 1 {
-        let part = parts.next().expect("one statement per part");
-        sql.push_str(&format!(
-            "{}w{n} AS ({part})",
-            if n > 0 { ", " } else { "" }
-        ));
-    }
-    sql.push(' ');
-    sql.push_str(&parts.next().expect("the main statement"));
-    sql
+    let statements: Vec<String> = PARTS
+        .iter()
+        .map(|part| {
+            let arrays: Vec<String> = part
+                .types
+                .iter()
+                .map(|ty| {
+                    next += 1;
+                    format!("${next}::{ty}[]")
+                })
+                .collect();
+            format!("{}{}{}", part.head, arrays.join(", "), part.tail)
+        })
+        .collect();
+    let (main, parts) = statements.split_last().expect("parts to write");
+    let parts: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(n, part)| format!("w{n} AS ({part})"))
+        .collect();
+    format!("WITH {} {main}", parts.join(", "))
 });
 
 /// The group's statements whose plans must search indexes, for the test of their plans.
