@@ -454,8 +454,9 @@ impl Writer {
         // A multi-row statement that may fail half-way keeps a statement journal; in memory,
         // not in a temporary file written for every group (measured: docs/PERFORMANCE.md).
         connection.pragma_update(None, "temp_store", "MEMORY")?;
-        // 64 MiB of page cache for the indexes every group searches and extends.
-        connection.pragma_update(None, "cache_size", -65536)?;
+        // SQLite's default page cache (2 MB), not a larger one: at the end of a transaction
+        // in which a b-tree split renumbered pages, nearly every group, SQLite walks every
+        // page of its cache (docs/PERFORMANCE.md, "Ingest"); the rest come from the OS's.
         connection.set_prepared_statement_cache_capacity(group_sql::CACHED_STATEMENTS);
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
