@@ -454,9 +454,10 @@ impl Writer {
         // A multi-row statement that may fail half-way keeps a statement journal; in memory,
         // not in a temporary file written for every group (measured: docs/PERFORMANCE.md).
         connection.pragma_update(None, "temp_store", "MEMORY")?;
-        // SQLite's default page cache (2 MB), not a larger one: at the end of a transaction
-        // in which a b-tree split renumbered pages, nearly every group, SQLite walks every
-        // page of its cache (docs/PERFORMANCE.md, "Ingest"); the rest come from the OS's.
+        // SQLite's default page cache (2 MB), not a larger one: at the commit of a transaction
+        // in which a b-tree split renumbered pages, SQLite walks its whole cache (8 % of the
+        // writer's samples with 64 MiB: docs/PERFORMANCE.md, "Ingest"); pages not in it are
+        // read from the operating system's page cache.
         connection.set_prepared_statement_cache_capacity(group_sql::CACHED_STATEMENTS);
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
