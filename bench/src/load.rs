@@ -36,28 +36,48 @@ pub fn sign_reports(
     (0..count)
         .map(|i| {
             let seq = first_seq + i as u64;
-            let mut report_id = [0u8; 16];
-            report_id[..8].copy_from_slice(&(unit as u64).to_le_bytes());
-            report_id[8..].copy_from_slice(&seq.to_le_bytes());
-            let report = pb::Report {
-                report_id: report_id.to_vec(),
-                unit_id: unit_id(unit),
+            let report = report(
+                plan_id,
+                unit,
                 seq,
-                issued_at_ms: now - 60_000 + i as i64,
-                audience: plan_id.to_owned(),
-                period: format!("2025-{:02}", 1 + seq % 12),
-                values: (0..values)
-                    .map(|v| pb::IndicatorValue {
-                        indicator_id: indicator_id((seq as usize + v) % indicators),
-                        value: (seq % 1000) as f64 + v as f64,
-                        note: String::new(),
-                    })
-                    .collect(),
-                ..Default::default()
-            };
+                now - 60_000 + i as i64,
+                values,
+                indicators,
+            );
             envelope::bind_and_sign(&key, report)
         })
         .collect()
+}
+
+/// The report of `unit` with `seq`, as [`sign_reports`] signs it: its id the unit and the seq,
+/// its period a month of the plan year by the seq, `values` indicators from the seq on.
+pub fn report(
+    plan_id: &str,
+    unit: usize,
+    seq: u64,
+    issued_at_ms: i64,
+    values: usize,
+    indicators: usize,
+) -> pb::Report {
+    let mut report_id = [0u8; 16];
+    report_id[..8].copy_from_slice(&(unit as u64).to_le_bytes());
+    report_id[8..].copy_from_slice(&seq.to_le_bytes());
+    pb::Report {
+        report_id: report_id.to_vec(),
+        unit_id: unit_id(unit),
+        seq,
+        issued_at_ms,
+        audience: plan_id.to_owned(),
+        period: format!("2025-{:02}", 1 + seq % 12),
+        values: (0..values)
+            .map(|v| pb::IndicatorValue {
+                indicator_id: indicator_id((seq as usize + v) % indicators),
+                value: (seq % 1000) as f64 + v as f64,
+                note: String::new(),
+            })
+            .collect(),
+        ..Default::default()
+    }
 }
 
 pub fn now_ms() -> i64 {

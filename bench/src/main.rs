@@ -8,6 +8,7 @@ mod big_plan;
 mod connections;
 mod drain;
 mod load;
+mod store_alone;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -130,7 +131,7 @@ const PLAN_ID: &str = "bench-2025";
 const NO_UNIT_LIMIT: &[&str] = &["--rate-limit", "0"];
 
 /// Steps of `run`, for its progress lines.
-const STEPS: usize = 10;
+const STEPS: usize = 11;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -279,7 +280,42 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     rows.push(batched.row(&format!("duban, SQLite, SubmitBatch of {}", args.batch)));
     drop(server);
 
-    eprintln!("[4/{STEPS}] a bare tonic server with the same mTLS: unary, then batch");
+    eprintln!(
+        "[4/{STEPS}] duban's SQLite store alone, in this process: calls of 1 report, then of {}",
+        args.batch
+    );
+    let mut store_only = Vec::new();
+    for (name, batch) in [("one", 1), ("batch", args.batch)] {
+        let drive = store_alone::Drive {
+            units: args.channels,
+            concurrency: args.concurrency,
+            values: args.values,
+            indicators: INDICATORS,
+            batch,
+            reports,
+            seconds,
+        };
+        let path = dir.path().join(format!("alone-{name}.db"));
+        let figure = store_alone::measure(&path, PLAN_ID, &drive).await?;
+        rows.push(Row {
+            what: format!(
+                "duban's store alone, SQLite, calls of {batch} (in process: no gRPC, TLS or verification)"
+            ),
+            rate: figure.load.per_second(),
+            detail: format!(
+                "p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms; CPU {:.0} µs/report, of it the writer thread {:.0} µs ({:.2} of a core)",
+                figure.load.p50_ms,
+                figure.load.p99_ms,
+                figure.load.p999_ms,
+                figure.cpu_us_per_report,
+                figure.writer_cpu_us_per_report,
+                figure.writer_cores,
+            ),
+        });
+        store_only.push(figure.load.per_second());
+    }
+
+    eprintln!("[5/{STEPS}] a bare tonic server with the same mTLS: unary, then batch");
     let bare = Server::start_bare(&setup)?;
     let bare_unary = drive(&load(0, 0, bare.endpoint()), &bare)?;
     rows.push(bare_unary.row("bare tonic server (transport ceiling), unary"));
@@ -293,7 +329,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut pg_rate = None;
     if let Some(base) = &args.postgres {
         eprintln!(
-            "[5/{STEPS}] raw multi-row inserts into PostgreSQL, then duban on it: unary Submit"
+            "[6/{STEPS}] raw multi-row inserts into PostgreSQL, then duban on it: unary Submit"
         );
         let raw_url = baselines::fresh_pg_schema(base, "duban_bench_raw").await?;
         let raw_pg = baselines::raw_postgres(
@@ -314,11 +350,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         pg_rate = Some((pg.load.per_second(), raw_pg));
         rows.push(pg.row("duban, PostgreSQL, unary Submit"));
     } else {
-        eprintln!("[5/{STEPS}] PostgreSQL: left out (no --postgres / DUBAN_BENCH_POSTGRES_URL)");
+        eprintln!("[6/{STEPS}] PostgreSQL: left out (no --postgres / DUBAN_BENCH_POSTGRES_URL)");
     }
 
     eprintln!(
-        "[6/{STEPS}] Prometheus Pushgateway, {} values per push",
+        "[7/{STEPS}] Prometheus Pushgateway, {} values per push",
         args.values
     );
     let mut push_rates = Vec::new();
@@ -350,7 +386,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    eprintln!("[7/{STEPS}] {agents} agents, each with its own mTLS connection, held at once");
+    eprintln!("[8/{STEPS}] {agents} agents, each with its own mTLS connection, held at once");
     let many = Setup::new(&dir.path().join("agents"), &aggregator, agents)?;
     let url = format!("sqlite://{}", dir.path().join("agents.db").display());
     many.register_keys(&url, agents).await?;
@@ -358,7 +394,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let held = connect(&server, &many, agents)?;
     drop(server);
 
-    eprintln!("[8/{STEPS}] the agent: a backlog of {backlog} reports drained, then idle");
+    eprintln!("[9/{STEPS}] the agent: a backlog of {backlog} reports drained, then idle");
     let agent_figures = drain::measure(
         &agent,
         &aggregator,
@@ -370,7 +406,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await?;
 
     eprintln!(
-        "[9/{STEPS}] a synthetic plan: {plan_units} units × {INDICATORS} indicators × 12 months"
+        "[10/{STEPS}] a synthetic plan: {plan_units} units × {INDICATORS} indicators × 12 months"
     );
     let plan = big_plan::measure(&aggregator, &setup, dir.path(), plan_units, INDICATORS).await?;
     // The engine alone, in this process: the median of three computations.
@@ -406,6 +442,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     println!(
         "duban batch / raw inserts: {:.2}",
         batched.load.per_second() / raw
+    );
+    println!(
+        "duban unary / its store alone, calls of 1: {:.2}; duban batch / its store alone, calls of {}: {:.2}",
+        unary_rate / store_only[0],
+        args.batch,
+        batched.load.per_second() / store_only[1]
     );
     println!(
         "duban unary / bare tonic unary: {:.2}; duban batch / bare tonic batch: {:.2}",
@@ -662,17 +704,7 @@ impl Setup {
 
     /// Registers the keys of units `0..count`.
     async fn register_keys(&self, url: &str, count: usize) -> anyhow::Result<()> {
-        let keys = (0..count.min(self.units)).map(|i| {
-            let key = load::unit_key(i);
-            NewKey {
-                key_id: key.key_id(),
-                unit_id: load::unit_id(i),
-                public_key: *key.public_key().raw(),
-                not_before_ms: None,
-                not_after_ms: None,
-                added_at_ms: load::now_ms(),
-            }
-        });
+        let keys = (0..count.min(self.units)).map(bench_key);
         if url.starts_with("sqlite:") {
             let store = SqliteStore::open(url).await?;
             for key in keys {
@@ -685,6 +717,19 @@ impl Setup {
             }
         }
         Ok(())
+    }
+}
+
+/// The key of bench unit `index`, as registered with the store.
+fn bench_key(index: usize) -> NewKey {
+    let key = load::unit_key(index);
+    NewKey {
+        key_id: key.key_id(),
+        unit_id: load::unit_id(index),
+        public_key: *key.public_key().raw(),
+        not_before_ms: None,
+        not_after_ms: None,
+        added_at_ms: load::now_ms(),
     }
 }
 

@@ -42,6 +42,8 @@ fn the_harness_measures_every_figure_in_quick_mode() {
         "raw SQLite multi-row inserts",
         "duban, SQLite, unary Submit",
         "duban, SQLite, SubmitBatch of 100",
+        "duban's store alone, SQLite, calls of 1 ",
+        "duban's store alone, SQLite, calls of 100 ",
         "bare tonic server (transport ceiling), unary",
         "bare tonic server (transport ceiling), batch of 100",
         "raw PostgreSQL UNNEST inserts",
@@ -55,8 +57,18 @@ fn the_harness_measures_every_figure_in_quick_mode() {
             .unwrap_or_else(|| panic!("no row for {figure:?} in:\n{stdout}\n{stderr}"));
         let rate: f64 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
         assert!(rate > 0.0, "{figure}: {row}");
-        if figure.starts_with("duban") || figure.starts_with("bare") {
+        if figure.starts_with("duban,") || figure.starts_with("bare") {
             assert!(row.contains(" 0 failed calls"), "{row}");
+        }
+        // The store alone: the writer thread's own CPU, measured (so more than nothing).
+        if figure.starts_with("duban's store alone") {
+            let writer: f64 = row
+                .split("of it the writer thread ")
+                .nth(1)
+                .and_then(|rest| rest.split(" µs").next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no writer CPU in {row}"));
+            assert!(writer > 0.0, "{row}");
         }
     }
     let row = |start: &str| {

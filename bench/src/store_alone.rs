@@ -1,0 +1,180 @@
+//! duban's SQLite store alone, in the harness's own process: the calls the ingest path hands
+//! to the store (`Store::ingest`, its reports already verified and validated) kept in flight
+//! as the load generator keeps its gRPC calls, with no gRPC, TLS or signature check around
+//! them. What is left is the write path itself: the group commit, each group's reads, its
+//! decisions and its writes, on the writer's one thread. Beside the unary and batch figures it
+//! says how much of their time is the store's.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use duban_aggregator::store::{NewReport, NewValue, SqliteStore, Store, StoreOutcome};
+use prost::Message;
+
+use crate::load::{self, LoadResult};
+
+/// What a run of the store alone measured.
+pub struct StoreAlone {
+    pub load: LoadResult,
+    /// CPU (user + system) of the whole process over the run, per report stored.
+    pub cpu_us_per_report: f64,
+    /// CPU of the store's writer thread alone over the run, per report stored.
+    pub writer_cpu_us_per_report: f64,
+    /// The writer thread's CPU over the run's time: 1.0 is a core kept busy throughout.
+    pub writer_cores: f64,
+}
+
+/// How the store is driven: as the load generator drives the aggregator.
+pub struct Drive {
+    /// Units, each with its key registered; the calls are shared among them in turn.
+    pub units: usize,
+    pub concurrency: usize,
+    pub values: usize,
+    pub indicators: usize,
+    /// Reports per call (at least 1).
+    pub batch: usize,
+    /// Reports made ahead, in all.
+    pub reports: usize,
+    pub seconds: f64,
+}
+
+/// The writer thread's name as the kernel keeps it (`comm`: the first 15 bytes).
+const WRITER_COMM: &str = "duban-sqlite-wr";
+
+/// Opens a store on a new file `path`, registers the units' keys, and keeps `concurrency`
+/// calls of `batch` reports in flight for `seconds`.
+pub async fn measure(path: &Path, plan_id: &str, drive: &Drive) -> anyhow::Result<StoreAlone> {
+    let store = Arc::new(SqliteStore::open(&format!("sqlite://{}", path.display())).await?);
+    for unit in 0..drive.units {
+        store.add_key(crate::bench_key(unit)).await?;
+    }
+    let per_unit = drive.reports.div_ceil(drive.units);
+    let now = load::now_ms();
+    let queues: Arc<Vec<Mutex<std::vec::IntoIter<NewReport>>>> = Arc::new(
+        (0..drive.units)
+            .map(|unit| {
+                let reports: Vec<NewReport> = (0..per_unit)
+                    .map(|i| new_report(plan_id, unit, i, now, drive))
+                    .collect();
+                Mutex::new(reports.into_iter())
+            })
+            .collect(),
+    );
+    let deadline = Duration::from_secs_f64(drive.seconds);
+    let take = drive.batch.max(1);
+    let started = Instant::now();
+    let cpu_before = load::cpu_seconds("self")?;
+    let writer_before = writer_cpu_seconds()?;
+    let mut tasks = Vec::new();
+    for worker in 0..drive.concurrency {
+        let (store, queues) = (store.clone(), queues.clone());
+        tasks.push(tokio::spawn(async move {
+            let queue = &queues[worker % queues.len()];
+            let mut latencies = Vec::new();
+            let (mut stored, mut sent) = (0u64, 0u64);
+            while started.elapsed() < deadline {
+                let call: Vec<NewReport> = queue
+                    .lock()
+                    .expect("not poisoned")
+                    .by_ref()
+                    .take(take)
+                    .collect();
+                if call.is_empty() {
+                    break;
+                }
+                sent += call.len() as u64;
+                let at = Instant::now();
+                let outcomes = store.ingest(call).await?;
+                latencies.push(at.elapsed().as_micros() as u32);
+                for outcome in outcomes {
+                    match outcome {
+                        StoreOutcome::Stored { .. } => stored += 1,
+                        other => anyhow::bail!("a bench report was not stored: {other:?}"),
+                    }
+                }
+            }
+            Ok((latencies, stored, sent))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let (mut stored, mut sent) = (0, 0);
+    for task in tasks {
+        let (l, s, n) = task.await??;
+        latencies.extend(l);
+        stored += s;
+        sent += n;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = load::cpu_seconds("self")? - cpu_before;
+    let writer = writer_cpu_seconds()? - writer_before;
+    let per_report = |cpu: f64| 1e6 * cpu / stored.max(1) as f64;
+    Ok(StoreAlone {
+        load: LoadResult::from_latencies(latencies, sent, stored, 0, seconds),
+        cpu_us_per_report: per_report(cpu),
+        writer_cpu_us_per_report: per_report(writer),
+        writer_cores: writer / seconds,
+    })
+}
+
+/// The report of `unit` the load generator would sign as its `i`-th, as the ingest path
+/// hands it to the store: the payload encoded, the signature and its digest stand-ins (the
+/// store keeps them, and checks neither).
+fn new_report(plan_id: &str, unit: usize, i: usize, now: i64, drive: &Drive) -> NewReport {
+    let seq = 1 + i as u64;
+    let issued_at_ms = now - 60_000 + i as i64;
+    let report = load::report(
+        plan_id,
+        unit,
+        seq,
+        issued_at_ms,
+        drive.values,
+        drive.indicators,
+    );
+    NewReport {
+        plan_id: plan_id.to_owned(),
+        unit_id: report.unit_id.clone(),
+        report_id: report.report_id.as_slice().try_into().expect("16 bytes"),
+        key_id: load::unit_key(unit).key_id(),
+        seq,
+        issued_at_ms,
+        received_at_ms: now,
+        period: report.period.clone(),
+        revision: 0,
+        payload: report.encode_to_vec(),
+        payload_type: duban_proto::envelope::PAYLOAD_TYPE.into(),
+        signature: vec![0; 64],
+        payload_sha256: [0; 32],
+        values: report
+            .values
+            .into_iter()
+            .map(|v| NewValue {
+                indicator_id: v.indicator_id,
+                value: v.value,
+                note: v.note,
+            })
+            .collect(),
+        task_updates: Vec::new(),
+        refused_count: 0,
+    }
+}
+
+/// CPU seconds (user + system) of this process's SQLite writer threads so far.
+fn writer_cpu_seconds() -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let task = task?.path();
+        // A thread that ended between the listing and the read is not a writer of this run.
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() == WRITER_COMM {
+            let id = task
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            total += load::cpu_seconds(&format!("self/task/{id}"))?;
+        }
+    }
+    Ok(total)
+}
