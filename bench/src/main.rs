@@ -284,8 +284,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "[4/{STEPS}] duban's SQLite store alone, in this process: calls of 1 report, then of {}",
         args.batch
     );
-    let mut store_only = Vec::new();
-    for (name, batch) in [("one", 1), ("batch", args.batch)] {
+    let store_alone = |url: String, backend: &'static str, batch: usize| {
         let drive = store_alone::Drive {
             units: args.channels,
             concurrency: args.concurrency,
@@ -295,24 +294,43 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             reports,
             seconds,
         };
-        let path = dir.path().join(format!("alone-{name}.db"));
-        let figure = store_alone::measure(&path, PLAN_ID, &drive).await?;
-        rows.push(Row {
-            what: format!(
-                "duban's store alone, SQLite, calls of {batch} (in process: no gRPC, TLS or verification)"
-            ),
-            rate: figure.load.per_second(),
-            detail: format!(
-                "p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms; CPU {:.0} µs/report, of it the writer thread {:.0} µs ({:.2} of a core)",
-                figure.load.p50_ms,
-                figure.load.p99_ms,
-                figure.load.p999_ms,
-                figure.cpu_us_per_report,
-                figure.writer_cpu_us_per_report,
-                figure.writer_cores,
-            ),
-        });
-        store_only.push(figure.load.per_second());
+        async move {
+            let figure = store_alone::measure(&url, PLAN_ID, &drive).await?;
+            let writer = figure.writer.map_or(String::new(), |w| {
+                format!(
+                    ", of it the writer thread {:.0} µs ({:.2} of a core)",
+                    w.cpu_us_per_report, w.cores
+                )
+            });
+            let postgres = figure
+                .postgres_cpu_us_per_report
+                .map_or(String::new(), |us| {
+                    format!("; this machine's postgres processes {us:.0} µs/report")
+                });
+            anyhow::Ok(Row {
+                what: format!(
+                    "duban's store alone, {backend}, calls of {batch} (in process: no gRPC, TLS or verification)"
+                ),
+                rate: figure.load.per_second(),
+                detail: format!(
+                    "p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms; CPU {:.0} µs/report{writer}{postgres}",
+                    figure.load.p50_ms,
+                    figure.load.p99_ms,
+                    figure.load.p999_ms,
+                    figure.cpu_us_per_report,
+                ),
+            })
+        }
+    };
+    let mut store_only = Vec::new();
+    for (name, batch) in [("one", 1), ("batch", args.batch)] {
+        let url = format!(
+            "sqlite://{}",
+            dir.path().join(format!("alone-{name}.db")).display()
+        );
+        let row = store_alone(url, "SQLite", batch).await?;
+        store_only.push(row.rate);
+        rows.push(row);
     }
 
     eprintln!("[5/{STEPS}] a bare tonic server with the same mTLS: unary, then batch");
@@ -327,9 +345,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     drop(bare);
 
     let mut pg_rate = None;
+    let mut pg_store_only = None;
     if let Some(base) = &args.postgres {
         eprintln!(
-            "[6/{STEPS}] raw multi-row inserts into PostgreSQL, then duban on it: unary Submit"
+            "[6/{STEPS}] raw multi-row inserts into PostgreSQL, then duban on it: unary Submit, then its store alone"
         );
         let raw_url = baselines::fresh_pg_schema(base, "duban_bench_raw").await?;
         let raw_pg = baselines::raw_postgres(
@@ -349,6 +368,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let pg = drive(&load(0, 0, server.endpoint()), &server)?;
         pg_rate = Some((pg.load.per_second(), raw_pg));
         rows.push(pg.row("duban, PostgreSQL, unary Submit"));
+        drop(server);
+        let url = baselines::fresh_pg_schema(base, "duban_bench_store").await?;
+        let row = store_alone(url, "PostgreSQL", 1).await?;
+        pg_store_only = Some(row.rate);
+        rows.push(row);
     } else {
         eprintln!("[6/{STEPS}] PostgreSQL: left out (no --postgres / DUBAN_BENCH_POSTGRES_URL)");
     }
@@ -457,11 +481,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for (name, rate) in &push_rates {
         println!("duban unary / {name}: {:.2}", unary_rate / rate);
     }
-    if let Some((pg, raw_pg)) = pg_rate {
+    if let (Some((pg, raw_pg)), Some(pg_store)) = (pg_rate, pg_store_only) {
         println!(
-            "duban PostgreSQL unary / SQLite unary: {:.2}; / raw PostgreSQL inserts: {:.2}",
+            "duban PostgreSQL unary / SQLite unary: {:.2}; / raw PostgreSQL inserts: {:.2}; / its store alone, calls of 1: {:.2}",
             pg / unary_rate,
-            pg / raw_pg
+            pg / raw_pg,
+            pg / pg_store
         );
     }
     println!();

@@ -1,15 +1,14 @@
-//! duban's SQLite store alone, in the harness's own process: the calls the ingest path hands
-//! to the store (`Store::ingest`, its reports already verified and validated) kept in flight
-//! as the load generator keeps its gRPC calls, with no gRPC, TLS or signature check around
-//! them. What is left is the write path itself: the group commit, each group's reads, its
-//! decisions and its writes, on the writer's one thread. Beside the unary and batch figures it
-//! says how much of their time is the store's.
+//! duban's store alone (SQLite or PostgreSQL), in the harness's own process: the calls the
+//! ingest path hands to the store (`Store::ingest`, its reports already verified and
+//! validated) kept in flight as the load generator keeps its gRPC calls, with no gRPC, TLS or
+//! signature check around them. What is left is the write path itself: the group commit, each
+//! group's reads, its decisions and its writes (on SQLite on the writer's one thread). Beside
+//! the figures through the aggregator it says how much of their time is the store's.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use duban_aggregator::store::{NewReport, NewValue, SqliteStore, Store, StoreOutcome};
+use duban_aggregator::store::{AnyStore, NewReport, NewValue, Store, StoreOutcome};
 use prost::Message;
 
 use crate::load::{self, LoadResult};
@@ -19,10 +18,18 @@ pub struct StoreAlone {
     pub load: LoadResult,
     /// CPU (user + system) of the whole process over the run, per report stored.
     pub cpu_us_per_report: f64,
-    /// CPU of the store's writer thread alone over the run, per report stored.
-    pub writer_cpu_us_per_report: f64,
-    /// The writer thread's CPU over the run's time: 1.0 is a core kept busy throughout.
-    pub writer_cores: f64,
+    /// On SQLite, the writer thread's CPU over the run: per report stored, and over the run's
+    /// time (1.0 is a core kept busy throughout).
+    pub writer: Option<Writer>,
+    /// On PostgreSQL, the CPU of this machine's `postgres` processes over the run, per report
+    /// stored: the server's side of the write path, when the server runs here (None when no
+    /// such process is seen).
+    pub postgres_cpu_us_per_report: Option<f64>,
+}
+
+pub struct Writer {
+    pub cpu_us_per_report: f64,
+    pub cores: f64,
 }
 
 /// How the store is driven: as the load generator drives the aggregator.
@@ -39,13 +46,14 @@ pub struct Drive {
     pub seconds: f64,
 }
 
-/// The writer thread's name as the kernel keeps it (`comm`: the first 15 bytes).
+/// The SQLite writer thread's name as the kernel keeps it (`comm`: the first 15 bytes).
 const WRITER_COMM: &str = "duban-sqlite-wr";
 
-/// Opens a store on a new file `path`, registers the units' keys, and keeps `concurrency`
-/// calls of `batch` reports in flight for `seconds`.
-pub async fn measure(path: &Path, plan_id: &str, drive: &Drive) -> anyhow::Result<StoreAlone> {
-    let store = Arc::new(SqliteStore::open(&format!("sqlite://{}", path.display())).await?);
+/// Opens a store on `url` (a new SQLite file, or a fresh PostgreSQL schema), registers the
+/// units' keys, and keeps `concurrency` calls of `batch` reports in flight for `seconds`.
+pub async fn measure(url: &str, plan_id: &str, drive: &Drive) -> anyhow::Result<StoreAlone> {
+    let store = Arc::new(AnyStore::open(url).await?);
+    let sqlite = store.backend() == "sqlite";
     for unit in 0..drive.units {
         store.add_key(crate::bench_key(unit)).await?;
     }
@@ -66,6 +74,7 @@ pub async fn measure(path: &Path, plan_id: &str, drive: &Drive) -> anyhow::Resul
     let started = Instant::now();
     let cpu_before = load::cpu_seconds("self")?;
     let writer_before = writer_cpu_seconds()?;
+    let postgres_before = postgres_cpu_seconds();
     let mut tasks = Vec::new();
     for worker in 0..drive.concurrency {
         let (store, queues) = (store.clone(), queues.clone());
@@ -108,12 +117,18 @@ pub async fn measure(path: &Path, plan_id: &str, drive: &Drive) -> anyhow::Resul
     let seconds = started.elapsed().as_secs_f64();
     let cpu = load::cpu_seconds("self")? - cpu_before;
     let writer = writer_cpu_seconds()? - writer_before;
+    let postgres = postgres_cpu_seconds().zip(postgres_before);
     let per_report = |cpu: f64| 1e6 * cpu / stored.max(1) as f64;
     Ok(StoreAlone {
         load: LoadResult::from_latencies(latencies, sent, stored, 0, seconds),
         cpu_us_per_report: per_report(cpu),
-        writer_cpu_us_per_report: per_report(writer),
-        writer_cores: writer / seconds,
+        writer: sqlite.then(|| Writer {
+            cpu_us_per_report: per_report(writer),
+            cores: writer / seconds,
+        }),
+        postgres_cpu_us_per_report: postgres
+            .filter(|_| !sqlite)
+            .map(|(after, before)| per_report(after - before)),
     })
 }
 
@@ -177,4 +192,26 @@ fn writer_cpu_seconds() -> anyhow::Result<f64> {
         }
     }
     Ok(total)
+}
+
+/// CPU seconds (user + system) of the `postgres` processes running on this machine so far, or
+/// None when there are none. A process that ends between two readings takes its CPU with it,
+/// so a difference of two readings may fall short, never over.
+fn postgres_cpu_seconds() -> Option<f64> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let is_postgres = std::fs::read_to_string(entry.path().join("comm"))
+            .is_ok_and(|comm| comm.trim_end() == "postgres");
+        if is_postgres && let Ok(cpu) = load::cpu_seconds(pid) {
+            *total.get_or_insert(0.0) += cpu;
+        }
+    }
+    total
 }

@@ -48,6 +48,7 @@ fn the_harness_measures_every_figure_in_quick_mode() {
         "bare tonic server (transport ceiling), batch of 100",
         "raw PostgreSQL UNNEST inserts",
         "duban, PostgreSQL, unary Submit",
+        "duban's store alone, PostgreSQL, calls of 1 ",
         "Pushgateway, PUT, default",
         "Pushgateway, PUT, --push.disable-consistency-check",
     ] {
@@ -61,7 +62,7 @@ fn the_harness_measures_every_figure_in_quick_mode() {
             assert!(row.contains(" 0 failed calls"), "{row}");
         }
         // The store alone: the writer thread's own CPU, measured (so more than nothing).
-        if figure.starts_with("duban's store alone") {
+        if figure.starts_with("duban's store alone, SQLite") {
             let writer: f64 = row
                 .split("of it the writer thread ")
                 .nth(1)
@@ -69,6 +70,14 @@ fn the_harness_measures_every_figure_in_quick_mode() {
                 .and_then(|n| n.parse().ok())
                 .unwrap_or_else(|| panic!("no writer CPU in {row}"));
             assert!(writer > 0.0, "{row}");
+        }
+        // PostgreSQL's side of its store alone, read from this machine's `postgres` processes,
+        // when the server runs here.
+        let local = ["@127.0.0.1", "@localhost", "@[::1]"]
+            .iter()
+            .any(|host| postgres.contains(host));
+        if figure.starts_with("duban's store alone, PostgreSQL") && local {
+            assert!(row.contains("; this machine's postgres processes "), "{row}");
         }
     }
     let row = |start: &str| {
