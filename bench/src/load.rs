@@ -289,10 +289,23 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadResult> {
 
 /// CPU seconds (user + system) a process has used so far: `pid`, or "self".
 pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    stat_seconds(pid, 2)
+}
+
+/// As [`cpu_seconds`], with the CPU of the children it has waited for.
+pub fn cpu_seconds_with_children(pid: &str) -> anyhow::Result<f64> {
+    stat_seconds(pid, 4)
+}
+
+/// The sum of the first `fields` clock-tick fields of `/proc/PID/stat` from utime on (utime,
+/// stime, cutime, cstime), in seconds.
+fn stat_seconds(pid: &str, fields: usize) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after_name = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime, in clock ticks (100 a second on Linux).
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let mut ticks = 0.0;
+    // utime is the 14th field, the 12th after the name; ticks are 100 a second on Linux.
+    for field in after_name.split_whitespace().skip(11).take(fields) {
+        ticks += field.parse::<f64>()?;
+    }
     Ok(ticks / 100.0)
 }

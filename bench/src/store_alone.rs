@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use duban_aggregator::store::{AnyStore, NewReport, NewValue, Store, StoreOutcome};
+use duban_proto::KeyId;
 use prost::Message;
+use sha2::{Digest, Sha256};
 
 use crate::load::{self, LoadResult};
 
@@ -21,9 +23,10 @@ pub struct StoreAlone {
     /// On SQLite, the writer thread's CPU over the run: per report stored, and over the run's
     /// time (1.0 is a core kept busy throughout).
     pub writer: Option<Writer>,
-    /// On PostgreSQL, the CPU of this machine's `postgres` processes over the run, per report
-    /// stored: the server's side of the write path, when the server runs here (None when no
-    /// such process is seen).
+    /// On PostgreSQL at a loopback address or a local socket, the CPU over the run of every
+    /// `postgres` process of this machine (with the processes they ended and reaped), per
+    /// report stored: the server's side of the write path, and whatever else its cluster did
+    /// meanwhile. None elsewhere, or when no such process is seen.
     pub postgres_cpu_us_per_report: Option<f64>,
 }
 
@@ -54,6 +57,7 @@ const WRITER_COMM: &str = "duban-sqlite-wr";
 pub async fn measure(url: &str, plan_id: &str, drive: &Drive) -> anyhow::Result<StoreAlone> {
     let store = Arc::new(AnyStore::open(url).await?);
     let sqlite = store.backend() == "sqlite";
+    let local_postgres = !sqlite && on_this_machine(url);
     for unit in 0..drive.units {
         store.add_key(crate::bench_key(unit)).await?;
     }
@@ -62,8 +66,9 @@ pub async fn measure(url: &str, plan_id: &str, drive: &Drive) -> anyhow::Result<
     let queues: Arc<Vec<Mutex<std::vec::IntoIter<NewReport>>>> = Arc::new(
         (0..drive.units)
             .map(|unit| {
+                let key_id = load::unit_key(unit).key_id();
                 let reports: Vec<NewReport> = (0..per_unit)
-                    .map(|i| new_report(plan_id, unit, i, now, drive))
+                    .map(|i| new_report(plan_id, unit, key_id, i, now, drive))
                     .collect();
                 Mutex::new(reports.into_iter())
             })
@@ -83,7 +88,7 @@ pub async fn measure(url: &str, plan_id: &str, drive: &Drive) -> anyhow::Result<
             let mut latencies = Vec::new();
             let (mut stored, mut sent) = (0u64, 0u64);
             while started.elapsed() < deadline {
-                let call: Vec<NewReport> = queue
+                let mut call: Vec<NewReport> = queue
                     .lock()
                     .expect("not poisoned")
                     .by_ref()
@@ -91,6 +96,11 @@ pub async fn measure(url: &str, plan_id: &str, drive: &Drive) -> anyhow::Result<
                     .collect();
                 if call.is_empty() {
                     break;
+                }
+                // Received now, as the ingest path stamps a call's reports.
+                let received_at_ms = load::now_ms();
+                for report in &mut call {
+                    report.received_at_ms = received_at_ms;
                 }
                 sent += call.len() as u64;
                 let at = Instant::now();
@@ -118,6 +128,7 @@ pub async fn measure(url: &str, plan_id: &str, drive: &Drive) -> anyhow::Result<
     let cpu = load::cpu_seconds("self")? - cpu_before;
     let writer = writer_cpu_seconds()? - writer_before;
     let postgres = postgres_cpu_seconds().zip(postgres_before);
+    let postgres = postgres.filter(|_| local_postgres);
     let per_report = |cpu: f64| 1e6 * cpu / stored.max(1) as f64;
     Ok(StoreAlone {
         load: LoadResult::from_latencies(latencies, sent, stored, 0, seconds),
@@ -126,19 +137,24 @@ pub async fn measure(url: &str, plan_id: &str, drive: &Drive) -> anyhow::Result<
             cpu_us_per_report: per_report(writer),
             cores: writer / seconds,
         }),
-        postgres_cpu_us_per_report: postgres
-            .filter(|_| !sqlite)
-            .map(|(after, before)| per_report(after - before)),
+        postgres_cpu_us_per_report: postgres.map(|(after, before)| per_report(after - before)),
     })
 }
 
 /// The report of `unit` the load generator would sign as its `i`-th, as the ingest path
-/// hands it to the store: the payload encoded, the signature and its digest stand-ins (the
-/// store keeps them, and checks neither).
-fn new_report(plan_id: &str, unit: usize, i: usize, now: i64, drive: &Drive) -> NewReport {
+/// hands it to the store: the payload as signed (with its key id) and its digest; the
+/// signature a stand-in, which the store keeps and does not check.
+fn new_report(
+    plan_id: &str,
+    unit: usize,
+    key_id: KeyId,
+    i: usize,
+    now: i64,
+    drive: &Drive,
+) -> NewReport {
     let seq = 1 + i as u64;
     let issued_at_ms = now - 60_000 + i as i64;
-    let report = load::report(
+    let mut report = load::report(
         plan_id,
         unit,
         seq,
@@ -146,20 +162,22 @@ fn new_report(plan_id: &str, unit: usize, i: usize, now: i64, drive: &Drive) -> 
         drive.values,
         drive.indicators,
     );
+    report.key_id = key_id.as_bytes().to_vec();
+    let payload = report.encode_to_vec();
     NewReport {
         plan_id: plan_id.to_owned(),
         unit_id: report.unit_id.clone(),
         report_id: report.report_id.as_slice().try_into().expect("16 bytes"),
-        key_id: load::unit_key(unit).key_id(),
+        key_id,
         seq,
         issued_at_ms,
         received_at_ms: now,
         period: report.period.clone(),
         revision: 0,
-        payload: report.encode_to_vec(),
+        payload_sha256: Sha256::digest(&payload).into(),
+        payload,
         payload_type: duban_proto::envelope::PAYLOAD_TYPE.into(),
         signature: vec![0; 64],
-        payload_sha256: [0; 32],
         values: report
             .values
             .into_iter()
@@ -183,20 +201,22 @@ fn writer_cpu_seconds() -> anyhow::Result<f64> {
         let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
             continue;
         };
-        if comm.trim_end() == WRITER_COMM {
-            let id = task
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            total += load::cpu_seconds(&format!("self/task/{id}"))?;
+        let id = task
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if comm.trim_end() == WRITER_COMM
+            && let Ok(cpu) = load::cpu_seconds(&format!("self/task/{id}"))
+        {
+            total += cpu;
         }
     }
     Ok(total)
 }
 
-/// CPU seconds (user + system) of the `postgres` processes running on this machine so far, or
-/// None when there are none. A process that ends between two readings takes its CPU with it,
-/// so a difference of two readings may fall short, never over.
+/// CPU seconds (user + system) of the `postgres` processes running on this machine so far,
+/// with those of the processes they ended and reaped (a backend or worker that exits is counted
+/// in its parent's), or None when there are none.
 fn postgres_cpu_seconds() -> Option<f64> {
     let mut total = None;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -209,9 +229,48 @@ fn postgres_cpu_seconds() -> Option<f64> {
         };
         let is_postgres = std::fs::read_to_string(entry.path().join("comm"))
             .is_ok_and(|comm| comm.trim_end() == "postgres");
-        if is_postgres && let Ok(cpu) = load::cpu_seconds(pid) {
+        if is_postgres && let Ok(cpu) = load::cpu_seconds_with_children(pid) {
             *total.get_or_insert(0.0) += cpu;
         }
     }
     total
+}
+
+/// Whether a PostgreSQL URL names this machine: a loopback host, or none (a local socket).
+fn on_this_machine(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    matches!(host, "" | "localhost" | "::1") || host.starts_with("127.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_this_machine;
+
+    #[test]
+    fn loopback_hosts_and_sockets_are_this_machine() {
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/test",
+            "postgres://127.0.0.1/test",
+            "postgresql://u:p@localhost/db?sslmode=disable",
+            "postgres://[::1]:5432/test",
+            "postgres:///test",
+        ] {
+            assert!(on_this_machine(url), "{url}");
+        }
+        for url in [
+            "postgres://postgres@db.example:5432/test",
+            "postgres://10.0.0.7/test",
+            "postgres://u@[2001:db8::1]:5432/test",
+        ] {
+            assert!(!on_this_machine(url), "{url}");
+        }
+    }
 }
