@@ -12,9 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use duban_aggregator::store::{
-    AnyStore, NewKey, NewReport, NewValue, SqliteStore, Store, StoreOutcome,
-};
+use duban_aggregator::store::{AnyStore, NewKey, NewReport, SqliteStore, Store, StoreOutcome};
 use duban_proto::pb;
 use prost::Message as _;
 use tokio::sync::Semaphore;
@@ -408,14 +406,7 @@ fn report(unit: usize, month: u64, indicators: usize, now: i64) -> NewReport {
         signature: vec![0; 64],
         payload_sha256: [0; 32],
         payload,
-        values: values
-            .into_iter()
-            .map(|v| NewValue {
-                indicator_id: v.indicator_id,
-                value: v.value,
-                note: v.note,
-            })
-            .collect(),
+        values: crate::store_alone::new_values(values),
         task_updates: Vec::new(),
         refused_count: 0,
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use duban_aggregator::store::{AnyStore, NewReport, NewValue, Store, StoreOutcome};
-use duban_proto::KeyId;
+use duban_proto::{KeyId, pb};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -178,18 +178,22 @@ fn new_report(
         payload,
         payload_type: duban_proto::envelope::PAYLOAD_TYPE.into(),
         signature: vec![0; 64],
-        values: report
-            .values
-            .into_iter()
-            .map(|v| NewValue {
-                indicator_id: v.indicator_id,
-                value: v.value,
-                note: v.note,
-            })
-            .collect(),
+        values: new_values(report.values),
         task_updates: Vec::new(),
         refused_count: 0,
     }
+}
+
+/// A report's values as the store takes them.
+pub fn new_values(values: Vec<pb::IndicatorValue>) -> Vec<NewValue> {
+    values
+        .into_iter()
+        .map(|v| NewValue {
+            indicator_id: v.indicator_id,
+            value: v.value,
+            note: v.note,
+        })
+        .collect()
 }
 
 /// CPU seconds (user + system) of this process's SQLite writer threads so far.

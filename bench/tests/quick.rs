@@ -61,29 +61,27 @@ fn the_harness_measures_every_figure_in_quick_mode() {
         if figure.starts_with("duban,") || figure.starts_with("bare") {
             assert!(row.contains(" 0 failed calls"), "{row}");
         }
-        // The store alone: the writer thread's own CPU, measured (so more than nothing).
-        if figure.starts_with("duban's store alone, SQLite") {
-            let writer: f64 = row
-                .split("of it the writer thread ")
+        // The store alone: the writer thread's own CPU, measured (so more than nothing), and
+        // PostgreSQL's side of its store alone, read from this machine's `postgres` processes
+        // when the server runs here (as it does in CI: a loopback URL, its processes seen).
+        let cpu_after = |label: &str| -> f64 {
+            row.split(label)
                 .nth(1)
                 .and_then(|rest| rest.split(" µs").next())
                 .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no writer CPU in {row}"));
-            assert!(writer > 0.0, "{row}");
+                .unwrap_or_else(|| panic!("no {label:?} in {row}"))
+        };
+        if figure.starts_with("duban's store alone, SQLite") {
+            assert!(cpu_after("of it the writer thread ") > 0.0, "{row}");
         }
-        // PostgreSQL's side of its store alone, read from this machine's `postgres` processes
-        // when the server runs here (as it does in CI: a loopback URL, its processes seen).
         if figure.starts_with("duban's store alone, PostgreSQL")
             && postgres.contains("@127.0.0.1")
             && postgres_runs_here()
         {
-            let us: f64 = row
-                .split("; this machine's postgres processes ")
-                .nth(1)
-                .and_then(|rest| rest.split(" µs").next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no PostgreSQL CPU in {row}"));
-            assert!(us > 0.0, "{row}");
+            assert!(
+                cpu_after("; this machine's postgres processes ") > 0.0,
+                "{row}"
+            );
         }
     }
     let row = |start: &str| {
