@@ -284,7 +284,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "[4/{STEPS}] duban's SQLite store alone, in this process: calls of 1 report, then of {}",
         args.batch
     );
-    let store_alone = |url: String, backend: &'static str, batch: usize| {
+    let alone_row = |url: String, backend: &'static str, batch: usize| {
         let drive = store_alone::Drive {
             units: args.channels,
             concurrency: args.concurrency,
@@ -328,7 +328,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "sqlite://{}",
             dir.path().join(format!("alone-{name}.db")).display()
         );
-        let row = store_alone(url, "SQLite", batch).await?;
+        let row = alone_row(url, "SQLite", batch).await?;
         store_only.push(row.rate);
         rows.push(row);
     }
@@ -370,7 +370,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         rows.push(pg.row("duban, PostgreSQL, unary Submit"));
         drop(server);
         let url = baselines::fresh_pg_schema(base, "duban_bench_store").await?;
-        let row = store_alone(url, "PostgreSQL", 1).await?;
+        let row = alone_row(url, "PostgreSQL", 1).await?;
         pg_store_only = Some(row.rate);
         rows.push(row);
     } else {

@@ -76,10 +76,11 @@ pub async fn measure(url: &str, plan_id: &str, drive: &Drive) -> anyhow::Result<
     );
     let deadline = Duration::from_secs_f64(drive.seconds);
     let take = drive.batch.max(1);
-    let started = Instant::now();
+    // Read before the clock starts; this machine's processes only for a PostgreSQL here.
     let cpu_before = load::cpu_seconds("self")?;
     let writer_before = writer_cpu_seconds()?;
-    let postgres_before = postgres_cpu_seconds();
+    let postgres_before = local_postgres.then(postgres_cpu_seconds).flatten();
+    let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..drive.concurrency {
         let (store, queues) = (store.clone(), queues.clone());
@@ -127,8 +128,7 @@ pub async fn measure(url: &str, plan_id: &str, drive: &Drive) -> anyhow::Result<
     let seconds = started.elapsed().as_secs_f64();
     let cpu = load::cpu_seconds("self")? - cpu_before;
     let writer = writer_cpu_seconds()? - writer_before;
-    let postgres = postgres_cpu_seconds().zip(postgres_before);
-    let postgres = postgres.filter(|_| local_postgres);
+    let postgres = postgres_before.and_then(|before| Some((postgres_cpu_seconds()?, before)));
     let per_report = |cpu: f64| 1e6 * cpu / stored.max(1) as f64;
     Ok(StoreAlone {
         load: LoadResult::from_latencies(latencies, sent, stored, 0, seconds),
